@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny configs that train in a fraction of a second on one core."""
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+# Two cores are shared by the test process and Ray's workers: one torch thread each avoids oversubscription.
+torch.set_num_threads(1)
+
+TINY = {
+    "model": {"family": "gpt2_loop", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_dims": 5, "n_positions": 11},
+    "training": {
+        "batch_size": 16, "learning_rate": 0.001, "train_steps": 40, "save_every_steps": 20,
+        "eval_every_steps": 20, "eval_prompts": 32, "n_loop_window": 3,
+        "curriculum": {
+            "dims": {"start": 5, "end": 5, "inc": 1, "interval": 100},
+            "points": {"start": 6, "end": 11, "inc": 1, "interval": 10},
+            "loops": {"start": 3, "end": 6, "inc": 1, "interval": 20},
+        },
+    },
+    "wandb": {"log_every_steps": 10},
+}
+
+
+@pytest.fixture
+def tiny_raw():
+    return yaml.safe_load(yaml.safe_dump(TINY))
+
+
+@pytest.fixture
+def tiny_config_file(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path

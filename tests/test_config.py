@@ -1,0 +1,161 @@
+"""Config loading: the research's files load unchanged; every bad input is one line naming file and key."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainers.config import (
+    Config, ConfigError, config_from_dict, config_to_dict, load_config, parse_override_args,
+)
+from trainers.curriculum import curriculum_at, final_state
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_digest_config_loads_unchanged():
+    cfg = load_config(DATA / "digest_base_loop.yaml")
+    assert cfg.model.family == "gpt2_loop" and cfg.model.n_embd == 256 and cfg.model.n_last_tokens == -1
+    assert cfg.training.curriculum.points.end == 41 and cfg.training.curriculum.loops.inc == 2
+    assert cfg.training.learning_rate == pytest.approx(1e-4) and cfg.training.keep_every_steps == 20000
+
+
+def test_inherit_merges_in_order_and_key_is_only_a_secret(tmp_path):
+    (tmp_path / "key.yaml").write_text("wandb:\n  key: s3cr3t-key\n  project: other\n")
+    top = tmp_path / "top.yaml"
+    top.write_text(f"inherit:\n  - {DATA / 'digest_base_loop.yaml'}\n  - key.yaml\nmodel:\n  n_layer: 3\n")
+    secrets = {}
+    cfg = load_config(top, secrets=secrets)
+    assert cfg.model.n_layer == 3 and cfg.model.n_embd == 256 and cfg.wandb.project == "other"
+    assert secrets == {"wandb.key": "s3cr3t-key"}
+    assert "s3cr3t-key" not in repr(cfg) and "s3cr3t-key" not in yaml.safe_dump(config_to_dict(cfg))
+
+
+def test_placeholder_key_is_not_a_secret():
+    secrets = {}
+    load_config(DATA / "digest_wandb.yaml", secrets=secrets)
+    assert secrets == {}
+
+
+def test_research_command_line_overrides():
+    argv = ["--model.n_layer", "2", "--training.curriculum.loops.start", "15", "--training.curriculum.loops.end",
+            "30", "--training.n_loop_window", "15", "--wandb.name", "LR_loop_L1_ends{30}_T{15}", "--gpu.n_gpu", "0",
+            "--model.use_lstm_layer", "true", "--training.learning_rate", "3e-4"]
+    overrides = parse_override_args(argv)
+    cfg = load_config(DATA / "digest_base_loop.yaml", overrides)
+    assert cfg.model.n_layer == 2 and cfg.model.use_lstm_layer is True
+    assert cfg.wandb.name == "LR_loop_L1_ends{30}_T{15}" and cfg.gpu.n_gpu == 0
+    assert cfg.training.learning_rate == pytest.approx(3e-4)
+
+
+def test_string_keys_keep_the_text_verbatim():
+    assert parse_override_args(["--wandb.name", "yes"]) == {"wandb.name": "yes"}
+    assert parse_override_args(["--wandb.notes", "123"]) == {"wandb.notes": "123"}
+
+
+def test_reference_keys_are_accepted_and_ignored_with_a_warning(tiny_raw):
+    tiny_raw["training"].update(use_ctx=True, train_size=10)
+    tiny_raw.update(debug_mode=False, gpu={"cuda": False, "n_gpu": 0})
+    tiny_raw["model"].update(pred_type="regression", loop_func="z=f(x*z)", pretrained_path=None)
+    with pytest.warns(UserWarning, match="training.use_ctx"):
+        cfg = config_from_dict(tiny_raw, "t.yaml")
+    assert cfg.model.loop_func == "z=f(x*z)" and cfg.gpu.cuda is False
+
+
+def test_round_trip_through_dict(tiny_raw):
+    cfg = config_from_dict(tiny_raw)
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def _set(raw, dotted, value):
+    *path, last = dotted.split(".")
+    for part in path:
+        raw = raw.setdefault(part, {})
+    raw[last] = value
+
+
+BAD = [
+    ("model.n_layr", 2, "model.n_layr: unknown key"),
+    ("model.n_layer", "two", "model.n_layer: expected an integer"),
+    ("model.n_layer", 1.5, "model.n_layer: expected an integer"),
+    ("model.use_lstm_layer", 1, "model.use_lstm_layer: expected true or false"),
+    ("training.learning_rate", "fast", "training.learning_rate: expected a number"),
+    ("model.n_head", 5, "model.n_head: must be a positive divisor of n_embd=32"),
+    ("model.family", "gpt3", "model.family: must be one of gpt2, gpt2_loop"),
+    ("training.task_name", "sorting", "training.task_name: must be one of linear_regression"),
+    ("training.curriculum.dims.end", 6, "training.curriculum.dims.end: must be at most model.n_dims=5"),
+    ("training.curriculum.points.end", 12, "training.curriculum.points.end: must be at most model.n_positions=11"),
+    ("training.train_steps", 0, "training.train_steps: must be a positive integer"),
+    ("training.save_every_steps", -5, "training.save_every_steps: must be a positive integer"),
+    ("training.curriculum.loops.interval", 0, "training.curriculum.loops.interval: must be a positive integer"),
+    ("training.curriculum.points.start", 20, "training.curriculum.points.end: must be at least start=20"),
+    ("model.n_last_tokens", -2, "model.n_last_tokens: must be -1"),
+    ("training.precision", "fp16", "training.precision: must be one of fp32, bf16"),
+    ("model.loop_func", "z=f(z)", "model.loop_func: must be one of"),
+    ("wandb.log_every_steps", 0, "wandb.log_every_steps: must be a positive integer"),
+    ("training.curriculum", 3, "training.curriculum: expected a mapping"),
+    ("training.curriculum.dims.inc", -1, "training.curriculum.dims.inc: must be an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("dotted,value,message", BAD, ids=[b[0] + "=" + repr(b[1]) for b in BAD])
+def test_bad_values_name_file_and_key(tmp_path, tiny_raw, dotted, value, message):
+    _set(tiny_raw, dotted, value)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+
+
+BAD_FILES = [
+    ("model: [1, 2\n", "not valid YAML"),
+    ("- a\n- b\n", "top level: expected a mapping"),
+    ("model: 3\n", "model: expected a mapping"),
+    ("inherit: [missing.yaml]\n", "cannot read config file"),
+    ("inherit: [bad.yaml]\n", "inherit: cycle"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_FILES)
+def test_bad_files(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model.n_layr", "2"], "model.n_layr: unknown key; model has: family"),
+    (["--model", "2"], "expected --section.key VALUE"),
+    (["--model.n_layer"], "missing value"),
+    (["--model.n_layer.x", "1"], "model.n_layer is not a section"),
+    (["n_layer", "1"], "expected --section.key VALUE"),
+])
+def test_bad_override_arguments(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_override_args(argv)
+
+
+def test_override_with_wrong_type_names_the_key(tiny_config_file):
+    with pytest.raises(ConfigError, match=r"model.n_layer: expected an integer, got 'deep'"):
+        load_config(tiny_config_file, parse_override_args(["--model.n_layer", "deep"]))
+
+
+def test_override_of_a_section_is_refused(tiny_config_file):
+    with pytest.raises(ConfigError, match="training.curriculum: is a section"):
+        load_config(tiny_config_file, {"training.curriculum": 3})
+
+
+@pytest.mark.parametrize("step,expected", [(0, (10, 11, 15)), (499, (10, 11, 15)), (500, (10, 11, 17)),
+                                           (1000, (10, 13, 19)), (3999, (10, 17, 29)), (4000, (10, 19, 30)),
+                                           (20000, (10, 41, 30)), (10**6, (10, 41, 30))])
+def test_curriculum_is_a_pure_function_of_the_step(step, expected):
+    curriculum = load_config(DATA / "digest_base_loop.yaml").training.curriculum
+    state = curriculum_at(curriculum, step)
+    assert (state.n_dims, state.n_points, state.n_loops) == expected
+    assert final_state(curriculum) == curriculum_at(curriculum, 10**9)
+
+
+def test_defaults_are_valid():
+    assert config_from_dict({}) == Config()

@@ -1,0 +1,360 @@
+import math
+import os
+import types
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from trainers.models import (MODEL_FAMILIES, LoopedTransformerModel, TransformerModel, build_model,
+                             load_reference_checkpoint)
+
+TINY = dict(n_dims=5, n_positions=8, n_embd=16, n_layer=2, n_head=2)
+ATOL = 1e-5
+RTOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny models gain nothing from intra-op threads, and on busy shared cores their spin-waits cost 100x
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny(family="gpt2_loop", seed=0, **overrides):
+    torch.manual_seed(seed)
+    return build_model({"family": family, **TINY, **overrides})
+
+
+def prompts(batch=3, n_points=6, n_dims=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(batch, n_points, n_dims, generator=g)
+    return xs, torch.randn(batch, n_points, generator=g)
+
+
+def run(model, xs, ys, n_loop_start=0, n_loops=1):
+    if isinstance(model, LoopedTransformerModel):
+        return model(xs, ys, n_loop_start, n_loops)[-1]
+    return model(xs, ys)
+
+
+def manual_prompt(xs, ys):
+    B, n, d = xs.shape
+    zs = torch.zeros(B, 2 * n, d)
+    for i in range(n):
+        zs[:, 2 * i] = xs[:, i]
+        zs[:, 2 * i + 1, 0] = ys[:, i]
+    return zs
+
+
+def manual_backbone(sd, x, n_layer, n_head):
+    """nanoGPT's math written out: explicit causal mask, softmax, tanh-GELU formula."""
+    p = lambda name: sd[f"_backbone.transformer.{name}"]
+    B, T, C = x.shape
+    x = x + p("wpe.weight")[:T]
+    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    for i in range(n_layer):
+        h = lambda name: p(f"h.{i}.{name}")
+        a = F.layer_norm(x, (C,), h("ln_1.weight"), h("ln_1.bias"), 1e-5)
+        q, k, v = (a @ h("attn.c_attn.weight").T + h("attn.c_attn.bias")).split(C, dim=2)
+        q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(C // n_head)
+        att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + y @ h("attn.c_proj.weight").T + h("attn.c_proj.bias")
+        m = F.layer_norm(x, (C,), h("ln_2.weight"), h("ln_2.bias"), 1e-5)
+        m = m @ h("mlp.c_fc.weight").T + h("mlp.c_fc.bias")
+        m = 0.5 * m * (1 + torch.tanh(math.sqrt(2 / math.pi) * (m + 0.044715 * m ** 3)))
+        x = x + m @ h("mlp.c_proj.weight").T + h("mlp.c_proj.bias")
+    return F.layer_norm(x, (C,), p("ln_f.weight"), p("ln_f.bias"), 1e-5)
+
+
+def scramble(model):
+    """Weights far from their init, so that small mistakes (e.g. the exact GELU) show up in the outputs."""
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    return model
+
+
+def manual_read(sd, name, x):
+    return x @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]
+
+
+@pytest.mark.parametrize("family", sorted(MODEL_FAMILIES))
+@pytest.mark.parametrize("use_lstm_layer", [False, True])
+@pytest.mark.parametrize("n_last_tokens", [-1, 0, 2, 1000])
+@pytest.mark.parametrize("n_points", [1, 6])
+def test_output_shapes(family, use_lstm_layer, n_last_tokens, n_points):
+    model = tiny(family, use_lstm_layer=use_lstm_layer, n_last_tokens=n_last_tokens)
+    xs, ys = prompts(n_points=n_points)
+    if family == "gpt2":
+        assert model(xs, ys).shape == (3, n_points)
+    else:
+        preds = model(xs, ys, 1, 4)
+        assert len(preds) == 3 and all(p.shape == (3, n_points) for p in preds)
+        assert all(torch.isfinite(p).all() for p in preds)
+
+
+def test_gpt2_equals_manual_nanogpt_math():
+    model = scramble(tiny("gpt2"))
+    xs, ys = prompts()
+    sd = model.state_dict()
+    h = manual_backbone(sd, manual_read(sd, "_read_in", manual_prompt(xs, ys)), 2, 2)
+    expected = manual_read(sd, "_read_out", h)[:, ::2, 0]
+    torch.testing.assert_close(model(xs, ys), expected, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("loop_func", ["z=f(x+z)", "z=f(x*z)"])
+def test_single_loop_equals_one_backbone_pass(loop_func):
+    model = scramble(tiny(loop_func=loop_func))
+    xs, ys = prompts()
+    sd = model.state_dict()
+    h = manual_backbone(sd, manual_read(sd, "_read_in", manual_prompt(xs, ys)), 2, 2)
+    (pred,) = model(xs, ys, 0, 1)
+    torch.testing.assert_close(pred, manual_read(sd, "_read_out", h)[:, ::2, 0], atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("loop_func", ["z=f(x+z)", "z=f(x*z)"])
+@pytest.mark.parametrize("n_last_tokens", [-1, 0, 3])
+def test_loop_equals_manual_recurrence(loop_func, n_last_tokens):
+    model = scramble(tiny(loop_func=loop_func, n_last_tokens=n_last_tokens))
+    xs, ys = prompts()
+    sd = model.state_dict()
+    e = manual_read(sd, "_read_in", manual_prompt(xs, ys))
+    T = e.shape[1]
+    z = torch.zeros_like(e) if loop_func == "z=f(x+z)" else torch.ones_like(e)
+    expected = []
+    for _ in range(4):
+        if n_last_tokens != -1:
+            z[:, :T - n_last_tokens] = 0
+        z = manual_backbone(sd, z + e if loop_func == "z=f(x+z)" else z * e, 2, 2)
+        expected.append(manual_read(sd, "_read_out", z)[:, ::2, 0])
+    preds = model(xs, ys, 1, 4)
+    for got, want in zip(preds, expected[1:]):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL)
+
+
+def test_backbone_input_keeps_only_last_n_positions_of_the_state():
+    model = tiny(n_last_tokens=3)
+    xs, ys = prompts(n_points=4)
+    fed = []
+    model._backbone.register_forward_pre_hook(lambda module, args: fed.append(args[0].detach().clone()))
+    e = model._read_in(manual_prompt(xs, ys)).detach()
+    model(xs, ys, 0, 3)
+    assert len(fed) == 3
+    torch.testing.assert_close(fed[0], e)  # z_0 = 0
+    for inputs in fed[1:]:
+        state = inputs - e
+        assert torch.all(state[:, :-3] == 0)
+        assert torch.all(state[:, -3:].abs().sum(-1) > 0)
+
+
+def test_n_last_tokens_zero_feeds_the_prompt_every_iteration():
+    model = tiny(n_last_tokens=0)
+    xs, ys = prompts()
+    preds = model(xs, ys, 0, 3)
+    torch.testing.assert_close(preds[0], preds[2], atol=0, rtol=0)
+
+
+def test_no_grad_iterations_build_no_graph():
+    model = tiny()
+    xs, ys = prompts()
+    needs_grad = []
+    model._backbone.register_forward_hook(lambda module, args, out: needs_grad.append(out.requires_grad))
+    model(xs, ys, 2, 5)
+    assert needs_grad == [False, False, True, True, True]
+
+
+def test_gradient_flows_only_through_the_loop_window():
+    model = tiny()
+    xs, ys = prompts()
+    sum(p.square().mean() for p in model(xs, ys, 2, 4)).backward()
+    got = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    e = model._embed(xs, ys)
+    z = torch.zeros_like(e)
+    for _ in range(2):
+        z = model._backbone(z + e).detach()
+    loss = 0
+    for _ in range(2):
+        z = model._backbone(z + e)
+        loss = loss + model._predict(z).square().mean()
+    loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_state_dict_keys_match_the_reference_code():
+    layer = ["ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"]
+    expected = ["_read_in.weight", "_read_in.bias", "_backbone.transformer.wpe.weight"]
+    expected += [f"_backbone.transformer.h.{i}.{m}.{w}"
+                 for i in range(2) for m in layer for w in ("weight", "bias")]
+    expected += ["_backbone.transformer.ln_f.weight", "_backbone.transformer.ln_f.bias",
+                 "_read_out.weight", "_read_out.bias"]
+    for family in MODEL_FAMILIES:
+        sd = tiny(family).state_dict()
+        assert list(sd) == expected
+        assert sd["_backbone.transformer.h.0.attn.c_attn.weight"].shape == (48, 16)
+        assert sd["_backbone.transformer.wpe.weight"].shape == (2 * 8 + 1, 16)
+
+
+def test_lstm_state_dict_keys():
+    keys = list(tiny(use_lstm_layer=True).state_dict())
+    lstm = [k for k in keys if ".lstm." in k]
+    assert lstm and all(k.startswith("_backbone.transformer.lstm.") for k in lstm)
+    assert not any(".h." in k for k in keys)
+    assert "_backbone.transformer.lstm.weight_hh_l1" in keys  # n_layer=2 deep
+
+
+def test_init_follows_gpt2():
+    model = tiny("gpt2", n_embd=64, n_layer=4, n_head=4)
+    sd = model.state_dict()
+    assert sd["_backbone.transformer.h.0.attn.c_attn.weight"].std().item() == pytest.approx(0.02, rel=0.1)
+    proj_std = 0.02 / math.sqrt(2 * 4)
+    for name in ("attn.c_proj", "mlp.c_proj"):
+        assert sd[f"_backbone.transformer.h.1.{name}.weight"].std().item() == pytest.approx(proj_std, rel=0.1)
+        assert torch.all(sd[f"_backbone.transformer.h.1.{name}.bias"] == 0)
+    assert torch.all(sd["_backbone.transformer.ln_f.weight"] == 1)
+    assert torch.all(sd["_backbone.transformer.ln_f.bias"] == 0)
+
+
+@pytest.mark.parametrize("wrap", ["model", "model_state_dict", None])
+def test_checkpoint_round_trip(tmp_path, wrap):
+    source, target = tiny(seed=0), tiny(seed=1)
+    path = tmp_path / "ckpt.pt"
+    sd = source.state_dict()
+    torch.save({wrap: sd, "step": 7} if wrap else sd, path)
+    xs, ys = prompts()
+    assert not torch.allclose(run(source, xs, ys), run(target, xs, ys))
+    assert load_reference_checkpoint(target, path) is target
+    torch.testing.assert_close(run(target, xs, ys), run(source, xs, ys), atol=0, rtol=0)
+
+
+def test_checkpoint_with_nanogpt_mask_buffers_loads(tmp_path):
+    source, target = tiny("gpt2", seed=0), tiny("gpt2", seed=1)
+    sd = dict(source.state_dict())
+    for i in range(2):
+        sd[f"_backbone.transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(17, 17)).view(1, 1, 17, 17)
+        sd[f"_backbone.transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    torch.save({"model": sd}, tmp_path / "ref.pt")
+    load_reference_checkpoint(target, tmp_path / "ref.pt")
+    xs, ys = prompts()
+    torch.testing.assert_close(target(xs, ys), source(xs, ys), atol=0, rtol=0)
+
+
+def test_checkpoint_with_missing_key_is_refused(tmp_path):
+    sd = dict(tiny().state_dict())
+    del sd["_read_out.bias"]
+    torch.save({"model": sd}, tmp_path / "partial.pt")
+    with pytest.raises(RuntimeError, match="_read_out.bias"):
+        load_reference_checkpoint(tiny(), tmp_path / "partial.pt")
+
+
+@pytest.mark.parametrize("content", [[1, 2, 3], {"step": 3}, {"model": [1]}, {}])
+def test_checkpoint_of_the_wrong_shape_is_refused(tmp_path, content):
+    path = tmp_path / "odd.pt"
+    torch.save(content, path)
+    with pytest.raises(ValueError, match="odd.pt.*expected.*'model'"):
+        load_reference_checkpoint(tiny(), path)
+
+
+def test_non_checkpoint_file_is_refused(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("hello world")
+    with pytest.raises(ValueError, match="notes.pt"):
+        load_reference_checkpoint(tiny(), path)
+
+
+class _Malicious:
+    marker = None
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    payload = _Malicious()
+    payload.marker = tmp_path / "pwned"
+    torch.save({"model": payload}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt"):
+        load_reference_checkpoint(tiny(), tmp_path / "evil.pt")
+    assert not payload.marker.exists()
+
+
+def backbone_non_embedding_params(model):
+    backbone = model._backbone
+    return sum(p.numel() for p in backbone.parameters()) - backbone.transformer.wpe.weight.numel()
+
+
+def test_parameter_counts_match_the_paper():
+    paper = dict(n_embd=256, n_head=8, n_dims=20, n_positions=101)
+    looped = build_model({"family": "gpt2_loop", "n_layer": 1, **paper})
+    # the paper quotes nanoGPT's count: backbone parameters without the position embedding
+    assert backbone_non_embedding_params(looped) == 790_272
+    assert backbone_non_embedding_params(looped) == pytest.approx(0.79e6, rel=0.05)
+    assert sum(p.numel() for p in looped.parameters()) == 847_873
+    deep = build_model({"family": "gpt2", "n_layer": 12, **paper})
+    assert backbone_non_embedding_params(deep) == pytest.approx(9.48e6, rel=0.05)
+
+
+@pytest.mark.parametrize("family", sorted(MODEL_FAMILIES))
+@pytest.mark.parametrize("use_lstm_layer", [False, True])
+@pytest.mark.parametrize("n_last_tokens", [-1, 4])
+def test_later_tokens_do_not_change_earlier_predictions(family, use_lstm_layer, n_last_tokens):
+    model = tiny(family, use_lstm_layer=use_lstm_layer, n_last_tokens=n_last_tokens)
+    xs, ys = prompts()
+    xs2, ys2 = xs.clone(), ys.clone()
+    xs2[:, -1] += 1.0
+    ys2[:, -2:] += 1.0
+    before, after = run(model, xs, ys, 1, 3), run(model, xs2, ys2, 1, 3)
+    torch.testing.assert_close(after[:, :-1], before[:, :-1], atol=ATOL, rtol=0)
+    assert not torch.allclose(after[:, -1], before[:, -1], atol=ATOL)
+
+
+def test_init_is_deterministic_under_manual_seed():
+    a, b, c = tiny(seed=3), tiny(seed=3), tiny(seed=4)
+    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert not torch.equal(a.state_dict()["_read_in.weight"], c.state_dict()["_read_in.weight"])
+
+
+def test_build_model_takes_defaults_and_objects():
+    model = build_model({"family": "gpt2_loop"})
+    assert isinstance(model, LoopedTransformerModel)
+    assert len(model._backbone.transformer.h) == 12 and model.n_last_tokens == -1
+    assert model._read_in.in_features == 20 and model._read_in.out_features == 256
+    assert model._backbone.transformer.wpe.num_embeddings == 203
+    config = types.SimpleNamespace(family="gpt2", **TINY, n_last_tokens=-1, use_lstm_layer=True,
+                                   loop_func="z=f(x+z)", pred_type="regression", pretrained_path=None)
+    model = build_model(config)
+    assert type(model) is TransformerModel and "lstm" in model._backbone.transformer
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"family": "gpt3"}, "gpt2.*gpt2_loop"),
+    ({"family": None}, "allowed"),
+    ({"loop_func": "z=f(z)"}, "z=f\\(x\\+z\\)"),
+    ({"n_last_tokens": -2}, "n_last_tokens"),
+    ({"n_head": 3}, "divisible"),
+    ({"pred_type": "classification"}, "regression"),
+])
+def test_build_model_rejects_bad_settings(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        build_model({"family": "gpt2_loop", **TINY, **overrides})
+
+
+@pytest.mark.parametrize("n_loop_start, n_loops", [(0, 0), (3, 3), (4, 2), (-1, 2)])
+def test_loop_window_must_be_non_empty(n_loop_start, n_loops):
+    xs, ys = prompts()
+    with pytest.raises(ValueError, match="n_loop_start"):
+        tiny()(xs, ys, n_loop_start, n_loops)
+
+
+def test_prompt_longer_than_the_positions_is_refused():
+    xs, ys = prompts(n_points=9)
+    with pytest.raises(ValueError, match="positions"):
+        tiny("gpt2")(xs, ys)

@@ -1,0 +1,124 @@
+"""The training loop: learning, determinism, bit-exact resume, checkpoints and the single-run CLI."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trainers.checkpoint import latest_checkpoint, load_checkpoint
+from trainers.config import config_from_dict, set_dotted
+from trainers.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(raw, **overrides):
+    for dotted, value in overrides.items():
+        raw = set_dotted(raw, dotted.replace("__", "."), value)
+    return config_from_dict(raw)
+
+
+def _params(run_dir):
+    return load_checkpoint(latest_checkpoint(run_dir))["model"]
+
+
+def test_rows_checkpoints_and_eval(tmp_path, tiny_raw):
+    rows, saved = [], []
+    last = train(_config(tiny_raw), out_dir=tmp_path, reporter=lambda r, c: (rows.append(r), saved.append(c)))
+    assert [r["step"] for r in rows] == [0, 10, 20, 30, 39]
+    assert [r["step"] for r, c in zip(rows, saved) if c is not None] == [20, 39]
+    assert {"eval/loss", "eval/loss_last"} <= set(rows[0]) and "eval/loss" not in rows[1]
+    assert [r["n_loops"] for r in rows] == [3, 3, 4, 4, 4] and [r["n_points"] for r in rows] == [6, 7, 8, 9, 9]
+    assert last == rows[-1] and all(r["grad_norm"] > 0 for r in rows)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000039"]
+    state = load_checkpoint(tmp_path / "checkpoints" / "step_000039")
+    assert state["step"] == 40 and state["metrics"] == rows and state["config"]["model"]["n_embd"] == 32
+
+
+def test_keep_every_steps_keeps_permanent_copies(tmp_path, tiny_raw):
+    train(_config(tiny_raw, training__keep_every_steps=20, training__save_every_steps=10), out_dir=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000020", "step_000039"]
+
+
+def test_same_seed_same_parameters_other_seed_differs(tmp_path, tiny_raw):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        train(_config(tiny_raw, training__seed=seed, training__train_steps=10), out_dir=tmp_path / name)
+    a, b, c = (_params(tmp_path / n) for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("family,lstm", [("gpt2_loop", False), ("gpt2", False), ("gpt2_loop", True)])
+def test_resume_is_bit_identical(tmp_path, tiny_raw, family, lstm):
+    """N steps + resume + N steps == 2N uninterrupted steps, across a curriculum change."""
+    full = _config(tiny_raw, model__family=family, model__use_lstm_layer=lstm, training__train_steps=40,
+                   training__save_every_steps=20)
+    rows_full = []
+    train(full, out_dir=tmp_path / "full", reporter=lambda r, c: rows_full.append(r))
+    half = _config(tiny_raw, model__family=family, model__use_lstm_layer=lstm, training__train_steps=21,
+                   training__save_every_steps=20)
+    train(half, out_dir=tmp_path / "split")
+    first = tmp_path / "split" / "checkpoints" / "step_000020"
+    rows_resumed = []
+    train(full, out_dir=tmp_path / "split", resume_from=first, reporter=lambda r, c: rows_resumed.append(r))
+    a, b = _params(tmp_path / "full"), _params(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = ("elapsed_s", "steps_per_s", "prompts_per_s")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in rows_full[-2:]] == \
+           [{k: v for k, v in r.items() if k not in strip} for r in rows_resumed]
+
+
+def test_divergence_stops_and_reports(tmp_path, tiny_raw):
+    rows = []
+    row = train(_config(tiny_raw, training__learning_rate=1e6, training__train_steps=200), out_dir=tmp_path,
+                reporter=lambda r, c: rows.append((r, c)))
+    assert row["diverged"] is True and row["step"] < 199 and rows[-1] == (row, None)
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "trainers.train", *args], cwd=cwd, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+
+
+def test_cli_runs_the_research_command_line_and_resumes(tmp_path, tiny_config_file):
+    common = ["--config", str(tiny_config_file), "--model.n_layer", "1", "--training.curriculum.loops.end", "6",
+              "--training.n_loop_window", "3", "--wandb.name", "LR_loop_L1_ends{6}_T{3}", "--gpu.n_gpu", "0",
+              "--out_dir", str(tmp_path / "runs")]
+    first = _cli(*common, "--training.train_steps", "21", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "runs" / "LR_loop_L1_ends{6}_T{3}"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["n_layer"] == 1
+    again = _cli(*common, cwd=tmp_path)
+    assert again.returncode == 2 and "add --resume" in again.stderr
+    resumed = _cli(*common, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 10, 20, 30, 39]
+    assert "ray" not in (run_dir / "config.yaml").read_text()
+
+
+def test_cli_does_not_import_ray(tmp_path, tiny_config_file):
+    code = ("import sys; from trainers.single_run import main; "
+            f"rc = main(['--config', '{tiny_config_file}', '--training.train_steps', '2', '--out_dir', '{tmp_path}']);"
+            "assert 'ray' not in sys.modules; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--training.train_steps", "zero"], "training.train_steps: expected an integer"),
+    (["--model.n_layr", "2"], "model.n_layr: unknown key"),
+    (["--resume"], "--resume: no checkpoint under"),
+])
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, tiny_config_file, args, message):
+    done = _cli("--config", str(tiny_config_file), "--out_dir", str(tmp_path / "runs"), *args, cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_missing_config_file(tmp_path):
+    done = _cli("--config", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert done.returncode == 2 and "nope.yaml: cannot read config file" in done.stderr

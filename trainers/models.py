@@ -1,0 +1,236 @@
+"""The models of the looped-transformer paper: a GPT-2 backbone (nanoGPT style) run once or in a loop.
+
+Parameter names match the paper's reference code so its checkpoints load with strict=True.
+"""
+import math
+import pickle
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+ADDITIVE, MULTIPLICATIVE = "z=f(x+z)", "z=f(x*z)"
+LOOP_FUNCS = (ADDITIVE, MULTIPLICATIVE)
+MODEL_DEFAULTS = dict(n_dims=20, n_positions=101, n_embd=256, n_layer=12, n_head=8,
+                      n_last_tokens=-1, use_lstm_layer=False, loop_func=ADDITIVE)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, n_embd, n_head):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd)  # fused q, k, v (in that order)
+        self.c_proj = nn.Linear(n_embd, n_embd)
+        self.n_head = n_head
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # [B, T, C] -> [B, n_head, T, C // n_head]
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # [B, n_head, T, C // n_head] -> [B, T, C]
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+
+    def __init__(self, n_embd):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+
+    def __init__(self, n_embd, n_head):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, eps=1e-5)
+        self.attn = CausalSelfAttention(n_embd, n_head)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5)
+        self.mlp = MLP(n_embd)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Backbone(nn.Module):
+    """Position embedding, n_layer blocks (or one n_layer-deep LSTM), final LayerNorm; no token embedding."""
+
+    def __init__(self, n_positions, n_embd, n_layer, n_head, use_lstm_layer):
+        super().__init__()
+        if use_lstm_layer:
+            layers = dict(lstm=nn.LSTM(n_embd, n_embd, num_layers=n_layer, batch_first=True))
+        else:
+            layers = dict(h=nn.ModuleList([Block(n_embd, n_head) for _ in range(n_layer)]))
+        # every x and every y is one token, plus one spare row as in the reference code
+        self.transformer = nn.ModuleDict(dict(
+            wpe=nn.Embedding(2 * n_positions + 1, n_embd),
+            **layers,
+            ln_f=nn.LayerNorm(n_embd, eps=1e-5),
+        ))
+        self.apply(_init_weights)
+        # GPT-2 scales the residual projections so the residual stream's variance does not grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    def forward(self, inputs_embeds):
+        T = inputs_embeds.size(1)
+        wpe = self.transformer.wpe
+        if T > wpe.num_embeddings:
+            raise ValueError(f"sequence of {T} tokens is longer than the {wpe.num_embeddings} positions")
+        x = inputs_embeds + wpe.weight[:T]  # [B, T, C] + [T, C]
+        if "lstm" in self.transformer:
+            x, _ = self.transformer.lstm(x)
+        else:
+            for block in self.transformer.h:
+                x = block(x)
+        return self.transformer.ln_f(x)
+
+
+def _init_weights(module):
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def _combine(xs, ys):
+    """Interleave x_1, y_1, x_2, y_2, ... with each y widened to (y, 0, ..., 0)."""
+    B, n, d = xs.shape
+    ys_wide = F.pad(ys.unsqueeze(-1), (0, d - 1))  # [B, n] -> [B, n, d]
+    # [B, n, 2, d] -> [B, 2n, d]
+    return torch.stack((xs, ys_wide), dim=2).view(B, 2 * n, d)
+
+
+class TransformerModel(nn.Module):
+    """Family gpt2: one pass of the backbone. n_last_tokens and loop_func only concern the looped family."""
+
+    def __init__(self, *, n_dims, n_positions, n_embd, n_layer, n_head,
+                 n_last_tokens=-1, use_lstm_layer=False, loop_func=ADDITIVE):
+        super().__init__()
+        self.n_dims = n_dims
+        self.n_positions = n_positions
+        # read-in and read-out keep PyTorch's default init, as in the reference code
+        self._read_in = nn.Linear(n_dims, n_embd)
+        self._backbone = Backbone(n_positions, n_embd, n_layer, n_head, use_lstm_layer)
+        self._read_out = nn.Linear(n_embd, 1)
+
+    def _embed(self, xs, ys):
+        return self._read_in(_combine(xs, ys))  # [B, 2n, n_dims] -> [B, 2n, n_embd]
+
+    def _predict(self, z):
+        # predictions live at the x tokens: [B, 2n, n_embd] -> [B, n, n_embd] -> [B, n]
+        return self._read_out(z[:, ::2]).squeeze(-1)
+
+    def forward(self, xs, ys):
+        return self._predict(self._backbone(self._embed(xs, ys)))
+
+
+class LoopedTransformerModel(TransformerModel):
+    """Family gpt2_loop: z_0 = 0, z_{t+1} = backbone(z_t + e), a prediction read out after every iteration."""
+
+    def __init__(self, *, n_dims, n_positions, n_embd, n_layer, n_head,
+                 n_last_tokens=-1, use_lstm_layer=False, loop_func=ADDITIVE):
+        super().__init__(n_dims=n_dims, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                         n_head=n_head, use_lstm_layer=use_lstm_layer)
+        if loop_func not in LOOP_FUNCS:
+            raise ValueError(f"loop_func {loop_func!r} is not one of {list(LOOP_FUNCS)}")
+        if n_last_tokens < -1:
+            raise ValueError(f"n_last_tokens must be -1 (all tokens) or >= 0, got {n_last_tokens}")
+        self.loop_func = loop_func
+        self.n_last_tokens = n_last_tokens
+
+    def _keep_mask(self, embeds):
+        """[1, T, 1] mask that zeroes the state before its last n_last_tokens positions; None keeps all."""
+        T, N = embeds.size(1), self.n_last_tokens
+        if N == -1 or N >= T:
+            return None
+        positions = torch.arange(T, device=embeds.device)
+        return (positions >= T - N).to(embeds.dtype).view(1, T, 1)
+
+    def _step(self, z, embeds, keep):
+        if keep is not None:
+            z = z * keep
+        return self._backbone(z + embeds if self.loop_func == ADDITIVE else z * embeds)
+
+    def forward(self, xs, ys, n_loop_start, n_loops):
+        if not 0 <= n_loop_start < n_loops:
+            raise ValueError(f"need 0 <= n_loop_start < n_loops, got n_loop_start={n_loop_start}, "
+                             f"n_loops={n_loops}")
+        embeds = self._embed(xs, ys)
+        keep = self._keep_mask(embeds)
+        # z_0 = 1 for the multiplicative form (as in the reference code) so that the first iteration
+        # sees the prompt itself, as z_0 = 0 does for the additive one; zeros would wipe it out for good
+        z = torch.zeros_like(embeds) if self.loop_func == ADDITIVE else torch.ones_like(embeds)
+        # the iterations before the loss window build no graph: memory stays flat in n_loops
+        with torch.no_grad():
+            for _ in range(n_loop_start):
+                z = self._step(z, embeds, keep)
+        predictions = []
+        for _ in range(n_loop_start, n_loops):
+            z = self._step(z, embeds, keep)
+            predictions.append(self._predict(z))
+        return predictions
+
+
+MODEL_FAMILIES = {"gpt2": TransformerModel, "gpt2_loop": LoopedTransformerModel}
+
+
+def build_model(model_config):
+    """Build from a ModelConfig-like object or a plain dict of the `model` section."""
+    if isinstance(model_config, dict):
+        get = model_config.get
+    else:
+        def get(key, default=None):
+            return getattr(model_config, key, default)
+    family = get("family")
+    if family not in MODEL_FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; allowed: {sorted(MODEL_FAMILIES)}")
+    pred_type = get("pred_type", "regression")
+    if pred_type != "regression":
+        raise ValueError(f"pred_type {pred_type!r} is not supported; allowed: ['regression']")
+    return MODEL_FAMILIES[family](**{key: get(key, default) for key, default in MODEL_DEFAULTS.items()})
+
+
+def _is_causal_mask_buffer(key, value):
+    """nanoGPT's slow-attention path saves its causal mask; it is not a parameter of the model."""
+    if key.endswith(".attn.masked_bias"):
+        return True
+    return (key.endswith(".attn.bias") and isinstance(value, torch.Tensor) and value.dim() == 4
+            and value.shape[:2] == (1, 1) and value.shape[2] == value.shape[3])
+
+
+def _state_dict_from(obj, path):
+    expected = "{'model': state_dict}, {'model_state_dict': state_dict} or a bare state dict"
+    if isinstance(obj, dict):
+        for key in ("model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    raise ValueError(f"{path}: expected {expected}, found a {type(obj).__name__} that is none of these")
+
+
+def load_reference_checkpoint(model, path):
+    """Load a checkpoint of this code or of the reference code into `model` (strict); return `model`."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as err:
+        # torch's own message is long; the chained error keeps it for whoever needs the details
+        raise ValueError(f"{path}: not a PyTorch checkpoint holding only tensors and containers "
+                         f"(torch.load with weights_only=True raised {type(err).__name__})") from err
+    state_dict = {k: v for k, v in _state_dict_from(obj, path).items() if not _is_causal_mask_buffer(k, v)}
+    model.load_state_dict(state_dict, strict=True)
+    return model

@@ -1,0 +1,86 @@
+"""`python -m trainers.train --config cfg.yaml [--section.key VALUE ...]`: one run, no Ray.
+
+Accepts the research's own command lines (`--model.n_layer 1 --wandb.name "LR_loop_L1_ends{30}_T{15}"
+--gpu.n_gpu 0`). The run lives in `<out_dir>/<wandb.name or config name>/` with its resolved `config.yaml`,
+`metrics.jsonl` and `checkpoints/`; `--resume` continues it from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import yaml
+
+from trainers.checkpoint import latest_checkpoint, load_checkpoint
+from trainers.config import ConfigError, config_to_dict, load_config, parse_override_args
+
+DEFAULT_OUT_DIR = "runs"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="config YAML (the research's schema)")
+    parser.add_argument("--out_dir", "--out-dir", dest="out_dir", help=f"where runs go (default: config out_dir or {DEFAULT_OUT_DIR})")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: training.device)")
+    args, rest = parser.parse_known_args(argv)
+    return args, parse_override_args(rest)
+
+
+class RunLog:
+    """The run's `metrics.jsonl` and progress bar, fed by the training loop's reporter."""
+
+    def __init__(self, run_dir: Path, total_steps: int, history: list[dict]):
+        from tqdm import tqdm
+
+        self.path = run_dir / "metrics.jsonl"
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in history))
+        done = history[-1]["step"] + 1 if history else 0
+        self.bar = tqdm(total=total_steps, initial=done, unit="step", dynamic_ncols=True, disable=None)
+
+    def __call__(self, row: dict, checkpoint_dir) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.bar.update(row["step"] + 1 - self.bar.n)
+        shown = {"loss": f"{row['overall_loss']:.4f}", "loops": row["n_loops"], "points": row["n_points"]}
+        if "eval/loss" in row:
+            shown["eval"] = f"{row['eval/loss']:.4f}"
+        self.bar.set_postfix(shown, refresh=False)
+
+
+def prepare_run_dir(args, config, config_path: Path) -> tuple[Path, Path | None]:
+    out_dir = Path(args.out_dir or config.out_dir or DEFAULT_OUT_DIR)
+    run_dir = out_dir / (config.wandb.name or config_path.stem)
+    checkpoint = latest_checkpoint(run_dir)
+    if args.resume and checkpoint is None:
+        raise ConfigError(f"--resume: no checkpoint under {run_dir / 'checkpoints'} to resume from")
+    if not args.resume and checkpoint is not None:
+        raise ConfigError(f"{run_dir}: a run already exists there; add --resume or pick another --wandb.name")
+    return run_dir, checkpoint
+
+
+def main(argv=None) -> int:
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    try:
+        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        config = load_config(args.config, overrides)
+        run_dir, checkpoint = prepare_run_dir(args, config, Path(args.config))
+        history = load_checkpoint(checkpoint)["metrics"] if checkpoint else []
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from trainers.train import train
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    log = RunLog(run_dir, config.training.train_steps, history)
+    row = train(config, out_dir=run_dir, reporter=log, resume_from=checkpoint, device=args.device)
+    log.bar.close()
+    print(f"run: {run_dir}")
+    if row.get("diverged"):
+        print(f"diverged at step {row['step']}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,69 @@
+"""The Ray Tune trainable: a thin adapter that runs `trainers.train.train` for one trial.
+
+It merges the trial's values into the base config, reports every logged row with `ray.tune.report`
+(with a `ray.tune.Checkpoint` when one was written), resumes from `ray.tune.get_checkpoint()`, and runs on the
+GPU Ray gave the trial, with as many torch threads as the trial has CPUs.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from trainers.config import apply_overrides, config_from_dict
+
+
+def trial_values(params: dict) -> tuple[tuple[str, ...], dict]:
+    """Ray's params (`{"variant": {"experiments": [...], key: value}, sampled_key: value}`) -> tags, values."""
+    variant = dict(params.get("variant", {}))
+    experiments = tuple(variant.pop("experiments", ()))
+    return experiments, {**variant, **{k: v for k, v in params.items() if k != "variant"}}
+
+
+def _trial_device_and_threads() -> tuple[str, int]:
+    import ray
+    from ray import tune
+
+    resources = tune.get_context().get_trial_resources().required_resources
+    use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+    return ("cuda" if use_gpu else "cpu"), max(1, int(resources.get("CPU", 1)))
+
+
+def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None) -> None:
+    """Entry point Ray calls once per trial attempt (a retry calls it again, with the last checkpoint)."""
+    import ray
+    from ray import tune
+
+    experiments, values = trial_values(params)
+    config = config_from_dict(apply_overrides(base, values, "trial"), "trial")
+    device, threads = _trial_device_and_threads()
+    node_id = ray.get_runtime_context().get_node_id()
+    work = Path(tempfile.mkdtemp(prefix="tune_looped_"))
+    logger = None
+    try:
+        resume_from = None
+        restored = tune.get_checkpoint()
+        if restored is not None:
+            resume_from = Path(restored.to_directory(str(work / "restored")))
+        if wandb_settings:
+            from trainers.wandb_log import WandbRun
+
+            logger = WandbRun(config, values, experiments, wandb_settings, tune.get_context().get_trial_dir())
+
+        def report(row: dict, checkpoint_dir: Path | None) -> None:
+            metrics = {**row, "node_id": node_id}
+            if logger is not None:
+                logger.log(row)
+            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+            tune.report(metrics, checkpoint=checkpoint)
+
+        from trainers.train import train
+
+        train(config, out_dir=work / "run", reporter=report, resume_from=resume_from, device=device,
+              num_threads=threads)
+    finally:
+        if logger is not None:
+            logger.finish()
+        shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -53,7 +54,7 @@ def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None) -
             logger = WandbRun(config, values, experiments, wandb_settings, tune.get_context().get_trial_dir())
 
         def report(row: dict, checkpoint_dir: Path | None) -> None:
-            metrics = {**row, "node_id": node_id}
+            metrics = {**row, "node_id": node_id, "wall_time": time.time()}
             if logger is not None:
                 logger.log(row)
             checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None

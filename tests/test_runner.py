@@ -1,0 +1,230 @@
+"""End-to-end sweeps on a real embedded Ray: dedup, fractional GPUs, two nodes, crash + retry, resume,
+dashboard, and the W&B key never reaching a file. Trials are tiny (a few dozen steps, n_embd 16)."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trainers.checkpoint import load_checkpoint
+from trainers.config import apply_overrides, config_from_dict
+from trainers.train import train
+from tune_looped.run import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_BASE = {
+    "model": {"family": "gpt2_loop", "n_embd": 16, "n_layer": 1, "n_head": 2, "n_dims": 3, "n_positions": 6},
+    "training": {
+        "batch_size": 8, "train_steps": 30, "save_every_steps": 10, "eval_every_steps": 10, "eval_prompts": 16,
+        "n_loop_window": 2,
+        "curriculum": {"dims": {"start": 3, "end": 3, "inc": 1, "interval": 100},
+                       "points": {"start": 4, "end": 6, "inc": 1, "interval": 10},
+                       "loops": {"start": 2, "end": 3, "inc": 1, "interval": 10}},
+    },
+    "wandb": {"log_every_steps": 5},
+}
+HYPOTHESES = [
+    {"name": "information_flow", "grid": {"model.n_last_tokens": [2, -1]}},
+    {"name": "looped_n_layers", "grid": {"model.n_layer": [1, 2]}},
+    {"name": "looped_lstm", "grid": {"model.use_lstm_layer": [True], "model.n_layer": [1]}},
+]
+
+
+def write_space(path: Path, experiments=HYPOTHESES, base=None, **extra) -> Path:
+    base = base or TINY_BASE
+    path.write_text(yaml.safe_dump({"name": "tiny", "base": base, "experiments": experiments, **extra}))
+    return path
+
+
+def trial_dirs(experiment_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in experiment_dir.glob("*/params.json"))
+
+
+def rows(trial_dir: Path) -> list[dict]:
+    lines = (trial_dir / "result.json").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def variant(trial_dir: Path) -> dict:
+    return json.loads((trial_dir / "params.json").read_text())["variant"]
+
+
+def max_overlap(intervals) -> int:
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    running = best = 0
+    for _, delta in events:
+        running += delta
+        best = max(best, running)
+    return best
+
+
+def run_intervals(experiment_dir: Path):
+    out = []
+    for trial in trial_dirs(experiment_dir):
+        r = rows(trial)
+        out.append((r[0]["wall_time"] - r[0]["elapsed_s"], r[-1]["wall_time"]))
+    return out
+
+
+def test_three_hypotheses_dedup_and_report(tmp_path, capsys):
+    space = write_space(tmp_path / "space.yaml")
+    rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "h", "--num-cpus", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    experiment = tmp_path / "results" / "h"
+    trials = trial_dirs(experiment)
+    assert len(trials) == 4
+    tags = sorted(tuple(variant(t)["experiments"]) for t in trials)
+    assert tags == sorted([("information_flow",), ("information_flow", "looped_n_layers", "looped_lstm"),
+                           ("looped_n_layers",), ("looped_lstm",)])
+    for trial in trials:
+        steps = [r["step"] for r in rows(trial)]
+        assert steps == [0, 5, 10, 15, 20, 25, 29]
+    assert "4 finished" in out and str(experiment) in out
+    assert yaml.safe_load((experiment / "space.yaml").read_text())["base"]["model"]["n_embd"] == 16
+    for name in ("curves.parquet", "summary.parquet", "evaluation.parquet", "REPORT.md"):
+        assert (experiment / name).stat().st_size > 0
+    assert list((experiment / "plots").glob("*.png"))
+
+
+@pytest.mark.parametrize("fraction,expected", [(0.25, 4), (0.5, 2)])
+def test_fractional_gpus_share_one_gpu(tmp_path, fraction, expected):
+    """A logical GPU on a CPU machine: 4 trials at 0.25 run together, at 0.5 only 2 at a time."""
+    base = apply_overrides(TINY_BASE, {"training.train_steps": 400, "wandb.log_every_steps": 50})
+    space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1, 2, 3]}}], base)
+    rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "4",
+               "--num-gpus", "1", "--gpus-per-trial", str(fraction), "--no-report"])
+    assert rc == 0
+    assert max_overlap(run_intervals(tmp_path / "r" / "g")) == expected
+
+
+def test_two_worker_nodes_share_the_trials(tmp_path, capsys):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        base = apply_overrides(TINY_BASE, {"training.train_steps": 200})
+        space = write_space(tmp_path / "space.yaml", [{"name": "n", "grid": {"training.seed": [0, 1, 2, 3]}}], base)
+        rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "n",
+                   "--address", cluster.address, "--no-report"])
+    finally:
+        cluster.shutdown()
+    assert rc == 0
+    assert "local path on a 3-node cluster" in capsys.readouterr().err
+    trials = trial_dirs(tmp_path / "r" / "n")
+    assert len(trials) == 4 and all(rows(t)[-1]["step"] == 199 for t in trials)
+    assert len({rows(t)[-1]["node_id"] for t in trials}) == 2
+
+
+def start_sweep(tmp_path, space, *extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "tune_looped.run", "--space", str(space), "--storage", str(tmp_path / "r"),
+           "--name", "s", "--num-cpus", "2", "--no-report", *extra]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def checkpointed_trial(experiment_dir: Path):
+    """A running trial that has reported a checkpoint: (trial_dir, its worker pid)."""
+    for trial in trial_dirs(experiment_dir):
+        if list(trial.glob("checkpoint_*/checkpoint.pt")) and (trial / "result.json").exists():
+            done = rows(trial)
+            if done and done[-1]["step"] < 1999:
+                return trial, done[-1]["pid"]
+    return None
+
+
+def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
+    base = apply_overrides(TINY_BASE, {"training.train_steps": 2000, "training.save_every_steps": 200,
+                                       "training.eval_every_steps": 500, "wandb.log_every_steps": 100})
+    space = write_space(tmp_path / "space.yaml", [{"name": "k", "grid": {"training.seed": [7]}}], base)
+    sweep = start_sweep(tmp_path, space)
+    trial, pid = wait_for(lambda: checkpointed_trial(tmp_path / "r" / "s"))
+    os.kill(pid, signal.SIGKILL)
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, err
+    assert "1 finished" in out
+    checkpoints = sorted(trial.glob("checkpoint_*"))
+    state = load_checkpoint(checkpoints[-1])
+    steps = [r["step"] for r in state["metrics"]]
+    assert steps == list(range(0, 2000, 100)) + [1999]
+    assert any(r["iterations_since_restore"] < r["training_iteration"] for r in rows(trial)), "no retry happened"
+    reference = config_from_dict(apply_overrides(base, {"training.seed": 7}))
+    clean = train(reference, out_dir=tmp_path / "clean", num_threads=1)
+    uninterrupted = load_checkpoint(next((tmp_path / "clean" / "checkpoints").iterdir()))
+    assert all(torch.equal(state["model"][k], uninterrupted["model"][k]) for k in state["model"])
+    assert state["metrics"][-1]["eval/loss"] == clean["eval/loss"]
+
+
+def auth_token() -> str:
+    return Path("~/.ray/auth_token").expanduser().read_text().strip()
+
+
+def test_interrupted_sweep_resumes_and_dashboard_answers(tmp_path):
+    base = apply_overrides(TINY_BASE, {"training.train_steps": 1500, "training.save_every_steps": 100,
+                                       "wandb.log_every_steps": 100})
+    space = write_space(tmp_path / "space.yaml", [{"name": "i", "grid": {"training.seed": [0, 1, 2]}}], base,
+                        resources={"cpu": 1})
+    sweep = start_sweep(tmp_path, space, "--max-concurrent", "1")
+    url = wait_for(lambda: re.search(r"Ray dashboard: (http://\S+)", sweep.stderr.readline() or ""), 60).group(1)
+    request = urllib.request.Request(f"{url}/api/version", headers={"Authorization": f"Bearer {auth_token()}"})
+    assert json.loads(urllib.request.urlopen(request, timeout=10).read())["ray_version"]
+    unauthenticated = urllib.request.Request(f"{url}/api/version")
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        urllib.request.urlopen(unauthenticated, timeout=10)
+    experiment = tmp_path / "r" / "s"
+    first = wait_for(lambda: [t for t in trial_dirs(experiment) if rows(t) and rows(t)[-1]["step"] == 1499])[0]
+    first_rows = len(rows(first))
+    sweep.send_signal(signal.SIGINT)
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, err
+    assert "--resume" in err and "--name s" in err
+    resumed = subprocess.run([sys.executable, "-m", "tune_looped.run", "--space", str(space), "--storage",
+                              str(tmp_path / "r"), "--name", "s", "--resume", "--num-cpus", "2", "--no-report"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "3 finished" in resumed.stdout
+    assert len(rows(first)) == first_rows
+    assert all(rows(t)[-1]["step"] == 1499 for t in trial_dirs(experiment))
+
+
+def test_wandb_key_never_reaches_a_file(tmp_path):
+    key = "fakekey" + "0123456789abcdef" * 2
+    base = {**TINY_BASE, "wandb": {**TINY_BASE["wandb"], "key": key, "project": "tiny"}}
+    space = write_space(tmp_path / "space.yaml", [{"name": "w", "grid": {"model.n_layer": [1]}}], base)
+    try:
+        rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "w", "--num-cpus", "2",
+                   "--wandb", "--wandb-mode", "offline", "--no-report"])
+    finally:
+        os.environ.pop("WANDB_API_KEY", None)
+    assert rc == 0
+    trial = trial_dirs(tmp_path / "r" / "w")[0]
+    assert list(trial.rglob("wandb/offline-run-*")), "W&B wrote no offline run under the trial"
+    session = Path("/tmp/ray/session_latest").resolve()
+    scanned = 0
+    for root in (tmp_path / "r", session):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                scanned += 1
+                assert key.encode() not in path.read_bytes(), path
+    assert scanned > 20

@@ -310,6 +310,11 @@ def key_type(dotted: str, source: str = "override"):
     return cls
 
 
+def coerce_value(dotted: str, value, where: str):
+    """`value` as the schema's type for `dotted` (e.g. YAML 1.1's string `1e-4` as a float), or ConfigError."""
+    return _coerce(value, key_type(dotted, where), where)
+
+
 def set_dotted(raw: dict, dotted: str, value) -> dict:
     """A copy of `raw` with `dotted` set, creating the sections on the way."""
     head, _, rest = dotted.partition(".")

@@ -148,8 +148,11 @@ def main(argv=None) -> int:
     if not args.no_report:
         from analysis import run_all
 
-        for label, path in run_all(experiment_dir).items():
+        written = run_all(experiment_dir)
+        plots = written.pop("plots")
+        for label, path in written.items():
             print(f"{label}: {path}")
+        print(f"plots: {len(plots)} figures in {plots[0].parent if plots else experiment_dir}")
     return 1 if any(r["status"] == "error" for r in rows) else 0
 
 

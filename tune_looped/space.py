@@ -22,6 +22,7 @@ share runs once, tagged with all of them.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import yaml
 
 from trainers.config import (
-    Config, ConfigError, apply_overrides, config_from_dict, config_to_dict, key_type, read_yaml, strip_secrets,
+    Config, ConfigError, apply_overrides, coerce_value, config_from_dict, config_to_dict, key_type, read_yaml, strip_secrets,
 )
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -84,15 +85,40 @@ def resolve_space_path(text: str) -> Path:
     """A path as given, else a bare name (with or without .yaml) in the package's search_spaces folder."""
     path = Path(text)
     if path.exists():
+        if not path.is_file():
+            raise SpaceError(f"{text}: not a file; give a space YAML file or a name from {SPACES_DIR}")
         return path
     for candidate in (SPACES_DIR / text, SPACES_DIR / f"{text}.yaml"):
-        if "/" not in text and candidate.exists():
+        if "/" not in text and candidate.is_file():
             return candidate
     raise SpaceError(f"{text}: no such space file (nor in {SPACES_DIR})")
 
 
+def _number(value):
+    """A bound as a finite number, reading YAML 1.1's dotless `1e-4` too; anything else comes back as None."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _bounds(kind: str, args) -> tuple | None:
+    numbers = [_number(a) for a in args] if isinstance(args, list) and len(args) == 2 else [None]
+    if None in numbers or not numbers[0] < numbers[1]:
+        return None
+    if kind == "loguniform" and numbers[0] <= 0:
+        return None
+    if kind == "randint":
+        return tuple(int(n) for n in numbers) if all(float(n).is_integer() for n in numbers) else None
+    return tuple(float(n) for n in numbers)
+
+
 def parse_distribution(text: str, where: str) -> Distribution:
-    """`loguniform(1e-4, 1e-3)`, `uniform(a, b)`, `randint(a, b)` or `choice([...])`."""
+    """`loguniform(1e-4, 1e-3)`, `uniform(a, b)`, `randint(a, b)` (both ends included) or `choice([...])`."""
     match = re.fullmatch(r"\s*(\w+)\s*\((.*)\)\s*", str(text))
     if not match or match.group(1) not in DISTRIBUTIONS:
         raise SpaceError(f"{where}: expected one of {', '.join(f'{d}(...)' for d in DISTRIBUTIONS)}, got {text!r}")
@@ -103,18 +129,15 @@ def parse_distribution(text: str, where: str) -> Distribution:
         args = None
     if kind == "choice":
         ok = isinstance(args, list) and len(args) == 1 and isinstance(args[0], list) and args[0]
-        args = tuple(args[0]) if ok else None
+        parsed = tuple(args[0]) if ok else None
     else:
-        args = [float(a) if isinstance(a, str) and re.fullmatch(r"[-+.\deE]+", a) else a for a in args or []]
-        numbers = len(args) == 2 and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
-        ok = numbers and args[0] < args[1] and (kind != "loguniform" or args[0] > 0)
-        ok = ok and (kind != "randint" or all(float(a).is_integer() for a in args))
-        args = tuple(args) if ok else None
-    if args is None:
-        allowed = "a non-empty list" if kind == "choice" else "two numbers low < high" + (
-            ", low > 0" if kind == "loguniform" else "")
+        parsed = _bounds(kind, args)
+    if parsed is None:
+        allowed = {"choice": "a non-empty list", "randint": "two integers low < high",
+                   "loguniform": "two numbers low < high, low > 0, both finite"}.get(kind,
+                                                                                    "two numbers low < high, both finite")
         raise SpaceError(f"{where}: {kind} takes {allowed}, got {text!r}")
-    return Distribution(kind, args)
+    return Distribution(kind, parsed)
 
 
 def _mapping(raw, where: str, allowed=None) -> dict:
@@ -122,7 +145,7 @@ def _mapping(raw, where: str, allowed=None) -> dict:
         raise SpaceError(f"{where}: expected a mapping, got {raw!r}")
     unknown = sorted(set(map(str, raw)) - set(allowed)) if allowed is not None else []
     if unknown:
-        raise SpaceError(f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(allowed)}".lstrip(": ."))
+        raise SpaceError(f"{where}{'.' if ': ' in where else ': '}{unknown[0]}: unknown key; allowed: {', '.join(allowed)}")
     return raw
 
 
@@ -137,14 +160,11 @@ def _read_base(raw, path: Path, secrets: dict) -> dict:
     if raw is None:
         raise SpaceError(f"{path}: base: missing; give a config file path or a mapping of model:/training:/wandb:")
     try:
-        if isinstance(raw, str):
-            base = read_yaml(path.parent / raw)
-        else:
-            base = dict(_mapping(raw, f"{path}: base"))
+        base = read_yaml(path.parent / raw) if isinstance(raw, str) else dict(_mapping(raw, f"{path}: base"))
         base = strip_secrets(base, secrets)
         config_from_dict(base, f"{path}: base")
     except ConfigError as err:
-        raise SpaceError(str(err)) from None
+        raise SpaceError(f"{path}: base: {err}" if isinstance(raw, str) else str(err)) from None
     return base
 
 
@@ -153,12 +173,18 @@ def _grid(raw, where: str) -> list[dict]:
     grid = _mapping(raw, where)
     if not grid:
         raise SpaceError(f"{where}: empty grid; give at least one key with a list of values")
+    typed = {}
     for key, values in grid.items():
         _check_key(key, f"{where}.{key}")
         if not isinstance(values, list) or not values:
             raise SpaceError(f"{where}.{key}: expected a non-empty list of values, got {values!r}")
-    keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+        try:
+            # typed by the schema so that 1e-4 and 0.0001 are one configuration, not two
+            typed[key] = [coerce_value(key, v, f"{where}.{key}") for v in values]
+        except ConfigError as err:
+            raise SpaceError(str(err)) from None
+    keys = list(typed)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(typed[k] for k in keys))]
 
 
 def _merge_trials(experiments: list[tuple[str, list[dict]]], base: dict, seeds: list | None) -> list[Trial]:
@@ -184,20 +210,24 @@ def _dotted_get(tree: dict, dotted: str):
     return tree
 
 
-def _apply_quick(raw: dict, where: str) -> dict:
+def _apply_quick(raw: dict, base: dict, where: str) -> tuple[dict, dict]:
+    """The space and base with the `quick:` block applied: base keys and grid values replaced."""
     quick = _mapping(raw.get("quick"), f"{where}: quick", ("base", "grid", "seeds", "num_samples", "resources"))
-    out = {k: v for k, v in raw.items() if k != "quick"}
-    if isinstance(out.get("base"), str):
-        out["base"] = read_yaml(Path(where).parent / out["base"])
-    for key, value in _mapping(quick.get("base", {}), f"{where}: quick.base").items():
-        _check_key(key, f"{where}: quick.base.{key}")
-        out["base"] = apply_overrides(out.get("base") or {}, {key: value}, f"{where}: quick.base")
+    overrides = _mapping(quick.get("base", {}), f"{where}: quick.base")
+    try:
+        base = apply_overrides(base, overrides, f"{where}: quick.base")
+        config_from_dict(base, f"{where}: quick.base")
+    except ConfigError as err:
+        raise SpaceError(str(err)) from None
     replaced = _mapping(quick.get("grid", {}), f"{where}: quick.grid")
-    out["experiments"] = [
+    for key in replaced:
+        _check_key(key, f"{where}: quick.grid.{key}")
+    experiments = [
         {**e, "grid": {k: replaced.get(k, v) for k, v in e["grid"].items()}} if isinstance(e, dict)
-        and isinstance(e.get("grid"), dict) else e for e in out.get("experiments") or []
+        and isinstance(e.get("grid"), dict) else e for e in raw.get("experiments") or []
     ]
-    return {**out, **{k: quick[k] for k in ("seeds", "num_samples", "resources") if k in quick}}
+    extra = {k: quick[k] for k in ("seeds", "num_samples", "resources") if k in quick}
+    return {**raw, "experiments": experiments, **extra}, base
 
 
 def load_space(path, *, quick: bool = False) -> Space:
@@ -208,12 +238,12 @@ def load_space(path, *, quick: bool = False) -> Space:
         raise SpaceError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     where = str(path)
     raw = _mapping(raw, where, TOP_KEYS)
+    secrets: dict = {}
+    base = _read_base(raw.get("base"), path, secrets)
     if quick:
         if "quick" not in raw:
             raise SpaceError(f"{where}: quick: --quick needs a quick: block in the space file")
-        raw = _apply_quick(raw, where)
-    secrets: dict = {}
-    base = _read_base(raw.get("base"), path, secrets)
+        raw, base = _apply_quick(raw, base, where)
     experiments = raw.get("experiments")
     if not isinstance(experiments, list) or not experiments:
         raise SpaceError(f"{where}: experiments: expected a non-empty list of {{name, grid}}")

@@ -6,7 +6,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from tune_looped.space import Space, trial_config
 
-SAMPLERS = {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint}
+SAMPLERS = {
+    "loguniform": tune.loguniform,
+    "uniform": tune.uniform,
+    # the grammar's randint(a, b) includes b, as Python's random.randint does; Tune's excludes it
+    "randint": lambda low, high: tune.randint(low, high + 1),
+}
 
 
 def param_space(space: Space) -> dict:

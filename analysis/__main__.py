@@ -1,0 +1,72 @@
+"""`python -m analysis export|evaluate|plot|report|all EXPERIMENT_DIR`: the analysis from the shell.
+
+A directory that is missing or holds no trials gives one line on stderr and exit status 2, and nothing is
+written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from analysis.evaluation import EVALUATION_FILE, N_PROMPTS, evaluate_experiment
+from analysis.experiment import AnalysisError
+from analysis.pipeline import FORMATS, export_frames, run_all
+from analysis.plots import plot_experiment
+from analysis.report import report_experiment
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    commands = cli.add_subparsers(dest="command", required=True)
+    helps = {"export": "write the curves and summary frames", "evaluate": "evaluate the checkpoints",
+             "plot": "draw the figures", "report": "write REPORT.md", "all": "all four, in that order"}
+    for name, help_text in helps.items():
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("experiment_dir", help="the experiment directory (Ray Tune's layout)")
+        command.add_argument("--out", help="write here instead of into the experiment directory")
+        if name in ("export", "all"):
+            command.add_argument("--format", choices=FORMATS, default="parquet", help="of the frames")
+        if name in ("evaluate", "all"):
+            command.add_argument("--n-prompts", type=int, default=N_PROMPTS, help="fresh prompts per trial")
+            command.add_argument("--max-loops", type=int, help="loops to run looped models to (default 10 b)")
+            command.add_argument("--seed", type=int, default=0, help="seed of the prompts")
+            command.add_argument("--device", help="torch device (default: cuda when present)")
+    return cli
+
+
+def run(args) -> list:
+    directory, out = args.experiment_dir, args.out
+    if args.command == "export":
+        return list(export_frames(directory, out, args.format).values())
+    if args.command == "evaluate":
+        evaluate_experiment(directory, n_prompts=args.n_prompts, max_loops=args.max_loops, seed=args.seed,
+                            device=args.device, out=out)
+        return [Path(out if out is not None else directory) / EVALUATION_FILE]
+    if args.command == "plot":
+        return plot_experiment(directory, out)
+    if args.command == "report":
+        return [report_experiment(directory, out)]
+    written = run_all(directory, out, fmt=args.format, n_prompts=args.n_prompts, max_loops=args.max_loops,
+                      seed=args.seed, device=args.device)
+    return [path for value in written.values() for path in (value if isinstance(value, list) else [value])]
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    with warnings.catch_warnings():
+        # warnings name the trial and what is missing; the source line of the warning call helps nobody here
+        warnings.showwarning = lambda message, *rest, **kw: print(f"warning: {message}", file=sys.stderr)
+        try:
+            written = run(args)
+        except AnalysisError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Trained checkpoints evaluated as the paper does: fresh prompts at the final curriculum's size, squared
+error per in-context example count k (and per loop iteration for looped models), beside the baselines.
+
+The result is one long frame: per trial and curve (`kind` model or baseline, `name`), per point of an
+`axis` (`k`: examples before the position; `loop`: iterations run, at the last position), the mean error
+over prompts and its bootstrap 5-95% band.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis.baselines import baselines_for
+from analysis.experiment import AnalysisWarning, Trial, identities, read_trials
+from analysis.frames import aggregate_seeds
+from analysis.stats import bootstrap_mean
+from trainers.models import LoopedTransformerModel, build_model
+from trainers.tasks import error_normaliser, sample_batch
+
+N_PROMPTS = 1280
+BATCH_SIZE = 256
+LOOPS_FACTOR = 10  # looped models run to 10 b by default: far enough to see whether they hold a fixed point
+EVALUATION_FILE = "evaluation.parquet"
+CURVE_COLUMNS = ["kind", "name", "axis", "x", "mean", "lo", "hi"]
+
+
+@dataclass(frozen=True)
+class PromptSetting:
+    """What the prompts depend on: trials that share it are scored on the very same prompts."""
+    task_name: str
+    n_dims: int
+    n_dims_truncated: int
+    n_points: int
+    sparsity: int
+
+    @classmethod
+    def final(cls, config: dict) -> PromptSetting:
+        training, curriculum = config["training"], config["training"]["curriculum"]
+        return cls(training["task_name"], config["model"]["n_dims"], curriculum["dims"]["end"],
+                   curriculum["points"]["end"], training["sparsity"])
+
+    def sample(self, n_prompts: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        return sample_batch(self.task_name, batch_size=n_prompts, n_points=self.n_points, n_dims=self.n_dims,
+                            n_dims_truncated=self.n_dims_truncated, generator=generator, sparsity=self.sparsity)
+
+    @property
+    def normaliser(self) -> float:
+        return error_normaliser(self.task_name, self.n_dims_truncated, self.sparsity)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def evaluate_experiment(experiment_dir, *, n_prompts: int = N_PROMPTS, max_loops: int | None = None,
+                        seed: int = 0, device=None, out=None, batch_size: int = BATCH_SIZE) -> pd.DataFrame:
+    """Evaluate every trial's latest checkpoint; writes `evaluation.parquet` into `out` (default: the
+    experiment directory) and returns the frame."""
+    frame = evaluate_trials(read_trials(experiment_dir), n_prompts=n_prompts, max_loops=max_loops, seed=seed,
+                            device=device, batch_size=batch_size)
+    path = Path(out if out is not None else experiment_dir) / EVALUATION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return frame
+
+
+def evaluate_trials(trials: list[Trial], *, n_prompts: int = N_PROMPTS, max_loops: int | None = None,
+                    seed: int = 0, device=None, batch_size: int = BATCH_SIZE) -> pd.DataFrame:
+    device = torch.device(device) if device is not None else default_device()
+    prompts: dict[PromptSetting, tuple] = {}
+    parts = []
+    for trial, ident in zip(trials, identities(trials)):
+        prepared = prepare(trial, device)
+        if prepared is None:
+            continue
+        setting, model, train_loops = prepared
+        if setting not in prompts:
+            xs, ys = setting.sample(n_prompts, seed)
+            prompts[setting] = (xs, ys, baseline_curves(setting, xs, ys, device))
+        xs, ys, baselines = prompts[setting]
+        run_loops = max(train_loops, max_loops or LOOPS_FACTOR * train_loops)
+        curves = model_curves(model, setting, xs, ys, train_loops, run_loops, device, batch_size) + baselines
+        meta = {"task_name": setting.task_name, "n_dims_truncated": setting.n_dims_truncated,
+                "n_points": setting.n_points, "train_loops": train_loops, "max_loops": run_loops,
+                "n_prompts": n_prompts}
+        parts.append(pd.DataFrame([{**ident, **curve, **meta} for curve in curves]))
+    if not parts:
+        return pd.DataFrame(columns=["trial_id", "experiments", *CURVE_COLUMNS])
+    return pd.concat(parts, ignore_index=True, sort=False)
+
+
+def prepare(trial: Trial, device) -> tuple[PromptSetting, torch.nn.Module, int] | None:
+    """The trial's prompt setting, model and training loop count b; None (with a warning) if it has none."""
+    if trial.checkpoint is None or "model" not in trial.checkpoint:
+        warnings.warn(f"trial {trial.trial_id}: no checkpoint yet; not evaluated", AnalysisWarning, stacklevel=3)
+        return None
+    try:
+        return (PromptSetting.final(trial.config), load_model(trial, device),
+                trial.config["training"]["curriculum"]["loops"]["end"])
+    except (KeyError, ValueError, RuntimeError) as err:
+        # one trial of a sweep with a broken checkpoint must not cost the evaluation of all the others
+        warnings.warn(f"trial {trial.trial_id}: checkpoint does not build a model ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0][:200]}); not evaluated", AnalysisWarning, stacklevel=3)
+        return None
+
+
+def curve_rows(kind: str, name: str, axis: str, positions, errors: np.ndarray) -> list[dict]:
+    """errors [n_prompts, len(positions)] -> one row per position with the mean and its band."""
+    mean, lo, hi = bootstrap_mean(errors)
+    return [{"kind": kind, "name": name, "axis": axis, "x": int(x), "mean": float(m), "lo": float(l),
+             "hi": float(h)} for x, m, l, h in zip(positions, mean, lo, hi)]
+
+
+def baseline_curves(setting: PromptSetting, xs, ys, device) -> list[dict]:
+    rows = []
+    for name, baseline in baselines_for(setting.task_name).items():
+        preds = baseline(xs.to(device), ys.to(device)).cpu()
+        errors = ((preds - ys) ** 2 / setting.normaliser).numpy()
+        rows += curve_rows("baseline", name, "k", range(setting.n_points), errors)
+    return rows
+
+
+def load_model(trial: Trial, device) -> torch.nn.Module:
+    model = build_model(trial.config["model"])
+    model.load_state_dict(trial.checkpoint["model"])
+    return model.to(device).eval()
+
+
+@torch.inference_mode()
+def model_curves(model, setting: PromptSetting, xs, ys, train_loops: int, run_loops: int, device,
+                 batch_size: int) -> list[dict]:
+    """The plain transformer: error vs k. A looped one: error vs k after b = train_loops iterations and
+    after run_loops, and error vs iteration (1 .. run_loops) at the last position."""
+    looped = isinstance(model, LoopedTransformerModel)
+    at_b, at_max, at_last = [], [], []
+    for start in range(0, len(xs), batch_size):
+        xb, yb = xs[start:start + batch_size].to(device), ys[start:start + batch_size].to(device)
+        if not looped:
+            at_b.append(((model(xb, yb) - yb) ** 2).cpu())
+            continue
+        preds = model(xb, yb, 0, run_loops)  # run_loops x [b, n]
+        at_b.append(((preds[train_loops - 1] - yb) ** 2).cpu())
+        at_max.append(((preds[-1] - yb) ** 2).cpu())
+        at_last.append(((torch.stack([p[:, -1] for p in preds], dim=1) - yb[:, -1:]) ** 2).cpu())
+    positions, scale = range(setting.n_points), 1 / setting.normaliser
+    if not looped:
+        return curve_rows("model", "model", "k", positions, torch.cat(at_b).numpy() * scale)
+    return (curve_rows("model", "model@b", "k", positions, torch.cat(at_b).numpy() * scale)
+            + curve_rows("model", "model@max_loops", "k", positions, torch.cat(at_max).numpy() * scale)
+            + curve_rows("model", "model", "loop", range(1, run_loops + 1), torch.cat(at_last).numpy() * scale))
+
+
+def aggregate_evaluation(evaluation: pd.DataFrame) -> pd.DataFrame:
+    """Model curves averaged over seeds (a lone seed keeps its band over prompts); baselines once per
+    curve, since trials on the same prompts share them."""
+    by = ["kind", "name", "axis", "x"]
+    models = aggregate_seeds(evaluation[evaluation["kind"] == "model"], "mean", by=by, band=("lo", "hi"))
+    baselines = evaluation[evaluation["kind"] == "baseline"].drop_duplicates(by)
+    return pd.concat([models, baselines[["experiments", *CURVE_COLUMNS]].assign(n_seeds=1)],
+                     ignore_index=True, sort=False)

@@ -1,0 +1,155 @@
+"""One experiment on disk, read without Ray: its trial folders, their params, results and checkpoints.
+
+Ray Tune writes one folder per trial (any folder holding `params.json`). The experiment may still be
+running or may have been interrupted, so a half-written last line of `result.json` is skipped and a
+checkpoint that does not load gives way to the next most recent one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class AnalysisError(ValueError):
+    """An experiment that cannot be analysed; the message is one line naming the path."""
+
+
+class AnalysisWarning(UserWarning):
+    """Part of a trial is missing or unreadable; the analysis goes on with what is there."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    trial_id: str
+    path: Path
+    experiments: tuple[str, ...]  # the hypotheses the trial belongs to, sorted
+    params: dict  # dotted config key -> value, as the search space gave it
+    rows: list  # result.json rows in file order
+    checkpoint: dict | None  # the latest loadable checkpoint.pt
+    errored: bool
+
+    @property
+    def config(self) -> dict:
+        return self.checkpoint.get("config", {}) if self.checkpoint else {}
+
+    @property
+    def saved_rows(self) -> list:
+        """The metrics history the latest checkpoint holds: every row up to that checkpoint."""
+        return (self.checkpoint.get("metrics") or []) if self.checkpoint else []
+
+
+def read_trials(experiment_dir) -> list[Trial]:
+    root = Path(experiment_dir)
+    if not root.is_dir():
+        raise AnalysisError(f"{root}: no such experiment directory")
+    trials = [trial for folder in sorted({p.parent for p in root.rglob("params.json")})
+              if (trial := read_trial(folder)) is not None]
+    if not trials:
+        raise AnalysisError(f"{root}: no trials there (no folder holds a readable params.json)")
+    return trials
+
+
+def read_trial(folder: Path) -> Trial | None:
+    try:
+        params = json.loads((folder / "params.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        warnings.warn(f"{folder}: params.json unreadable ({err}); trial skipped", AnalysisWarning, stacklevel=2)
+        return None
+    experiments, flat = flatten_params(params)
+    rows = read_result_rows(folder / "result.json")
+    trial_id = next((str(row["trial_id"]) for row in rows if row.get("trial_id")), folder.name)
+    errored = (folder / "error.txt").exists() or (folder / "error.pkl").exists()
+    return Trial(trial_id, folder, experiments, flat, rows, latest_checkpoint(folder), errored)
+
+
+def flatten_params(params: dict) -> tuple[tuple[str, ...], dict]:
+    """params.json -> (experiments, {dotted key: value}); `variant` holds the declared keys and the tags."""
+    variant = dict(params.get("variant") or {})
+    experiments = variant.pop("experiments", ())
+    if isinstance(experiments, str):
+        experiments = (experiments,)
+    flat: dict = {}
+    _flatten("", variant, flat)
+    _flatten("", {k: v for k, v in params.items() if k != "variant"}, flat)
+    return tuple(sorted(set(experiments))), flat
+
+
+def _flatten(prefix: str, value, into: dict) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, into)
+    elif isinstance(value, (list, tuple)):
+        # lists do not fit a dataframe cell that must survive CSV and Parquet
+        into[prefix] = json.dumps(value)
+    else:
+        into[prefix] = value
+
+
+def read_result_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            # a running trial's last line may be half written; anything else is worth a word
+            if number < len(lines):
+                warnings.warn(f"{path}: line {number} is not JSON; skipped", AnalysisWarning, stacklevel=2)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def latest_checkpoint(folder: Path) -> dict | None:
+    """The loadable checkpoint with the highest step anywhere under the trial folder.
+
+    Ray's `checkpoint_NNNNNN` and the trainer's `step_NNNNNN` folders number differently, so the step
+    stored inside decides. mmap keeps the model weights on disk until someone reads them.
+    """
+    states = []
+    for file in sorted(folder.rglob(CHECKPOINT_FILE)):
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            warnings.warn(f"{file}: checkpoint not loadable ({reason}); skipped", AnalysisWarning, stacklevel=2)
+            continue
+        if isinstance(state, dict) and isinstance(state.get("step"), int):
+            states.append(state)
+    return max(states, key=lambda s: (s["step"], len(s.get("metrics") or ())), default=None)
+
+
+def config_value(config: dict, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return math.nan
+        value = value[part]
+    return json.dumps(value) if isinstance(value, (list, tuple)) else value
+
+
+def identities(trials: list[Trial]) -> list[dict]:
+    """Per trial: trial_id, experiments (';'-joined) and every key any trial's params set.
+
+    A key that a trial's params leave out takes the value its checkpoint's config holds, so a variant that
+    relies on the base file's value still gets a cell.
+    """
+    keys = sorted({key for trial in trials for key in trial.params})
+    return [
+        {"trial_id": trial.trial_id, "experiments": ";".join(trial.experiments),
+         **{key: trial.params[key] if key in trial.params else config_value(trial.config, key) for key in keys}}
+        for trial in trials
+    ]

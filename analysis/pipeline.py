@@ -1,0 +1,56 @@
+"""What the CLI and the runner call: each output of the analysis written to disk, alone or all together.
+
+Every function reads the experiment first, so a bad directory raises AnalysisError before anything is
+written; outputs go into `out` (default: the experiment directory).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.evaluation import EVALUATION_FILE, N_PROMPTS, evaluate_trials
+from analysis.experiment import read_trials
+from analysis.frames import frames_of
+from analysis.plots import PLOTS_DIR, write_plots
+from analysis.report import REPORT_FILE, write_report
+
+FORMATS = ("parquet", "csv")
+
+
+def write_frame(frame: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return path
+
+
+def export_frames(experiment_dir, out=None, fmt: str = "parquet") -> dict[str, Path]:
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not one of {list(FORMATS)}")
+    curves, summary = frames_of(read_trials(experiment_dir))
+    out_dir = Path(out if out is not None else experiment_dir)
+    return {"curves": write_frame(curves, out_dir / f"curves.{fmt}"),
+            "summary": write_frame(summary, out_dir / f"summary.{fmt}")}
+
+
+def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = N_PROMPTS,
+            max_loops: int | None = None, seed: int = 0, device=None) -> dict:
+    """Frames, evaluation, figures and report in one pass over the experiment (what a sweep ends with).
+
+    Returns the written paths: `curves`, `summary`, `evaluation`, `report` and the list `plots`.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not one of {list(FORMATS)}")
+    trials = read_trials(experiment_dir)
+    out_dir = Path(out if out is not None else experiment_dir)
+    curves, summary = frames_of(trials)
+    evaluation = evaluate_trials(trials, n_prompts=n_prompts, max_loops=max_loops, seed=seed, device=device)
+    written = {"curves": write_frame(curves, out_dir / f"curves.{fmt}"),
+               "summary": write_frame(summary, out_dir / f"summary.{fmt}"),
+               "evaluation": write_frame(evaluation, out_dir / EVALUATION_FILE),
+               "plots": write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation)}
+    written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation)
+    return written

@@ -1,0 +1,161 @@
+"""The figures of each hypothesis, as PNGs: training `eval/loss` vs step (and its last part zoomed), error vs
+in-context examples beside the baselines, and error vs loop iteration.
+
+Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so nothing global changes.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from analysis.evaluation import EVALUATION_FILE, aggregate_evaluation
+from analysis.experiment import read_trials
+from analysis.frames import aggregate_seeds, frames_of
+from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
+
+PLOTS_DIR = "plots"
+ZOOM_FRACTION = 0.25  # the zoomed view: the last quarter of training, where variants separate
+BASELINE_STYLES = (":", "-.", (0, (5, 2)), (0, (1, 3)), (0, (3, 1, 1, 1)))
+ERROR_LABEL = "squared error / normaliser"
+
+
+def plot_experiment(experiment_dir, out=None) -> list[Path]:
+    """Write every figure into `<out>/plots` (default: the experiment directory); returns the files."""
+    curves, summary = frames_of(read_trials(experiment_dir))
+    out_dir = Path(out if out is not None else experiment_dir)
+    return write_plots(out_dir / PLOTS_DIR, curves, summary, read_evaluation(out_dir, experiment_dir))
+
+
+def read_evaluation(*directories) -> pd.DataFrame | None:
+    """The evaluation frame from the first directory holding one (the output, then the experiment)."""
+    for directory in directories:
+        path = Path(directory) / EVALUATION_FILE
+        if path.exists():
+            return pd.read_parquet(path)
+    return None
+
+
+def plot_path(plots_dir: Path, hypothesis: str, kind: str) -> Path:
+    return Path(plots_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', hypothesis)}_{kind}.png"
+
+
+def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
+                evaluation: pd.DataFrame | None = None) -> list[Path]:
+    written = []
+    for hypothesis in hypotheses(summary):
+        variants = variants_of(of_hypothesis(summary, hypothesis), hypothesis)
+        own_curves = of_hypothesis(curves, hypothesis)
+        own_evaluation = of_hypothesis(evaluation, hypothesis) if evaluation is not None else None
+        figures = {
+            "loss": loss_figure(own_curves, variants, zoom=False),
+            "loss_zoom": loss_figure(own_curves, variants, zoom=True),
+            "error_vs_k": error_vs_k_figure(own_evaluation, variants),
+            "error_vs_loop": error_vs_loop_figure(own_evaluation, variants),
+        }
+        for kind, figure in figures.items():
+            if figure is not None:
+                path = plot_path(plots_dir, hypothesis, kind)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                figure.savefig(path, dpi=120)
+                written.append(path)
+    return written
+
+
+def _axes(title: str):
+    figure = Figure(figsize=(7, 4.5), layout="tight")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    return figure, axes
+
+
+def _by_label(frame: pd.DataFrame, variants: Variants):
+    """(label, rows) in the variants' display order."""
+    labels = frame.apply(variants.label, axis=1) if len(frame) else pd.Series(dtype=str)
+    for label in variants.labels:
+        rows = frame[labels == label]
+        if len(rows):
+            yield label, rows
+
+
+def loss_figure(curves: pd.DataFrame, variants: Variants, *, zoom: bool) -> Figure | None:
+    if "eval/loss" not in curves or curves["eval/loss"].notna().sum() == 0:
+        return None
+    mean = aggregate_seeds(curves, "eval/loss")
+    title = f"{variants.hypothesis}: eval/loss" + (" (last part of training)" if zoom else "")
+    figure, axes = _axes(title)
+    for label, rows in _by_label(mean, variants):
+        colour, seeds = variants.colour(label), int(rows["n_seeds"].max())
+        axes.plot(rows["step"], rows["mean"], color=colour, label=f"{label} ({seeds} seed{'s' * (seeds > 1)})")
+        axes.fill_between(rows["step"], rows["lo"], rows["hi"], color=colour, alpha=0.2, linewidth=0)
+    axes.set_yscale("log")
+    axes.set_xlabel("training step")
+    axes.set_ylabel("eval/loss (mean over seeds, 5-95% band)")
+    if zoom:
+        start = mean["step"].max() * (1 - ZOOM_FRACTION)
+        window = mean[mean["step"] >= start]
+        axes.set_xlim(start, mean["step"].max())
+        axes.set_ylim(window["lo"].min() / 1.1, window["hi"].max() * 1.1)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def _loop_counts(evaluation: pd.DataFrame, variants: Variants) -> dict:
+    """label -> (b, max_loops) the variant was evaluated with."""
+    return {label: (int(rows["train_loops"].iloc[0]), int(rows["max_loops"].iloc[0]))
+            for label, rows in _by_label(evaluation, variants)}
+
+
+def error_vs_k_figure(evaluation: pd.DataFrame | None, variants: Variants) -> Figure | None:
+    if evaluation is None or not (evaluation["kind"] == "model").any():
+        return None
+    loops = _loop_counts(evaluation[evaluation["kind"] == "model"], variants)
+    mean = aggregate_evaluation(evaluation)
+    mean = mean[mean["axis"] == "k"]
+    figure, axes = _axes(f"{variants.hypothesis}: error vs in-context examples")
+    models = mean[mean["kind"] == "model"]
+    for label, rows in _by_label(models, variants):
+        b, max_loops = loops[label]
+        for name, style, legend in (("model", "-", label), ("model@b", "-", f"{label}, b={b} loops"),
+                                    ("model@max_loops", "--", f"{label}, {max_loops} loops")):
+            line = rows[rows["name"] == name].sort_values("x")
+            if len(line):
+                axes.plot(line["x"], line["mean"], style, color=variants.colour(label), label=legend)
+                axes.fill_between(line["x"], line["lo"], line["hi"], color=variants.colour(label), alpha=0.15,
+                                  linewidth=0)
+    baselines = mean[mean["kind"] == "baseline"]
+    for style, (name, line) in zip(BASELINE_STYLES, baselines.groupby("name", sort=True)):
+        line = line.sort_values("x")
+        axes.plot(line["x"], line["mean"], linestyle=style, color="black", label=name)
+    # averaging's early errors dwarf everything; the models' range is what the figure is for
+    axes.set_ylim(0, max(1.25, 1.1 * models["mean"].max()))
+    axes.set_xlabel("in-context examples k")
+    axes.set_ylabel(ERROR_LABEL)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def error_vs_loop_figure(evaluation: pd.DataFrame | None, variants: Variants) -> Figure | None:
+    if evaluation is None:
+        return None
+    models = evaluation[(evaluation["kind"] == "model") & (evaluation["axis"] == "loop")]
+    if models.empty:
+        return None
+    loops = _loop_counts(models, variants)
+    mean = aggregate_evaluation(models)
+    figure, axes = _axes(f"{variants.hypothesis}: error vs loop iteration (last position)")
+    for label, rows in _by_label(mean, variants):
+        colour, rows = variants.colour(label), rows.sort_values("x")
+        axes.plot(rows["x"], rows["mean"], color=colour, label=label)
+        axes.fill_between(rows["x"], rows["lo"], rows["hi"], color=colour, alpha=0.15, linewidth=0)
+        axes.axvline(loops[label][0], color=colour, linestyle=":", linewidth=1)
+    axes.set_yscale("log")
+    axes.set_xlabel("loop iteration (dotted: b, the training loop count)")
+    axes.set_ylabel(ERROR_LABEL)
+    axes.legend(fontsize="small")
+    return figure

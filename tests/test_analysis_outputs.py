@@ -1,0 +1,129 @@
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from analysis import aggregate_seeds, load_summary, run_all
+from analysis.__main__ import main
+from analysis.evaluation import aggregate_evaluation
+from analysis.variants import format_setting, of_hypothesis, variants_of
+from tests.test_analysis_helpers import write_experiment
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+KINDS = ("loss", "loss_zoom", "error_vs_k", "error_vs_loop")
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    root = write_experiment(tmp_path_factory.mktemp("experiment"))
+    written = run_all(root, n_prompts=32, max_loops=5)
+    return root, written
+
+
+def test_run_all_writes_everything_into_the_experiment(analysed):
+    root, written = analysed
+    assert {k: v for k, v in written.items() if k != "plots"} == {
+        "curves": root / "curves.parquet", "summary": root / "summary.parquet",
+        "evaluation": root / "evaluation.parquet", "report": root / "REPORT.md"}
+    expected = {root / "plots" / f"{h}_{kind}.png" for h in ("information_flow", "looped_n_layers") for kind in KINDS}
+    assert set(written["plots"]) == expected
+    for path in expected:
+        assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 10_000
+
+
+def table_rows(report: str, header_start: str) -> list[list[str]]:
+    """The body rows of every markdown table whose header starts with `header_start`."""
+    rows, inside = [], False
+    for line in report.splitlines():
+        if line.startswith(f"| {header_start}"):
+            inside = True
+        elif inside and line.startswith("|") and not line.startswith("|---"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif not line.startswith("|"):
+            inside = False
+    return rows
+
+
+def test_report_tables_match_the_frames(analysed):
+    root, _ = analysed
+    report = (root / "REPORT.md").read_text()
+    summary = pd.read_parquet(root / "summary.parquet")
+    pd.testing.assert_frame_equal(summary, load_summary(root))
+    expected = {}
+    for hypothesis in ("information_flow", "looped_n_layers"):
+        own = of_hypothesis(summary, hypothesis)
+        variants = variants_of(own, hypothesis)
+        for _, row in aggregate_seeds(own, "final_eval_loss", by=()).iterrows():
+            expected[(hypothesis, variants.label(row))] = (row["mean"], row["lo"], row["hi"], row["n_seeds"])
+    sections = re.split(r"^## ", report, flags=re.M)[1:]
+    seen = {}
+    for section in sections:
+        hypothesis = section.splitlines()[0].strip()
+        ranked = table_rows(section, "rank")
+        assert [int(r[0]) for r in ranked] == list(range(1, len(ranked) + 1))
+        means = [float(r[3]) for r in ranked]
+        assert means == sorted(means)
+        for row in ranked:
+            seen[(hypothesis, row[1])] = tuple(float(x) for x in row[3:6]) + (int(row[2]),)
+        assert f"![eval/loss vs step](plots/{hypothesis}_loss.png)" in section
+    assert seen.keys() == expected.keys()
+    for key, numbers in seen.items():
+        assert numbers == pytest.approx(expected[key], rel=1e-3)
+    assert "`n_last_tokens=all` < `n_last_tokens=2`" in report
+    assert "**Question.** Does the loop need its whole state?" in report
+
+
+def test_report_baseline_numbers_come_from_the_evaluation(analysed):
+    root, _ = analysed
+    report = (root / "REPORT.md").read_text()
+    evaluation = pd.read_parquet(root / "evaluation.parquet")
+    mean = aggregate_evaluation(evaluation)
+    at_last = mean[(mean["axis"] == "k") & (mean["x"] == 6) & (mean["kind"] == "baseline")].set_index("name")
+    rows = {r[0]: r for r in table_rows(report, "curve")}
+    assert "### Evaluation at k = 6 in-context examples (32 fresh prompts" in report
+    for name in ("least_squares", "averaging", "3nn"):
+        assert float(rows[name][2]) == pytest.approx(at_last.loc[name, "mean"], rel=1e-3, abs=1e-12)
+    t5 = evaluation[(evaluation["trial_id"] == "t5") & (evaluation["name"] == "model@max_loops")
+                    & (evaluation["x"] == 6)].iloc[0]
+    assert float(rows["L=2, 5 loops"][2]) == pytest.approx(t5["mean"], rel=1e-3)
+
+
+def test_variant_labels_are_readable():
+    assert format_setting("model.n_last_tokens", 55) == "n_last_tokens=55"
+    assert format_setting("model.n_last_tokens", -1.0) == "n_last_tokens=all"
+    frame = pd.DataFrame({"experiments": "looped_lstm", "model.n_layer": [2, 1, 2, 1],
+                          "model.use_lstm_layer": [True, True, False, False], "training.seed": [0, 1, 2, 3],
+                          "model.n_embd": 256})
+    variants = variants_of(frame, "looped_lstm")
+    assert variants.keys == ("model.n_layer", "model.use_lstm_layer")
+    assert variants.labels == ("L=1", "L=1 LSTM", "L=2", "L=2 LSTM")
+    assert len({variants.colour(label) for label in variants.labels}) == 4
+    assert variants_of(frame.iloc[:1], "looped_lstm").labels == ("looped_lstm",)
+
+
+def test_cli_export_csv_to_another_directory(analysed, tmp_path, capsys):
+    root, _ = analysed
+    assert main(["export", str(root), "--format", "csv", "--out", str(tmp_path / "frames")]) == 0
+    curves = pd.read_csv(tmp_path / "frames" / "curves.csv")
+    assert len(curves) == 50 and not curves.duplicated(["trial_id", "step"]).any()
+    assert str(tmp_path / "frames" / "summary.csv") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["export", "evaluate", "plot", "report", "all"])
+def test_cli_bad_directory_exits_2_and_writes_nothing(tmp_path, capsys, command):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for directory in (tmp_path / "missing", empty):
+        assert main([command, str(directory)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"error: {directory}: ")
+    assert [p.name for p in tmp_path.rglob("*")] == ["empty"]
+
+
+def test_cli_runs_as_a_module(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "analysis", "report", str(tmp_path / "missing")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: {tmp_path / 'missing'}: no such experiment directory"

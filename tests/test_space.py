@@ -1,0 +1,499 @@
+"""Search spaces: a small grammar turned into trials and Tune objects by pure functions, tested as tables of
+inputs and expected outputs. No Ray cluster starts here; building Tune domains and schedulers needs none.
+"""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.sample import Categorical, Float, Integer
+
+from tune_looped.space import SPACES_DIR, Distribution, SpaceError, load_space, parse_distribution
+from tune_looped.tune_space import make_scheduler, param_space
+
+# A valid base that every table row can change one thing of; n_head 4 divides n_embd 32.
+BASE = {
+    "model": {"n_embd": 32, "n_head": 4, "n_layer": 1, "n_dims": 5, "n_positions": 11},
+    "training": {"learning_rate": 1e-4, "train_steps": 40,
+                 "curriculum": {"dims": {"start": 5, "end": 5}, "points": {"start": 6, "end": 11}}},
+}
+ONE_EXPERIMENT = [{"name": "a", "grid": {"model.n_layer": [1]}}]
+
+
+def write_space(tmp_path: Path, space, name: str = "space.yaml") -> Path:
+    """A space file from a mapping (base and experiments filled in unless given) or verbatim text."""
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(space, str):
+        path.write_text(space)
+    else:
+        path.write_text(yaml.safe_dump({"base": BASE, "experiments": ONE_EXPERIMENT, **space}, sort_keys=False))
+    return path
+
+
+def trial_rows(space) -> list[tuple[dict, tuple]]:
+    return [(t.values, t.experiments) for t in space.trials]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. parse_distribution: text -> Distribution, and every bad text -> one SpaceError line saying what is allowed.
+
+@pytest.mark.parametrize("text, kind, args", [
+    # PyYAML reads `1e-4` (no dot) as a string under YAML 1.1; researchers mean a number.
+    ("loguniform(1e-4, 1e-3)", "loguniform", (1e-4, 1e-3)),
+    ("loguniform(1e-4,1e-3)", "loguniform", (1e-4, 1e-3)),
+    ("loguniform(0.0001, 0.001)", "loguniform", (1e-4, 1e-3)),
+    ("  uniform( -1 , 1.5 )  ", "uniform", (-1, 1.5)),
+    ("uniform(.5, 1)", "uniform", (0.5, 1)),
+    ("uniform(0, 1E2)", "uniform", (0, 100.0)),
+    ("randint(1, 4)", "randint", (1, 4)),
+    ("randint(-1, 0)", "randint", (-1, 0)),
+    ("choice([20, 25, -1])", "choice", (20, 25, -1)),
+    ("choice([z=f(x+z), 'z=f(x*z)'])", "choice", ("z=f(x+z)", "z=f(x*z)")),
+    ("choice(['a b', \"c\", d])", "choice", ("a b", "c", "d")),
+    ("choice([true, false])", "choice", (True, False)),
+    ("choice( [1] )", "choice", (1,)),
+], ids=["loguniform-yaml11", "loguniform-no-spaces", "loguniform-decimal", "uniform-spaces-negative",
+        "uniform-leading-dot", "uniform-capital-E", "randint", "randint-negative", "choice-ints",
+        "choice-loop-funcs", "choice-quoted-strings", "choice-bools", "choice-one"])
+def test_parse_distribution(text, kind, args):
+    assert parse_distribution(text, "sample.k") == Distribution(kind, args)
+
+
+@pytest.mark.parametrize("text, types", [
+    # randint accepts integer-valued floats; Tune and the int-typed config keys need real ints
+    ("randint(1.0, 4.0)", (int, int)),
+    ("randint(1, 4)", (int, int)),
+], ids=["randint-float-bounds", "randint-int-bounds"])
+def test_randint_bounds_are_ints(text, types):
+    assert tuple(type(a) for a in parse_distribution(text, "w").args) == types
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("normal(0, 1)", "expected one of loguniform(...), uniform(...), randint(...), choice(...)"),
+    ("garbage", "expected one of loguniform(...)"),
+    ("", "expected one of loguniform(...)"),
+    ("uniform(1, 2", "expected one of loguniform(...)"),
+    ("uniform(1)", "uniform takes two numbers low < high"),
+    ("uniform(1, 2, 3)", "uniform takes two numbers low < high"),
+    ("uniform(a, b)", "uniform takes two numbers low < high"),
+    ("uniform(true, 2)", "uniform takes two numbers low < high"),
+    ("uniform(2, 1)", "uniform takes two numbers low < high"),
+    ("uniform(1, 1)", "uniform takes two numbers low < high"),
+    ("loguniform(0, 1)", "loguniform takes two numbers low < high, low > 0"),
+    ("loguniform(-1e-3, 1e-3)", "low > 0"),
+    # The message for a non-integer randint bound must say integers: "two numbers low < high" is what was given.
+    ("randint(1, 2.5)", "integer"),
+    ("randint(0.5, 3)", "integer"),
+    ("choice([])", "choice takes a non-empty list"),
+    ("choice(a)", "choice takes a non-empty list"),
+    ("choice([1], [2])", "choice takes a non-empty list"),
+    ("choice([1, 2)", "choice takes a non-empty list"),
+    # strings that only look like numbers must still give a SpaceError, not float()'s ValueError
+    ("uniform(e, 1)", "uniform takes two numbers"),
+    ("uniform(1e, 2)", "uniform takes two numbers"),
+    ("uniform(., 1)", "uniform takes two numbers"),
+    # an infinite bound would make Tune draw inf/nan learning rates
+    ("uniform(0, .inf)", "uniform takes"),
+    ("loguniform(1e-4, 1e999)", "loguniform takes"),
+], ids=["unknown-name", "garbage", "empty", "unclosed", "one-arg", "three-args", "words", "bool", "low>high",
+        "low=high", "loguniform-zero", "loguniform-negative", "randint-float-high", "randint-float-low",
+        "choice-empty", "choice-not-list", "choice-two-lists", "choice-bad-yaml", "e", "1e", "dot",
+        "uniform-inf", "loguniform-inf"])
+def test_parse_distribution_rejects(text, fragment):
+    with pytest.raises(SpaceError) as err:
+        parse_distribution(text, "space.yaml: sample.k")
+    message = str(err.value)
+    assert fragment in message and message.startswith("space.yaml: sample.k: ") and "\n" not in message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. load_space: a space file -> its trials (the varying values and the experiments each belongs to).
+
+LOAD_CASES = [
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2],
+                                                         "model.use_lstm_layer": [True, False]}}]},
+                 False, [({"model.n_layer": 1, "model.use_lstm_layer": True}, ("a",)),
+                         ({"model.n_layer": 1, "model.use_lstm_layer": False}, ("a",)),
+                         ({"model.n_layer": 2, "model.use_lstm_layer": True}, ("a",)),
+                         ({"model.n_layer": 2, "model.use_lstm_layer": False}, ("a",))],
+                 id="cross-product-in-order"),
+    # The research's shape: the shared configuration (all tokens, 1 layer) runs once, tagged with both; the
+    # keys an experiment does not vary are filled from the base (n_layer 1) or the schema default (-1).
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_last_tokens": [2, -1]}},
+                                  {"name": "b", "grid": {"model.n_layer": [1, 2]}}]},
+                 False, [({"model.n_last_tokens": 2, "model.n_layer": 1}, ("a",)),
+                         ({"model.n_last_tokens": -1, "model.n_layer": 1}, ("a", "b")),
+                         ({"model.n_last_tokens": -1, "model.n_layer": 2}, ("b",))],
+                 id="dedup-tagged-with-all"),
+    pytest.param({"base": {**BASE, "model": {**BASE["model"], "n_layer": 2}},
+                  "experiments": [{"name": "a", "grid": {"model.n_last_tokens": [3]}},
+                                  {"name": "b", "grid": {"model.n_layer": [2, 3]}},
+                                  {"name": "c", "grid": {"model.n_layer": [2]}}]},
+                 False, [({"model.n_last_tokens": 3, "model.n_layer": 2}, ("a",)),
+                         ({"model.n_last_tokens": -1, "model.n_layer": 2}, ("b", "c")),
+                         ({"model.n_last_tokens": -1, "model.n_layer": 3}, ("b",))],
+                 id="base-value-fills-absent-keys"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 1, 2]}},
+                                  {"name": "a", "grid": {"model.n_layer": [2]}}]},
+                 False, [({"model.n_layer": 1}, ("a",)), ({"model.n_layer": 2}, ("a",))],
+                 id="repeats-within-an-experiment-run-once"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}}], "seeds": [0, 7]},
+                 False, [({"model.n_layer": 1, "training.seed": 0}, ("a",)),
+                         ({"model.n_layer": 1, "training.seed": 7}, ("a",)),
+                         ({"model.n_layer": 2, "training.seed": 0}, ("a",)),
+                         ({"model.n_layer": 2, "training.seed": 7}, ("a",))],
+                 id="seeds-multiply"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_last_tokens": [2, -1]}},
+                                  {"name": "b", "grid": {"model.n_layer": [1]}}], "seeds": [0]},
+                 False, [({"model.n_last_tokens": 2, "model.n_layer": 1, "training.seed": 0}, ("a",)),
+                         ({"model.n_last_tokens": -1, "model.n_layer": 1, "training.seed": 0}, ("a", "b"))],
+                 id="dedup-before-seeds"),
+    # `quick:` replaces base keys, the values of a grid key in every experiment that has it, and the seeds.
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_last_tokens": [20, -1]}},
+                                  {"name": "b", "grid": {"model.n_layer": [1, 2]}}], "seeds": [0, 1, 2],
+                  "quick": {"base": {"training.train_steps": 10, "model.n_layer": 2},
+                            "grid": {"model.n_last_tokens": [4, -1]}, "seeds": [5]}},
+                 True, [({"model.n_last_tokens": 4, "model.n_layer": 2, "training.seed": 5}, ("a",)),
+                        ({"model.n_last_tokens": -1, "model.n_layer": 2, "training.seed": 5}, ("a", "b")),
+                        ({"model.n_last_tokens": -1, "model.n_layer": 1, "training.seed": 5}, ("b",))],
+                 id="quick-overrides-base-grid-seeds"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_last_tokens": [20, -1]}}],
+                  "quick": {"grid": {"model.n_last_tokens": [4]}}},
+                 False, [({"model.n_last_tokens": 20}, ("a",)), ({"model.n_last_tokens": -1}, ("a",))],
+                 id="quick-ignored-without-flag"),
+    # YAML 1.1 reads 1e-4 as a string: grid values must be typed by the schema before dedup, or the same
+    # learning rate written two ways (or filled from the base) becomes two trials.
+    pytest.param("base: {model: {n_embd: 32, n_head: 4}, training: {learning_rate: 1e-4}}\n"
+                 "experiments:\n  - {name: a, grid: {model.n_layer: [1]}}\n"
+                 "  - {name: b, grid: {training.learning_rate: [1e-4, 0.0001, 1e-3]}}\n",
+                 False, [({"model.n_layer": 1, "training.learning_rate": 1e-4}, ("a", "b")),
+                         ({"model.n_layer": 1, "training.learning_rate": 1e-3}, ("b",))],
+                 id="yaml11-floats-dedup"),
+]
+
+
+@pytest.mark.parametrize("space, quick, expected", LOAD_CASES)
+def test_load_space_trials(tmp_path, space, quick, expected):
+    loaded = load_space(write_space(tmp_path, space), quick=quick)
+    rows = trial_rows(loaded)
+    assert rows == expected
+    # dedup compares values, so the types must match too (1e-4 the float, not the string "1e-4")
+    assert [{k: type(v) for k, v in r[0].items()} for r in rows] == [{k: type(v) for k, v in e[0].items()}
+                                                                     for e in expected]
+
+
+@pytest.mark.parametrize("quick, train_steps, n_layer", [(False, 40, 1), (True, 10, 2)], ids=["full", "quick"])
+@pytest.mark.parametrize("form", ["relative-path", "inline-mapping"])
+def test_base_as_relative_path_or_inline_mapping(tmp_path, form, quick, train_steps, n_layer):
+    # A path is relative to the space file, not to the working directory (the test runs from elsewhere).
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "base.yaml").write_text(yaml.safe_dump(BASE))
+    base = "../configs/base.yaml" if form == "relative-path" else BASE
+    path = write_space(tmp_path, {
+        "base": base, "experiments": [{"name": "a", "grid": {"model.n_last_tokens": [2]}}],
+        "quick": {"base": {"training.train_steps": 10, "model.n_layer": 2}},
+    }, name="spaces/space.yaml")
+    space = load_space(path, quick=quick)
+    assert space.base["training"]["train_steps"] == train_steps and space.base["model"]["n_layer"] == n_layer
+    assert space.base["model"]["n_embd"] == 32
+    assert trial_rows(space) == [({"model.n_last_tokens": 2}, ("a",))]
+
+
+def test_space_settings_and_defaults(tmp_path):
+    # Without settings: fifo, eval/loss min, one sample, one CPU per trial (a missing cpu must not mean 0).
+    plain = load_space(write_space(tmp_path, {}, name="plain.yaml"))
+    assert (plain.scheduler, plain.metric, plain.mode, plain.num_samples, plain.max_concurrent) == (
+        {"type": "fifo"}, "eval/loss", "min", 1, None)
+    assert plain.resources == {"cpu": 1, "gpu": 0} and plain.name == "plain" and plain.sample == {}
+    full = load_space(write_space(tmp_path, {
+        "name": "study", "resources": {"gpu": 0.25}, "scheduler": {"type": "asha", "grace_period": 5},
+        "metric": "eval/err", "mode": "max", "max_concurrent": 3, "num_samples": 2,
+        "sample": {"training.learning_rate": "loguniform(1e-4, 1e-3)"},
+        "wandb": {"enabled": True, "project": "p", "group": "g"},
+    }, name="full.yaml"))
+    assert full.name == "study" and full.resources == {"cpu": 1, "gpu": 0.25}
+    assert full.scheduler == {"type": "asha", "grace_period": 5} and (full.metric, full.mode) == ("eval/err", "max")
+    assert (full.max_concurrent, full.num_samples) == (3, 2) and full.wandb == {"enabled": True, "project": "p",
+                                                                                 "group": "g"}
+    assert full.sample == {"training.learning_rate": Distribution("loguniform", (1e-4, 1e-3))}
+    assert full.varying_keys == ["model.n_layer", "training.learning_rate"]
+
+
+@pytest.mark.parametrize("name, count", [
+    ("hypotheses", 10), ("information_flow", 5), ("looped_n_layers", 3), ("looped_lstm", 6), ("baseline", 1),
+])
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+def test_shipped_spaces(name, count, quick):
+    space = load_space(name, quick=quick)
+    assert len(space.trials) == count and space.path == SPACES_DIR / f"{name}.yaml"
+    # --quick keeps the study (same trial count) at CPU size
+    assert space.base["training"]["train_steps"] == (2500 if quick else 20001)
+
+
+def test_hypotheses_share_the_one_layer_all_tokens_transformer():
+    for quick in (False, True):
+        space = load_space("hypotheses", quick=quick)
+        shared = [t for t in space.trials if len(t.experiments) == 3]
+        assert [t.values for t in shared] == [
+            {"model.n_last_tokens": -1, "model.n_layer": 1, "model.use_lstm_layer": False}]
+    # quick n_last_tokens are scaled to the 2 * 11 = 22 tokens of the quick sequences, so they still cut
+    quick = load_space("hypotheses", quick=True)
+    tokens = 2 * quick.base["model"]["n_positions"]
+    assert sorted({t.values["model.n_last_tokens"] for t in quick.trials}) == [-1, 5, 7, 15, 20]
+    assert all(n < tokens for n in {t.values["model.n_last_tokens"] for t in quick.trials})
+
+
+@pytest.mark.parametrize("text", ["hypotheses", "hypotheses.yaml", str(SPACES_DIR / "hypotheses.yaml")])
+def test_bare_name_resolves_in_the_package(text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a bare name is found from any working directory
+    assert load_space(text).path.resolve() == (SPACES_DIR / "hypotheses.yaml").resolve()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. param_space / make_scheduler: the Space -> Ray Tune's param_space and scheduler.
+
+DEDUP = [{"name": "a", "grid": {"model.n_last_tokens": [2, -1]}}, {"name": "b", "grid": {"model.n_layer": [1, 2]}}]
+DEDUP_VARIANTS = [{"experiments": ["a"], "model.n_last_tokens": 2, "model.n_layer": 1},
+                  {"experiments": ["a", "b"], "model.n_last_tokens": -1, "model.n_layer": 1},
+                  {"experiments": ["b"], "model.n_last_tokens": -1, "model.n_layer": 2}]
+
+
+@pytest.mark.parametrize("sample, expected", [
+    ({}, {}),
+    ({"training.learning_rate": "loguniform(1e-4, 1e-3)"},
+     {"training.learning_rate": (Float, "_LogUniform", 1e-4, 1e-3)}),
+    ({"training.weight_decay": "uniform(0, 0.1)"}, {"training.weight_decay": (Float, "_Uniform", 0, 0.1)}),
+    # the grammar's randint includes its upper end; Tune's excludes it, hence 5
+    ({"training.sparsity": "randint(1, 4)"}, {"training.sparsity": (Integer, "_Uniform", 1, 5)}),
+    ({"model.loop_func": "choice(['z=f(x+z)', 'z=f(x*z)'])", "training.learning_rate": "uniform(1e-4, 1e-3)"},
+     {"model.loop_func": (Categorical, "_Uniform", ["z=f(x+z)", "z=f(x*z)"]),
+      "training.learning_rate": (Float, "_Uniform", 1e-4, 1e-3)}),
+], ids=["grid-only", "loguniform", "uniform", "randint", "choice-and-uniform"])
+def test_param_space(tmp_path, sample, expected):
+    space = load_space(write_space(tmp_path, {"experiments": DEDUP, "sample": sample}))
+    params = param_space(space)
+    assert list(params) == ["variant", *expected]
+    # the grid is the deduplicated trial list, each variant carrying its experiment tags
+    assert params["variant"] == {"grid_search": DEDUP_VARIANTS}
+    assert params["variant"]["grid_search"] == [{"experiments": list(t.experiments), **t.values} for t in space.trials]
+    for key, (cls, sampler, *bounds) in expected.items():
+        domain = params[key]
+        assert type(domain) is cls and type(domain.get_sampler()).__name__ == sampler
+        if cls is Categorical:
+            assert domain.categories == bounds[0]
+        else:
+            assert (domain.lower, domain.upper) == pytest.approx(tuple(bounds))
+
+
+def test_randint_draws_its_upper_bound_as_validated(tmp_path):
+    # load_space validates a randint at both ends (low and high), as Python's random.randint reads them, but
+    # tune.randint excludes high: `randint(1, 3)` never draws 3, and a space whose high is invalid but never
+    # drawn is rejected. The grammar should be inclusive (pass high + 1 to tune.randint) or validate high - 1.
+    space = load_space(write_space(tmp_path, {"sample": {"training.sparsity": "randint(1, 3)"}}))
+    drawn = set(int(v) for v in param_space(space)["training.sparsity"].sample(size=300, random_state=0))
+    assert drawn == {1, 2, 3}
+
+
+@pytest.mark.parametrize("scheduler, grid_steps, cls, settings", [
+    (None, None, FIFOScheduler, {}),
+    ("fifo", None, FIFOScheduler, {}),
+    # max_t defaults to the base's train_steps (the longest trial's, when a grid varies it)
+    ("asha", None, ASHAScheduler, {"_max_t": 40, "_reduction_factor": 4, "_time_attr": "step"}),
+    ({"type": "asha", "grace_period": 5, "reduction_factor": 2}, None, ASHAScheduler,
+     {"_max_t": 40, "_reduction_factor": 2}),
+    ({"type": "asha", "max_t": 30}, None, ASHAScheduler, {"_max_t": 30}),
+    ("asha", [40, 80], ASHAScheduler, {"_max_t": 80}),
+], ids=["default", "fifo", "asha-default-max_t", "asha-options", "asha-max_t", "asha-longest-trial"])
+def test_make_scheduler(tmp_path, scheduler, grid_steps, cls, settings):
+    space = {} if scheduler is None else {"scheduler": scheduler}
+    if grid_steps:
+        space["experiments"] = [{"name": "a", "grid": {"training.train_steps": grid_steps}}]
+    made = make_scheduler(load_space(write_space(tmp_path, space)))
+    assert type(made) is cls
+    assert {k: getattr(made, k) for k in settings} == settings
+
+
+def test_asha_max_t_follows_quick_base(tmp_path):
+    space = load_space(write_space(tmp_path, {"scheduler": "asha", "quick": {"base": {"training.train_steps": 12}}}),
+                       quick=True)
+    assert make_scheduler(space)._max_t == 12
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. Bad space files: one SpaceError line naming the file and the key, and saying what is allowed.
+
+BAD_SPACES = [
+    pytest.param({"bogus": 1}, False, ["bogus", "unknown key", "allowed: name, description, base"],
+                 id="unknown-top-level-key"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.nope": [1]}}]}, False,
+                 ["model.nope", "unknown key", "model has: family"], id="unknown-dotted-key"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"modle.n_layer": [1]}}]}, False,
+                 ["modle.n_layer", "top level has: model, training"], id="unknown-section"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": ["two"]}}]}, False,
+                 ["model.n_layer", "expected an integer", "'two'"], id="wrong-type-in-grid"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.use_lstm_layer": ["yes please"]}}]}, False,
+                 ["model.use_lstm_layer", "true or false"], id="wrong-bool-in-grid"),
+    pytest.param({"experiments": [{"name": "a", "grid": {}}]}, False,
+                 ["experiments[0].grid", "empty grid", "at least one key"], id="empty-grid"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": 2}}]}, False,
+                 ["model.n_layer", "non-empty list"], id="grid-value-not-list"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": []}}]}, False,
+                 ["model.n_layer", "non-empty list"], id="grid-value-empty-list"),
+    pytest.param({"experiments": [{"name": "a"}]}, False, ["experiments[0].grid", "expected a mapping"],
+                 id="experiment-without-grid"),
+    pytest.param("experiments: [{name: a, grid: {model.n_layer: [1]}}]\n", False,
+                 ["base", "missing", "config file path or a mapping"], id="missing-base"),
+    # the message names the space file and `base`, not only the missing file
+    pytest.param({"base": "nope.yaml"}, False, ["base", "nope.yaml", "cannot read"], id="base-file-missing"),
+    pytest.param({"base": [1]}, False, ["base", "expected a mapping"], id="base-not-mapping"),
+    pytest.param({"base": {"model": {"bogus": 1}}}, False, ["base", "model.bogus", "allowed: family"],
+                 id="base-unknown-key"),
+    pytest.param({"sample": {"training.learning_rate": "normal(0, 1)"}}, False,
+                 ["sample.training.learning_rate", "expected one of loguniform(...)"], id="bad-distribution"),
+    pytest.param({"sample": {"model.nope": "uniform(0, 1)"}}, False, ["model.nope", "unknown key"],
+                 id="sample-unknown-key"),
+    pytest.param({"sample": {"model.n_layer": "choice([1, two])"}}, False, ["model.n_layer", "expected an integer"],
+                 id="sample-choice-wrong-type"),
+    # uniform(1, 3) on an integer key would draw 2.37
+    pytest.param({"sample": {"model.n_layer": "uniform(1, 3)"}}, False, ["model.n_layer", "integer"],
+                 id="uniform-on-int-key"),
+    pytest.param({"resources": {"gpu": 1.5}}, False, ["resources.gpu", "between 0 and 1"], id="gpu-over-1"),
+    pytest.param({"resources": {"gpu": -0.5}}, False, ["resources.gpu", "between 0 and 1"], id="gpu-negative"),
+    pytest.param({"resources": {"cpu": 0}}, False, ["resources.cpu", "> 0"], id="cpu-0"),
+    pytest.param({"resources": {"memory": 1}}, False, ["resources.memory", "allowed: cpu, gpu"],
+                 id="resources-unknown-key"),
+    pytest.param({"scheduler": "hyperband"}, False, ["scheduler", "fifo, asha", "'hyperband'"],
+                 id="unknown-scheduler"),
+    pytest.param({"scheduler": {"type": "asha", "patience": 3}}, False,
+                 ["scheduler.patience", "unknown asha option", "allowed: max_t, grace_period"],
+                 id="unknown-asha-option"),
+    pytest.param({"scheduler": {"type": "fifo", "max_t": 3}}, False, ["scheduler.max_t", "allowed: none"],
+                 id="fifo-option"),
+    pytest.param({"scheduler": {"type": "asha", "grace_period": 0}}, False,
+                 ["scheduler.grace_period", "positive integer"], id="asha-option-not-positive"),
+    pytest.param({"experiments": {"name": "a", "grid": {"model.n_layer": [1]}}}, False,
+                 ["experiments", "non-empty list"], id="experiments-not-list"),
+    pytest.param({"experiments": []}, False, ["experiments", "non-empty list"], id="experiments-empty"),
+    pytest.param({"experiments": [{"grid": {"model.n_layer": [1]}}]}, False,
+                 ["experiments[0].name", "non-empty string"], id="experiment-without-name"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1]}, "runs": 2}]}, False,
+                 ["experiments[0].runs", "allowed: name, grid"], id="experiment-unknown-key"),
+    pytest.param({"seeds": [0, "1"]}, False, ["seeds", "list of integers"], id="seeds-not-integers"),
+    pytest.param({"seeds": [0, True]}, False, ["seeds", "list of integers"], id="seeds-bool"),
+    pytest.param({"seeds": 3}, False, ["seeds", "list of integers"], id="seeds-not-list"),
+    pytest.param({"num_samples": 0}, False, ["num_samples", "positive integer"], id="num_samples-0"),
+    pytest.param({"max_concurrent": 0}, False, ["max_concurrent", "positive integer"], id="max_concurrent-0"),
+    pytest.param({"mode": "median"}, False, ["mode", "min, max", "'median'"], id="mode-median"),
+    pytest.param({"metric": ""}, False, ["metric", "non-empty string"], id="metric-empty"),
+    pytest.param({"wandb": {"api_key": "x"}}, False, ["wandb.api_key", "allowed: enabled"], id="wandb-unknown-key"),
+    # each resolved configuration is validated before Ray starts: 3 heads do not divide n_embd 32
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_head": [4, 3]}}]}, False,
+                 ["n_head=3", "model.n_head", "divisor of n_embd=32"], id="resolved-trial-invalid"),
+    pytest.param({}, True, ["quick", "needs a quick: block"], id="quick-without-block"),
+    pytest.param({"quick": {"steps": 1}}, True, ["quick.steps", "allowed: base, grid, seeds"], id="quick-unknown-key"),
+    pytest.param({"quick": {"base": {"model.nope": 1}}}, True, ["quick.base", "model.nope", "unknown key"],
+                 id="quick-base-unknown-key"),
+    pytest.param({"quick": {"base": {"model.n_head": 3}}}, True, ["model.n_head", "divisor"],
+                 id="quick-base-invalid"),
+    # a typo in quick.grid must not silently run the full-size grid values
+    pytest.param({"quick": {"grid": {"model.n_layr": [2]}}}, True, ["quick.grid", "model.n_layr", "unknown key"],
+                 id="quick-grid-unknown-key"),
+    # a missing base file under --quick is a SpaceError, not a traceback
+    pytest.param({"base": "nope.yaml", "quick": {"base": {"training.train_steps": 5}}}, True,
+                 ["base", "nope.yaml", "cannot read"], id="quick-base-file-missing"),
+    # a section in quick.base is a SpaceError naming it
+    pytest.param({"quick": {"base": {"training.curriculum": {"dims": {"start": 1}}}}}, True,
+                 ["quick.base", "training.curriculum", "is a section"], id="quick-base-section"),
+    # quick.base must not stand in for a missing base
+    pytest.param("experiments: [{name: a, grid: {model.n_layer: [1]}}]\nquick: {base: {training.train_steps: 5}}\n",
+                 True, ["base", "missing"], id="quick-hides-missing-base"),
+    pytest.param("base: {model: {n_layer: 1}\nexperiments: [\n", False, ["not valid YAML"], id="invalid-yaml"),
+    pytest.param("", False, ["expected a mapping"], id="empty-file"),
+    pytest.param("- base\n", False, ["expected a mapping"], id="top-level-list"),
+]
+
+
+@pytest.mark.parametrize("space, quick, fragments", BAD_SPACES)
+def test_bad_space(tmp_path, space, quick, fragments):
+    path = write_space(tmp_path, space)
+    with pytest.raises(SpaceError) as err:
+        load_space(path, quick=quick)
+    message = str(err.value)
+    assert "\n" not in message, message
+    assert str(path) in message, message
+    missing = [f for f in fragments if f not in message]
+    assert not missing, f"{missing} not in {message!r}"
+
+
+@pytest.mark.parametrize("make_arg, fragment", [
+    (lambda tmp_path: "no_such_space", "no_such_space: no such space file"),
+    (lambda tmp_path: str(tmp_path / "missing.yaml"), "missing.yaml: no such space file"),
+    # a folder (`--space search_spaces/`) exists but is not a space file
+    (lambda tmp_path: str(tmp_path), "not a file"),
+], ids=["bare-name", "path", "directory"])
+def test_space_that_cannot_be_found(tmp_path, make_arg, fragment):
+    with pytest.raises(SpaceError) as err:
+        load_space(make_arg(tmp_path))
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. The CLI: --dry-run prints the trials without Ray; a bad space is one line, exit 2, nothing written.
+
+def run_cli(*args, cwd, timeout=60):
+    return subprocess.run([sys.executable, "-m", "tune_looped.run", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, count, tags", [
+    (["--space", "hypotheses"], 10, "information_flow,looped_n_layers,looped_lstm"),
+    (["--space", "hypotheses.yaml", "--quick"], 10, "information_flow,looped_n_layers,looped_lstm"),
+    (["--space", str(SPACES_DIR / "baseline.yaml")], 1, "baseline"),
+], ids=["hypotheses", "hypotheses-quick", "baseline-path"])
+def test_dry_run_prints_table_and_count(tmp_path, args, count, tags):
+    storage = tmp_path / "results"
+    started = time.monotonic()
+    proc = run_cli(*args, "--dry-run", "--storage", str(storage), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:2] == ["#", "experiments"] and lines[-1] == f"{count} trials"
+    assert len(lines) == count + 2 and any(tags in line for line in lines)
+    # nothing started or written: no storage folder, and far quicker than starting Ray
+    assert not storage.exists() and time.monotonic() - started < 30
+
+
+def test_dry_run_does_not_import_ray(tmp_path):
+    code = ("import sys; from tune_looped.run import main; "
+            "rc = main(['--space', 'hypotheses', '--dry-run']); "
+            "print('ray imported:', any(m == 'ray' or m.startswith('ray.') for m in sys.modules)); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-2:] == ["10 trials", "ray imported: False"]
+
+
+@pytest.mark.parametrize("space, extra", [
+    pytest.param({"bogus": 1}, [], id="unknown-key"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": ["two"]}}]}, [], id="wrong-type"),
+    pytest.param({"experiments": [{"name": "a", "grid": {}}]}, [], id="empty-grid"),
+    pytest.param("experiments: [{name: a, grid: {model.n_layer: [1]}}]\n", [], id="missing-base"),
+    pytest.param({"sample": {"training.learning_rate": "normal(0, 1)"}}, [], id="bad-distribution"),
+    pytest.param({"resources": {"gpu": 2}}, [], id="gpu-fraction-over-1"),
+    pytest.param({"scheduler": "hyperband"}, [], id="unknown-scheduler"),
+    pytest.param({}, ["--quick"], id="quick-without-block"),
+    # a missing base file under --quick: one error line and exit 2, not a traceback
+    pytest.param({"base": "nope.yaml", "quick": {"base": {"training.train_steps": 5}}}, ["--quick"],
+                 id="quick-base-file-missing"),
+])
+def test_bad_space_cli(tmp_path, space, extra):
+    path = write_space(tmp_path, space)
+    storage = tmp_path / "results"
+    # no --dry-run: validation must stop a real run before Ray starts or the storage folder is made
+    proc = run_cli("--space", str(path), "--storage", str(storage), "--num-cpus", "1", *extra, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], proc.stderr
+    assert proc.stdout == "" and not storage.exists()

@@ -34,7 +34,7 @@ TINY_BASE = {
 HYPOTHESES = [
     {"name": "information_flow", "grid": {"model.n_last_tokens": [2, -1]}},
     {"name": "looped_n_layers", "grid": {"model.n_layer": [1, 2]}},
-    {"name": "looped_lstm", "grid": {"model.use_lstm_layer": [True], "model.n_layer": [1]}},
+    {"name": "looped_lstm", "grid": {"model.use_lstm_layer": [True, False], "model.n_layer": [1]}},
 ]
 
 

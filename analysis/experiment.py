@@ -54,6 +54,9 @@ def read_trials(experiment_dir) -> list[Trial]:
               if (trial := read_trial(folder)) is not None]
     if not trials:
         raise AnalysisError(f"{root}: no trials there (no folder holds a readable params.json)")
+    if not any(trial.rows or trial.checkpoint for trial in trials):
+        raise AnalysisError(f"{root}: no trial has reported a result yet ({len(trials)} trial folder(s), none with "
+                            "a result.json row or a checkpoint)")
     return trials
 
 

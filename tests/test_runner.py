@@ -1,60 +1,27 @@
-"""End-to-end sweeps on a real embedded Ray: dedup, fractional GPUs, two nodes, crash + retry, resume,
-dashboard, and the W&B key never reaching a file. Trials are tiny (a few dozen steps, n_embd 16)."""
-import json
+"""End-to-end sweeps on a real embedded Ray: dedup, fractional GPUs, two nodes, crash + retry, and the W&B key
+never reaching a file. Trials are tiny (a few dozen steps, n_embd 16). Interrupting the driver, divergence,
+load and bad input are in test_reliability.py and test_bad_input.py."""
 import os
-import re
 import signal
-import subprocess
-import sys
-import time
-import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from analysis import AnalysisWarning, load_curves
+from sweeps import TINY_BASE, finish, rows, start_sweep, trial_dirs, variant, wait_for, write_space
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
 from trainers.train import train
 from tune_looped.run import main
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_BASE = {
-    "model": {"family": "gpt2_loop", "n_embd": 16, "n_layer": 1, "n_head": 2, "n_dims": 3, "n_positions": 6},
-    "training": {
-        "batch_size": 8, "train_steps": 30, "save_every_steps": 10, "eval_every_steps": 10, "eval_prompts": 16,
-        "n_loop_window": 2,
-        "curriculum": {"dims": {"start": 3, "end": 3, "inc": 1, "interval": 100},
-                       "points": {"start": 4, "end": 6, "inc": 1, "interval": 10},
-                       "loops": {"start": 2, "end": 3, "inc": 1, "interval": 10}},
-    },
-    "wandb": {"log_every_steps": 5},
-}
 HYPOTHESES = [
     {"name": "information_flow", "grid": {"model.n_last_tokens": [2, -1]}},
     {"name": "looped_n_layers", "grid": {"model.n_layer": [1, 2]}},
     {"name": "looped_lstm", "grid": {"model.use_lstm_layer": [True, False], "model.n_layer": [1]}},
 ]
-
-
-def write_space(path: Path, experiments=HYPOTHESES, base=None, **extra) -> Path:
-    base = base or TINY_BASE
-    path.write_text(yaml.safe_dump({"name": "tiny", "base": base, "experiments": experiments, **extra}))
-    return path
-
-
-def trial_dirs(experiment_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in experiment_dir.glob("*/params.json"))
-
-
-def rows(trial_dir: Path) -> list[dict]:
-    lines = (trial_dir / "result.json").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def variant(trial_dir: Path) -> dict:
-    return json.loads((trial_dir / "params.json").read_text())["variant"]
 
 
 def max_overlap(intervals) -> int:
@@ -75,7 +42,7 @@ def run_intervals(experiment_dir: Path):
 
 
 def test_three_hypotheses_dedup_and_report(tmp_path, capsys):
-    space = write_space(tmp_path / "space.yaml")
+    space = write_space(tmp_path / "space.yaml", HYPOTHESES)
     rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "h", "--num-cpus", "2"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -127,23 +94,6 @@ def test_two_worker_nodes_share_the_trials(tmp_path, capsys):
     assert len({rows(t)[-1]["node_id"] for t in trials}) == 2
 
 
-def start_sweep(tmp_path, space, *extra):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "tune_looped.run", "--space", str(space), "--storage", str(tmp_path / "r"),
-           "--name", "s", "--num-cpus", "2", "--no-report", *extra]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
 def checkpointed_trial(experiment_dir: Path):
     """A running trial that has reported a checkpoint: (trial_dir, its worker pid)."""
     for trial in trial_dirs(experiment_dir):
@@ -161,51 +111,23 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
     sweep = start_sweep(tmp_path, space)
     trial, pid = wait_for(lambda: checkpointed_trial(tmp_path / "r" / "s"))
     os.kill(pid, signal.SIGKILL)
-    out, err = sweep.communicate(timeout=300)
+    out, err = finish(sweep, tmp_path)
     assert sweep.returncode == 0, err
     assert "1 finished" in out
-    checkpoints = sorted(trial.glob("checkpoint_*"))
-    state = load_checkpoint(checkpoints[-1])
-    steps = [r["step"] for r in state["metrics"]]
-    assert steps == list(range(0, 2000, 100)) + [1999]
     assert any(r["iterations_since_restore"] < r["training_iteration"] for r in rows(trial)), "no retry happened"
+    logged = list(range(0, 2000, 100)) + [1999]
+    state = load_checkpoint(sorted(trial.glob("checkpoint_*"))[-1])
+    assert [r["step"] for r in state["metrics"]] == logged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AnalysisWarning)  # a gap in the history would be a warning
+        curves = load_curves(tmp_path / "r" / "s")
+    assert curves["step"].tolist() == logged, "every logged step exactly once"
     reference = config_from_dict(apply_overrides(base, {"training.seed": 7}))
     clean = train(reference, out_dir=tmp_path / "clean", num_threads=1)
     uninterrupted = load_checkpoint(next((tmp_path / "clean" / "checkpoints").iterdir()))
     assert all(torch.equal(state["model"][k], uninterrupted["model"][k]) for k in state["model"])
     assert state["metrics"][-1]["eval/loss"] == clean["eval/loss"]
-
-
-def auth_token() -> str:
-    return Path("~/.ray/auth_token").expanduser().read_text().strip()
-
-
-def test_interrupted_sweep_resumes_and_dashboard_answers(tmp_path):
-    base = apply_overrides(TINY_BASE, {"training.train_steps": 1500, "training.save_every_steps": 100,
-                                       "wandb.log_every_steps": 100})
-    space = write_space(tmp_path / "space.yaml", [{"name": "i", "grid": {"training.seed": [0, 1, 2]}}], base,
-                        resources={"cpu": 1})
-    sweep = start_sweep(tmp_path, space, "--max-concurrent", "1")
-    url = wait_for(lambda: re.search(r"Ray dashboard: (http://\S+)", sweep.stderr.readline() or ""), 60).group(1)
-    request = urllib.request.Request(f"{url}/api/version", headers={"Authorization": f"Bearer {auth_token()}"})
-    assert json.loads(urllib.request.urlopen(request, timeout=10).read())["ray_version"]
-    unauthenticated = urllib.request.Request(f"{url}/api/version")
-    with pytest.raises(urllib.error.HTTPError, match="401"):
-        urllib.request.urlopen(unauthenticated, timeout=10)
-    experiment = tmp_path / "r" / "s"
-    first = wait_for(lambda: [t for t in trial_dirs(experiment) if rows(t) and rows(t)[-1]["step"] == 1499])[0]
-    first_rows = len(rows(first))
-    sweep.send_signal(signal.SIGINT)
-    out, err = sweep.communicate(timeout=120)
-    assert sweep.returncode == 130, err
-    assert "--resume" in err and "--name s" in err
-    resumed = subprocess.run([sys.executable, "-m", "tune_looped.run", "--space", str(space), "--storage",
-                              str(tmp_path / "r"), "--name", "s", "--resume", "--num-cpus", "2", "--no-report"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "3 finished" in resumed.stdout
-    assert len(rows(first)) == first_rows
-    assert all(rows(t)[-1]["step"] == 1499 for t in trial_dirs(experiment))
+    assert curves["eval/loss"].dropna().iloc[-1] == clean["eval/loss"]
 
 
 def test_wandb_key_never_reaches_a_file(tmp_path):

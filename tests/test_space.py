@@ -231,7 +231,7 @@ def test_shipped_spaces(name, count, quick):
     space = load_space(name, quick=quick)
     assert len(space.trials) == count and space.path == SPACES_DIR / f"{name}.yaml"
     # --quick keeps the study (same trial count) at CPU size
-    assert space.base["training"]["train_steps"] == (2500 if quick else 20001)
+    assert space.base["training"]["train_steps"] == (2000 if quick else 20001)
 
 
 def test_hypotheses_share_the_one_layer_all_tokens_transformer():

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import torch
+
+from trainers.config import ConfigError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -33,9 +34,10 @@ def load_checkpoint(path) -> dict:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"{file}: no checkpoint file there") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{file}: not a loadable checkpoint ({reason[:200]})") from None
+    except Exception as err:
+        # besides UnpicklingError for code, torch's weights-only unpickler fails on damaged bytes with whatever
+        # they lead to (RuntimeError, OSError, EOFError, IndexError...); none of it is a usable checkpoint
+        raise ValueError(f"{file}: not a loadable checkpoint ({_reason(err)})") from None
     missing = {"model", "optimizer", "step", "rng", "metrics", "config"} - set(state if isinstance(state, dict) else ())
     if missing:
         raise ValueError(f"{file}: not a tune-looped checkpoint (missing {', '.join(sorted(missing))})")
@@ -46,3 +48,43 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint directory with the highest step under `run_dir/checkpoints`, if any."""
     candidates = sorted((run_dir / "checkpoints").glob(f"step_*/{CHECKPOINT_FILE}"))
     return candidates[-1].parent if candidates else None
+
+
+def check_pretrained(config, source: str) -> None:
+    """Load `model.pretrained_path` into the model `config.model` builds, before any training starts.
+
+    Training loads the file only inside the run (inside a Ray trial for a sweep), where a bad file would
+    surface as a traceback after Ray started; here it is one ConfigError line naming `source`, the key, the file
+    and what is wrong. The file is read with weights_only=True, so a pickle that would run code is refused.
+    """
+    path = config.model.pretrained_path
+    if not path:
+        return
+    from trainers.models import build_model, load_reference_checkpoint
+
+    where = f"{source}: model.pretrained_path: {path}"
+    if not Path(path).is_file():
+        raise ConfigError(f"{where}: {'is a folder, not a file' if Path(path).is_dir() else 'no such file'}")
+    model = build_model(config.model)
+    try:
+        load_reference_checkpoint(model, path)
+    except PermissionError as err:
+        raise ConfigError(f"{where}: cannot read it ({err.strerror})") from None
+    except ValueError as err:
+        raise ConfigError(f"{where}: {str(err).removeprefix(f'{path}: ')}") from None
+    except RuntimeError as err:
+        # load_state_dict(strict=True) lists every missing, unexpected or mis-shaped tensor on its own line
+        problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        first = problems[0] if problems else str(err).strip()
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(f"{where}: does not fit this model section (n_embd={config.model.n_embd}, "
+                          f"n_layer={config.model.n_layer}, family={config.model.family}): {first[:200]}{more}") from None
+    except Exception as err:
+        # arbitrary bytes make torch's weights-only unpickler fail in arbitrary ways (OSError on a cut zip,
+        # IndexError on text): whatever it raised, the file is not a checkpoint
+        raise ConfigError(f"{where}: not a PyTorch checkpoint ({_reason(err)})") from None
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__

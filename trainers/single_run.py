@@ -14,14 +14,26 @@ from pathlib import Path
 
 import yaml
 
-from trainers.checkpoint import latest_checkpoint, load_checkpoint
+from trainers.checkpoint import check_pretrained, latest_checkpoint, load_checkpoint
 from trainers.config import ConfigError, config_to_dict, load_config, parse_override_args
 
 DEFAULT_OUT_DIR = "runs"
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line gives the one `error: ...` line (exit status 2) that every other bad
+    input gives, instead of the usage text followed by the error; `--help` shows the usage."""
+
+    def __init__(self, **kwargs):
+        # no abbreviated flags: `--res` must not silently mean `--resume`
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="python -m trainers.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="config YAML (the research's schema)")
     parser.add_argument("--out_dir", "--out-dir", dest="out_dir", help=f"where runs go (default: config out_dir or {DEFAULT_OUT_DIR})")
     parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
@@ -62,11 +74,31 @@ def prepare_run_dir(args, config, config_path: Path) -> tuple[Path, Path | None]
     return run_dir, checkpoint
 
 
+def check_device(config, device: str | None, config_path: str) -> None:
+    """The device the run will use must exist here; otherwise the run would stop with a traceback in training."""
+    import torch
+
+    wanted = device or config.training.device
+    where = f"--device {device}" if device else f"{config_path}: training.device"
+    if wanted == "auto":
+        return
+    try:
+        parsed = torch.device(wanted)
+    except RuntimeError:
+        raise ConfigError(f"{where}: expected auto, cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{where}: expected auto, cpu, cuda or cuda:N")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"{where}: torch sees {torch.cuda.device_count()} CUDA device(s) here; use cpu or auto")
+
+
 def main(argv=None) -> int:
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         config = load_config(args.config, overrides)
+        check_device(config, args.device, args.config)
+        check_pretrained(config, args.config)
         run_dir, checkpoint = prepare_run_dir(args, config, Path(args.config))
         history = load_checkpoint(checkpoint)["metrics"] if checkpoint else []
     except (ConfigError, ValueError) as err:

@@ -21,18 +21,28 @@ def is_uri(storage: str) -> bool:
 
 
 def check_storage(storage: str) -> str:
-    """Fail before anything starts when a local storage path cannot take results; URIs are Ray's to check."""
+    """Fail before anything starts when a local storage path cannot take results; URIs are Ray's to check.
+
+    Only the last folder of the path may be missing (Ray creates it): a mistyped parent fails here instead of
+    growing a tree in an unexpected place. Nothing is left behind: the write check's file is deleted at once.
+    """
     if is_uri(storage):
         return storage
-    path = Path(storage).expanduser()
+    path = Path(storage).expanduser().absolute()
+    folder = path if path.exists() else path.parent
+    if not folder.is_dir():
+        where = "it" if folder == path else f"the parent {folder}"
+        problem = "is not a folder" if folder.exists() else "does not exist; create it first"
+        raise SpaceError(f"--storage {storage}: {where} {problem}")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_check_"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_check_"):
             pass
     except OSError as err:
-        raise SpaceError(f"--storage {storage}: not writable ({err.strerror or err})") from None
-    if shutil.disk_usage(path).free < MIN_FREE_BYTES:
-        raise SpaceError(f"--storage {storage}: less than {MIN_FREE_BYTES // 2**20} MiB free on that disk")
+        raise SpaceError(f"--storage {storage}: cannot write in {folder} ({err.strerror or err})") from None
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        raise SpaceError(f"--storage {storage}: {free / 2**20:.0f} MiB free on that disk, less than the "
+                         f"{MIN_FREE_BYTES // 2**20} MiB a sweep needs for its checkpoints and results")
     return str(path.resolve())
 
 

@@ -6,24 +6,32 @@ summary and ends with the analysis' frames, plots and report.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import yaml
 
+from trainers.checkpoint import check_pretrained
+from trainers.config import ConfigError, set_dotted
+from trainers.single_run import OneLineArgumentParser
 from tune_looped.cluster import check_storage, start_ray, warn_if_local_storage_on_cluster
-from tune_looped.space import SpaceError, load_space, parse_resources, space_record
+from tune_looped.space import Space, SpaceError, load_space, parse_resources, space_record, trial_config, trial_label
 from tune_looped.tables import print_summary, print_trial_table, summarise
 
 SPACE_RECORD = "space.yaml"
+# what Tune writes into the experiment folder: Tuner.restore needs both (ray.tune.tuner / tune_controller)
+TUNE_STATE_FILES = ("tuner.pkl", "experiment_state-*.json")
+PRETRAINED = "model.pretrained_path"
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m tune_looped.run", description=__doc__.splitlines()[0])
+    p = OneLineArgumentParser(prog="python -m tune_looped.run", description=__doc__.splitlines()[0])
     p.add_argument("--space", required=True, help="space YAML: a path, or a name in the package's search_spaces/")
     p.add_argument("--quick", action="store_true", help="apply the space's quick: block (a CPU-sized study)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved trials and exit without Ray")
@@ -44,23 +52,112 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def check_flags(args) -> None:
+    checks = [
+        ("--max-concurrent", args.max_concurrent, lambda v: v > 0, "a positive integer"),
+        ("--max-failures", args.max_failures, lambda v: v >= 0, "an integer >= 0"),
+        ("--num-cpus", args.num_cpus, lambda v: v > 0, "a positive integer"),
+        ("--num-gpus", args.num_gpus, lambda v: v >= 0, "a number >= 0"),
+        ("--cpus-per-trial", args.cpus_per_trial, lambda v: v > 0, "a number of CPUs > 0"),
+        ("--gpus-per-trial", args.gpus_per_trial, lambda v: 0 <= v <= 1,
+         "a GPU fraction between 0 and 1 (a trial uses at most one GPU)"),
+    ]
+    for flag, value, ok, expected in checks:
+        if value is not None and not ok(value):
+            raise SpaceError(f"{flag}: expected {expected}, got {value:g}")
+    if args.resume and not args.name:
+        raise SpaceError("--resume: needs --name of the experiment to continue")
+
+
+def check_fits_local_ray(resources: dict, args, space: Space) -> None:
+    """A trial that asks for more than the embedded Ray has would wait forever; a cluster's size is Ray's to know."""
+    if args.address:
+        return
+    import torch
+
+    have = {"cpu": args.num_cpus or len(os.sched_getaffinity(0)),
+            "gpu": args.num_gpus if args.num_gpus is not None else torch.cuda.device_count()}
+    for kind, flag, size_flag in (("cpu", "--cpus-per-trial", "--num-cpus"), ("gpu", "--gpus-per-trial", "--num-gpus")):
+        if resources[kind] > have[kind]:
+            asked = flag if getattr(args, flag[2:].replace("-", "_")) is not None else f"{space.path}: resources.{kind}"
+            raise SpaceError(f"{asked}: a trial needs {resources[kind]:g} {kind.upper()}(s) but the local Ray has "
+                             f"{have[kind]:g} (set {size_flag}, or lower the request); no trial could ever start")
+
+
+def with_absolute_pretrained(space: Space) -> Space:
+    """Trials run in their own folders, so a relative `model.pretrained_path` is fixed against the folder the
+    runner starts in, as a single run reads it."""
+    def absolute(value):
+        return str(Path(value).absolute()) if isinstance(value, str) and value else value
+
+    base = space.base
+    if isinstance(base.get("model"), dict) and base["model"].get("pretrained_path"):
+        base = set_dotted(base, PRETRAINED, absolute(base["model"]["pretrained_path"]))
+    trials = tuple(dataclasses.replace(t, values={**t.values, PRETRAINED: absolute(t.values[PRETRAINED])})
+                   if PRETRAINED in t.values else t for t in space.trials)
+    return dataclasses.replace(space, base=base, trials=trials)
+
+
+def check_pretrained_files(space: Space) -> None:
+    """Each distinct (file, model section) of the grid loads before Ray starts, instead of failing in every trial."""
+    seen = set()
+    for trial in space.trials:
+        config = trial_config(space.base, trial.values)
+        if config.model.pretrained_path and config.model not in seen:
+            seen.add(config.model)
+            try:
+                check_pretrained(config, f"{space.path}: trial {trial_label(trial.values)}")
+            except ConfigError as err:
+                raise SpaceError(str(err)) from None
+
+
 def resolve(args):
     """Everything that can be wrong with the input, checked before Ray starts or anything is written."""
-    if args.max_concurrent is not None and args.max_concurrent <= 0:
-        raise SpaceError(f"--max-concurrent: expected a positive integer, got {args.max_concurrent}")
-    if args.max_failures < 0:
-        raise SpaceError(f"--max-failures: expected an integer >= 0, got {args.max_failures}")
-    space = load_space(args.space, quick=args.quick)
+    check_flags(args)
+    space = with_absolute_pretrained(load_space(args.space, quick=args.quick))
     resources = dict(space.resources)
     if args.cpus_per_trial is not None:
         resources["cpu"] = args.cpus_per_trial
     if args.gpus_per_trial is not None:
         resources["gpu"] = args.gpus_per_trial
     resources = parse_resources(resources, "--cpus-per-trial/--gpus-per-trial")
+    check_fits_local_ray(resources, args, space)
+    check_pretrained_files(space)
     name = args.name or f"{space.name}{'-quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.resume and not args.name:
-        raise SpaceError("--resume: needs --name of the experiment to continue")
     return space, resources, name
+
+
+def first_difference(saved, current, prefix: str = "") -> str | None:
+    """The dotted key where two resolved space records first differ, or None when they are equal."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in [*saved, *(k for k in current if k not in saved)]:
+            found = first_difference(saved.get(key), current.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return None if saved == current else prefix.rstrip(".") or "top level"
+
+
+def check_resumable(experiment_dir: Path, space: Space, quick: bool) -> None:
+    if not (experiment_dir / SPACE_RECORD).exists():
+        raise SpaceError(f"--resume: no experiment at {experiment_dir}")
+    if not all(any(experiment_dir.glob(pattern)) for pattern in TUNE_STATE_FILES):
+        raise SpaceError(f"--resume: {experiment_dir} holds no saved Tune state (the sweep was stopped before Tune "
+                         "first saved it), so there is nothing to resume; delete that folder and start again")
+    try:
+        saved = yaml.safe_load((experiment_dir / SPACE_RECORD).read_text())
+    except yaml.YAMLError:
+        saved = None
+    if not isinstance(saved, dict):
+        raise SpaceError(f"--resume: {experiment_dir / SPACE_RECORD} is not the space record the runner writes")
+    # the base and grid come from the space file now, the trials' list from Tune's saved state: they must agree
+    current = yaml.safe_load(yaml.safe_dump(space_record(space, quick), sort_keys=False))
+    saved.pop("source", None)  # the path the space was given as, which may differ between two shells
+    current.pop("source", None)
+    key = first_difference(saved, current)
+    if key:
+        raise SpaceError(f"--resume: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; resume "
+                         "with the space (and --quick) it started with")
 
 
 def wandb_settings(space, args) -> dict | None:
@@ -73,10 +170,29 @@ def wandb_settings(space, args) -> dict | None:
     return settings
 
 
-def resume_command(args, name: str) -> str:
-    argv = ["python", "-m", "tune_looped.run", "--space", args.space, "--name", name, "--storage", args.storage,
-            "--resume"] + (["--quick"] if args.quick else []) + (["--address", args.address] if args.address else [])
-    return shlex.join(argv)
+def resume_command(argv: list[str], name: str) -> str:
+    """The command line that continues this sweep: the same flags, with the experiment's --name and --resume."""
+    kept, skip = [], False
+    for token in argv:
+        if skip or token in ("--resume", "--dry-run") or token.startswith("--name="):
+            skip = False
+            continue
+        skip = token == "--name"
+        if not skip:
+            kept.append(token)
+    return shlex.join([sys.executable, "-m", "tune_looped.run", *kept, "--name", name, "--resume"])
+
+
+def fit_stopping_on_sigterm(tuner):
+    """`tuner.fit()`, where SIGTERM (`kill PID`, a job scheduler) stops the sweep as Ctrl-C does: Tune saves its
+    state and the resume command is printed. Tune itself catches only SIGINT, and only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        return tuner.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_tuner(space, resources, name, storage, args, experiment_dir: Path):
@@ -110,7 +226,8 @@ def build_tuner(space, resources, name, storage, args, experiment_dir: Path):
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
     try:
         space, resources, name = resolve(args)
         if args.dry_run:
@@ -118,9 +235,9 @@ def main(argv=None) -> int:
             return 0
         storage = check_storage(args.storage)
         experiment_dir = Path(storage) / name
-        if args.resume and not (experiment_dir / SPACE_RECORD).exists():
-            raise SpaceError(f"--resume: no experiment at {experiment_dir}")
-        if not args.resume and experiment_dir.exists():
+        if args.resume:
+            check_resumable(experiment_dir, space, args.quick)
+        elif experiment_dir.exists():
             raise SpaceError(f"--name {name}: {experiment_dir} exists; add --resume or choose another name")
     except SpaceError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -137,13 +254,13 @@ def main(argv=None) -> int:
         if not args.resume:
             experiment_dir.mkdir(parents=True, exist_ok=True)
             (experiment_dir / SPACE_RECORD).write_text(yaml.safe_dump(space_record(space, args.quick), sort_keys=False))
-        results = tuner.fit()
+        results = fit_stopping_on_sigterm(tuner)
     finally:
         ray.shutdown()
     rows = summarise(results, space)
     print_summary(rows, experiment_dir)
     if any(r["status"] not in ("finished", "diverged", "error") for r in rows):
-        print(f"interrupted; resume with:\n  {resume_command(args, name)}", file=sys.stderr)
+        print(f"interrupted; resume with:\n  {resume_command(argv, name)}", file=sys.stderr)
         return 130
     if not args.no_report:
         from analysis import run_all

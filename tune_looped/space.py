@@ -162,7 +162,7 @@ def _read_base(raw, path: Path, secrets: dict) -> dict:
     try:
         base = read_yaml(path.parent / raw) if isinstance(raw, str) else dict(_mapping(raw, f"{path}: base"))
         base = strip_secrets(base, secrets)
-        config_from_dict(base, f"{path}: base")
+        config_from_dict(base, str(path.parent / raw) if isinstance(raw, str) else f"{path}: base")
     except ConfigError as err:
         raise SpaceError(f"{path}: base: {err}" if isinstance(raw, str) else str(err)) from None
     return base

@@ -61,4 +61,8 @@ def print_summary(rows: list[dict], experiment_dir: Path) -> None:
         print(_table(header, [[row.get(k, "") for k in header] for row in rows]))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "diverged", "error", "incomplete")}
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trials")
+    for row in rows:
+        if row["status"] == "diverged":
+            print(f"diverged: trial {row['trial_id']} at step {row['step']} (loss not finite); stopped there, "
+                  "not retried")
     print(f"results: {experiment_dir}")

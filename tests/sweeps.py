@@ -1,0 +1,138 @@
+"""Helpers shared by the end-to-end sweep tests (test_runner, test_reliability): tiny spaces, the runner as a
+subprocess, Ray Tune's result layout, and the processes and memory of a running driver."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_BASE = {
+    "model": {"family": "gpt2_loop", "n_embd": 16, "n_layer": 1, "n_head": 2, "n_dims": 3, "n_positions": 6},
+    "training": {
+        "batch_size": 8, "train_steps": 30, "save_every_steps": 10, "eval_every_steps": 10, "eval_prompts": 16,
+        "n_loop_window": 2,
+        "curriculum": {"dims": {"start": 3, "end": 3, "inc": 1, "interval": 100},
+                       "points": {"start": 4, "end": 6, "inc": 1, "interval": 10},
+                       "loops": {"start": 2, "end": 3, "inc": 1, "interval": 10}},
+    },
+    "wandb": {"log_every_steps": 5},
+}
+# what differs between two runs of the same trials: wall-clock figures and where they ran
+TIMING_COLUMNS = ["elapsed_s", "steps_per_s", "prompts_per_s", "time_total_s", "wall_time", "node_id", "wall_time_s"]
+
+
+def write_space(path: Path, experiments, base=None, **extra) -> Path:
+    path.write_text(yaml.safe_dump({"name": "tiny", "base": base or TINY_BASE, "experiments": experiments, **extra}))
+    return path
+
+
+def trial_dirs(experiment_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in experiment_dir.glob("*/params.json"))
+
+
+def rows(trial_dir: Path) -> list[dict]:
+    """result.json's rows; a line the trial is still writing is left out."""
+    path = trial_dir / "result.json"
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def variant(trial_dir: Path) -> dict:
+    return json.loads((trial_dir / "params.json").read_text())["variant"]
+
+
+def finished_trials(experiment_dir: Path, last_step: int) -> list[Path]:
+    return [t for t in trial_dirs(experiment_dir) if (r := rows(t)) and r[-1]["step"] == last_step]
+
+
+def sweep_command(space: Path, storage: Path, name: str, *extra, report: bool = False) -> list[str]:
+    return [sys.executable, "-m", "tune_looped.run", "--space", str(space), "--storage", str(storage),
+            "--name", name, "--num-cpus", "2", *([] if report else ["--no-report"]), *extra]
+
+
+def start_sweep(tmp_path: Path, space: Path, *extra, name: str = "s", report: bool = False) -> subprocess.Popen:
+    """The runner as a subprocess in `tmp_path`, its output in `tmp_path/<name>.out|.err` (a pipe nobody reads
+    could fill and stall it); results under `tmp_path/r/<name>`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = sweep_command(space, tmp_path / "r", name, *extra, report=report)
+    with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=err, text=True)
+
+
+def finish(sweep: subprocess.Popen, tmp_path: Path, name: str = "s", timeout: float = 300) -> tuple[str, str]:
+    """Wait for a sweep started by `start_sweep`; (stdout, stderr)."""
+    try:
+        sweep.wait(timeout=timeout)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
+    return (tmp_path / f"{name}.out").read_text(), (tmp_path / f"{name}.err").read_text()
+
+
+def wait_for(condition, timeout=120.0, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
+
+
+def auth_token() -> str:
+    return Path("~/.ray/auth_token").expanduser().read_text().strip()
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every live process below `pid`, with its name (Ray names its workers and agents `ray::...`)."""
+    found = {}
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids = children.read_text().split()
+        except OSError:
+            continue
+        for kid in map(int, kids):
+            found[kid] = process_name(kid)
+            found.update(descendants(kid))
+    return found
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(pids) -> list[int]:
+    """Those of `pids` still running (a zombie waiting for its parent counts as gone)."""
+    out = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            out.append(pid)
+    return out
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of a process (VmRSS), or None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None

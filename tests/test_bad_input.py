@@ -1,0 +1,365 @@
+"""Bad input, table-driven: every case runs a real command line (`python -m tune_looped.run`, `python -m
+trainers.train`, `python -m analysis`) in a fresh sandbox and must give exit status 2 and exactly one line on
+stderr, `error: ...`, naming the file, key or flag and what is expected: no traceback, nothing written, no Ray.
+
+The sandbox is the command's working folder, HOME, TMPDIR and RAY_TMPDIR, so the default `--storage
+~/ray_results`, run folders, and a Ray session (which lives under RAY_TMPDIR) would all show up in it; every
+file and folder in it must be the same after the command as before. The table is also the README's: see
+`render_bad_input` and test_reliability.py.
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+import yaml
+
+from sweeps import TINY_BASE
+from trainers.config import set_dotted
+from trainers.models import build_model
+
+PROGRAMS = {
+    "run": ["-m", "tune_looped.run"],
+    "train": ["-m", "trainers.train"],
+    "analysis": ["-m", "analysis"],
+    # a full disk cannot be made without privileges; the runner's own threshold is raised above the free space
+    "run, disk full": ["-c", "import sys, tune_looped.cluster as c; c.MIN_FREE_BYTES = 1 << 60; "
+                             "from tune_looped.run import main; sys.exit(main())"],
+}
+SURFACES = {
+    "config": "config YAML (`python -m trainers.train --config`, a space's `base:`)",
+    "override": "dotted overrides (`--model.n_layer 2`)",
+    "train flags": "single-run flags",
+    "checkpoint": "checkpoint files as `model.pretrained_path` (single run and runner)",
+    "space": "space YAML (`--space`)",
+    "run flags": "runner flags",
+    "resume": "`--resume`",
+    "storage": "`--storage`",
+    "analysis": "experiment folders given to `python -m analysis`",
+}
+CODE_RAN = "CODE_RAN"  # the folder a malicious pickle would create
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    surface: str  # a key of SURFACES
+    what: str  # what is wrong, as the README lists it
+    program: str  # a key of PROGRAMS
+    argv: tuple
+    expect: tuple  # fragments the error line must contain
+    files: dict = field(default_factory=dict)  # path in the working folder -> text, bytes or a writer(path)
+
+
+class RunsCode:
+    """A pickle payload that would create the folder CODE_RAN in the working folder when unpickled."""
+
+    def __reduce__(self):
+        return os.mkdir, (CODE_RAN,)
+
+
+def dump(tree: dict) -> str:
+    return yaml.safe_dump(tree, sort_keys=False)
+
+
+def config(**dotted) -> str:
+    raw = TINY_BASE
+    for key, value in dotted.items():
+        raw = set_dotted(raw, key.replace("__", "."), value)
+    return dump(raw)
+
+
+def space(base="base.yaml", grid=None, **top) -> str:
+    return dump({"name": "tiny", "base": base, "experiments": [{"name": "e", "grid": grid or {"training.seed": [0]}}],
+                 **top})
+
+
+def state_dict_file(n_embd: int) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        model = build_model({**TINY_BASE["model"], "n_embd": n_embd})
+        torch.save({"model": model.state_dict()}, path)
+    return write
+
+
+def truncated_checkpoint(path: Path) -> None:
+    state_dict_file(16)(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def code_pickle(path: Path) -> None:
+    torch.save({"model": RunsCode()}, path)
+
+
+def space_record_of(text: str) -> Callable[[Path], None]:
+    """An experiment folder as the runner leaves it, started from the space `text`, with Tune's state files."""
+    def write(path: Path) -> None:
+        from tune_looped.space import load_space, space_record
+
+        original = path.parents[2] / "original.yaml"  # beside base.yaml, which it names
+        original.write_text(text)
+        path.write_text(yaml.safe_dump(space_record(load_space(original), False), sort_keys=False))
+        original.unlink()
+        (path.parent / "tuner.pkl").write_bytes(b"")
+        (path.parent / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    return write
+
+
+
+def saved_dict(state: dict) -> Callable[[Path], None]:
+    return lambda path: torch.save(state, path)
+
+
+def folder(path: Path) -> None:
+    path.mkdir()
+
+
+BASE = {"base.yaml": config()}
+SPACE = {**BASE, "space.yaml": space()}
+TRAIN = ("--config", "base.yaml", "--out_dir", "runs")
+RUN = ("--space", "space.yaml", "--storage", "results", "--num-cpus", "2")
+TRIAL_PARAMS = json.dumps({"variant": {"experiments": ["e"], "training.seed": 0}})
+
+
+def pretrained(case_id: str, what: str, path: str, content, expect: tuple) -> Case:
+    files = {"base.yaml": config(model__pretrained_path=path)}
+    if content is not None:
+        files[path] = content
+    return Case(case_id, "checkpoint", what, "train", TRAIN, expect, files)
+
+
+CASES = [
+    # config YAML, through the single-run CLI and as a space's base file
+    Case("config-missing", "config", "missing file", "train", ("--config", "nope.yaml"),
+         ("nope.yaml", "cannot read config file")),
+    Case("config-not-yaml", "config", "not YAML", "train", TRAIN, ("base.yaml", "not valid YAML"),
+         {"base.yaml": "model: [1, 2\n"}),
+    Case("config-list", "config", "a list, not a mapping", "train", TRAIN, ("base.yaml", "expected a mapping"),
+         {"base.yaml": "- model\n- training\n"}),
+    Case("config-unknown-key", "config", "unknown key", "train", TRAIN, ("base.yaml", "model.n_layr", "unknown key"),
+         {"base.yaml": config(model__n_layr=2)}),
+    Case("config-wrong-type", "config", "wrong type", "train", TRAIN, ("model.n_layer", "expected an integer"),
+         {"base.yaml": config(model__n_layer="two")}),
+    Case("config-n-head", "config", "n_embd not divisible by n_head", "train", TRAIN,
+         ("model.n_head", "divisor of n_embd=16"), {"base.yaml": config(model__n_head=3)}),
+    Case("config-points", "config", "curriculum points beyond n_positions", "train", TRAIN,
+         ("training.curriculum.points.end", "model.n_positions=6"),
+         {"base.yaml": config(training__curriculum__points__end=7)}),
+    Case("config-family", "config", "unknown model family", "train", TRAIN, ("model.family", "gpt2, gpt2_loop"),
+         {"base.yaml": config(model__family="gpt3")}),
+    Case("config-inherit-cycle", "config", "`inherit:` cycle", "train", TRAIN, ("base.yaml", "inherit: cycle"),
+         {"base.yaml": "inherit: [base.yaml]\n"}),
+    Case("config-inherit-missing", "config", "`inherit:` of a missing file", "train", TRAIN,
+         ("other.yaml", "cannot read config file"), {"base.yaml": "inherit: [other.yaml]\n"}),
+    Case("space-base-unknown-key", "config", "unknown key in a space's base file", "run", RUN,
+         ("base.yaml", "model.n_layr", "unknown key"), {"base.yaml": config(model__n_layr=2), "space.yaml": space()}),
+    # dotted overrides
+    Case("override-unknown", "override", "unknown key", "train", (*TRAIN, "--model.n_layr", "2"),
+         ("model.n_layr", "unknown key"), BASE),
+    Case("override-type", "override", "wrong type", "train", (*TRAIN, "--model.n_layer", "deep"),
+         ("model.n_layer", "expected an integer"), BASE),
+    Case("override-impossible", "override", "impossible value", "train", (*TRAIN, "--model.n_head", "3"),
+         ("model.n_head", "divisor"), BASE),
+    Case("override-missing-value", "override", "missing value", "train", (*TRAIN, "--model.n_layer"),
+         ("--model.n_layer", "missing value"), BASE),
+    Case("override-section", "override", "a section given a value", "train", (*TRAIN, "--training.curriculum", "3"),
+         ("training.curriculum", "is a section"), BASE),
+    Case("override-not-dotted", "override", "not a --section.key flag", "train", (*TRAIN, "--layers", "2"),
+         ("--layers", "expected --section.key VALUE"), BASE),
+    # single-run flags
+    Case("train-no-config", "train flags", "--config missing", "train", ("--out_dir", "runs"), ("--config",)),
+    Case("train-resume-nothing", "train flags", "--resume with nothing to resume", "train", (*TRAIN, "--resume"),
+         ("--resume", "no checkpoint"), BASE),
+    Case("train-device-bad", "train flags", "--device not a device", "train", (*TRAIN, "--device", "tpu"),
+         ("--device", "expected auto, cpu, cuda or cuda:N"), BASE),
+    Case("train-device-absent", "train flags", "--device absent here", "train", (*TRAIN, "--device", "cuda:3"),
+         ("--device", "CUDA device(s) here"), BASE),
+    # checkpoint files as model.pretrained_path
+    pretrained("pretrained-missing", "missing file", "nope.pt", None, ("nope.pt",)),
+    pretrained("pretrained-folder", "a folder", "ckpt", folder, ("ckpt",)),
+    pretrained("pretrained-truncated", "truncated file", "ref.pt", truncated_checkpoint, ("ref.pt",)),
+    pretrained("pretrained-text", "a text file", "ref.pt", "not a checkpoint\n", ("ref.pt",)),
+    pretrained("pretrained-no-state-dict", "a dict without a state dict", "ref.pt", saved_dict({"step": 3}),
+               ("ref.pt",)),
+    pretrained("pretrained-architecture", "another architecture (n_embd 32 into 16)", "ref.pt", state_dict_file(32),
+               ("ref.pt",)),
+    pretrained("pretrained-code", "a pickle that would run code", "ref.pt", code_pickle, ("ref.pt",)),
+    Case("resume-damaged", "checkpoint", "single run: a damaged latest checkpoint on --resume", "train",
+         (*TRAIN, "--resume"), ("checkpoint.pt", "not a loadable checkpoint"),
+         {**BASE, "runs/base/checkpoints/step_000010/checkpoint.pt": b"\x80\x02garbage"}),
+    Case("run-pretrained-grid", "checkpoint", "runner: fits one trial of the grid, not another", "run", RUN,
+         ("ref.pt",), {"base.yaml": config(model__pretrained_path="ref.pt"), "ref.pt": state_dict_file(16),
+                       "space.yaml": space(grid={"model.n_embd": [16, 32]})}),
+    Case("run-pretrained-code", "checkpoint", "runner: a pickle that would run code", "run", RUN, ("ref.pt",),
+         {"base.yaml": config(model__pretrained_path="ref.pt"), "ref.pt": code_pickle, "space.yaml": space()}),
+    # space YAML
+    Case("space-missing", "space", "missing file", "run", ("--space", "nope.yaml"), ("nope.yaml", "no such space file")),
+    Case("space-not-yaml", "space", "not YAML", "run", RUN, ("space.yaml", "not valid YAML"),
+         {**BASE, "space.yaml": "experiments: [1\n"}),
+    Case("space-unknown-top", "space", "unknown top-level key", "run", RUN, ("space.yaml", "bogus", "unknown key"),
+         {**BASE, "space.yaml": space(bogus=1)}),
+    Case("space-no-experiments", "space", "no experiments", "run", RUN, ("space.yaml", "experiments"),
+         {**BASE, "space.yaml": dump({"base": "base.yaml", "experiments": []})}),
+    Case("space-grid-key", "space", "unknown grid key", "run", RUN, ("model.n_layr", "unknown key"),
+         {**BASE, "space.yaml": space(grid={"model.n_layr": [1]})}),
+    Case("space-grid-type", "space", "grid value of the wrong type", "run", RUN,
+         ("model.n_layer", "expected an integer"), {**BASE, "space.yaml": space(grid={"model.n_layer": ["two"]})}),
+    Case("space-grid-invalid", "space", "a grid point that makes an invalid config", "run", RUN,
+         ("model.n_head", "divisor"), {**BASE, "space.yaml": space(grid={"model.n_head": [2, 3]})}),
+    Case("space-distribution", "space", "bad sample distribution", "run", RUN,
+         ("sample.training.learning_rate", "expected one of"),
+         {**BASE, "space.yaml": space(sample={"training.learning_rate": "normal(0, 1)"})}),
+    Case("space-inline-base", "space", "inline base with an impossible value", "run", RUN, ("model.n_head",),
+         {"space.yaml": space(base=yaml.safe_load(config(model__n_head=3)))}),
+    Case("space-no-quick", "space", "--quick without a quick: block", "run", (*RUN, "--quick"), ("quick",), SPACE),
+    Case("space-gpu-above-1", "space", "resources.gpu above 1", "run", RUN, ("resources.gpu", "between 0 and 1"),
+         {**BASE, "space.yaml": space(resources={"gpu": 1.5})}),
+    # runner flags
+    Case("run-max-concurrent-0", "run flags", "--max-concurrent 0", "run", (*RUN, "--max-concurrent", "0"),
+         ("--max-concurrent",), SPACE),
+    Case("run-gpus-2", "run flags", "--gpus-per-trial 2", "run", (*RUN, "--gpus-per-trial", "2"), ("gpu",), SPACE),
+    Case("run-cpus-0", "run flags", "--cpus-per-trial 0", "run", (*RUN, "--cpus-per-trial", "0"), ("cpu",), SPACE),
+    Case("run-too-many-cpus", "run flags", "a trial needs more CPUs than the local Ray has", "run",
+         (*RUN, "--cpus-per-trial", "4"), ("--cpus-per-trial", "CPU"), SPACE),
+    Case("run-no-gpu", "run flags", "a trial needs a GPU the local Ray lacks", "run",
+         (*RUN, "--gpus-per-trial", "0.5", "--num-gpus", "0"), ("--gpus-per-trial", "GPU"), SPACE),
+    Case("run-num-cpus-0", "run flags", "--num-cpus 0", "run", ("--space", "space.yaml", "--num-cpus", "0"),
+         ("--num-cpus",), SPACE),
+    Case("run-unknown-flag", "run flags", "unknown flag", "run", (*RUN, "--bogus"), ("--bogus",), SPACE),
+    Case("run-abbreviated", "run flags", "abbreviated flag", "run", (*RUN, "--max-conc", "2"), ("--max-conc",), SPACE),
+    Case("run-not-a-number", "run flags", "not a number", "run", (*RUN, "--max-concurrent", "two"),
+         ("--max-concurrent",), SPACE),
+    Case("run-no-space", "run flags", "--space missing", "run", ("--storage", "results"), ("--space",)),
+    # --resume
+    Case("resume-no-name", "resume", "without --name", "run", (*RUN, "--resume"), ("--resume", "--name"), SPACE),
+    Case("resume-missing", "resume", "an experiment that does not exist", "run", (*RUN, "--name", "x", "--resume"),
+         ("--resume", "no experiment"), SPACE),
+    Case("resume-no-state", "resume", "killed before Tune first saved its state", "run",
+         (*RUN, "--name", "x", "--resume"), ("--resume", "no saved Tune state"),
+         {**SPACE, "results/x/space.yaml": "name: tiny\n"}),
+    Case("resume-space-changed", "resume", "the space file changed since the start", "run",
+         (*RUN, "--name", "x", "--resume"), ("--resume", "differs"),
+         {**SPACE, "results/x/space.yaml": space_record_of(space(grid={"training.seed": [1]}))}),
+    Case("resume-name-exists", "resume", "--name of an existing experiment, without --resume", "run",
+         (*RUN, "--name", "x"), ("--name x", "exists"), {**SPACE, "results/x/space.yaml": "name: tiny\n"}),
+    # --storage
+    Case("storage-under-file", "storage", "a path under a regular file", "run",
+         ("--space", "space.yaml", "--storage", "file.txt/sub"), ("--storage file.txt/sub",),
+         {**SPACE, "file.txt": "x"}),
+    Case("storage-no-parent", "storage", "a parent folder that does not exist", "run",
+         ("--space", "space.yaml", "--storage", "no/such/folder"), ("--storage no/such/folder",), SPACE),
+    Case("storage-proc", "storage", "unwritable (/proc, which stops root too)", "run",
+         ("--space", "space.yaml", "--storage", "/proc/ray_results"), ("--storage /proc/ray_results",), SPACE),
+    Case("storage-full", "storage", "disk full (less free than the runner needs)", "run, disk full", RUN,
+         ("--storage", "free"), SPACE),
+    # experiment folders given to the analysis
+    Case("analysis-missing", "analysis", "missing folder", "analysis", ("all", "nope"),
+         ("nope", "no such experiment directory")),
+    Case("analysis-empty", "analysis", "empty folder", "analysis", ("all", "exp"), ("exp", "no trials"),
+         {"exp": folder}),
+    Case("analysis-half-written", "analysis", "a trial folder with an empty result.json, no checkpoint", "analysis",
+         ("all", "exp"), ("exp", "no trial has reported"),
+         {"exp/t0/params.json": TRIAL_PARAMS, "exp/t0/result.json": ""}),
+    Case("analysis-truncated", "analysis", "a trial folder with a truncated result.json, no checkpoint", "analysis",
+         ("all", "exp"), ("exp", "no trial has reported"),
+         {"exp/t0/params.json": TRIAL_PARAMS, "exp/t0/result.json": '{"step": 0, "overall_lo'}),
+]
+
+
+def snapshot(root: Path) -> dict:
+    """Every path under `root`: folders as None, files by their content's hash."""
+    return {str(p.relative_to(root)): None if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))}
+
+
+def run_case(case: Case, sandbox: Path, mpl_cache: Path) -> dict:
+    work, home, tmp = sandbox / "work", sandbox / "home", sandbox / "tmp"
+    for folder in (work, home, tmp):
+        folder.mkdir(parents=True)
+    for name, content in case.files.items():
+        path = work / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(content):
+            content(path)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    before = snapshot(sandbox)
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "RAY_TMPDIR": str(tmp),
+           "MPLCONFIGDIR": str(mpl_cache)}
+    done = subprocess.run([sys.executable, *PROGRAMS[case.program], *case.argv], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=120)
+    return {"rc": done.returncode, "stderr": done.stderr, "before": before, "after": snapshot(sandbox),
+            "code_ran": (work / CODE_RAN).exists()}
+
+
+@pytest.fixture(scope="module")
+def outcomes(request, tmp_path_factory):
+    """Every selected case, run two at a time (each command spends most of its second importing torch)."""
+    selected = [item.callspec.params["case"] for item in request.session.items
+                if getattr(item, "callspec", None) and isinstance(item.callspec.params.get("case"), Case)]
+    mpl_cache = tmp_path_factory.mktemp("mpl")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case.id: pool.submit(run_case, case, tmp_path_factory.mktemp(case.id), mpl_cache)
+                   for case in selected}
+    return {case_id: future.result() for case_id, future in futures.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_fails_cleanly(case, outcomes):
+    outcome = outcomes[case.id]
+    lines = outcome["stderr"].splitlines()
+    assert "Traceback" not in outcome["stderr"], outcome["stderr"]
+    assert outcome["rc"] == 2, outcome["stderr"]
+    assert len(lines) == 1 and lines[0].startswith("error: "), outcome["stderr"]
+    for fragment in case.expect:
+        assert fragment in lines[0]
+    assert not outcome["code_ran"]
+    assert outcome["after"] == outcome["before"], "something was written (or Ray started)"
+
+
+def test_the_table_is_large_and_ids_unique():
+    assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
+    assert {c.surface for c in CASES} == set(SURFACES)
+
+
+def test_code_pickles_are_refused_by_every_loader(tmp_path, monkeypatch):
+    """The three loaders of `.pt` files refuse a pickle that would run code, and the code does not run."""
+    from analysis import AnalysisWarning
+    from analysis.experiment import latest_checkpoint as analysis_checkpoint
+    from trainers.checkpoint import load_checkpoint
+    from trainers.models import load_reference_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "trial" / "checkpoint_000000" / "checkpoint.pt"
+    evil.parent.mkdir(parents=True)
+    code_pickle(evil)
+    with pytest.raises(ValueError, match="not a loadable checkpoint"):
+        load_checkpoint(evil)
+    with pytest.raises(ValueError, match="only tensors and containers"):
+        load_reference_checkpoint(build_model(TINY_BASE["model"]), evil)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert analysis_checkpoint(tmp_path / "trial") is None
+    assert any(issubclass(w.category, AnalysisWarning) for w in caught)
+    assert not (tmp_path / CODE_RAN).exists()
+
+
+def render_bad_input() -> str:
+    """The README's table of bad inputs, from CASES."""
+    lines = ["| input | cases | what is wrong |", "|---|---|---|"]
+    for surface, title in SURFACES.items():
+        cases = [c for c in CASES if c.surface == surface]
+        listed = "; ".join(c.what for c in cases)
+        lines.append(f"| {title} | {len(cases)} | {listed} |")
+    lines.append(f"| **all** | **{len(CASES)}** | |")
+    return "\n".join(lines)

@@ -1,0 +1,252 @@
+"""Real faults a long sweep meets on a shared machine, injected into real sweeps on an embedded Ray: the driver
+interrupted (SIGINT, SIGTERM, SIGKILL) and resumed, a diverging trial, 64 trials on 2 CPUs. Trials are tiny.
+
+The README's Reliability tables are rendered from FAULTS here and CASES in test_bad_input.py, and a test checks
+that the README holds exactly that rendering; `python tests/test_reliability.py` prints it.
+"""
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from analysis import load_curves, load_summary
+from sweeps import (REPO, TIMING_COLUMNS, TINY_BASE, alive, auth_token, descendants, finish, finished_trials,
+                    process_name, rss_mib, rows, start_sweep, sweep_command, trial_dirs, wait_for, write_space)
+from test_bad_input import CASES, render_bad_input
+from trainers.checkpoint import load_checkpoint
+from trainers.config import apply_overrides
+from trainers.models import build_model
+
+# Ray's two agents outlive a SIGKILLed driver by a minute or two (they notice the raylet is gone, then wait on
+# the dead GCS before exiting); the trials' workers must go at once
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    injected: str
+    checked: str
+    test: str
+
+
+FAULTS = [
+    Fault("worker killed", "SIGKILL (`os.kill`) of a running trial's process after its first checkpoint",
+          "retried from its last checkpoint, exit 0; every logged step exactly once in `load_curves`; final "
+          "parameters and `eval/loss` bit-identical to the same trial without the fault",
+          "`test_runner.py::test_killed_worker_is_retried_from_its_checkpoint`"),
+    Fault("driver interrupted", "SIGINT, SIGTERM or SIGKILL of the runner once one trial has finished (and Tune has "
+          "saved that) and the next has a checkpoint; 3 trials, one at a time",
+          "SIGINT and SIGTERM: exit 130 and the printed resume command, run as printed; SIGKILL: the trials' workers "
+          "die with it; then `--resume` exits 0, the finished trial's files are untouched (not re-run), and the "
+          "curves and summary frames, less timing columns, equal an uninterrupted sweep's; the dashboard answers "
+          "with the token and refuses without it",
+          "`test_reliability.py::test_interrupted_driver_resumes` (3 signals)"),
+    Fault("driver killed before Tune saved its state", "an experiment folder without Tune's state files",
+          "`--resume` says there is nothing to resume: one line, exit 2", "`test_bad_input.py`, `resume-no-state`"),
+    Fault("divergence", "`training.learning_rate` 10 beside 1e-3 in one grid, both starting from a relative "
+          "`model.pretrained_path`",
+          "the diverging trial stops at its first non-finite loss, is not retried, and shows as diverged with its step "
+          "in the runner's summary, `summary.parquet` and `REPORT.md`; the other finishes; exit 0",
+          "`test_reliability.py::test_diverging_trial_is_stopped_and_reported`"),
+    Fault("load", "64 trials of 10 steps on 2 CPUs",
+          "all 64 complete with every logged step; the driver's resident memory (VmRSS, sampled every 0.5 s) while "
+          "the last 16 trials finish is at most 25% above that after the first 16",
+          "`test_reliability.py::test_64_trials_keep_the_driver_memory_flat`"),
+    Fault("storage", "a path under a regular file, a missing parent folder, `/proc` (unwritable even for root), a "
+          "full disk (the runner's free-space threshold raised above what is free)",
+          "one line, exit 2, nothing written, Ray not started",
+          "`test_bad_input.py`, `storage-*`"),
+    Fault("untrusted pickles", "a `.pt` whose `__reduce__` would run code, given to the checkpoint loader, "
+          "`load_reference_checkpoint`, the analysis, the single run and the runner",
+          "refused (weights_only); the code did not run",
+          "`test_bad_input.py::test_code_pickles_are_refused_by_every_loader`, `pretrained-code`, `run-pretrained-code`"),
+    Fault("bad input", f"{len(CASES)} cases below", "one `error:` line naming the file, key or flag; exit 2; no "
+          "traceback; nothing written; no Ray session", "`test_bad_input.py`"),
+]
+
+
+def render_reliability() -> str:
+    lines = ["| fault | injected | checked | test |", "|---|---|---|---|"]
+    lines += [f"| {f.name} | {f.injected} | {f.checked} | {f.test} |" for f in FAULTS]
+    return "\n".join(lines) + "\n\n" + render_bad_input()
+
+
+def test_readme_holds_the_rendered_tables():
+    readme = (REPO / "README.md").read_text()
+    assert render_reliability() in readme, "README's Reliability tables are stale: `python tests/test_reliability.py`"
+
+
+def comparable_frames(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """curves and summary without what differs between two runs of the same trials (ids, wall-clock, node)."""
+    def strip(frame):
+        frame = frame.drop(columns=["trial_id", *TIMING_COLUMNS], errors="ignore")
+        keys = [c for c in ("training.seed", "step") if c in frame]
+        return frame[sorted(frame.columns)].sort_values(keys).reset_index(drop=True)
+    return strip(load_curves(experiment_dir)), strip(load_summary(experiment_dir))
+
+
+INTERRUPT_BASE = apply_overrides(TINY_BASE, {"training.train_steps": 600, "training.save_every_steps": 100,
+                                             "training.eval_every_steps": 200, "wandb.log_every_steps": 50})
+INTERRUPT_LAST = 599
+
+
+def interrupt_space(folder: Path) -> Path:
+    return write_space(folder / "space.yaml", [{"name": "i", "grid": {"training.seed": [0, 1, 2]}}], INTERRUPT_BASE,
+                       resources={"cpu": 1}, max_concurrent=1)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    sweep = start_sweep(folder, interrupt_space(folder))
+    out, err = finish(sweep, folder)
+    assert sweep.returncode == 0, err
+    return comparable_frames(folder / "r" / "s")
+
+
+def saved_statuses(experiment_dir: Path) -> list[str]:
+    """Trial statuses in Tune's last saved experiment state (what a resume after SIGKILL starts from)."""
+    states = sorted(experiment_dir.glob("experiment_state-*.json"))
+    try:
+        state = json.loads(states[-1].read_text()) if states else {}
+    except json.JSONDecodeError:  # being copied into place right now
+        return []
+    return [json.loads(trial)["status"] for trial, _ in state.get("trial_data", [])]
+
+
+def interruptible(experiment_dir: Path):
+    """(finished trial, running trial) once one trial has finished and Tune saved that, and the next one has a
+    checkpoint; else None."""
+    done = finished_trials(experiment_dir, INTERRUPT_LAST)
+    running = [t for t in trial_dirs(experiment_dir) if t not in done and list(t.glob("checkpoint_*"))]
+    if done and running and "TERMINATED" in saved_statuses(experiment_dir):
+        return done[0], running[0]
+    return None
+
+
+def files_of(trial_dir: Path) -> dict:
+    return {str(p.relative_to(trial_dir)): p.read_bytes() for p in sorted(trial_dir.rglob("*")) if p.is_file()}
+
+
+def check_dashboard(err_file: Path) -> None:
+    url = wait_for(lambda: re.search(r"Ray dashboard: (http://\S+)", err_file.read_text()), 90).group(1)
+    request = urllib.request.Request(f"{url}/api/version", headers={"Authorization": f"Bearer {auth_token()}"})
+    assert json.loads(urllib.request.urlopen(request, timeout=10).read())["ray_version"]
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        urllib.request.urlopen(urllib.request.Request(f"{url}/api/version"), timeout=10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_interrupted_driver_resumes(tmp_path, uninterrupted, sig):
+    space = interrupt_space(tmp_path)
+    sweep = start_sweep(tmp_path, space)
+    experiment = tmp_path / "r" / "s"
+    if sig == signal.SIGINT:
+        check_dashboard(tmp_path / "s.err")
+    done, running = wait_for(lambda: interruptible(experiment), 240)
+    done_files = files_of(done)
+    processes = descendants(sweep.pid)
+    os.kill(sweep.pid, sig)
+    out, err = finish(sweep, tmp_path, timeout=120)
+    try:
+        if sig == signal.SIGKILL:
+            assert sweep.returncode == -signal.SIGKILL
+            # the workers must not go on writing into the experiment the resume is about to continue
+            wait_for(lambda: all(process_name(p).startswith(RAY_AGENTS) for p in alive(processes)), 30)
+            command = sweep_command(space, tmp_path / "r", "s", "--resume")
+        else:
+            assert sweep.returncode == 130, err
+            wait_for(lambda: not alive(processes), 30)  # a graceful stop shuts Ray down
+            command = shlex.split(err.split("resume with:")[1].strip().splitlines()[0])
+            assert command[-3:] == ["--name", "s", "--resume"] and "--no-report" in command
+        resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finally:
+        lingering = alive(processes)
+        for pid in lingering:
+            os.kill(pid, signal.SIGKILL)
+    assert resumed.returncode == 0, resumed.stderr
+    restarts = [r["step"] for r in rows(running) if r["iterations_since_restore"] == 1 and r["training_iteration"] > 1]
+    if sig != signal.SIGKILL:
+        assert restarts, "the running trial did not continue from its checkpoint"
+    print(f"\n{sig.name}: exit {sweep.returncode}; the running trial's first row after the resume: step "
+          f"{restarts[0] if restarts else 0}; Ray processes of the interrupted runner alive after the resume: "
+          f"{len(lingering)}")
+    assert "3 finished" in resumed.stdout
+    assert files_of(done) == done_files, "the finished trial ran again"
+    curves, summary = comparable_frames(experiment)
+    logged = list(range(0, INTERRUPT_LAST + 1, 50)) + [INTERRUPT_LAST]
+    assert all(group["step"].tolist() == logged for _, group in curves.groupby("training.seed"))
+    pd.testing.assert_frame_equal(curves, uninterrupted[0], check_exact=True)
+    pd.testing.assert_frame_equal(summary, uninterrupted[1], check_exact=True)
+
+
+def test_diverging_trial_is_stopped_and_reported(tmp_path):
+    torch.save({"model": build_model(TINY_BASE["model"]).state_dict()}, tmp_path / "ref.pt")
+    base = apply_overrides(TINY_BASE, {"model.pretrained_path": "ref.pt"})  # relative: trials run elsewhere
+    space = write_space(tmp_path / "space.yaml", [{"name": "lr", "grid": {"training.learning_rate": [10.0, 1e-3]}}],
+                        base)
+    sweep = start_sweep(tmp_path, space, report=True)
+    out, err = finish(sweep, tmp_path)
+    assert sweep.returncode == 0, err
+    experiment = tmp_path / "r" / "s"
+    by_lr = {json.loads((t / "params.json").read_text())["variant"]["training.learning_rate"]: t
+             for t in trial_dirs(experiment)}
+    diverged, healthy = rows(by_lr[10.0]), rows(by_lr[1e-3])
+    step = diverged[-1]["step"]
+    assert diverged[-1]["diverged"] is True and step < 29 and healthy[-1]["step"] == 29
+    assert not any(r.get("diverged") for r in diverged[:-1]), "stopped at the first non-finite loss"
+    assert all(r["iterations_since_restore"] == r["training_iteration"] for r in diverged), "retried"
+    assert not list(by_lr[10.0].glob("error.*"))
+    assert "1 finished, 1 diverged" in out and f"at step {step} (loss not finite)" in out
+    summary = load_summary(experiment).set_index("training.learning_rate")
+    assert summary.loc[10.0, "status"] == "diverged" and summary.loc[10.0, "last_step"] == step
+    assert summary.loc[1e-3, "status"] == "finished"
+    report = (experiment / "REPORT.md").read_text()
+    assert "1 diverged" in report and re.search(rf"\| {step} \|.*\| 1 diverged \|", report)
+    state = load_checkpoint(sorted(by_lr[1e-3].glob("checkpoint_*"))[-1])
+    assert state["config"]["model"]["pretrained_path"] == str(tmp_path / "ref.pt")
+    print(f"\ndivergence: learning rate 10 stopped at step {step} of 30; exit 0")
+
+
+def test_64_trials_keep_the_driver_memory_flat(tmp_path):
+    base = apply_overrides(TINY_BASE, {"training.train_steps": 10, "training.save_every_steps": 10,
+                                       "training.eval_every_steps": 10, "wandb.log_every_steps": 5})
+    space = write_space(tmp_path / "space.yaml", [{"name": "load", "grid": {"training.seed": list(range(64))}}],
+                        base, resources={"cpu": 1})
+    started = time.monotonic()
+    sweep = start_sweep(tmp_path, space)
+    experiment = tmp_path / "r" / "s"
+    samples = []  # (trials finished, driver RSS in MiB)
+    while sweep.poll() is None:
+        rss = rss_mib(sweep.pid)
+        if rss is not None:
+            samples.append((len(finished_trials(experiment, 9)), rss))
+        time.sleep(0.5)
+    out, err = finish(sweep, tmp_path)
+    took = time.monotonic() - started
+    assert sweep.returncode == 0, err
+    assert "64 finished" in out
+    trials = trial_dirs(experiment)
+    assert len(trials) == 64 and all([r["step"] for r in rows(t)] == [0, 5, 9] for t in trials)
+    early = max(rss for done, rss in samples if 16 <= done < 24)
+    late = max(rss for done, rss in samples if 48 <= done < 64)
+    peak = max(rss for _, rss in samples)
+    print(f"\nload: 64 trials on 2 CPUs in {took:.0f} s; driver RSS {early:.0f} MiB after 16 finished, "
+          f"{late:.0f} MiB over the last 16, peak {peak:.0f} MiB ({len(samples)} samples)")
+    assert late <= 1.25 * early
+
+
+if __name__ == "__main__":
+    print(render_reliability())

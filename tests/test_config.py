@@ -94,6 +94,9 @@ BAD = [
     ("wandb.log_every_steps", 0, "wandb.log_every_steps: must be a positive integer"),
     ("training.curriculum", 3, "training.curriculum: expected a mapping"),
     ("training.curriculum.dims.inc", -1, "training.curriculum.dims.inc: must be an integer >= 0"),
+    ("training.compile", "yes", "training.compile: expected true or false"),
+    ("training.cuda_graphs", 1, "training.cuda_graphs: expected true or false"),
+    ("training.onednn_linear", "on", "training.onednn_linear: expected true or false"),
 ]
 
 
@@ -159,3 +162,11 @@ def test_curriculum_is_a_pure_function_of_the_step(step, expected):
 
 def test_defaults_are_valid():
     assert config_from_dict({}) == Config()
+
+
+def test_performance_option_defaults_and_overrides(tiny_config_file):
+    assert Config().training.onednn_linear is True
+    assert Config().training.compile is False and Config().training.cuda_graphs is False
+    cfg = load_config(tiny_config_file, parse_override_args(["--training.compile", "true",
+                                                             "--training.cuda_graphs", "true"]))
+    assert cfg.training.compile is True and cfg.training.cuda_graphs is True

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from trainers.models import (MODEL_FAMILIES, LoopedTransformerModel, TransformerModel, build_model,
-                             load_reference_checkpoint)
+from trainers.models import (MODEL_FAMILIES, ONEDNN, Linear, LoopedTransformerModel, TransformerModel,
+                             build_model, load_reference_checkpoint)
 
 TINY = dict(n_dims=5, n_positions=8, n_embd=16, n_layer=2, n_head=2)
 ATOL = 1e-5
@@ -358,3 +358,53 @@ def test_prompt_longer_than_the_positions_is_refused():
     xs, ys = prompts(n_points=9)
     with pytest.raises(ValueError, match="positions"):
         tiny("gpt2")(xs, ys)
+
+
+def test_compile_backbone_keeps_parameter_names():
+    """Compilation is lazy (nothing compiles here) and in place: checkpoints keep the reference's keys."""
+    model = tiny()
+    keys = list(model.state_dict())
+    assert model.compile_backbone() is model
+    assert list(model.state_dict()) == keys and model._backbone._compiled_call_impl is not None
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this torch has no oneDNN")
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_matches_f_linear_forward_and_backward(bias):
+    torch.manual_seed(0)
+    layer = Linear(24, 40, bias=bias)
+    assert layer.onednn
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    grad = torch.randn(3, 7, 40)
+    out = layer(x)
+    out.backward(grad)
+    got = (out, x.grad, layer.weight.grad) + ((layer.bias.grad,) if bias else ())
+    x.grad = None
+    layer.zero_grad()
+    ref = F.linear(x, layer.weight, layer.bias)
+    ref.backward(grad)
+    want = (ref, x.grad, layer.weight.grad) + ((layer.bias.grad,) if bias else ())
+    assert all(a.shape == b.shape and torch.allclose(a, b, rtol=RTOL, atol=ATOL) for a, b in zip(got, want))
+    with torch.no_grad():
+        assert torch.allclose(layer(x), ref, rtol=RTOL, atol=ATOL)
+
+
+def test_onednn_off_autocast_and_other_dtypes_take_f_linear():
+    torch.manual_seed(0)
+    layer = Linear(8, 4)
+    x = torch.randn(2, 3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16
+    assert layer.double()(x.double()).dtype == torch.float64
+    model = tiny().use_onednn(False)
+    assert not any(m.onednn for m in model.modules() if isinstance(m, Linear))
+    layer = model._backbone.transformer.h[0].mlp.c_fc
+    x = torch.randn(2, 3, 16)
+    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_onednn_model_agrees_with_the_f_linear_model():
+    xs, ys = prompts()
+    fast, plain = scramble(tiny()), scramble(tiny()).use_onednn(False)
+    out_fast, out_plain = fast(xs, ys, 1, 3), plain(xs, ys, 1, 3)
+    assert all(torch.allclose(a, b, rtol=RTOL, atol=ATOL) for a, b in zip(out_fast, out_plain))

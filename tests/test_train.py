@@ -10,7 +10,9 @@ import yaml
 
 from trainers.checkpoint import latest_checkpoint, load_checkpoint
 from trainers.config import config_from_dict, set_dotted
-from trainers.train import train
+from trainers.curriculum import CurriculumState
+from trainers.models import ONEDNN, Linear, build_model
+from trainers.train import CUDA_GRAPH_WARMUP_STEPS, StepRunner, prepare_model, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,3 +124,76 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, tiny_config_file, ar
 def test_cli_missing_config_file(tmp_path):
     done = _cli("--config", str(tmp_path / "nope.yaml"), cwd=tmp_path)
     assert done.returncode == 2 and "nope.yaml: cannot read config file" in done.stderr
+
+
+def test_compiled_backbone_trains_close_to_eager_and_resumes_bit_identically(tmp_path, tiny_raw):
+    """training.compile: same parameters (names and values within float rounding); resume stays exact."""
+    full = _config(tiny_raw, training__compile=True, training__train_steps=40, training__save_every_steps=20)
+    train(full, out_dir=tmp_path / "full")
+    train(_config(tiny_raw, training__compile=True, training__train_steps=21, training__save_every_steps=20),
+          out_dir=tmp_path / "split")
+    train(full, out_dir=tmp_path / "split", resume_from=tmp_path / "split" / "checkpoints" / "step_000020")
+    train(_config(tiny_raw, training__train_steps=40), out_dir=tmp_path / "eager")
+    compiled, resumed, eager = (_params(tmp_path / n) for n in ("full", "split", "eager"))
+    assert compiled.keys() == eager.keys()
+    assert all(torch.equal(compiled[k], resumed[k]) for k in compiled)
+    assert all(torch.allclose(compiled[k], eager[k], rtol=1e-3, atol=1e-4) for k in compiled)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_onednn_linear_option_reaches_every_block_layer(tiny_raw, enabled):
+    config = _config(tiny_raw, training__onednn_linear=enabled)
+    model = prepare_model(build_model(config.model), config)
+    layers = [m for m in model.modules() if isinstance(m, Linear)]
+    assert len(layers) == 4 and all(m.onednn == (enabled and ONEDNN) for m in layers)
+
+
+def test_cuda_graphs_off_cuda_warn_and_run_eagerly(tmp_path, tiny_raw):
+    with pytest.warns(UserWarning, match="training.cuda_graphs: the run is on cpu"):
+        train(_config(tiny_raw, training__cuda_graphs=True, training__train_steps=10), out_dir=tmp_path / "a")
+    train(_config(tiny_raw, training__train_steps=10), out_dir=tmp_path / "b")
+    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class RecordingRunner(StepRunner):
+    """StepRunner's CUDA-graph bookkeeping with the CUDA calls replaced by a log."""
+
+    def __init__(self, config):
+        super().__init__(None, None, config, torch.device("cpu"))
+        self.graphed, self.log = True, []
+
+    def _side_stream_step(self, xs, ys, state):
+        self.log.append(("eager", state.n_points))
+        return xs, ys
+
+    def _capture(self, xs, ys, state):
+        self.log.append(("capture", state.n_points))
+        self.graph = object()
+
+    def _replay(self, xs, ys):
+        self.log.append(("replay",))
+        return xs, ys
+
+
+def test_cuda_graph_captured_once_per_curriculum_state_after_warm_up(tiny_raw):
+    runner = RecordingRunner(_config(tiny_raw))
+    small, large = CurriculumState(5, 6, 3), CurriculumState(5, 7, 3)
+    for state in [small] * 5 + [large] * 4:
+        runner(None, None, state)
+    warm = CUDA_GRAPH_WARMUP_STEPS
+    assert warm >= 1
+    assert runner.log == ([("eager", 6)] * warm + [("capture", 6)] + [("replay",)] * (5 - warm)
+                          + [("eager", 7)] * warm + [("capture", 7)] + [("replay",)] * (4 - warm))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_train_like_eager_cuda_across_curriculum_changes(tmp_path, tiny_raw):
+    rows = {}
+    for name, graphs in (("eager", False), ("graphs", True)):
+        rows[name] = []
+        train(_config(tiny_raw, training__cuda_graphs=graphs, training__device="cuda"), out_dir=tmp_path / name,
+              reporter=lambda r, c, name=name: rows[name].append(r))
+    a, b = _params(tmp_path / "eager"), _params(tmp_path / "graphs")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
+    assert [r["step"] for r in rows["graphs"]] == [r["step"] for r in rows["eager"]]

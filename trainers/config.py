@@ -68,6 +68,10 @@ class TrainingConfig:
     sparsity: int = 3
     precision: str = "fp32"
     device: str = "auto"
+    # performance (README "Performance")
+    onednn_linear: bool = True  # the blocks' fp32 CPU products on oneDNN rather than MKL
+    compile: bool = False       # torch.compile the backbone
+    cuda_graphs: bool = False   # replay each fixed-shape step from a CUDA graph; CUDA only
     curriculum: CurriculumConfig = CurriculumConfig()
     # Keys of the reference code's schema that this project accepts but does not use.
     use_ctx: bool = False

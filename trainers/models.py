@@ -15,14 +15,75 @@ MODEL_DEFAULTS = dict(n_dims=20, n_positions=101, n_embd=256, n_layer=12, n_head
                       n_last_tokens=-1, use_lstm_layer=False, loop_func=ADDITIVE)
 
 
+def _onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+ONEDNN = _onednn_available()
+
+
+def _onednn_mm(a, b_t, bias=None):
+    """a @ b_t.T (+ bias) by oneDNN's fp32 GEMM, for 2-d a and b_t."""
+    return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    """x W^T + b, forward and backward, on oneDNN. PyTorch sends fp32 products on the CPU to MKL's sgemm,
+    which on AMD CPUs runs its AVX2 code: half of what AVX-512 gives (README, "Performance")."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad2 = grad.reshape(-1, grad.size(-1))
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn_mm(grad2, weight.t().contiguous()).view(x.shape)  # [M, N] @ [N, K]
+        if ctx.needs_input_grad[1]:
+            # dW^T = X^T dY, [K, M] @ [M, N]: oneDNN reorders its second operand anyway, so only the
+            # smaller X^T is made contiguous (measured fastest of the four layouts)
+            grad_w = _onednn_mm(x.reshape(-1, x.size(-1)).t().contiguous(), grad2.t()).t()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad2.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def _onednn_linear(x, weight, bias):
+    return _onednn_mm(x.reshape(-1, x.size(-1)), weight, bias).view(*x.shape[:-1], weight.size(0))
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same names) whose fp32 CPU product runs on oneDNN where it is built in.
+
+    The product is the same fp32 arithmetic summed in another order: results agree to rounding, and a run
+    is as deterministic as with MKL. Autocast, other dtypes, other devices and torch.compile tracing take
+    the usual F.linear; `model.use_onednn(False)` (`training.onednn_linear: false`) always does.
+    """
+
+    onednn = ONEDNN
+
+    def forward(self, x):
+        if (self.onednn and x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                return _OneDnnLinear.apply(x, self.weight, self.bias)
+            return _onednn_linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, n_embd, n_head):
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd)  # fused q, k, v (in that order)
-        self.c_proj = nn.Linear(n_embd, n_embd)
+        self.c_attn = Linear(n_embd, 3 * n_embd)  # fused q, k, v (in that order)
+        self.c_proj = Linear(n_embd, n_embd)
         self.n_head = n_head
 
     def forward(self, x):
@@ -42,8 +103,8 @@ class MLP(nn.Module):
 
     def __init__(self, n_embd):
         super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
-        self.c_proj = nn.Linear(4 * n_embd, n_embd)
+        self.c_fc = Linear(n_embd, 4 * n_embd)
+        self.c_proj = Linear(4 * n_embd, n_embd)
 
     def forward(self, x):
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
@@ -135,6 +196,23 @@ class TransformerModel(nn.Module):
 
     def forward(self, xs, ys):
         return self._predict(self._backbone(self._embed(xs, ys)))
+
+    def use_onednn(self, enabled: bool = True):
+        """Run the transformer blocks' fp32 CPU products on oneDNN (see `Linear`); returns the model."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.onednn = enabled and ONEDNN
+        return self
+
+    def compile_backbone(self, **options):
+        """torch.compile the backbone in place; parameter names, and so checkpoints, are unchanged.
+
+        Only the backbone: the loop stays in Python, so one graph serves every loop count. The sequence
+        length is compiled as a dynamic size, so the curriculum's growing prompts reuse one graph, and the
+        kernels do not depend on which length a run (or a resumed run) happened to see first.
+        """
+        self._backbone.compile(**{"dynamic": True, **options})
+        return self
 
 
 class LoopedTransformerModel(TransformerModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -44,8 +45,10 @@ def loop_window_start(n_loops: int, n_loop_window: int) -> int:
     return max(0, n_loops - n_loop_window)
 
 
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
+    # a CUDA graph capture needs the weight-cast cache off: cached casts would outlive the capture
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                          cache_enabled=cache_enabled)
 
 
 def make_eval_set(config: Config) -> tuple[torch.Tensor, torch.Tensor, CurriculumState]:
@@ -76,10 +79,11 @@ def evaluate(model, config: Config, eval_set, device: torch.device) -> dict:
     return {"eval/loss": error.mean().item(), "eval/loss_last": error[:, -1].mean().item()}
 
 
-def train_step(model, optimizer, xs, ys, state: CurriculumState, config: Config, device) -> tuple:
+def train_step(model, optimizer, xs, ys, state: CurriculumState, config: Config, device,
+               cache_enabled: bool = True) -> tuple:
     """One Adam step on the loss averaged over the last `n_loop_window` iterations; returns device tensors."""
     n_loop_start = loop_window_start(state.n_loops, config.training.n_loop_window)
-    with autocast(device, config.training.precision):
+    with autocast(device, config.training.precision, cache_enabled):
         preds = predict(model, xs, ys, state.n_loops, n_loop_start)
         loss = torch.stack([((p.float() - ys) ** 2).mean() for p in preds]).mean()
     optimizer.zero_grad(set_to_none=True)
@@ -87,6 +91,86 @@ def train_step(model, optimizer, xs, ys, state: CurriculumState, config: Config,
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
     optimizer.step()
     return loss.detach(), grad_norm
+
+
+def prepare_model(model, config: Config):
+    """The performance options that change how the model computes, not what."""
+    model.use_onednn(config.training.onednn_linear)
+    if config.training.compile:
+        model.compile_backbone()
+    return model
+
+
+CUDA_GRAPH_WARMUP_STEPS = 3
+
+
+def uses_cuda_graphs(config: Config, device: torch.device) -> bool:
+    return config.training.cuda_graphs and device.type == "cuda"
+
+
+class StepRunner:
+    """`train_step` as the config asks: eager, or replayed from a CUDA graph (`training.cuda_graphs`, CUDA only).
+
+    A graph fixes every shape and loop count, so there is one per curriculum state, which changes only every
+    `interval` steps. The first CUDA_GRAPH_WARMUP_STEPS steps of a state run eagerly on a side stream, as
+    capture requires (cuBLAS handles and autograd's lazily built state must exist first); they are ordinary
+    training steps. The next step is captured, and it and every later step of the state replay the graph.
+    """
+
+    def __init__(self, model, optimizer, config: Config, device: torch.device):
+        self.model, self.optimizer, self.config, self.device = model, optimizer, config, device
+        self.graphed = uses_cuda_graphs(config, device)
+        if config.training.cuda_graphs and not self.graphed:
+            warnings.warn(f"training.cuda_graphs: the run is on {device.type}, not CUDA; its steps run eagerly",
+                          stacklevel=2)
+        self.pool = torch.cuda.graph_pool_handle() if self.graphed else None
+        self.state: CurriculumState | None = None
+        self.graph, self.static, self.eager_left = None, (), 0
+
+    def __call__(self, xs, ys, state: CurriculumState) -> tuple:
+        if not self.graphed:
+            return train_step(self.model, self.optimizer, xs, ys, state, self.config, self.device)
+        if state != self.state:
+            # dropping the old graph returns its memory to the pool before the next capture
+            self.state, self.graph, self.static, self.eager_left = state, None, (), CUDA_GRAPH_WARMUP_STEPS
+        if self.eager_left:
+            self.eager_left -= 1
+            return self._side_stream_step(xs, ys, state)
+        if self.graph is None:
+            self._capture(xs, ys, state)
+        return self._replay(xs, ys)
+
+    def _side_stream_step(self, xs, ys, state: CurriculumState) -> tuple:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            out = train_step(self.model, self.optimizer, xs, ys, state, self.config, self.device)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return out
+
+    def _capture(self, xs, ys, state: CurriculumState) -> None:
+        static_xs, static_ys = xs.clone(), ys.clone()
+        graph = torch.cuda.CUDAGraph()
+        # with no .grad, backward allocates the gradients inside the graph's pool, at fixed addresses
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph, pool=self.pool):
+            loss, grad_norm = train_step(self.model, self.optimizer, static_xs, static_ys, state, self.config,
+                                         self.device, cache_enabled=False)
+        self.graph, self.static = graph, (static_xs, static_ys, loss, grad_norm)
+
+    def _replay(self, xs, ys) -> tuple:
+        static_xs, static_ys, loss, grad_norm = self.static
+        static_xs.copy_(xs, non_blocking=True)
+        static_ys.copy_(ys, non_blocking=True)
+        self.graph.replay()
+        # the next replay overwrites the outputs in place
+        return loss.clone(), grad_norm.clone()
+
+
+def make_optimizer(model, config: Config, device: torch.device) -> torch.optim.Adam:
+    # a captured optimizer step must keep its step count on the device (capturable)
+    return torch.optim.Adam(model.parameters(), lr=config.training.learning_rate,
+                            weight_decay=config.training.weight_decay, capturable=uses_cuda_graphs(config, device))
 
 
 def is_due(step: int, every: int) -> bool:
@@ -107,8 +191,8 @@ def train(config: Config, *, out_dir: Path, reporter: Reporter | None = None, re
     model = build_model(config.model).to(dev)
     if config.model.pretrained_path:
         load_reference_checkpoint(model, config.model.pretrained_path)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.training.learning_rate,
-                                 weight_decay=config.training.weight_decay)
+    prepare_model(model, config)
+    optimizer = make_optimizer(model, config, dev)
     generator = torch.Generator().manual_seed(config.training.seed)
     history: list[dict] = []
     first_step = 0
@@ -132,6 +216,7 @@ class TrainingLoop:
         self.config, self.model, self.optimizer, self.generator = config, model, optimizer, generator
         self.device, self.out_dir, self.reporter, self.history = device, Path(out_dir), reporter, history
         self.eval_set = make_eval_set(config)
+        self.step_fn = StepRunner(model, optimizer, config, device)
         self.checkpoints = self.out_dir / "checkpoints"
         self.previous_checkpoint: Path | None = None
 
@@ -146,8 +231,7 @@ class TrainingLoop:
             xs, ys = sample_batch(t.task_name, batch_size=t.batch_size, n_points=state.n_points,
                                   n_dims=self.config.model.n_dims, n_dims_truncated=state.n_dims,
                                   generator=self.generator, sparsity=t.sparsity)
-            loss, grad_norm = train_step(self.model, self.optimizer, xs.to(self.device), ys.to(self.device),
-                                         state, self.config, self.device)
+            loss, grad_norm = self.step_fn(xs.to(self.device), ys.to(self.device), state)
             steps_done += 1
             diverged = (self.device.type == "cpu" or step % log_every == 0) and not math.isfinite(loss.item())
             evaluate_now = step == 0 or step == last_step or is_due(step, t.eval_every_steps)

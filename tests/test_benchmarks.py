@@ -1,0 +1,99 @@
+"""The benchmarks' arithmetic and bookkeeping (the timings themselves are not tested)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.flops import step_flops
+from benchmarks.machine import OtherLoad, PeakMemory
+from benchmarks.step import variant_label, variants
+from benchmarks.sweep import shortened_space, timing_row
+from benchmarks.table import print_table
+from trainers.config import load_config, parse_override_args
+from trainers.curriculum import final_state
+from tune_looped.space import load_space
+
+BASE_LOOP = Path(__file__).resolve().parents[1] / "search_spaces" / "configs" / "base_loop.yaml"
+
+
+def _research(*overrides):
+    config = load_config(BASE_LOOP, parse_override_args(list(overrides)))
+    return config, final_state(config.training.curriculum)
+
+
+def test_research_step_flops_by_hand():
+    config, state = _research()
+    flops = step_flops(config, state)
+    tokens, C = 64 * 82, 256
+    linear = 24 * C * C * tokens
+    assert (flops.forward_passes, flops.window) == (15, 15)
+    assert flops.backbone == linear + 4 * 82 * C * tokens
+    # the issue's "roughly 495 GFLOP": the linear layers alone, 15 forward and 15 forward + backward passes
+    assert round(60 * linear / 1e9) == 495
+    assert round(flops.total / 1e9, 1) == 521.9 and "= 521.9 GFLOP" in flops.formula
+
+
+@pytest.mark.parametrize("overrides,passes", [
+    (["--model.n_layer", "3"], (15, 15)),
+    (["--training.n_loop_window", "40"], (0, 30)),
+    (["--model.family", "gpt2", "--model.n_layer", "12"], (0, 1)),
+])
+def test_step_flops_scale_with_layers_and_loops(overrides, passes):
+    config, state = _research(*overrides)
+    flops = step_flops(config, state)
+    assert (flops.forward_passes, flops.window) == passes
+    assert flops.backbone == config.model.n_layer * step_flops(*_research()).backbone
+
+
+def test_lstm_flops_count_four_gates_of_two_products():
+    config, state = _research("--model.use_lstm_layer", "true", "--model.n_layer", "2")
+    assert step_flops(config, state).backbone == 2 * 64 * 82 * 16 * 256 * 256
+
+
+def test_variants_are_the_hypotheses_trials():
+    assert list(variants("quick")) == ["L1-N5", "L1-N7", "L1-N15", "L1-N20", "L1", "L2", "L3", "LSTM1", "LSTM2",
+                                       "LSTM3"]
+    assert variant_label({"model.n_layer": 2, "model.use_lstm_layer": True}) == "LSTM2"
+    assert "L1-N75" in variants("research")
+
+
+def test_peak_memory_sees_a_large_cpu_allocation():
+    with PeakMemory(torch.device("cpu")) as memory:
+        block = torch.ones(64, 2**20)  # 256 MiB, touched
+        del block
+    assert memory.peak >= 200 * 2**20
+
+
+def test_other_load_is_a_share():
+    with OtherLoad() as load:
+        sum(range(10**5))
+    assert 0.0 <= load.share <= 1.0
+
+
+def test_shortened_space_trains_fewer_steps(tmp_path):
+    path = shortened_space("hypotheses", 50, {"training.compile": True}, tmp_path)
+    space = load_space(path, quick=True)
+    assert space.base["training"]["train_steps"] == 50 and space.base["training"]["compile"] is True
+    assert len(space.trials) == 10
+
+
+def _trial(folder, elapsed, start, steps=100):
+    folder.mkdir()
+    rows = [{"step": 0, "elapsed_s": 0.1, "wall_time": start + 2, "time_total_s": 2.0},
+            {"step": steps - 1, "elapsed_s": elapsed, "wall_time": start + elapsed + 3, "time_total_s": elapsed + 3}]
+    (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_timing_row_compares_wall_time_with_training_time_per_slot(tmp_path):
+    _trial(tmp_path / "a", 10.0, 1000.0)
+    _trial(tmp_path / "b", 10.0, 1000.0)
+    _trial(tmp_path / "c", 20.0, 1013.0)
+    row = timing_row("2 x 1", tmp_path, slots=2, wall=50.0, started=995.0)
+    assert row["sum training s"] == 40.0 and row["ideal s"] == 20.0 and row["trials span s"] == 36.0
+    assert row["wall / ideal"] == 2.5 and row["before first trial s"] == 5.0 and row["after last trial s"] == 9.0
+
+
+def test_markdown_table(capsys):
+    print_table(["a", "b"], [[1, 0.12345], ["x", 1234.5]], markdown=True)
+    assert capsys.readouterr().out.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.123 |", "| x | 1234 |"]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from trainers.config import ModelConfig
 from trainers.models import (MODEL_FAMILIES, ONEDNN, Linear, LoopedTransformerModel, TransformerModel,
                              build_model, load_reference_checkpoint)
 
@@ -325,7 +326,8 @@ def test_init_is_deterministic_under_manual_seed():
 def test_build_model_takes_defaults_and_objects():
     model = build_model({"family": "gpt2_loop"})
     assert isinstance(model, LoopedTransformerModel)
-    assert len(model._backbone.transformer.h) == 12 and model.n_last_tokens == -1
+    # the defaults are ModelConfig's: the research's looped 1-layer model
+    assert len(model._backbone.transformer.h) == ModelConfig().n_layer == 1 and model.n_last_tokens == -1
     assert model._read_in.in_features == 20 and model._read_in.out_features == 256
     assert model._backbone.transformer.wpe.num_embeddings == 203
     config = types.SimpleNamespace(family="gpt2", **TINY, n_last_tokens=-1, use_lstm_layer=True,

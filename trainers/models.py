@@ -9,10 +9,12 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from trainers.config import ModelConfig
+
 ADDITIVE, MULTIPLICATIVE = "z=f(x+z)", "z=f(x*z)"
 LOOP_FUNCS = (ADDITIVE, MULTIPLICATIVE)
-MODEL_DEFAULTS = dict(n_dims=20, n_positions=101, n_embd=256, n_layer=12, n_head=8,
-                      n_last_tokens=-1, use_lstm_layer=False, loop_func=ADDITIVE)
+CONSTRUCTOR_KEYS = ("n_dims", "n_positions", "n_embd", "n_layer", "n_head", "n_last_tokens", "use_lstm_layer",
+                    "loop_func")
 
 
 def _onednn_available() -> bool:
@@ -266,19 +268,22 @@ MODEL_FAMILIES = {"gpt2": TransformerModel, "gpt2_loop": LoopedTransformerModel}
 
 
 def build_model(model_config):
-    """Build from a ModelConfig-like object or a plain dict of the `model` section."""
-    if isinstance(model_config, dict):
-        get = model_config.get
-    else:
-        def get(key, default=None):
-            return getattr(model_config, key, default)
+    """Build from a ModelConfig-like object or a plain dict of the `model` section; a missing key takes
+    ModelConfig's default, so the config schema stays the one source of defaults."""
+    defaults = ModelConfig()
+
+    def get(key):
+        if isinstance(model_config, dict):
+            return model_config.get(key, getattr(defaults, key))
+        return getattr(model_config, key, getattr(defaults, key))
+
     family = get("family")
     if family not in MODEL_FAMILIES:
         raise ValueError(f"unknown model family {family!r}; allowed: {sorted(MODEL_FAMILIES)}")
-    pred_type = get("pred_type", "regression")
+    pred_type = get("pred_type")
     if pred_type != "regression":
         raise ValueError(f"pred_type {pred_type!r} is not supported; allowed: ['regression']")
-    return MODEL_FAMILIES[family](**{key: get(key, default) for key, default in MODEL_DEFAULTS.items()})
+    return MODEL_FAMILIES[family](**{key: get(key) for key in CONSTRUCTOR_KEYS})
 
 
 def _is_causal_mask_buffer(key, value):

@@ -92,7 +92,9 @@ class OtherLoad:
 
     def __exit__(self, *exc):
         busy, own, wall = (b - a for a, b in zip(self.start, (_busy_seconds(), _own_seconds(), time.perf_counter())))
-        self.share = max(0.0, busy - own) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
+        share = max(0.0, busy - own) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
+        # /proc/stat counts in clock ticks (10 ms): over a short window one tick can exceed the window itself
+        self.share = min(1.0, share)
         return False
 
 

@@ -22,7 +22,8 @@ from trainers.config import ConfigError, parse_override_args
 from trainers.curriculum import final_state
 from trainers.models import ONEDNN, build_model
 from trainers.tasks import sample_batch
-from tune_looped.space import load_space, trial_config
+from trainers.train import StepRunner, make_optimizer, prepare_model
+from tune_looped.space import SpaceError, load_space, trial_config
 
 SPACE = "hypotheses"
 SCALES = ("research", "quick")
@@ -50,8 +51,6 @@ def measure(scale, label, base, values, overrides, device, threads, warmup, step
     timed alone (median and fastest); on CUDA the steps are timed together, since a per-step
     synchronisation would hide the host's lead over the GPU.
     """
-    from trainers.train import StepRunner, make_optimizer, prepare_model
-
     torch.set_num_threads(threads)
     dev = torch.device(device)
     config = trial_config(base, {**values, **overrides}, f"{scale} {label}")
@@ -118,7 +117,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    except ConfigError as err:
+        jobs = select(args, overrides)
+    except (ConfigError, SpaceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -126,33 +126,36 @@ def main(argv=None) -> int:
     if not devices:
         print("error: --device cuda: no CUDA device", file=sys.stderr)
         return 2
-    scales = ("quick",) if args.quick_only else ("research",) if args.research_only else SCALES
-    wanted = set(args.variants.split(",")) if args.variants else None
-    jobs = []
-    for scale in scales:
-        table = variants(scale)
-        unknown = (wanted or set()) - set(table) - set(variants("research")) - set(variants("quick"))
-        if unknown:
-            print(f"error: --variants: unknown {', '.join(sorted(unknown))}; {scale} has {', '.join(table)}",
-                  file=sys.stderr)
-            return 2
-        for label, (base, values) in table.items():
-            if wanted is None or label in wanted:
-                jobs.append((scale, label, base, values))
     compiled = overrides.get("training.compile") or overrides.get("training.cuda_graphs")
+    warmup = args.warmup if args.warmup is not None else 3 if compiled else 1
     context = multiprocessing.get_context("spawn")
     for device in devices:
         rows = []
         with context.Pool(1, maxtasksperchild=1) as pool:
             for row in pool.imap(_in_child, [
-                    (scale, label, base, values, overrides, device, args.threads,
-                     args.warmup if args.warmup is not None else 3 if compiled else 1,
+                    (scale, label, base, values, overrides, device, args.threads, warmup,
                      args.steps or (5 if scale == "research" else 30))
                     for scale, label, base, values in jobs]):
                 print(f"{device} {row['scale']} {row['variant']}: {row['steps/s']:.3g} steps/s", file=sys.stderr)
                 rows.append(row)
         report(device, args, overrides, rows)
     return 0
+
+
+def select(args, overrides) -> list[tuple]:
+    """(scale, label, base, values) of every variant asked for, each checked with the overrides."""
+    scales = ("quick",) if args.quick_only else ("research",) if args.research_only else SCALES
+    tables = {scale: variants(scale) for scale in scales}
+    wanted = args.variants.split(",") if args.variants else None
+    unknown = set(wanted or ()) - {label for table in tables.values() for label in table}
+    if unknown:
+        raise ConfigError(f"--variants: unknown {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(dict.fromkeys(name for t in tables.values() for name in t))}")
+    jobs = [(scale, label, base, values) for scale, table in tables.items() for label, (base, values) in table.items()
+            if wanted is None or label in wanted]
+    for scale, label, base, values in jobs:
+        trial_config(base, {**values, **overrides}, f"{scale} {label}")
+    return jobs
 
 
 def report(device, args, overrides, rows) -> None:
@@ -169,8 +172,8 @@ def report(device, args, overrides, rows) -> None:
     for scale in dict.fromkeys(r["scale"] for r in rows):
         first = next(r for r in rows if r["scale"] == scale)
         print(f"{scale} FLOPs of a step ({first['variant']}): {first['formula']}")
-    header = ["scale", "variant", "steps/s", "best steps/s", "prompts/s", "warm-up s", "peak MiB", "GFLOP/step", "GFLOP/s",
-              "matmul GFLOP/s", "% matmul", "others %"]
+    header = ["scale", "variant", "steps/s", "best steps/s", "prompts/s", "warm-up s", "peak MiB", "GFLOP/step",
+              "GFLOP/s", "matmul GFLOP/s", "% matmul", "others %"]
     print_table(header, [[r[h] for h in header] for r in rows], markdown=args.markdown)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from analysis.experiment import read_result_rows
@@ -123,10 +125,6 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    import os
-
-    import torch
-
     print("# benchmarks.sweep: " + ", ".join(f"{k} {v}" for k, v in describe(torch.device("cpu")).items()
                                              if k != "threads"))
     if args.experiment:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-CHECKPOINT_FILE = "checkpoint.pt"
+from trainers.checkpoint import CHECKPOINT_FILE
 
 
 class AnalysisError(ValueError):

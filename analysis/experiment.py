@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from trainers.checkpoint import CHECKPOINT_FILE
+from trainers.checkpoint import CHECKPOINT_FILE, read_weights, reason
 
 
 class AnalysisError(ValueError):
@@ -125,10 +122,9 @@ def latest_checkpoint(folder: Path) -> dict | None:
     states = []
     for file in sorted(folder.rglob(CHECKPOINT_FILE)):
         try:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            warnings.warn(f"{file}: checkpoint not loadable ({reason}); skipped", AnalysisWarning, stacklevel=2)
+            state = read_weights(file, mmap=True)
+        except (OSError, ValueError) as err:
+            warnings.warn(f"{file}: checkpoint not loadable ({reason(err)}); skipped", AnalysisWarning, stacklevel=2)
             continue
         if isinstance(state, dict) and isinstance(state.get("step"), int):
             states.append(state)

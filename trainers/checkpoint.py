@@ -26,18 +26,30 @@ def save_checkpoint(directory: Path, state: dict) -> Path:
     return directory
 
 
+def read_weights(file, **options):
+    """`torch.load(file, weights_only=True)`: every `.pt` file is read here, so none can run code.
+
+    A missing or unreadable file raises its own OSError. Anything else that goes wrong is a ValueError naming
+    the file: besides UnpicklingError for a pickle that would run code, the weights-only unpickler fails on
+    damaged bytes with whatever they lead to (RuntimeError, OSError, EOFError, IndexError...).
+    """
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, **options)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as err:
+        raise ValueError(f"{file}: not a loadable checkpoint, only tensors and containers are accepted "
+                         f"({reason(err)})") from None
+
+
 def load_checkpoint(path) -> dict:
     """Load a checkpoint directory or file; only tensors and plain containers are accepted (weights_only)."""
     path = Path(path)
     file = path / CHECKPOINT_FILE if path.is_dir() else path
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = read_weights(file)
     except FileNotFoundError:
         raise ValueError(f"{file}: no checkpoint file there") from None
-    except Exception as err:
-        # besides UnpicklingError for code, torch's weights-only unpickler fails on damaged bytes with whatever
-        # they lead to (RuntimeError, OSError, EOFError, IndexError...); none of it is a usable checkpoint
-        raise ValueError(f"{file}: not a loadable checkpoint ({_reason(err)})") from None
     missing = {"model", "optimizer", "step", "rng", "metrics", "config"} - set(state if isinstance(state, dict) else ())
     if missing:
         raise ValueError(f"{file}: not a tune-looped checkpoint (missing {', '.join(sorted(missing))})")
@@ -79,12 +91,9 @@ def check_pretrained(config, source: str) -> None:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ConfigError(f"{where}: does not fit this model section (n_embd={config.model.n_embd}, "
                           f"n_layer={config.model.n_layer}, family={config.model.family}): {first[:200]}{more}") from None
-    except Exception as err:
-        # arbitrary bytes make torch's weights-only unpickler fail in arbitrary ways (OSError on a cut zip,
-        # IndexError on text): whatever it raised, the file is not a checkpoint
-        raise ConfigError(f"{where}: not a PyTorch checkpoint ({_reason(err)})") from None
 
 
-def _reason(err: Exception) -> str:
+def reason(err: Exception) -> str:
+    """An exception as one short line: its type and the first line of its message."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__

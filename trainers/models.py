@@ -3,7 +3,6 @@
 Parameter names match the paper's reference code so its checkpoints load with strict=True.
 """
 import math
-import pickle
 
 import torch
 import torch.nn as nn
@@ -308,12 +307,9 @@ def _state_dict_from(obj, path):
 
 def load_reference_checkpoint(model, path):
     """Load a checkpoint of this code or of the reference code into `model` (strict); return `model`."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as err:
-        # torch's own message is long; the chained error keeps it for whoever needs the details
-        raise ValueError(f"{path}: not a PyTorch checkpoint holding only tensors and containers "
-                         f"(torch.load with weights_only=True raised {type(err).__name__})") from err
+    from trainers.checkpoint import read_weights
+
+    obj = read_weights(path)
     state_dict = {k: v for k, v in _state_dict_from(obj, path).items() if not _is_causal_mask_buffer(k, v)}
     model.load_state_dict(state_dict, strict=True)
     return model

@@ -1,0 +1,134 @@
+"""W&B: the run's name in the research's style, and what reaches `wandb.init` (project, group, tags, mode, config,
+name). The key reaching the trial workers is checked on a real sweep in test_runner.py."""
+import copy
+
+import pytest
+import wandb
+import yaml
+
+from trainers.config import Config, config_from_dict, config_to_dict, set_dotted
+from trainers.wandb_log import WandbRun, key_available, resolve_mode, run_name
+
+BASE = {
+    "model": {"family": "gpt2_loop", "n_layer": 1},
+    "training": {"task_name": "linear_regression", "n_loop_window": 15, "seed": 42,
+                 "curriculum": {"loops": {"start": 15, "end": 30, "inc": 2, "interval": 500}}},
+}
+
+
+def config_of(**dotted) -> Config:
+    raw = copy.deepcopy(BASE)
+    for key, value in dotted.items():
+        raw = set_dotted(raw, key.replace("__", "."), value)
+    return config_from_dict(raw)
+
+
+@pytest.mark.parametrize("overrides, values, name", [
+    ({}, {}, "LR_loop_L1_ends{30}_T{15}"),
+    ({"model__n_layer": 2}, {"model.n_layer": 2}, "LR_loop_L2_ends{30}_T{15}"),
+    ({"training__n_loop_window": 5, "training__curriculum__loops__end": 20}, {}, "LR_loop_L1_ends{20}_T{5}"),
+    ({"model__use_lstm_layer": True}, {}, "LR_loop_L1_LSTM_ends{30}_T{15}"),
+    ({"model__n_last_tokens": 0}, {}, "LR_loop_L1_N0_ends{30}_T{15}"),
+    ({"model__n_last_tokens": 7, "model__use_lstm_layer": True}, {}, "LR_loop_L1_LSTM_N7_ends{30}_T{15}"),
+    ({"training__seed": 3}, {"training.seed": 3}, "LR_loop_L1_ends{30}_T{15}_seed3"),
+    ({"training__seed": 3}, {}, "LR_loop_L1_ends{30}_T{15}"),  # a fixed seed is not a varying key
+    ({"model__family": "gpt2", "model__n_layer": 12}, {}, "LR_tf_L12"),
+    ({"model__family": "gpt2", "model__use_lstm_layer": True, "model__n_last_tokens": 4},
+     {"training.seed": 42}, "LR_tf_L1_LSTM_N4_seed42"),
+    ({"training__task_name": "noisy_linear_regression"}, {}, "NLR_loop_L1_ends{30}_T{15}"),
+    ({"training__task_name": "sparse_linear_regression"}, {}, "SLR_loop_L1_ends{30}_T{15}"),
+    ({"training__task_name": "relu_2nn_regression"}, {}, "R2NN_loop_L1_ends{30}_T{15}"),
+    ({"training__task_name": "decision_tree", "model__family": "gpt2"}, {}, "DT_tf_L1"),
+])
+def test_run_name(overrides, values, name):
+    assert run_name(config_of(**overrides), values) == name
+
+
+class Capture:
+    """Stands in for `wandb.init`: keeps its arguments and returns a run that records what is logged."""
+
+    def __init__(self):
+        self.kwargs, self.logged, self.finished = None, [], False
+
+    def __call__(self, **kwargs):
+        self.kwargs = kwargs
+        return self
+
+    def log(self, row, step=None):
+        self.logged.append((row, step))
+
+    def finish(self):
+        self.finished = True
+
+
+@pytest.fixture
+def init(monkeypatch, tmp_path):
+    """wandb.init captured; no key in the environment or in a netrc, so `auto` means offline."""
+    capture = Capture()
+    monkeypatch.setattr(wandb, "init", capture)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    return capture
+
+
+def test_wandb_init_gets_the_space_settings_and_the_whole_config(init, tmp_path):
+    config = config_of(model__n_layer=2, wandb__project="from_config", wandb__notes="a note")
+    settings = {"project": "from_space", "entity": "lab", "group": "hypotheses", "mode": "offline"}
+    run = WandbRun(config, {"model.n_layer": 2}, ("information_flow", "looped_n_layers"), settings, str(tmp_path))
+    assert {k: init.kwargs[k] for k in ("project", "entity", "group", "name", "notes", "tags", "dir", "mode")} == {
+        "project": "from_space", "entity": "lab", "group": "hypotheses", "name": "LR_loop_L2_ends{30}_T{15}",
+        "notes": "a note", "tags": ["information_flow", "looped_n_layers"], "dir": str(tmp_path), "mode": "offline"}
+    logged_config = init.kwargs["config"]
+    assert logged_config["experiments"] == ["information_flow", "looped_n_layers"]
+    assert logged_config["model"]["n_layer"] == 2 and logged_config["training"]["seed"] == 42
+    assert logged_config["training"]["curriculum"]["loops"] == {"start": 15, "end": 30, "inc": 2, "interval": 500}
+    assert {k: v for k, v in logged_config.items() if k != "experiments"} == config_to_dict(config)
+    # the config survives a round trip through YAML, as W&B stores it
+    assert yaml.safe_load(yaml.safe_dump(logged_config)) == logged_config
+    run.log({"step": 20, "overall_loss": 0.5})
+    run.finish()
+    assert init.logged == [({"step": 20, "overall_loss": 0.5}, 20)] and init.finished
+
+
+def test_wandb_init_falls_back_to_the_config_project_and_name(init, tmp_path):
+    config = config_of(wandb__project="loop_tf_ablation", wandb__name="my_run")
+    WandbRun(config, {}, (), {}, str(tmp_path))
+    assert (init.kwargs["project"], init.kwargs["name"], init.kwargs["group"]) == ("loop_tf_ablation", "my_run", None)
+    assert init.kwargs["tags"] == [] and init.kwargs["entity"] is None and init.kwargs["mode"] == "offline"
+
+
+@pytest.mark.parametrize("mode, env_key, netrc, has_key, expected", [
+    ("auto", None, False, False, "offline"),
+    ("auto", "k" * 40, False, True, "online"),
+    ("auto", "", False, False, "offline"),  # an empty variable is no key
+    ("auto", None, True, True, "online"),  # `wandb login` wrote a netrc
+    ("offline", "k" * 40, True, True, "offline"),
+    ("online", None, False, False, "online"),
+    ("disabled", "k" * 40, False, True, "disabled"),
+], ids=["auto-no-key", "auto-env-key", "auto-empty-env", "auto-netrc", "offline-with-key", "online-without-key",
+        "disabled"])
+def test_mode_follows_the_key(init, tmp_path, monkeypatch, mode, env_key, netrc, has_key, expected):
+    if env_key is not None:
+        monkeypatch.setenv("WANDB_API_KEY", env_key)
+    if netrc:
+        (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "p" * 40 + "\n")
+        (tmp_path / ".netrc").chmod(0o600)
+    assert key_available() == has_key
+    assert resolve_mode(mode) == expected
+    WandbRun(config_of(), {}, ("e",), {"mode": mode}, str(tmp_path))
+    assert init.kwargs["mode"] == expected
+
+
+def test_settings_without_a_mode_mean_auto(init, tmp_path, monkeypatch):
+    WandbRun(config_of(), {}, ("e",), {}, str(tmp_path))
+    assert init.kwargs["mode"] == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    WandbRun(config_of(), {}, ("e",), {}, str(tmp_path))
+    assert init.kwargs["mode"] == "online"
+
+
+def test_a_netrc_for_another_host_is_no_key(init, tmp_path):
+    (tmp_path / ".netrc").write_text("machine example.com\n  login user\n  password secret\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert not key_available() and resolve_mode("auto") == "offline"

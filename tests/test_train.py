@@ -53,15 +53,25 @@ def test_same_seed_same_parameters_other_seed_differs(tmp_path, tiny_raw):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("family,lstm", [("gpt2_loop", False), ("gpt2", False), ("gpt2_loop", True)])
-def test_resume_is_bit_identical(tmp_path, tiny_raw, family, lstm):
+RESUME_CASES = {
+    "loop": {},
+    "gpt2": {"model__family": "gpt2"},
+    "loop-lstm": {"model__use_lstm_layer": True},
+    "gpt2-lstm": {"model__family": "gpt2", "model__use_lstm_layer": True},
+    "multiplicative": {"model__loop_func": "z=f(x*z)"},
+    "last-tokens-0": {"model__n_last_tokens": 0},
+    "last-tokens-3": {"model__n_last_tokens": 3},
+    "bf16": {"training__precision": "bf16"},
+}
+
+
+@pytest.mark.parametrize("overrides", RESUME_CASES.values(), ids=RESUME_CASES.keys())
+def test_resume_is_bit_identical(tmp_path, tiny_raw, overrides):
     """N steps + resume + N steps == 2N uninterrupted steps, across a curriculum change."""
-    full = _config(tiny_raw, model__family=family, model__use_lstm_layer=lstm, training__train_steps=40,
-                   training__save_every_steps=20)
+    full = _config(tiny_raw, **overrides, training__train_steps=40, training__save_every_steps=20)
     rows_full = []
     train(full, out_dir=tmp_path / "full", reporter=lambda r, c: rows_full.append(r))
-    half = _config(tiny_raw, model__family=family, model__use_lstm_layer=lstm, training__train_steps=21,
-                   training__save_every_steps=20)
+    half = _config(tiny_raw, **overrides, training__train_steps=21, training__save_every_steps=20)
     train(half, out_dir=tmp_path / "split")
     first = tmp_path / "split" / "checkpoints" / "step_000020"
     rows_resumed = []
@@ -71,6 +81,11 @@ def test_resume_is_bit_identical(tmp_path, tiny_raw, family, lstm):
     strip = ("elapsed_s", "steps_per_s", "prompts_per_s")
     assert [{k: v for k, v in r.items() if k not in strip} for r in rows_full[-2:]] == \
            [{k: v for k, v in r.items() if k not in strip} for r in rows_resumed]
+    # the case ran as named: its setting reached the checkpoint's config
+    saved = load_checkpoint(latest_checkpoint(tmp_path / "split"))["config"]
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        assert saved[section][key] == value
 
 
 def test_divergence_stops_and_reports(tmp_path, tiny_raw):
@@ -192,8 +207,18 @@ def test_cuda_graphs_train_like_eager_cuda_across_curriculum_changes(tmp_path, t
     rows = {}
     for name, graphs in (("eager", False), ("graphs", True)):
         rows[name] = []
-        train(_config(tiny_raw, training__cuda_graphs=graphs, training__device="cuda"), out_dir=tmp_path / name,
-              reporter=lambda r, c, name=name: rows[name].append(r))
+        # a row every 5 steps: steps 15, 25 and 35 are replays (a curriculum state's steps 0-2 run eagerly and
+        # its step 3 is captured)
+        train(_config(tiny_raw, training__cuda_graphs=graphs, training__device="cuda", wandb__log_every_steps=5),
+              out_dir=tmp_path / name, reporter=lambda r, c, name=name: rows[name].append(r))
     a, b = _params(tmp_path / "eager"), _params(tmp_path / "graphs")
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
     assert [r["step"] for r in rows["graphs"]] == [r["step"] for r in rows["eager"]]
+    # the replayed steps return their own loss and grad norm, not a stale copy of the captured step's: every
+    # row, eager warm-up or replay, agrees with the eager run's to the parameters' tolerance
+    for eager, graphed in zip(rows["eager"], rows["graphs"]):
+        for key in ("overall_loss", "grad_norm", "eval/loss", "eval/loss_last"):
+            assert (key in graphed) == (key in eager), (eager["step"], key)
+            if key in eager:
+                assert graphed[key] == pytest.approx(eager[key], rel=1e-3, abs=1e-5), (eager["step"], key)
+    assert len({r["overall_loss"] for r in rows["graphs"]}) == len(rows["graphs"])

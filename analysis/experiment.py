@@ -12,7 +12,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from trainers.checkpoint import CHECKPOINT_FILE, read_weights, reason
+
+SPACE_RECORD = "space.yaml"  # the resolved search space the runner writes beside the trials
 
 
 class AnalysisError(ValueError):
@@ -55,6 +59,15 @@ def read_trials(experiment_dir) -> list[Trial]:
         raise AnalysisError(f"{root}: no trial has reported a result yet ({len(trials)} trial folder(s), none with "
                             "a result.json row or a checkpoint)")
     return trials
+
+
+def read_space_record(experiment_dir) -> dict:
+    """The runner's record of the space (empty for an experiment made otherwise, or an unreadable record)."""
+    try:
+        record = yaml.safe_load((Path(experiment_dir) / SPACE_RECORD).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def read_trial(folder: Path) -> Trial | None:

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from analysis.cost import trial_cost
 from analysis.experiment import AnalysisWarning, Trial, config_value, identities, read_trials
 from analysis.stats import bootstrap_mean
 
@@ -128,9 +129,11 @@ def trial_summary(trial: Trial, history: pd.DataFrame) -> dict:
         "last_step": last_step,
         "train_steps": train_steps,
         "final_eval_loss": float(losses.iloc[-1]) if len(losses) else math.nan,
+        "final_eval_loss_last": float(_last(history, "eval/loss_last")),
         "best_eval_loss": float(losses.min()) if len(losses) else math.nan,
         "wall_time_s": _last(history, "elapsed_s") if pd.isna(wall) else wall,
         "node_id": _last(history, "node_id"),
+        **trial_cost(trial.config),
     }
 
 

@@ -1,10 +1,11 @@
 """The figures of each hypothesis, as PNGs: training `eval/loss` vs step (and its last part zoomed), error vs
-in-context examples beside the baselines, and error vs loop iteration.
+in-context examples beside the baselines, error vs loop iteration, and final error vs training FLOPs.
 
 Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so nothing global changes.
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from matplotlib.figure import Figure
 from analysis.evaluation import EVALUATION_FILE, aggregate_evaluation
 from analysis.experiment import read_trials
 from analysis.frames import aggregate_seeds, frames_of
+from analysis.ranking import final_errors, least_squares_last, variant_frame
 from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
+from analysis.verdict import PREDICT_ZERO
 
 PLOTS_DIR = "plots"
 ZOOM_FRACTION = 0.25  # the zoomed view: the last quarter of training, where variants separate
@@ -46,6 +49,8 @@ def plot_path(plots_dir: Path, hypothesis: str, kind: str) -> Path:
 def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
                 evaluation: pd.DataFrame | None = None) -> list[Path]:
     written = []
+    errors, _ = final_errors(summary, evaluation)
+    least_squares = least_squares_last(evaluation)
     for hypothesis in hypotheses(summary):
         variants = variants_of(of_hypothesis(summary, hypothesis), hypothesis)
         own_curves = of_hypothesis(curves, hypothesis)
@@ -55,6 +60,7 @@ def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
             "loss_zoom": loss_figure(own_curves, variants, zoom=True),
             "error_vs_k": error_vs_k_figure(own_evaluation, variants),
             "error_vs_loop": error_vs_loop_figure(own_evaluation, variants),
+            "cost": cost_figure(variant_frame(of_hypothesis(errors, hypothesis), variants), variants, least_squares),
         }
         for kind, figure in figures.items():
             if figure is not None:
@@ -157,5 +163,28 @@ def error_vs_loop_figure(evaluation: pd.DataFrame | None, variants: Variants) ->
     axes.set_yscale("log")
     axes.set_xlabel("loop iteration (dotted: b, the training loop count)")
     axes.set_ylabel(ERROR_LABEL)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def cost_figure(frame: pd.DataFrame, variants: Variants, least_squares: float) -> Figure | None:
+    """Each variant at (training FLOPs, final error at the last position), with its seed band; a hollow
+    marker for a variant that did not learn."""
+    frame = frame.dropna(subset=["training_flops", "mean"])
+    if frame.empty:
+        return None
+    figure, axes = _axes(f"{variants.hypothesis}: final error vs training cost")
+    for _, row in frame.iterrows():
+        colour = variants.colour(row["variant"])
+        axes.errorbar(row["training_flops"], row["mean"], yerr=[[row["mean"] - row["lo"]], [row["hi"] - row["mean"]]],
+                      fmt="o", color=colour, markerfacecolor=colour if row["learned"] else "none", capsize=3,
+                      label=row["variant"] + ("" if row["learned"] else " (did not learn)"))
+    axes.axhline(PREDICT_ZERO, color="black", linestyle=":", label="predict 0")
+    if not math.isnan(least_squares):
+        axes.axhline(least_squares, color="black", linestyle="-.", label="least squares")
+    axes.set_xscale("log")
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel("training FLOPs (matrix products, whole run)")
+    axes.set_ylabel(f"{ERROR_LABEL} at the last position")
     axes.legend(fontsize="small")
     return figure

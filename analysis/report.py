@@ -1,21 +1,24 @@
-"""REPORT.md: per hypothesis its question, the variants ranked by final eval/loss (mean and 5-95% band over
-seeds), the figures, and the evaluation's model and baseline errors at the same k.
+"""REPORT.md: per hypothesis its question, a verdict by the stated rule, the variants ranked by their final
+error at the last position (mean and 5-95% band over seeds, beside least squares and predict-0), what each
+variant cost, the figures, and the evaluation's model and baseline errors at the same k.
 
 Every number is read from the frames (summary, evaluation); the only hand-written text is the questions.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 import pandas as pd
 
 from analysis.evaluation import aggregate_evaluation
-from analysis.experiment import read_trials
-from analysis.frames import aggregate_seeds, frames_of
+from analysis.experiment import read_space_record, read_trials
+from analysis.frames import SEED_KEY, config_columns, frames_of
 from analysis.plots import PLOTS_DIR, plot_path, read_evaluation
+from analysis.ranking import final_errors, least_squares_last, ranked, variant_frame
 from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
+from analysis.verdict import (DID_NOT_LEARN, PREDICT_ZERO, RULE, Hypothesis, describe_reference, hypotheses_of,
+                              judge)
 
 REPORT_FILE = "REPORT.md"
 QUESTIONS = {
@@ -31,7 +34,8 @@ QUESTIONS = {
 }
 FIGURES = (("loss", "eval/loss vs step"), ("loss_zoom", "eval/loss, last part of training"),
            ("error_vs_k", "error vs in-context examples, with baselines"),
-           ("error_vs_loop", "error vs loop iteration"))
+           ("error_vs_loop", "error vs loop iteration"),
+           ("cost", "final error at the last position vs training FLOPs"))
 
 
 def question(hypothesis: str) -> str:
@@ -39,7 +43,7 @@ def question(hypothesis: str) -> str:
 
 
 def number(value) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
+    return "–" if value is None or pd.isna(value) else f"{value:.4g}"
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
@@ -52,48 +56,90 @@ def report_experiment(experiment_dir, out=None) -> Path:
     _, summary = frames_of(read_trials(experiment_dir))
     out_dir = Path(out if out is not None else experiment_dir)
     evaluation = read_evaluation(out_dir, experiment_dir)
-    return write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation)
+    declared = hypotheses_of(read_space_record(experiment_dir))
+    return write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation, declared)
 
 
-def write_report(path: Path, title: str, summary: pd.DataFrame, evaluation: pd.DataFrame | None) -> Path:
+def write_report(path: Path, title: str, summary: pd.DataFrame, evaluation: pd.DataFrame | None,
+                 declared: dict[str, Hypothesis] | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(title, summary, evaluation, path.parent / PLOTS_DIR, path.parent))
+    path.write_text(render_report(title, summary, evaluation, path.parent / PLOTS_DIR, path.parent, declared or {}))
     return path
 
 
-def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path) -> str:
+def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
+                  declared: dict[str, Hypothesis]) -> str:
     statuses = ", ".join(f"{count} {status}" for status, count in summary["status"].value_counts().items())
-    lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}."]
+    errors, source = final_errors(summary, evaluation)
+    lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}; {seed_range(summary)} per configuration.", "",
+             "**How to read it.** Variants are ranked by their final error at the last position, measured on "
+             f"{source}: squared error / d, so that predicting 0 scores {PREDICT_ZERO:g}; mean over seeds with the "
+             f"bootstrap 5-95% band over seeds. A variant at >= {DID_NOT_LEARN:g} on every seed **did not learn**: "
+             f"it is marked, not ranked. {RULE}", ""]
+    references = reference_rows(evaluation)
     for hypothesis in hypotheses(summary):
-        own = of_hypothesis(summary, hypothesis)
+        own = of_hypothesis(errors, hypothesis)
         variants = variants_of(own, hypothesis)
         lines += ["", f"## {hypothesis}", "", f"**Question.** {question(hypothesis)}", ""]
-        lines += variant_section(own, variants)
+        verdict = judge(own, variants, declared[hypothesis]) if hypothesis in declared else None
+        lines += verdict_lines(verdict, declared.get(hypothesis))
+        frame = ranked(variant_frame(own, variants))
+        lines += ranking_table(frame, verdict, references) + cost_table(frame)
         lines += figure_links(hypothesis, plots_dir, report_dir)
         if evaluation is not None:
             lines += evaluation_section(of_hypothesis(evaluation, hypothesis), variants)
     return "\n".join(lines) + "\n"
 
 
-def variant_section(summary: pd.DataFrame, variants: Variants) -> list[str]:
-    final = aggregate_seeds(summary, "final_eval_loss", by=())
-    final = final.assign(label=final.apply(variants.label, axis=1) if len(final) else [])
-    labelled = summary.assign(label=summary.apply(variants.label, axis=1))
+def seed_range(summary: pd.DataFrame) -> str:
+    keys = [c for c in config_columns(summary) if c != SEED_KEY]
+    counts = summary.groupby(keys, dropna=False).size() if keys else pd.Series([len(summary)])
+    low, high = int(counts.min()), int(counts.max())
+    return f"{low} seed{'s' * (low != 1)}" if low == high else f"{low} to {high} seeds"
+
+
+def reference_rows(evaluation: pd.DataFrame | None) -> list[tuple[str, float]]:
+    """(name, error at the last position) of the reference rows every ranking ends with."""
+    return [("least squares", least_squares_last(evaluation)), ("predict 0", PREDICT_ZERO)]
+
+
+def verdict_lines(verdict, hypothesis: Hypothesis | None) -> list[str]:
+    if verdict is None:
+        return ["**Verdict: none.** The search space declares no `reference` and `expect` for this hypothesis, "
+                "so there is no prediction to test.", ""]
+    return [f"**Verdict: {verdict.word}.** {verdict.reason[0].upper()}{verdict.reason[1:]}. Reference: "
+            f"`{describe_reference(hypothesis)}`; prediction: every other variant is {hypothesis.expect}.", ""]
+
+
+def difference(comparison) -> str:
+    return (f"{comparison.difference:+.3f} [{comparison.lo:+.3f}, {comparison.hi:+.3f}]: {comparison.outcome}"
+            if comparison is not None else "–")
+
+
+def ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
+    compared = {c.variant: c for c in verdict.comparisons} if verdict is not None else {}
     rows = []
-    for label, trials in labelled.groupby("label", sort=False):
-        stats = final[final["label"] == label]
-        mean, lo, hi = (stats[c].iloc[0] if len(stats) else math.nan for c in ("mean", "lo", "hi"))
-        status = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
-        rows.append([label, len(trials), mean, lo, hi, trials["best_eval_loss"].min(),
-                     trials["last_step"].max(), trials["wall_time_s"].mean(), status])
-    rows.sort(key=lambda row: (math.isnan(row[2]), row[2]))
-    ranked = [[rank if not math.isnan(row[2]) else "–", row[0], row[1], *map(number, row[2:8]), row[8]]
-              for rank, row in enumerate(rows, start=1)]
-    header = ["rank", "variant", "seeds", "final eval/loss", "5%", "95%", "best eval/loss", "last step",
-              "wall time (s)", "status"]
-    order = " < ".join(f"`{row[0]}`" for row in rows if not math.isnan(row[2]))
-    return table(header, ranked) + ["", f"Ranking, lowest final eval/loss first: {order or '–'}.", ""]
+    for _, row in frame.iterrows():
+        rank = row["rank"] if not pd.isna(row["rank"]) else ("did not learn" if not row["learned"] else "–")
+        seeds = ", ".join(number(v) for v in row["seed_values"]) or "–"
+        rows.append([rank, f"`{row['variant']}`", row["n_seeds"], number(row["mean"]), number(row["lo"]),
+                     number(row["hi"]), seeds, difference(compared.get(row["variant"]))])
+    rows += [["reference", name, "–", number(value), "–", "–", "–", "–"] for name, value in references]
+    header = ["rank", "variant", "seeds", "error at the last position", "5%", "95%", "per seed",
+              "difference to its reference [5%, 95%]"]
+    return ["### Ranking", ""] + table(header, rows) + [""]
+
+
+def cost_table(frame: pd.DataFrame) -> list[str]:
+    rows = [[f"`{row['variant']}`", number(row["parameters"]), number(row["step_flops"] / 1e9),
+             number(row["training_flops"] / 1e12), number(row["wall_time_s"]), row["status"]]
+            for _, row in frame.iterrows()]
+    header = ["variant", "parameters", "GFLOP per step (final curriculum)", "training TFLOP",
+              "wall time (s, mean over seeds)", "status"]
+    note = ("FLOPs are the matrix products counted from the config (forward, and backward in the loss window); "
+            "wall time depends on the machine and its load, so it is shown but not compared.")
+    return ["### Cost", ""] + table(header, rows) + ["", note, ""]
 
 
 def figure_links(hypothesis: str, plots_dir: Path, report_dir: Path) -> list[str]:

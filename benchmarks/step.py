@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from benchmarks.flops import step_flops
+from trainers.flops import step_flops
 from benchmarks.machine import OtherLoad, PeakMemory, describe, matmul_flops, synchronize
 from benchmarks.table import print_table
 from trainers.config import ConfigError, parse_override_args

@@ -27,7 +27,7 @@ from analysis.experiment import read_result_rows
 from benchmarks.machine import REPO, describe, load_average
 from benchmarks.table import print_table
 from trainers.config import ConfigError, parse_override_args
-from tune_looped.space import load_space, resolve_space_path
+from tune_looped.space import load_space, quick_overrides, resolve_space_path
 
 RAY_STARTUP = """
 import json, time
@@ -55,7 +55,8 @@ def shortened_space(space: str, steps: int | None, overrides: dict, folder: Path
     if isinstance(raw.get("base"), str):
         raw["base"] = str((path.parent / raw["base"]).resolve())
     quick = raw.setdefault("quick", {})
-    quick["base"] = {**quick.get("base", {}), **overrides, **({"training.train_steps": steps} if steps else {})}
+    quick["base"] = {**quick_overrides(quick.get("base", {}), path), **overrides,
+                     **({"training.train_steps": steps} if steps else {})}
     out = folder / path.name
     out.write_text(yaml.safe_dump(raw, sort_keys=False))
     load_space(out, quick=True)  # fail here, with the space's own message, rather than inside the runner

@@ -12,7 +12,7 @@ from analysis.variants import format_setting, of_hypothesis, variants_of
 from tests.test_analysis_helpers import write_experiment
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-KINDS = ("loss", "loss_zoom", "error_vs_k", "error_vs_loop")
+KINDS = ("loss", "loss_zoom", "error_vs_k", "error_vs_loop", "cost")
 
 
 @pytest.fixture(scope="module")
@@ -50,28 +50,35 @@ def test_report_tables_match_the_frames(analysed):
     root, _ = analysed
     report = (root / "REPORT.md").read_text()
     summary = pd.read_parquet(root / "summary.parquet")
+    evaluation = pd.read_parquet(root / "evaluation.parquet")
     pd.testing.assert_frame_equal(summary, load_summary(root))
+    # each trial's final error is its model@b error at the last position k = 6 of the evaluation
+    last = evaluation[(evaluation["name"] == "model@b") & (evaluation["x"] == 6)].set_index("trial_id")["mean"]
     expected = {}
     for hypothesis in ("information_flow", "looped_n_layers"):
-        own = of_hypothesis(summary, hypothesis)
+        own = of_hypothesis(summary, hypothesis).assign(error=lambda f: f["trial_id"].map(last))
         variants = variants_of(own, hypothesis)
-        for _, row in aggregate_seeds(own, "final_eval_loss", by=()).iterrows():
-            expected[(hypothesis, variants.label(row))] = (row["mean"], row["lo"], row["hi"], row["n_seeds"])
+        for _, row in aggregate_seeds(own, "error", by=()).iterrows():
+            expected[(hypothesis, f"`{variants.label(row)}`")] = (row["mean"], row["lo"], row["hi"], row["n_seeds"])
     sections = re.split(r"^## ", report, flags=re.M)[1:]
     seen = {}
     for section in sections:
         hypothesis = section.splitlines()[0].strip()
-        ranked = table_rows(section, "rank")
-        assert [int(r[0]) for r in ranked] == list(range(1, len(ranked) + 1))
-        means = [float(r[3]) for r in ranked]
-        assert means == sorted(means)
-        for row in ranked:
+        rows = [r for r in table_rows(section, "rank") if r[0] != "reference"]
+        ranks = [r[0] for r in rows]
+        learned = [r for r in rows if r[0] != "did not learn"]
+        assert ranks == [str(i) for i in range(1, len(learned) + 1)] + ["did not learn"] * (len(rows) - len(learned))
+        assert [float(r[3]) for r in learned] == sorted(float(r[3]) for r in learned)
+        for row in rows:
             seen[(hypothesis, row[1])] = tuple(float(x) for x in row[3:6]) + (int(row[2]),)
+            # untrained models sit at predict-0: did not learn means at >= 0.9 on every seed
+            assert (row[0] == "did not learn") == all(float(v) >= 0.9 for v in row[6].split(", "))
         assert f"![eval/loss vs step](plots/{hypothesis}_loss.png)" in section
+        assert f"![final error at the last position vs training FLOPs](plots/{hypothesis}_cost.png)" in section
+        assert "**Verdict: none.**" in section  # the synthetic experiment has no space record
     assert seen.keys() == expected.keys()
     for key, numbers in seen.items():
         assert numbers == pytest.approx(expected[key], rel=1e-3)
-    assert "`n_last_tokens=all` < `n_last_tokens=2`" in report
     assert "**Question.** Does the loop need its whole state?" in report
 
 

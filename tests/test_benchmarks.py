@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.flops import step_flops
+from trainers.flops import step_flops, training_flops
 from benchmarks.machine import OtherLoad, PeakMemory
 from benchmarks.step import variant_label, variants
 from benchmarks.sweep import shortened_space, timing_row
 from benchmarks.table import print_table
 from trainers.config import load_config, parse_override_args
-from trainers.curriculum import final_state
-from tune_looped.space import load_space
+from trainers.curriculum import curriculum_at, final_state
+from tune_looped.space import load_space, trial_config
 
 BASE_LOOP = Path(__file__).resolve().parents[1] / "search_spaces" / "configs" / "base_loop.yaml"
 
@@ -53,7 +53,7 @@ def test_lstm_flops_count_four_gates_of_two_products():
 
 
 def test_variants_are_the_hypotheses_trials():
-    assert list(variants("quick")) == ["L1-N5", "L1-N7", "L1-N15", "L1-N20", "L1", "L2", "L3", "LSTM1", "LSTM2",
+    assert list(variants("quick")) == ["L1-N8", "L1-N10", "L1-N23", "L1-N31", "L1", "L2", "L3", "LSTM1", "LSTM2",
                                        "LSTM3"]
     assert variant_label({"model.n_layer": 2, "model.use_lstm_layer": True}) == "LSTM2"
     assert "L1-N75" in variants("research")
@@ -76,7 +76,7 @@ def test_shortened_space_trains_fewer_steps(tmp_path):
     path = shortened_space("hypotheses", 50, {"training.compile": True}, tmp_path)
     space = load_space(path, quick=True)
     assert space.base["training"]["train_steps"] == 50 and space.base["training"]["compile"] is True
-    assert len(space.trials) == 10
+    assert len(space.trials) == 20
 
 
 def _trial(folder, elapsed, start, steps=100):
@@ -98,3 +98,12 @@ def test_timing_row_compares_wall_time_with_training_time_per_slot(tmp_path):
 def test_markdown_table(capsys):
     print_table(["a", "b"], [[1, 0.12345], ["x", 1234.5]], markdown=True)
     assert capsys.readouterr().out.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.123 |", "| x | 1234 |"]
+
+
+@pytest.mark.parametrize("space, quick", [("hypotheses", False), ("hypotheses", True), ("baseline", True)])
+def test_training_flops_add_up_every_step(space, quick):
+    loaded = load_space(space, quick=quick)
+    config = trial_config(loaded.base, loaded.trials[-1].values)
+    curriculum = config.training.curriculum
+    by_hand = sum(step_flops(config, curriculum_at(curriculum, step)).total for step in range(config.training.train_steps))
+    assert training_flops(config) == by_hand

@@ -11,7 +11,8 @@ import yaml
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.sample import Categorical, Float, Integer
 
-from tune_looped.space import SPACES_DIR, Distribution, SpaceError, load_space, parse_distribution
+from trainers.curriculum import curriculum_at
+from tune_looped.space import SPACES_DIR, Distribution, SpaceError, load_space, parse_distribution, trial_config
 from tune_looped.tune_space import make_scheduler, param_space
 
 # A valid base that every table row can change one thing of; n_head 4 divides n_embd 32.
@@ -223,28 +224,57 @@ def test_space_settings_and_defaults(tmp_path):
     assert full.varying_keys == ["model.n_layer", "training.learning_rate"]
 
 
-@pytest.mark.parametrize("name, count", [
+@pytest.mark.parametrize("name, configurations", [
     ("hypotheses", 10), ("information_flow", 5), ("looped_n_layers", 3), ("looped_lstm", 6), ("baseline", 1),
 ])
-@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
-def test_shipped_spaces(name, count, quick):
+@pytest.mark.parametrize("quick, seeds, train_steps", [(False, [0, 1, 2], 20001), (True, [0, 1], 2400)],
+                         ids=["full", "quick"])
+def test_shipped_spaces(name, configurations, quick, seeds, train_steps):
     space = load_space(name, quick=quick)
-    assert len(space.trials) == count and space.path == SPACES_DIR / f"{name}.yaml"
-    # --quick keeps the study (same trial count) at CPU size
-    assert space.base["training"]["train_steps"] == (2000 if quick else 20001)
+    assert space.path == SPACES_DIR / f"{name}.yaml"
+    # every configuration once per seed: three at research scale, two in the quick study
+    assert len(space.trials) == configurations * len(seeds)
+    for values in {tuple((k, v) for k, v in t.values.items() if k != "training.seed") for t in space.trials}:
+        assert sorted(t.values["training.seed"] for t in space.trials
+                      if tuple((k, v) for k, v in t.values.items() if k != "training.seed") == values) == seeds
+    assert space.base["training"]["train_steps"] == train_steps
 
 
 def test_hypotheses_share_the_one_layer_all_tokens_transformer():
-    for quick in (False, True):
+    for quick, seeds in ((False, [0, 1, 2]), (True, [0, 1])):
         space = load_space("hypotheses", quick=quick)
         shared = [t for t in space.trials if len(t.experiments) == 3]
         assert [t.values for t in shared] == [
-            {"model.n_last_tokens": -1, "model.n_layer": 1, "model.use_lstm_layer": False}]
-    # quick n_last_tokens are scaled to the 2 * 11 = 22 tokens of the quick sequences, so they still cut
-    quick = load_space("hypotheses", quick=True)
-    tokens = 2 * quick.base["model"]["n_positions"]
-    assert sorted({t.values["model.n_last_tokens"] for t in quick.trials}) == [-1, 5, 7, 15, 20]
-    assert all(n < tokens for n in {t.values["model.n_last_tokens"] for t in quick.trials})
+            {"model.n_last_tokens": -1, "model.n_layer": 1, "model.use_lstm_layer": False, "training.seed": s}
+            for s in seeds]
+
+
+def _bites_at(config, n_last_tokens: int) -> float:
+    """The share of training after which a mask of n_last_tokens changes anything (prompt longer than N)."""
+    steps = config.training.train_steps
+    return next(s for s in range(steps) if 2 * curriculum_at(config.training.curriculum, s).n_points > n_last_tokens) / steps
+
+
+def test_quick_study_keeps_the_research_ratios():
+    full, quick = load_space("hypotheses"), load_space("hypotheses", quick=True)
+    research, miniature = (trial_config(s.base, s.trials[0].values) for s in (full, quick))
+    masks = [sorted({t.values["model.n_last_tokens"] for t in s.trials} - {-1}) for s in (full, quick)]
+    assert len(masks[0]) == len(masks[1])
+    tokens = [2 * c.training.curriculum.points.end for c in (research, miniature)]
+    for n_research, n_quick in zip(*masks):
+        # the share of the final prompt each mask keeps, and when in training it starts to bite
+        assert n_quick / tokens[1] == pytest.approx(n_research / tokens[0], abs=0.02)
+        assert _bites_at(miniature, n_quick) == pytest.approx(_bites_at(research, n_research), abs=0.02)
+    for config in (research, miniature):
+        c, steps = config.training.curriculum, config.training.train_steps
+        # the prompt grows from d + 1 to 4d + 1 points and is full at 75% of training
+        assert (c.points.start, c.points.end) == (c.dims.end + 1, 4 * c.dims.end + 1)
+        full_at = next(s for s in range(steps) if curriculum_at(c, s).n_points == c.points.end) / steps
+        assert full_at == pytest.approx(0.75, abs=0.01)
+        # loops: b starts at the window T, ends at 2 T, and is final at 20% of training
+        assert c.loops.start == config.training.n_loop_window == c.loops.end // 2
+        final_at = next(s for s in range(steps) if curriculum_at(c, s).n_loops == c.loops.end) / steps
+        assert final_at == pytest.approx(0.20, abs=0.01)
 
 
 @pytest.mark.parametrize("text", ["hypotheses", "hypotheses.yaml", str(SPACES_DIR / "hypotheses.yaml")])
@@ -257,9 +287,10 @@ def test_bare_name_resolves_in_the_package(text, tmp_path, monkeypatch):
 # 3. param_space / make_scheduler: the Space -> Ray Tune's param_space and scheduler.
 
 DEDUP = [{"name": "a", "grid": {"model.n_last_tokens": [2, -1]}}, {"name": "b", "grid": {"model.n_layer": [1, 2]}}]
-DEDUP_VARIANTS = [{"experiments": ["a"], "model.n_last_tokens": 2, "model.n_layer": 1},
-                  {"experiments": ["a", "b"], "model.n_last_tokens": -1, "model.n_layer": 1},
-                  {"experiments": ["b"], "model.n_last_tokens": -1, "model.n_layer": 2}]
+# in run order: the 2-layer trial costs the most FLOPs; the two 1-layer ones tie and keep the space's order
+DEDUP_VARIANTS = [{"experiments": ["b"], "model.n_last_tokens": -1, "model.n_layer": 2},
+                  {"experiments": ["a"], "model.n_last_tokens": 2, "model.n_layer": 1},
+                  {"experiments": ["a", "b"], "model.n_last_tokens": -1, "model.n_layer": 1}]
 
 
 @pytest.mark.parametrize("sample, expected", [
@@ -279,7 +310,8 @@ def test_param_space(tmp_path, sample, expected):
     assert list(params) == ["variant", *expected]
     # the grid is the deduplicated trial list, each variant carrying its experiment tags
     assert params["variant"] == {"grid_search": DEDUP_VARIANTS}
-    assert params["variant"]["grid_search"] == [{"experiments": list(t.experiments), **t.values} for t in space.trials]
+    assert sorted(map(str, params["variant"]["grid_search"])) == sorted(
+        str({"experiments": list(t.experiments), **t.values}) for t in space.trials)
     for key, (cls, sampler, *bounds) in expected.items():
         domain = params[key]
         assert type(domain) is cls and type(domain.get_sampler()).__name__ == sampler
@@ -382,6 +414,24 @@ BAD_SPACES = [
                  ["experiments[0].name", "non-empty string"], id="experiment-without-name"),
     pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1]}, "runs": 2}]}, False,
                  ["experiments[0].runs", "allowed: name, grid"], id="experiment-unknown-key"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 1}}]},
+                 False, ["experiments[0]", "reference and expect go together"], id="reference-without-expect"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "expect": "worse"}]},
+                 False, ["experiments[0]", "reference and expect go together"], id="expect-without-reference"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 1},
+                                   "expect": "lower"}]},
+                 False, ["experiments[0].expect", "one of worse, better", "'lower'"], id="expect-unknown"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 3},
+                                   "expect": "better"}]},
+                 False, ["experiments[0].reference.model.n_layer", "3 is not a value of the experiment's grid"],
+                 id="reference-not-in-grid"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]},
+                                   "reference": {"model.n_last_tokens": -1}, "expect": "worse"}]},
+                 False, ["reference.model.n_last_tokens", "not a value of the experiment's grid"],
+                 id="reference-key-not-in-grid"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layr": 1},
+                                   "expect": "worse"}]},
+                 False, ["reference.model.n_layr", "unknown key"], id="reference-unknown-key"),
     pytest.param({"seeds": [0, "1"]}, False, ["seeds", "list of integers"], id="seeds-not-integers"),
     pytest.param({"seeds": [0, True]}, False, ["seeds", "list of integers"], id="seeds-bool"),
     pytest.param({"seeds": 3}, False, ["seeds", "list of integers"], id="seeds-not-list"),
@@ -450,9 +500,9 @@ def run_cli(*args, cwd, timeout=60):
 
 
 @pytest.mark.parametrize("args, count, tags", [
-    (["--space", "hypotheses"], 10, "information_flow,looped_n_layers,looped_lstm"),
-    (["--space", "hypotheses.yaml", "--quick"], 10, "information_flow,looped_n_layers,looped_lstm"),
-    (["--space", str(SPACES_DIR / "baseline.yaml")], 1, "baseline"),
+    (["--space", "hypotheses"], 30, "information_flow,looped_n_layers,looped_lstm"),
+    (["--space", "hypotheses.yaml", "--quick"], 20, "information_flow,looped_n_layers,looped_lstm"),
+    (["--space", str(SPACES_DIR / "baseline.yaml")], 3, "baseline"),
 ], ids=["hypotheses", "hypotheses-quick", "baseline-path"])
 def test_dry_run_prints_table_and_count(tmp_path, args, count, tags):
     storage = tmp_path / "results"
@@ -472,7 +522,31 @@ def test_dry_run_does_not_import_ray(tmp_path):
             "print('ray imported:', any(m == 'ray' or m.startswith('ray.') for m in sys.modules)); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-2:] == ["10 trials", "ray imported: False"]
+    assert proc.stdout.splitlines()[-2:] == ["30 trials", "ray imported: False"]
+
+
+@pytest.mark.parametrize("text", ["", "0,x", "1,1", "0.5"])
+def test_bad_seeds_flag(tmp_path, text):
+    storage = tmp_path / "results"
+    proc = run_cli("--space", "hypotheses", "--seeds", text, "--storage", str(storage), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "" and not storage.exists()
+    assert proc.stderr.splitlines() == [f"error: argument --seeds: expected distinct integers separated by commas, "
+                                        f"like 0,1,2, got {text!r} (see --help)"]
+
+
+def test_seeds_flag_replaces_the_spaces_seeds(tmp_path):
+    proc = run_cli("--space", "hypotheses", "--quick", "--seeds", "7,9,11", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "30 trials"
+    assert {line.split()[-1] for line in proc.stdout.splitlines()[1:-1]} == {"7", "9", "11"}
+
+
+def test_experiment_declares_its_reference(tmp_path):
+    experiments = [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 1},
+                    "expect": "better"}, {"name": "b", "grid": {"model.n_last_tokens": [4, -1]}}]
+    space = load_space(write_space(tmp_path, {"experiments": experiments}))
+    assert [(e.name, e.reference, e.expect) for e in space.experiments] == [
+        ("a", {"model.n_layer": 1}, "better"), ("b", {}, None)]
 
 
 @pytest.mark.parametrize("space, extra", [

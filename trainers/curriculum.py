@@ -28,5 +28,10 @@ def curriculum_at(curriculum: CurriculumConfig, step: int) -> CurriculumState:
     )
 
 
+def loop_window_start(n_loops: int, n_loop_window: int) -> int:
+    """The first iteration inside the loss window; the ones before it run without gradient."""
+    return max(0, n_loops - n_loop_window)
+
+
 def final_state(curriculum: CurriculumConfig) -> CurriculumState:
     return CurriculumState(curriculum.dims.end, curriculum.points.end, curriculum.loops.end)

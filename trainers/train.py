@@ -16,7 +16,7 @@ import torch
 
 from trainers.checkpoint import checkpoint_dir_of, load_checkpoint, save_checkpoint
 from trainers.config import Config, config_to_dict
-from trainers.curriculum import CurriculumState, curriculum_at, final_state
+from trainers.curriculum import CurriculumState, curriculum_at, final_state, loop_window_start
 from trainers.models import LoopedTransformerModel, build_model, load_reference_checkpoint
 from trainers.tasks import error_normaliser, sample_batch
 
@@ -39,10 +39,6 @@ def predict(model, xs, ys, n_loops: int, n_loop_start: int) -> list[torch.Tensor
     if isinstance(model, LoopedTransformerModel):
         return model(xs, ys, n_loop_start, n_loops)
     return [model(xs, ys)]
-
-
-def loop_window_start(n_loops: int, n_loop_window: int) -> int:
-    return max(0, n_loops - n_loop_window)
 
 
 def autocast(device: torch.device, precision: str, cache_enabled: bool = True):

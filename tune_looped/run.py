@@ -6,6 +6,7 @@ summary and ends with the analysis' frames, plots and report.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import shlex
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from analysis.experiment import SPACE_RECORD
 from trainers.checkpoint import check_pretrained
 from trainers.config import ConfigError, set_dotted
 from trainers.single_run import OneLineArgumentParser
@@ -24,7 +26,6 @@ from tune_looped.cluster import check_storage, start_ray, warn_if_local_storage_
 from tune_looped.space import Space, SpaceError, load_space, parse_resources, space_record, trial_config, trial_label
 from tune_looped.tables import print_summary, print_trial_table, summarise
 
-SPACE_RECORD = "space.yaml"
 # what Tune writes into the experiment folder: Tuner.restore needs both (ray.tune.tuner / tune_controller)
 TUNE_STATE_FILES = ("tuner.pkl", "experiment_state-*.json")
 PRETRAINED = "model.pretrained_path"
@@ -35,6 +36,8 @@ def parse_args(argv):
     p.add_argument("--space", required=True, help="space YAML: a path, or a name in the package's search_spaces/")
     p.add_argument("--quick", action="store_true", help="apply the space's quick: block (a CPU-sized study)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved trials and exit without Ray")
+    p.add_argument("--seeds", type=seed_list, help="comma-separated seeds to run every configuration with "
+                                                   "(default: the space's seeds)")
     p.add_argument("--address", help="join a running cluster: auto, HOST:PORT or ray://HOST:PORT")
     p.add_argument("--storage", default="~/ray_results", help="results root: a path or a URI (default %(default)s)")
     p.add_argument("--name", help="experiment name (default: <space>[-quick]-<date-time>)")
@@ -50,6 +53,16 @@ def parse_args(argv):
     p.add_argument("--wandb-mode", choices=("online", "offline"), help="default: online when a key is available")
     p.add_argument("--no-report", action="store_true", help="skip the analysis at the end")
     return p.parse_args(argv)
+
+
+def seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct integers separated by commas, like 0,1,2, got {text!r}")
+    return seeds
 
 
 def check_flags(args) -> None:
@@ -114,7 +127,7 @@ def check_pretrained_files(space: Space) -> None:
 def resolve(args):
     """Everything that can be wrong with the input, checked before Ray starts or anything is written."""
     check_flags(args)
-    space = with_absolute_pretrained(load_space(args.space, quick=args.quick))
+    space = with_absolute_pretrained(load_space(args.space, quick=args.quick, seeds=args.seeds))
     resources = dict(space.resources)
     if args.cpus_per_trial is not None:
         resources["cpu"] = args.cpus_per_trial

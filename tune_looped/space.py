@@ -5,6 +5,8 @@ base: ../configs/base_loop.yaml        # or a mapping with model:/training:/wand
 experiments:
   - name: information_flow
     grid: {model.n_last_tokens: [20, 25, 55, 75, -1]}
+    reference: {model.n_last_tokens: -1}   # optional: the report's verdict compares every variant with it
+    expect: worse                          # ... and predicts the others `worse` or `better`
 sample: {training.learning_rate: loguniform(1e-4, 1e-3)}   # optional, drawn num_samples times
 num_samples: 1
 seeds: [0, 1, 2]
@@ -14,13 +16,14 @@ metric: eval/loss
 mode: min
 max_concurrent: 4
 wandb: {enabled: false, project: loop_tf, group: hypotheses}
-quick: {base: {training.train_steps: 3000}, grid: {model.n_last_tokens: [4, 8, 12, -1]}, seeds: [0]}
+quick: {base: configs/miniature.yaml, grid: {model.n_last_tokens: [8, 10, 23, 31, -1]}, seeds: [0, 1]}
 ```
 Trials are the union of the experiments' grids (times seeds); a configuration that several experiments
 share runs once, tagged with all of them.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -40,6 +43,8 @@ TOP_KEYS = ("name", "description", "base", "experiments", "sample", "num_samples
 SCHEDULERS = {"fifo": (), "asha": ("max_t", "grace_period", "reduction_factor", "brackets")}
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "choice": 1}
 WANDB_SPACE_KEYS = ("enabled", "project", "entity", "group", "mode")
+EXPERIMENT_KEYS = ("name", "grid", "description", "reference", "expect")
+EXPECTATIONS = ("worse", "better")
 
 
 class SpaceError(ValueError):
@@ -60,6 +65,15 @@ class Trial:
 
 
 @dataclass(frozen=True)
+class Experiment:
+    """One hypothesis: its name and, for the report's verdict, its reference setting and predicted direction."""
+    name: str
+    description: str = ""
+    reference: dict = field(default_factory=dict)
+    expect: str | None = None
+
+
+@dataclass(frozen=True)
 class Space:
     path: Path
     name: str
@@ -72,6 +86,7 @@ class Space:
     metric: str
     mode: str
     max_concurrent: int | None
+    experiments: tuple[Experiment, ...] = ()
     wandb: dict = field(default_factory=dict)
     secrets: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -210,10 +225,22 @@ def _dotted_get(tree: dict, dotted: str):
     return tree
 
 
-def _apply_quick(raw: dict, base: dict, where: str) -> tuple[dict, dict]:
+def quick_overrides(raw, path: Path) -> dict:
+    """quick.base: a mapping of dotted keys, or a file of them beside the space (shared by several spaces)."""
+    where = f"{path}: quick.base"
+    if not isinstance(raw, str):
+        return _mapping(raw, where)
+    try:
+        return _mapping(read_yaml(path.parent / raw), f"{path.parent / raw}")
+    except ConfigError as err:
+        raise SpaceError(f"{where}: {err}") from None
+
+
+def _apply_quick(raw: dict, base: dict, path: Path) -> tuple[dict, dict]:
     """The space and base with the `quick:` block applied: base keys and grid values replaced."""
+    where = str(path)
     quick = _mapping(raw.get("quick"), f"{where}: quick", ("base", "grid", "seeds", "num_samples", "resources"))
-    overrides = _mapping(quick.get("base", {}), f"{where}: quick.base")
+    overrides = quick_overrides(quick.get("base", {}), path)
     try:
         base = apply_overrides(base, overrides, f"{where}: quick.base")
         config_from_dict(base, f"{where}: quick.base")
@@ -230,7 +257,8 @@ def _apply_quick(raw: dict, base: dict, where: str) -> tuple[dict, dict]:
     return {**raw, "experiments": experiments, **extra}, base
 
 
-def load_space(path, *, quick: bool = False) -> Space:
+def load_space(path, *, quick: bool = False, seeds: list[int] | None = None) -> Space:
+    """The parsed, validated space; `seeds` replaces the space's own (and its quick block's) seeds."""
     path = resolve_space_path(str(path))
     try:
         raw = yaml.safe_load(path.read_text())
@@ -243,17 +271,19 @@ def load_space(path, *, quick: bool = False) -> Space:
     if quick:
         if "quick" not in raw:
             raise SpaceError(f"{where}: quick: --quick needs a quick: block in the space file")
-        raw, base = _apply_quick(raw, base, where)
+        raw, base = _apply_quick(raw, base, path)
     experiments = raw.get("experiments")
     if not isinstance(experiments, list) or not experiments:
         raise SpaceError(f"{where}: experiments: expected a non-empty list of {{name, grid}}")
-    grids = []
+    grids, declared = [], []
     for i, exp in enumerate(experiments):
-        exp = _mapping(exp, f"{where}: experiments[{i}]", ("name", "grid", "description"))
+        exp = _mapping(exp, f"{where}: experiments[{i}]", EXPERIMENT_KEYS)
         if not isinstance(exp.get("name"), str) or not exp["name"]:
             raise SpaceError(f"{where}: experiments[{i}].name: expected a non-empty string")
-        grids.append((exp["name"], _grid(exp.get("grid"), f"{where}: experiments[{i}].grid")))
-    seeds = raw.get("seeds")
+        grid = _grid(exp.get("grid"), f"{where}: experiments[{i}].grid")
+        grids.append((exp["name"], grid))
+        declared.append(_experiment(exp, grid, f"{where}: experiments[{i}]"))
+    seeds = raw.get("seeds") if seeds is None else seeds
     if seeds is not None and (not isinstance(seeds, list) or not seeds
                               or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
         raise SpaceError(f"{where}: seeds: expected a non-empty list of integers, got {seeds!r}")
@@ -274,10 +304,31 @@ def load_space(path, *, quick: bool = False) -> Space:
         mode=_choice(raw.get("mode", "min"), ("min", "max"), f"{where}: mode"),
         max_concurrent=None if raw.get("max_concurrent") is None else _positive_int(
             raw["max_concurrent"], f"{where}: max_concurrent"),
+        experiments=tuple(declared),
         wandb=dict(_mapping(raw.get("wandb", {}), f"{where}: wandb", WANDB_SPACE_KEYS)),
         secrets=secrets,
     )
     return space
+
+
+def _experiment(exp: dict, grid: list[dict], where: str) -> Experiment:
+    """The hypothesis' declaration; its reference must be one of the grid's own settings."""
+    reference = _mapping(exp.get("reference", {}), f"{where}.reference")
+    expect = exp.get("expect")
+    if bool(reference) != (expect is not None):
+        raise SpaceError(f"{where}: reference and expect go together; give both (expect: worse or better) or neither")
+    if expect is not None:
+        _choice(expect, EXPECTATIONS, f"{where}.expect")
+    for key, value in reference.items():
+        _check_key(key, f"{where}.reference.{key}")
+        try:
+            typed = coerce_value(key, value, f"{where}.reference.{key}")
+        except ConfigError as err:
+            raise SpaceError(str(err)) from None
+        if key not in grid[0] or typed not in {variant[key] for variant in grid}:
+            raise SpaceError(f"{where}.reference.{key}: {value!r} is not a value of the experiment's grid")
+        reference[key] = typed
+    return Experiment(exp["name"], str(exp.get("description") or ""), dict(reference), expect)
 
 
 def _distribution_corners(sample: dict[str, Distribution]) -> list[dict]:
@@ -345,6 +396,7 @@ def space_record(space: Space, quick: bool) -> dict:
     """What is saved beside the results: the resolved space with its base inlined (no secrets)."""
     return {
         "name": space.name, "source": str(space.path), "quick": quick, "base": space.base,
+        "experiments": [dataclasses.asdict(e) for e in space.experiments],
         "trials": [{"experiments": list(t.experiments), "values": t.values} for t in space.trials],
         "sample": {k: f"{d.kind}({list(d.args) if d.kind == 'choice' else ', '.join(map(str, d.args))})"
                    for k, d in space.sample.items()},

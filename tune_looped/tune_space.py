@@ -4,7 +4,8 @@ from __future__ import annotations
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from tune_looped.space import Space, trial_config
+from trainers.flops import training_flops
+from tune_looped.space import Space, Trial, trial_config
 
 SAMPLERS = {
     "loguniform": tune.loguniform,
@@ -14,10 +15,16 @@ SAMPLERS = {
 }
 
 
+def run_order(space: Space) -> list[Trial]:
+    """The trials by training FLOPs, most first (ties keep the space's order): Tune starts grid trials in
+    order, so the longest ones no longer run alone at the end of a sweep while the other slots stand idle."""
+    return sorted(space.trials, key=lambda t: -training_flops(trial_config(space.base, t.values)))
+
+
 def param_space(space: Space) -> dict:
     """`{"variant": grid_search([...]), sampled_key: domain}`: the grid is the deduplicated list of trials,
     so a configuration shared by several experiments is one trial tagged with all of them."""
-    variants = [{"experiments": list(t.experiments), **t.values} for t in space.trials]
+    variants = [{"experiments": list(t.experiments), **t.values} for t in run_order(space)]
     out: dict = {"variant": tune.grid_search(variants)}
     for key, dist in space.sample.items():
         out[key] = tune.choice(list(dist.args)) if dist.kind == "choice" else SAMPLERS[dist.kind](*dist.args)

@@ -1,4 +1,4 @@
-"""The matrix-product FLOPs of one training step, counted from the config (no profiler).
+"""The matrix-product FLOPs of one training step and of a whole run, counted from the config (no profiler).
 
 Per token, per layer, one forward pass of a GPT-2 block costs 24 C^2 in its linear layers (q, k, v: 6 C^2;
 attention output: 2 C^2; MLP: 8 C^2 + 8 C^2) and 4 T C in attention (scores q k^T and the weighted sum of
@@ -7,15 +7,15 @@ An LSTM layer costs 16 C^2 (4 gates, input and hidden products). The looped mode
 n_loops times: the iterations before the loss window forward only, the window's T iterations forward and
 backward (the backward costs two forwards: gradients of inputs and of weights). Read-in (d -> C) and
 read-out (C -> 1) are counted too, although they are small. Element-wise work (LayerNorm, GELU, Adam) is
-not counted: it is what separates achieved FLOP/s from the matrix product's.
+not counted: it is what separates achieved FLOP/s from the matrix product's. A run's total adds up its
+steps, each at its own curriculum state.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from trainers.config import Config
-from trainers.curriculum import CurriculumState
-from trainers.train import loop_window_start
+from trainers.curriculum import CurriculumState, curriculum_at, loop_window_start
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,15 @@ def step_flops(config: Config, state: CurriculumState) -> StepFlops:
     formula = (f"({forward_passes} + 3·{window}) passes · {L} layer(s) · {B}·{tokens} tokens · {per_token_text}"
                f" + 3·{io / 1e6:.0f} MFLOP read-in/out = {flops.total / 1e9:.1f} GFLOP")
     return StepFlops(backbone, io, forward_passes, window, formula)
+
+
+def training_flops(config: Config) -> int:
+    """The sum of `step_flops` over all `train_steps` steps; the curriculum only changes at multiples of its
+    intervals, so each stretch between two such steps is counted once."""
+    curriculum, steps = config.training.curriculum, config.training.train_steps
+    changes = {0, steps}
+    for schedule in (curriculum.dims, curriculum.points, curriculum.loops):
+        changes.update(range(schedule.interval, steps, schedule.interval))
+    bounds = sorted(changes)
+    return sum((end - start) * step_flops(config, curriculum_at(curriculum, start)).total
+               for start, end in zip(bounds, bounds[1:]))

@@ -1,0 +1,95 @@
+"""REPORT.md from synthetic frames: verdicts, the ranking with its reference rows, and the cost table."""
+import pandas as pd
+import pytest
+
+from analysis.report import render_report
+from analysis.verdict import RULE, Hypothesis
+from tests.test_analysis_outputs import table_rows
+
+MASKS = Hypothesis("information_flow", {"model.n_last_tokens": -1}, "worse")
+# n_last_tokens -> per-seed final error at the last position: all tokens learns, 8 is worse, 23 never learns
+ERRORS = {-1: [0.10, 0.12], 8: [0.70, 0.75], 23: [0.95, 0.97]}
+COST = {-1: (1000, 2e9, 3e12), 8: (1000, 2e9, 3e12), 23: (1000, 2e9, 3e12)}
+
+
+def summary_frame(errors=ERRORS, experiments="information_flow") -> pd.DataFrame:
+    rows = []
+    for n, values in errors.items():
+        for seed, error in enumerate(values):
+            parameters, step_flops, training_flops = COST[n]
+            rows.append({"trial_id": f"n{n}s{seed}", "experiments": experiments, "model.n_last_tokens": n,
+                         "training.seed": seed, "status": "finished", "last_step": 99, "train_steps": 100,
+                         "final_eval_loss": 2 * error, "final_eval_loss_last": error, "best_eval_loss": 2 * error,
+                         "wall_time_s": 10.0 + seed, "node_id": "a", "parameters": parameters,
+                         "step_flops": step_flops, "training_flops": training_flops})
+    return pd.DataFrame(rows)
+
+
+def evaluation_frame(summary: pd.DataFrame, shift: float) -> pd.DataFrame:
+    """model@b at the last position k = 16 = the summary's error + shift; least squares at 0.001 there."""
+    rows = [{"trial_id": r["trial_id"], "experiments": r["experiments"], "model.n_last_tokens": r["model.n_last_tokens"],
+             "training.seed": r["training.seed"], "kind": "model", "name": "model@b", "axis": "k", "x": x,
+             "mean": r["final_eval_loss_last"] + shift if x == 16 else 5.0, "lo": 0.0, "hi": 9.0, "n_prompts": 1280,
+             "train_loops": 6, "max_loops": 60} for _, r in summary.iterrows() for x in (15, 16)]
+    rows += [{"trial_id": r["trial_id"], "experiments": r["experiments"], "kind": "baseline", "name": "least_squares",
+              "axis": "k", "x": x, "mean": 0.001 if x == 16 else 0.5, "lo": 0.0, "hi": 1.0, "n_prompts": 1280}
+             for _, r in summary.iterrows() for x in (15, 16)]
+    return pd.DataFrame(rows)
+
+
+def render(summary, evaluation=None, declared=None, tmp_path=None):
+    return render_report("study", summary, evaluation, tmp_path / "plots", tmp_path, declared or {})
+
+
+def test_report_gives_the_verdict_the_ranking_and_the_reference_rows(tmp_path):
+    report = render(summary_frame(), declared={"information_flow": MASKS}, tmp_path=tmp_path)
+    assert "6 trials: 6 finished; 2 seeds per configuration." in report
+    assert RULE in report
+    assert ("**Verdict: supported.** 2 of 2 variants worse than their reference, as predicted. Reference: "
+            "`n_last_tokens=all`; prediction: every other variant is worse.") in report
+    rows = table_rows(report, "rank")
+    assert [r[:3] for r in rows] == [["1", "`n_last_tokens=all`", "2"], ["2", "`n_last_tokens=8`", "2"],
+                                     ["did not learn", "`n_last_tokens=23`", "2"],
+                                     ["reference", "least squares", "–"], ["reference", "predict 0", "–"]]
+    assert [float(r[3]) for r in rows[:3]] == pytest.approx([0.11, 0.725, 0.96])
+    assert rows[0][6] == "0.1, 0.12" and rows[0][7] == "–"
+    # the mask's difference to all tokens: +0.615, band from the extreme seeds (0.70 - 0.12, 0.75 - 0.10)
+    assert rows[1][7] == "+0.615 [+0.580, +0.650]: worse"
+    assert rows[3][3] == "–" and rows[4][3] == "1"
+    assert "on the training's held-out prompts" in report
+
+
+def test_report_cost_table(tmp_path):
+    report = render(summary_frame(), tmp_path=tmp_path)
+    cost = table_rows(report, "variant | parameters")
+    assert cost[0] == ["`n_last_tokens=all`", "1000", "2", "3", "10.5", "2 finished"]
+    assert len(cost) == 3
+
+
+def test_report_ranks_by_the_evaluation_when_there_is_one(tmp_path):
+    summary = summary_frame()
+    # the evaluation's prompts put the 8-token mask 0.3 lower than the training's did, on every trial
+    evaluation = evaluation_frame(summary, shift=0.0)
+    evaluation.loc[evaluation["model.n_last_tokens"] == 8, "mean"] -= 0.3
+    report = render(summary, evaluation, {"information_flow": MASKS}, tmp_path)
+    rows = table_rows(report, "rank")
+    assert [float(r[3]) for r in rows[:3]] == pytest.approx([0.11, 0.425, 0.96])
+    assert rows[3][:4] == ["reference", "least squares", "–", "0.001"]
+    assert "on the evaluation's 1280 fresh prompts at k = 16" in report
+
+
+@pytest.mark.parametrize("errors, word", [
+    ({-1: [0.10, 0.12], 8: [0.05, 0.06]}, "contradicted"),
+    ({-1: [0.10, 0.30], 8: [0.12, 0.28]}, "inconclusive"),
+    ({-1: [0.95, 0.99], 8: [0.95, 0.96]}, "inconclusive"),
+])
+def test_report_verdict_words(tmp_path, errors, word):
+    report = render(summary_frame(errors), declared={"information_flow": MASKS}, tmp_path=tmp_path)
+    assert f"**Verdict: {word}.**" in report
+
+
+def test_report_without_a_declared_reference_says_so(tmp_path):
+    report = render(summary_frame(), tmp_path=tmp_path)
+    assert "**Verdict: none.** The search space declares no `reference` and `expect`" in report
+    # the ranking stands without a verdict
+    assert [r[0] for r in table_rows(report, "rank")][:3] == ["1", "2", "did not learn"]

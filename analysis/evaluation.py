@@ -7,7 +7,11 @@ over prompts and its bootstrap 5-95% band.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,24 +79,53 @@ def evaluate_trials(trials: list[Trial], *, n_prompts: int = N_PROMPTS, max_loop
     device = torch.device(device) if device is not None else default_device()
     prompts: dict[PromptSetting, tuple] = {}
     parts = []
-    for trial, ident in zip(trials, identities(trials)):
-        prepared = prepare(trial, device)
-        if prepared is None:
-            continue
-        setting, model, train_loops = prepared
-        if setting not in prompts:
-            xs, ys = setting.sample(n_prompts, seed)
-            prompts[setting] = (xs, ys, baseline_curves(setting, xs, ys, device))
-        xs, ys, baselines = prompts[setting]
-        run_loops = max(train_loops, max_loops or LOOPS_FACTOR * train_loops)
-        curves = model_curves(model, setting, xs, ys, train_loops, run_loops, device, batch_size) + baselines
-        meta = {"task_name": setting.task_name, "n_dims_truncated": setting.n_dims_truncated,
-                "n_points": setting.n_points, "train_loops": train_loops, "max_loops": run_loops,
-                "n_prompts": n_prompts}
-        parts.append(pd.DataFrame([{**ident, **curve, **meta} for curve in curves]))
+    workers = evaluation_threads(device)
+    with one_torch_thread(device.type == "cpu"), ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque()
+        for trial, ident in zip(trials, identities(trials)):
+            prepared = prepare(trial, device)
+            if prepared is None:
+                continue
+            setting, model, train_loops = prepared
+            if setting not in prompts:
+                xs, ys = setting.sample(n_prompts, seed)
+                prompts[setting] = (xs, ys, baseline_curves(setting, xs, ys, device))
+            xs, ys, baselines = prompts[setting]
+            run_loops = max(train_loops, max_loops or LOOPS_FACTOR * train_loops)
+            meta = {"task_name": setting.task_name, "n_dims_truncated": setting.n_dims_truncated,
+                    "n_points": setting.n_points, "train_loops": train_loops, "max_loops": run_loops,
+                    "n_prompts": n_prompts}
+            curves = pool.submit(model_curves, model, setting, xs, ys, train_loops, run_loops, device, batch_size)
+            pending.append((curves, baselines, ident, meta))
+            # a bounded queue: only a few trials' models are in memory at once
+            while len(pending) > 2 * workers:
+                parts.append(curves_part(*pending.popleft()))
+        parts += [curves_part(*item) for item in pending]
     if not parts:
         return pd.DataFrame(columns=["trial_id", "experiments", *CURVE_COLUMNS])
     return pd.concat(parts, ignore_index=True, sort=False)
+
+
+def curves_part(curves: Future, baselines: list[dict], ident: dict, meta: dict) -> pd.DataFrame:
+    return pd.DataFrame([{**ident, **curve, **meta} for curve in curves.result() + baselines])
+
+
+def evaluation_threads(device: torch.device) -> int:
+    """Models evaluated side by side: one per core on the CPU, each running torch on one thread (the ops of
+    these small models are too short to share between threads: two intra-op threads were 2-6x slower than
+    one on a busy 2-core machine, while torch releases the GIL inside every op); on a GPU one feeds it."""
+    return len(os.sched_getaffinity(0)) if device.type == "cpu" else 1
+
+
+@contextlib.contextmanager
+def one_torch_thread(enabled: bool):
+    threads = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def prepare(trial: Trial, device) -> tuple[PromptSetting, torch.nn.Module, int] | None:

@@ -76,7 +76,7 @@ def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
              "**How to read it.** Variants are ranked by their final error at the last position, measured on "
              f"{source}: squared error / d, so that predicting 0 scores {PREDICT_ZERO:g}; mean over seeds with the "
              f"bootstrap 5-95% band over seeds. A variant at >= {DID_NOT_LEARN:g} on every seed **did not learn**: "
-             f"it is marked, not ranked. {RULE}", ""]
+             "it is marked, not ranked.", "", f"**The verdict's rule.** {RULE}", ""]
     references = reference_rows(evaluation)
     for hypothesis in hypotheses(summary):
         own = of_hypothesis(errors, hypothesis)
@@ -132,7 +132,8 @@ def ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
 
 
 def cost_table(frame: pd.DataFrame) -> list[str]:
-    rows = [[f"`{row['variant']}`", number(row["parameters"]), number(row["step_flops"] / 1e9),
+    rows = [[f"`{row['variant']}`", "–" if pd.isna(row["parameters"]) else f"{int(row['parameters']):,}",
+             number(row["step_flops"] / 1e9),
              number(row["training_flops"] / 1e12), number(row["wall_time_s"]), row["status"]]
             for _, row in frame.iterrows()]
     header = ["variant", "parameters", "GFLOP per step (final curriculum)", "training TFLOP",

@@ -4,10 +4,12 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
-from analysis import aggregate_seeds, load_summary, run_all
+from analysis import aggregate_seeds, evaluation, load_summary, run_all
 from analysis.__main__ import main
 from analysis.evaluation import aggregate_evaluation
+from analysis.experiment import read_trials
 from analysis.variants import format_setting, of_hypothesis, variants_of
 from tests.test_analysis_helpers import write_experiment
 
@@ -134,3 +136,16 @@ def test_cli_runs_as_a_module(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: {tmp_path / 'missing'}: no such experiment directory"
+
+
+def test_evaluation_in_threads_matches_one_model_at_a_time(analysed, monkeypatch):
+    root, _ = analysed
+    trials = read_trials(root)
+    threads = torch.get_num_threads()
+    together = evaluation.evaluate_trials(trials, n_prompts=32, max_loops=5)
+    assert torch.get_num_threads() == threads  # the one-thread setting is the evaluation's alone
+    monkeypatch.setattr(evaluation, "evaluation_threads", lambda device: 1)
+    alone = evaluation.evaluate_trials(trials, n_prompts=32, max_loops=5)
+    # more trials than the queue holds (2 per thread), in the trials' order, with the same numbers
+    assert len(trials) > 2 * 2 and list(together["trial_id"].unique()) == [t.trial_id for t in trials]
+    pd.testing.assert_frame_equal(together, alone)

@@ -62,7 +62,7 @@ def test_report_gives_the_verdict_the_ranking_and_the_reference_rows(tmp_path):
 def test_report_cost_table(tmp_path):
     report = render(summary_frame(), tmp_path=tmp_path)
     cost = table_rows(report, "variant | parameters")
-    assert cost[0] == ["`n_last_tokens=all`", "1000", "2", "3", "10.5", "2 finished"]
+    assert cost[0] == ["`n_last_tokens=all`", "1,000", "2", "3", "10.5", "2 finished"]
     assert len(cost) == 3
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.evaluation import EVALUATION_FILE, N_PROMPTS, evaluate_trials
-from analysis.experiment import read_trials
+from analysis.experiment import read_space_record, read_trials
 from analysis.frames import frames_of
 from analysis.plots import PLOTS_DIR, write_plots
 from analysis.report import REPORT_FILE, write_report
+from analysis.verdict import hypotheses_of
 
 FORMATS = ("parquet", "csv")
 
@@ -52,5 +53,6 @@ def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = 
                "summary": write_frame(summary, out_dir / f"summary.{fmt}"),
                "evaluation": write_frame(evaluation, out_dir / EVALUATION_FILE),
                "plots": write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation)}
-    written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation)
+    written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation,
+                                     hypotheses_of(read_space_record(experiment_dir)))
     return written

@@ -112,19 +112,22 @@ def verdict_lines(verdict, hypothesis: Hypothesis | None) -> list[str]:
             f"`{describe_reference(hypothesis)}`; prediction: every other variant is {hypothesis.expect}.", ""]
 
 
-def difference(comparison) -> str:
-    return (f"{comparison.difference:+.3f} [{comparison.lo:+.3f}, {comparison.hi:+.3f}]: {comparison.outcome}"
-            if comparison is not None else "–")
+def difference(variant: str, verdict) -> str:
+    """The variant's comparison with its reference, as the verdict made it."""
+    comparisons = verdict.comparisons if verdict is not None else ()
+    for c in comparisons:
+        if c.variant == variant:
+            return f"{c.difference:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}]: {c.outcome}"
+    return "reference" if any(c.reference == variant for c in comparisons) else "–"
 
 
 def ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
-    compared = {c.variant: c for c in verdict.comparisons} if verdict is not None else {}
     rows = []
     for _, row in frame.iterrows():
         rank = row["rank"] if not pd.isna(row["rank"]) else ("did not learn" if not row["learned"] else "–")
         seeds = ", ".join(number(v) for v in row["seed_values"]) or "–"
         rows.append([rank, f"`{row['variant']}`", row["n_seeds"], number(row["mean"]), number(row["lo"]),
-                     number(row["hi"]), seeds, difference(compared.get(row["variant"]))])
+                     number(row["hi"]), seeds, difference(row["variant"], verdict)])
     rows += [["reference", name, "–", number(value), "–", "–", "–", "–"] for name, value in references]
     header = ["rank", "variant", "seeds", "error at the last position", "5%", "95%", "per seed",
               "difference to its reference [5%, 95%]"]

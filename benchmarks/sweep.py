@@ -1,8 +1,8 @@
 """`python -m benchmarks.sweep`: how much of a sweep's wall time is scheduling rather than training.
 
-Runs a space's quick study through the real runner (`python -m tune_looped.run --quick --no-report`) once
-per CPU packing (`--packings 1,2`: 1 CPU and 1 torch thread per trial, so 2 trials at once on 2 cores;
-or 2 CPUs and 2 threads each, one trial at a time), and compares its wall time with the ideal: the sum of
+Runs a space's quick study through the real runner (`python -m tune_looped.run --quick`, with `--no-report`
+unless `--report` asks for the analysis too) once per CPU packing (`--packings 1,2`: 1 CPU and 1 torch thread
+per trial, so 2 trials at once on 2 cores; or 2 CPUs and 2 threads each, one trial at a time), and compares its wall time with the ideal: the sum of
 the trials' training times (the training loop's own `elapsed_s`) divided by the parallel slots. Ray's
 start-up (`ray.init(address="local")` as the runner calls it, then `ray.shutdown()`) is timed alone, in
 a fresh process. `--experiment DIR` reads the timing of a sweep already on disk instead.
@@ -91,9 +91,11 @@ def timing_row(label: str, experiment: Path, slots: int, wall: float | None, sta
     return row
 
 
-def run_sweep(space_file: Path, cpus: int, gpus: float, storage: Path, name: str) -> tuple[float, float]:
-    argv = [sys.executable, "-m", "tune_looped.run", "--space", str(space_file), "--quick", "--no-report",
-            "--storage", str(storage), "--name", name, "--cpus-per-trial", str(cpus)]
+def run_sweep(space_file: Path, cpus: int, gpus: float, storage: Path, name: str,
+              report: bool) -> tuple[float, float]:
+    argv = [sys.executable, "-m", "tune_looped.run", "--space", str(space_file), "--quick",
+            *([] if report else ["--no-report"]), "--storage", str(storage), "--name", name,
+            "--cpus-per-trial", str(cpus)]
     argv += ["--gpus-per-trial", str(gpus)] if gpus else []
     started, clock = time.time(), time.perf_counter()
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
@@ -113,6 +115,8 @@ def parse_args(argv):
                    "(default %(default)s)")
     p.add_argument("--experiment", type=Path, help="only read the timing of this sweep folder (no run)")
     p.add_argument("--slots", type=int, help="with --experiment: how many trials ran at once")
+    p.add_argument("--report", action="store_true", help="end each sweep with its analysis, as the README's "
+                   "first command does; 'after last trial s' is then the analysis' time")
     p.add_argument("--keep", action="store_true", help="keep the sweeps' results (printed) instead of deleting")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables (for RESULTS.md)")
     args, rest = p.parse_known_args(argv)
@@ -146,12 +150,12 @@ def main(argv=None) -> int:
             slots = max(1, min((os.cpu_count() or 1) // cpus, gpu_slots, space.max_concurrent or math.inf,
                                len(space.trials)))
             before = load_average()
-            started, wall = run_sweep(space_file, cpus, gpus, work / "results", f"cpu{cpus}")
+            started, wall = run_sweep(space_file, cpus, gpus, work / "results", f"cpu{cpus}", args.report)
             label = f"{slots} x {cpus} thread(s)" + (f", {gpus} GPU" if gpus else "")
             row = timing_row(label, work / "results" / f"cpu{cpus}", slots, wall, started)
             rows.append({**row, "load before/after": f"{before} / {load_average()}"})
         print(f"space {space.path.name} --quick, {len(space.trials)} trials"
-              + (f", {args.steps} steps" if args.steps else "")
+              + (f", {args.steps} steps" if args.steps else "") + (", with the analysis" if args.report else "")
               + ("; " + " ".join(f"--{k} {v}" for k, v in overrides.items()) if overrides else ""))
         print_table(list(rows[0]), [list(r.values()) for r in rows], markdown=args.markdown)
     finally:

@@ -5,11 +5,12 @@ import sys
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from analysis import aggregate_seeds, evaluation, load_summary, run_all
 from analysis.__main__ import main
 from analysis.evaluation import aggregate_evaluation
-from analysis.experiment import read_trials
+from analysis.experiment import SPACE_RECORD, read_trials
 from analysis.variants import format_setting, of_hypothesis, variants_of
 from tests.test_analysis_helpers import write_experiment
 
@@ -149,3 +150,19 @@ def test_evaluation_in_threads_matches_one_model_at_a_time(analysed, monkeypatch
     # more trials than the queue holds (2 per thread), in the trials' order, with the same numbers
     assert len(trials) > 2 * 2 and list(together["trial_id"].unique()) == [t.trial_id for t in trials]
     pd.testing.assert_frame_equal(together, alone)
+
+
+@pytest.mark.parametrize("entry", ["run_all", "report"])
+def test_the_space_record_brings_the_verdicts(tmp_path, entry):
+    root = write_experiment(tmp_path / "experiment")
+    record = {"experiments": [{"name": "looped_n_layers", "description": "", "reference": {"model.n_layer": 1},
+                               "expect": "better"}]}
+    (root / SPACE_RECORD).write_text(yaml.safe_dump(record))
+    if entry == "run_all":
+        run_all(root, n_prompts=32, max_loops=5)
+    else:
+        assert main(["report", str(root)]) == 0
+    sections = dict(re.findall(r"^## (\w+)\n\n[^\n]*\n\n(\*\*Verdict: \w+\.\*\*)", (root / "REPORT.md").read_text(),
+                               flags=re.M))
+    # the untrained models of the synthetic experiment sit at predict-0: the reference did not learn
+    assert sections == {"information_flow": "**Verdict: none.**", "looped_n_layers": "**Verdict: inconclusive.**"}

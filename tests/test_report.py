@@ -52,7 +52,7 @@ def test_report_gives_the_verdict_the_ranking_and_the_reference_rows(tmp_path):
                                      ["did not learn", "`n_last_tokens=23`", "2"],
                                      ["reference", "least squares", "–"], ["reference", "predict 0", "–"]]
     assert [float(r[3]) for r in rows[:3]] == pytest.approx([0.11, 0.725, 0.96])
-    assert rows[0][6] == "0.1, 0.12" and rows[0][7] == "–"
+    assert rows[0][6] == "0.1, 0.12" and rows[0][7] == "reference"
     # the mask's difference to all tokens: +0.615, band from the extreme seeds (0.70 - 0.12, 0.75 - 0.10)
     assert rows[1][7] == "+0.615 [+0.580, +0.650]: worse"
     assert rows[3][3] == "–" and rows[4][3] == "1"

@@ -16,18 +16,20 @@ LAST_POSITION_CURVES = ("model@b", "model")  # a looped model after its b traini
 
 
 def final_errors(summary: pd.DataFrame, evaluation: pd.DataFrame | None) -> tuple[pd.DataFrame, str]:
-    """The summary with an `error` column, each trial's final error at the last position, and a line that
-    says where it comes from: the evaluation's fresh prompts when there is one, else the training's own
-    held-out prompts (`eval/loss_last`)."""
+    """The summary with an `error` column, each finished trial's final error at the last position, and a line
+    that says where it comes from: the evaluation's fresh prompts when there is one, else the training's own
+    held-out prompts (`eval/loss_last`). A trial that diverged, failed or is still running has no final
+    model, so no error: its last checkpoint would rank a model that training did not end with."""
     models = evaluation[evaluation["kind"] == "model"] if evaluation is not None else pd.DataFrame()
+    finished = summary["status"] == "finished"
     if models.empty:
-        return (summary.assign(error=summary["final_eval_loss_last"]),
+        return (summary.assign(error=summary["final_eval_loss_last"].where(finished)),
                 "the training's held-out prompts at the final curriculum size (`eval/loss_last`)")
     at_k = models[(models["axis"] == "k") & models["name"].isin(LAST_POSITION_CURVES)]
     last = at_k[at_k["x"] == at_k.groupby("trial_id")["x"].transform("max")]
     errors = last.set_index("trial_id")["mean"]
     k, n_prompts = int(last["x"].max()), int(models["n_prompts"].iloc[0])
-    return (summary.assign(error=summary["trial_id"].map(errors)),
+    return (summary.assign(error=summary["trial_id"].map(errors).where(finished)),
             f"the evaluation's {n_prompts} fresh prompts at k = {k}, after the training loop count b")
 
 
@@ -54,9 +56,19 @@ def variant_frame(errors: pd.DataFrame, variants: Variants) -> pd.DataFrame:
             **{column: trials[column].dropna().iloc[0] if trials[column].notna().any() else math.nan
                for column in COST_COLUMNS},
             "wall_time_s": trials["wall_time_s"].mean(),
-            "status": ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items()),
+            "status": status_line(trials),
         })
     return pd.DataFrame(rows)
+
+
+def status_line(trials: pd.DataFrame) -> str:
+    """`2 finished, 1 diverged at step 21`: how the variant's trials ended, and where the unfinished ones stopped."""
+    parts = []
+    for status, group in trials.groupby("status", sort=False):
+        steps = ", ".join(str(int(s)) for s in sorted(group["last_step"].dropna()))
+        where = f" at step{'s' * (len(group) > 1)} {steps}" if status != "finished" and steps else ""
+        parts.append(f"{len(group)} {status}{where}")
+    return ", ".join(parts)
 
 
 def ranked(frame: pd.DataFrame) -> pd.DataFrame:

@@ -75,8 +75,9 @@ def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
     lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}; {seed_range(summary)} per configuration.", "",
              "**How to read it.** Variants are ranked by their final error at the last position, measured on "
              f"{source}: squared error / d, so that predicting 0 scores {PREDICT_ZERO:g}; mean over seeds with the "
-             f"bootstrap 5-95% band over seeds. A variant at >= {DID_NOT_LEARN:g} on every seed **did not learn**: "
-             "it is marked, not ranked.", "", f"**The verdict's rule.** {RULE}", ""]
+             f"bootstrap 5-95% band over seeds. Only finished trials count: the cost table's status says where the "
+             f"others stopped. A variant at >= {DID_NOT_LEARN:g} on every seed **did not learn**: it is marked, not "
+             "ranked.", "", f"**The verdict's rule.** {RULE}", ""]
     references = reference_rows(evaluation)
     for hypothesis in hypotheses(summary):
         own = of_hypothesis(errors, hypothesis)
@@ -124,7 +125,7 @@ def difference(variant: str, verdict) -> str:
 def ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
     rows = []
     for _, row in frame.iterrows():
-        rank = row["rank"] if not pd.isna(row["rank"]) else ("did not learn" if not row["learned"] else "–")
+        rank = row["rank"] if not pd.isna(row["rank"]) else "did not learn" if row["n_seeds"] else "–"
         seeds = ", ".join(number(v) for v in row["seed_values"]) or "–"
         rows.append([rank, f"`{row['variant']}`", row["n_seeds"], number(row["mean"]), number(row["lo"]),
                      number(row["hi"]), seeds, difference(row["variant"], verdict)])

@@ -214,7 +214,9 @@ def test_diverging_trial_is_stopped_and_reported(tmp_path):
     assert summary.loc[10.0, "status"] == "diverged" and summary.loc[10.0, "last_step"] == step
     assert summary.loc[1e-3, "status"] == "finished"
     report = (experiment / "REPORT.md").read_text()
-    assert "1 diverged" in report and re.search(rf"\| {step} \|.*\| 1 diverged \|", report)
+    # the diverged trial is not ranked on the checkpoint it left; its status says where it stopped
+    assert re.search(r"\| – \| `learning_rate=10` \| 0 \|", report)
+    assert re.search(rf"\| `learning_rate=10` \|.*\| 1 diverged at step {step} \|", report)
     state = load_checkpoint(sorted(by_lr[1e-3].glob("checkpoint_*"))[-1])
     assert state["config"]["model"]["pretrained_path"] == str(tmp_path / "ref.pt")
     print(f"\ndivergence: learning rate 10 stopped at step {step} of 30; exit 0")

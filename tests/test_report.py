@@ -93,3 +93,25 @@ def test_report_without_a_declared_reference_says_so(tmp_path):
     assert "**Verdict: none.** The search space declares no `reference` and `expect`" in report
     # the ranking stands without a verdict
     assert [r[0] for r in table_rows(report, "rank")][:3] == ["1", "2", "did not learn"]
+
+
+def test_only_finished_trials_are_ranked(tmp_path):
+    summary = summary_frame()
+    # seed 1 of the 8-token mask diverged at step 41; seed 0 of the all-tokens variant is still running
+    summary.loc[summary["trial_id"] == "n8s1", ["status", "last_step"]] = ["diverged", 41]
+    summary.loc[summary["trial_id"] == "n-1s0", ["status", "last_step"]] = ["incomplete", 60]
+    report = render(summary, declared={"information_flow": MASKS}, tmp_path=tmp_path)
+    rows = {r[1]: r for r in table_rows(report, "rank")}
+    assert rows["`n_last_tokens=8`"][2:4] == ["1", "0.7"] and rows["`n_last_tokens=all`"][2:4] == ["1", "0.12"]
+    # one seed a side is not enough for a difference
+    assert rows["`n_last_tokens=8`"][7].endswith(": no clear difference")
+    cost = {r[0]: r[-1] for r in table_rows(report, "variant | parameters")}
+    assert cost["`n_last_tokens=8`"] == "1 finished, 1 diverged at step 41"
+    assert cost["`n_last_tokens=all`"] == "1 incomplete at step 60, 1 finished"
+
+
+def test_a_variant_with_no_finished_trial_is_not_ranked(tmp_path):
+    summary = summary_frame()
+    summary.loc[summary["model.n_last_tokens"] == 23, ["status", "last_step"]] = ["diverged", 7]
+    rows = {r[1]: r for r in table_rows(render(summary, tmp_path=tmp_path), "rank")}
+    assert rows["`n_last_tokens=23`"][:4] == ["–", "`n_last_tokens=23`", "0", "–"]

@@ -106,7 +106,7 @@ def test_did_not_learn_needs_every_seed_at_the_plateau(errors, expected):
 
 def test_ranking_leaves_out_what_did_not_learn():
     frame = errors_frame("model.n_layer", {1: [0.30, 0.34], 2: [0.92, 0.97], 3: [0.10, 0.12]})
-    frame = frame.assign(status="finished", wall_time_s=10.0, parameters=1000, step_flops=1e9,
+    frame = frame.assign(status="finished", last_step=99, wall_time_s=10.0, parameters=1000, step_flops=1e9,
                          training_flops=1e12)
     table = ranked(variant_frame(frame, variants_of(frame, "h")))
     assert list(table["variant"]) == ["L=3", "L=1", "L=2"]

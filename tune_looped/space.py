@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from analysis.verdict import EXPECTATIONS
 from trainers.config import (
     Config, ConfigError, apply_overrides, coerce_value, config_from_dict, config_to_dict, key_type, read_yaml, strip_secrets,
 )
@@ -44,7 +45,6 @@ SCHEDULERS = {"fifo": (), "asha": ("max_t", "grace_period", "reduction_factor", 
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "choice": 1}
 WANDB_SPACE_KEYS = ("enabled", "project", "entity", "group", "mode")
 EXPERIMENT_KEYS = ("name", "grid", "description", "reference", "expect")
-EXPECTATIONS = ("worse", "better")
 
 
 class SpaceError(ValueError):

@@ -4,10 +4,11 @@ import torch
 
 from analysis import AnalysisWarning, evaluate_experiment
 from analysis.baselines import Lasso
-from analysis.evaluation import EVALUATION_FILE, PromptSetting, aggregate_evaluation
+from analysis.evaluation import CURVE_COLUMNS, EVALUATION_FILE, PromptSetting, aggregate_evaluation
 from tests.test_analysis_helpers import (TRIALS, checkpoint_state, config_dict, metric_row, ray_row,
                                          write_experiment, write_trial)
 from trainers.models import build_model
+from trainers.tasks import sample_batch
 
 N_PROMPTS, MAX_LOOPS = 64, 6
 
@@ -35,6 +36,9 @@ def test_every_looped_trial_has_its_curves(evaluated):
     assert ((frame["lo"] <= frame["mean"] + 1e-12) & (frame["mean"] <= frame["hi"] + 1e-12)).all()
     assert {"model.n_last_tokens", "model.n_layer", "training.seed", "experiments"} <= set(frame.columns)
     assert (frame["train_loops"] == 3).all() and (frame["max_loops"] == MAX_LOOPS).all()
+    # the prompt setting every row was scored on: config_dict's n_dims_truncated=3 and n_points=7
+    assert (frame["task_name"] == "linear_regression").all() and (frame["n_dims_truncated"] == 3).all()
+    assert (frame["n_points"] == 7).all() and (frame["n_prompts"] == N_PROMPTS).all()
 
 
 def test_model_error_matches_a_direct_computation(evaluated):
@@ -73,6 +77,7 @@ def test_seeds_average_and_a_lone_seed_keeps_its_band(evaluated):
     own = curve(frame, "t5", "model@b", "k").loc[6]
     assert lone["n_seeds"] == 1 and (lone["lo"], lone["hi"]) == pytest.approx((own["lo"], own["hi"]))
     assert len(mean[(mean["kind"] == "baseline") & (mean["name"] == "3nn")]) == 7
+    assert (mean.loc[mean["kind"] == "baseline", "n_seeds"] == 1).all()
 
 
 def test_plain_transformer_and_sparse_task(tmp_path):
@@ -96,6 +101,36 @@ def test_trials_without_a_checkpoint_are_skipped_with_a_warning(tmp_path):
     with pytest.warns(AnalysisWarning, match="trial young: no checkpoint yet"):
         frame = evaluate_experiment(tmp_path, n_prompts=8)
     assert frame.empty and (tmp_path / EVALUATION_FILE).exists()
+    assert list(frame.columns) == ["trial_id", "experiments", *CURVE_COLUMNS]
+
+
+def test_a_trial_without_a_checkpoint_does_not_stop_the_others(tmp_path):
+    write_trial(tmp_path, "a_young", params={"variant": {"experiments": ["x"]}},
+                rows=[ray_row(metric_row(0, 1.0), "young", 0)])
+    write_trial(tmp_path, "b_done", params={"variant": {"experiments": ["x"]}},
+                rows=[ray_row(metric_row(0, 1.0), "done", 0)], checkpoint=checkpoint_state(config_dict(), step=1))
+    with pytest.warns(AnalysisWarning, match="trial young"):
+        frame = evaluate_experiment(tmp_path, n_prompts=8, max_loops=4)
+    assert set(frame["trial_id"]) == {"done"}
+
+
+def test_looped_models_run_to_ten_times_their_training_loops_by_default(tmp_path):
+    write_trial(tmp_path, "t", params={"variant": {"experiments": ["x"]}}, rows=[ray_row(metric_row(0, 1.0), "t", 0)],
+                checkpoint=checkpoint_state(config_dict(n_loops=2), step=1))
+    frame = evaluate_experiment(tmp_path, n_prompts=8)
+    assert curve(frame, "t", "model", "loop").index.tolist() == list(range(1, 21))
+    assert (frame["train_loops"] == 2).all() and (frame["max_loops"] == 20).all()
+
+
+@pytest.mark.parametrize("task_name, sparsity", [("sparse_linear_regression", 2), ("linear_regression", 3)])
+def test_prompts_are_the_task_sampler_at_the_final_curriculum(task_name, sparsity):
+    config = config_dict(task_name=task_name, n_dims=5, n_dims_truncated=4, n_points=6)
+    config["training"]["sparsity"] = sparsity
+    xs, ys = PromptSetting.final(config).sample(16, seed=9)
+    want_xs, want_ys = sample_batch(task_name, batch_size=16, n_points=6, n_dims=5, n_dims_truncated=4,
+                                    generator=torch.Generator().manual_seed(9), sparsity=sparsity)
+    torch.testing.assert_close((xs, ys), (want_xs, want_ys), atol=0, rtol=0)
+    assert PromptSetting.final(config).normaliser == (2.0 if task_name.startswith("sparse") else 4.0)
 
 
 def test_a_checkpoint_that_builds_no_model_is_skipped_with_a_warning(tmp_path):

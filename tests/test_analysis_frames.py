@@ -158,3 +158,38 @@ def test_an_unloadable_checkpoint_gives_way_to_the_rows(tmp_path, content):
     (folder / "checkpoint_000002" / "checkpoint.pt").write_bytes(content)
     with pytest.warns(AnalysisWarning, match="checkpoint not loadable"):
         assert len(load_curves(tmp_path)) == 1
+
+
+def test_a_trial_one_step_short_of_its_end_is_incomplete(tmp_path):
+    rows = [metric_row(s, 1.0, eval_loss=1.0) for s in [*range(0, 90, 10), 89]]
+    write_trial(tmp_path, "t", params=_params(), rows=[ray_row(r, "short", i) for i, r in enumerate(rows)],
+                checkpoint=checkpoint_state(config_dict(train_steps=91), step=90, metrics=rows))
+    summary = load_summary(tmp_path).iloc[0]
+    assert summary["status"] == "incomplete" and summary["last_step"] == 89 and summary["train_steps"] == 91
+
+
+def test_wall_time_falls_back_to_the_trainer_clock_without_ray_rows(tmp_path):
+    """Rows only a checkpoint kept have no Ray `time_total_s`; the trainer's `elapsed_s` stands in."""
+    rows = [metric_row(s, 1.0, eval_loss=0.5) for s in (0, 10, 20)]
+    write_trial(tmp_path, "t", params=_params(), checkpoint=checkpoint_state(config_dict(train_steps=21), step=21,
+                                                                             metrics=rows))
+    summary = load_summary(tmp_path).iloc[0]
+    assert summary["wall_time_s"] == pytest.approx(2.0) and summary["final_eval_loss"] == pytest.approx(0.5)
+
+
+def test_seed_mean_carries_the_union_of_the_experiments():
+    frame = pd.DataFrame({"experiments": ["a;b", "b;c"], "model.n_layer": 1, "training.seed": [0, 1], "step": 0,
+                          "eval/loss": [1.0, 3.0]})
+    row = aggregate_seeds(frame).iloc[0]
+    assert row["experiments"] == "a;b;c" and row["mean"] == pytest.approx(2.0) and row["n_seeds"] == 2
+
+
+def test_a_trial_that_has_not_reported_yet_is_summarised_as_incomplete(tmp_path):
+    """A running sweep: one trial has rows, another has only its folder so far."""
+    write_trial(tmp_path, "a", params=_params(-1), rows=[ray_row(metric_row(0, 1.0, eval_loss=0.7), "ran", 0)])
+    write_trial(tmp_path, "b", params=_params(2))
+    summary = load_summary(tmp_path).set_index("trial_id")
+    assert summary.loc["ran", "final_eval_loss"] == pytest.approx(0.7)
+    pending = summary.loc[summary.index != "ran"].iloc[0]
+    assert pending["status"] == "incomplete" and math.isnan(pending["last_step"])
+    assert math.isnan(pending["final_eval_loss"]) and math.isnan(pending["best_eval_loss"])

@@ -218,7 +218,10 @@ def test_init_follows_gpt2():
     proj_std = 0.02 / math.sqrt(2 * 4)
     for name in ("attn.c_proj", "mlp.c_proj"):
         assert sd[f"_backbone.transformer.h.1.{name}.weight"].std().item() == pytest.approx(proj_std, rel=0.1)
+        # zero-mean: 4096 or more draws of std 0.007 average within 1e-3 of 0 (9 standard errors)
+        assert abs(sd[f"_backbone.transformer.h.1.{name}.weight"].mean().item()) < 1e-3
         assert torch.all(sd[f"_backbone.transformer.h.1.{name}.bias"] == 0)
+    assert abs(sd["_backbone.transformer.h.0.attn.c_attn.weight"].mean().item()) < 2e-3
     assert torch.all(sd["_backbone.transformer.ln_f.weight"] == 1)
     assert torch.all(sd["_backbone.transformer.ln_f.bias"] == 0)
 
@@ -321,6 +324,14 @@ def test_init_is_deterministic_under_manual_seed():
     for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.state_dict()["_read_in.weight"], c.state_dict()["_read_in.weight"])
+
+
+@pytest.mark.parametrize("cls", [TransformerModel, LoopedTransformerModel])
+def test_constructor_defaults_are_the_plain_additive_model(cls):
+    model = cls(**TINY)
+    assert "h" in model._backbone.transformer and "lstm" not in model._backbone.transformer
+    if cls is LoopedTransformerModel:
+        assert model.loop_func == "z=f(x+z)" and model.n_last_tokens == -1
 
 
 def test_build_model_takes_defaults_and_objects():

@@ -95,6 +95,19 @@ def test_noisy_linear_regression_residual_std_is_point_one():
     assert std == pytest.approx(0.1, rel=0.05)
 
 
+def test_noisy_linear_regression_is_the_linear_target_plus_the_next_draws():
+    """The batch the generator gives, written out: xs, w, then the noise, in that order, added to xs . w."""
+    xs, ys = batch("noisy_linear_regression", seed=11, batch_size=4, n_points=9, n_dims=6, n_dims_truncated=4)
+    generator = gen(11)
+    want_xs = torch.randn(4, 9, 6, generator=generator)
+    want_xs[..., 4:] = 0
+    w = torch.randn(4, 6, generator=generator)
+    w[:, 4:] = 0
+    noise = torch.randn(4, 9, generator=generator)
+    torch.testing.assert_close(xs, want_xs, atol=0, rtol=0)
+    torch.testing.assert_close(ys, (want_xs * w[:, None, :]).sum(-1) + 0.1 * noise, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("sparsity, n_nonzero", [(3, 3), (1, 1), (10, 10), (25, 10)])
 def test_sparse_weights_have_sparsity_nonzeros_inside_the_truncation(sparsity, n_nonzero):
     w = SparseLinearRegression.sample_params(256, 20, 10, gen(5), sparsity)
@@ -148,6 +161,11 @@ def test_decision_tree_depends_only_on_signs():
     assert not torch.equal(DecisionTree.evaluate(-xs, params, generator), ys)
 
 
+def test_decision_tree_splits_on_every_truncated_coordinate_and_no_other():
+    coords, _ = DecisionTree.sample_params(512, 20, 10, gen(12), sparsity=3)
+    assert set(coords.unique().tolist()) == set(range(10))
+
+
 def test_decision_tree_matches_a_per_prompt_walk():
     generator = gen(10)
     xs = sample_xs(4, 30, 20, 10, generator)
@@ -192,6 +210,14 @@ def test_unknown_task_lists_the_allowed_names():
 def test_truncation_out_of_range_raises(n_dims_truncated):
     with pytest.raises(ValueError, match="n_dims_truncated"):
         batch("linear_regression", n_dims_truncated=n_dims_truncated)
+
+
+def test_sparsity_one_is_allowed():
+    xs, ys = batch("sparse_linear_regression", sparsity=1, batch_size=4, n_points=30)
+    # one nonzero weight: y is a multiple of a single coordinate of x
+    ratio = ys[:, None, :] / xs[..., :10].transpose(1, 2)  # [B, 10 coordinates, 30 points]
+    constant = (ratio - ratio[..., :1]).abs().amax(dim=-1) < 1e-4
+    assert torch.all(constant.sum(dim=1) == 1)
 
 
 def test_non_positive_sparsity_raises():

@@ -1,18 +1,21 @@
 """The training loop: learning, determinism, bit-exact resume, checkpoints and the single-run CLI."""
 import json
+import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from trainers.checkpoint import latest_checkpoint, load_checkpoint
+from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.config import config_from_dict, set_dotted
 from trainers.curriculum import CurriculumState
 from trainers.models import ONEDNN, Linear, build_model
-from trainers.train import CUDA_GRAPH_WARMUP_STEPS, StepRunner, prepare_model, train
+from trainers.train import (CUDA_GRAPH_WARMUP_STEPS, StepRunner, make_optimizer, prepare_model, resolve_device,
+                            train, uses_cuda_graphs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,6 +38,7 @@ def test_rows_checkpoints_and_eval(tmp_path, tiny_raw):
     assert {"eval/loss", "eval/loss_last"} <= set(rows[0]) and "eval/loss" not in rows[1]
     assert [r["n_loops"] for r in rows] == [3, 3, 4, 4, 4] and [r["n_points"] for r in rows] == [6, 7, 8, 9, 9]
     assert last == rows[-1] and all(r["grad_norm"] > 0 for r in rows)
+    assert all(r["lr"] == 0.001 and r["n_dims"] == 5 for r in rows)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000039"]
     state = load_checkpoint(tmp_path / "checkpoints" / "step_000039")
     assert state["step"] == 40 and state["metrics"] == rows and state["config"]["model"]["n_embd"] == 32
@@ -43,6 +47,40 @@ def test_rows_checkpoints_and_eval(tmp_path, tiny_raw):
 def test_keep_every_steps_keeps_permanent_copies(tmp_path, tiny_raw):
     train(_config(tiny_raw, training__keep_every_steps=20, training__save_every_steps=10), out_dir=tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000020", "step_000039"]
+
+
+def test_every_step_is_evaluated_and_kept_when_asked(tmp_path, tiny_raw):
+    rows = []
+    train(_config(tiny_raw, training__train_steps=3, training__eval_every_steps=1, training__save_every_steps=1,
+                  training__keep_every_steps=1, wandb__log_every_steps=1), out_dir=tmp_path,
+          reporter=lambda r, c: rows.append((r, c)))
+    assert [r["step"] for r, _ in rows] == [0, 1, 2] and all("eval/loss" in r for r, _ in rows)
+    # step 0 is evaluated but not saved: a checkpoint of the untrained model is worth nothing
+    assert [c is not None for _, c in rows] == [False, True, True]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
+
+
+@pytest.mark.parametrize("device, cuda, n_gpu, available, expected", [
+    ("auto", True, 1, True, "cuda"),
+    ("auto", True, 2, True, "cuda"),
+    ("auto", False, 1, True, "cpu"),
+    ("auto", True, 0, True, "cpu"),
+    ("auto", True, 1, False, "cpu"),
+    ("cpu", True, 1, True, "cpu"),
+])
+def test_auto_device_follows_the_gpu_section(monkeypatch, tiny_raw, device, cuda, n_gpu, available, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    config = _config(tiny_raw, training__device=device, gpu__cuda=cuda, gpu__n_gpu=n_gpu)
+    assert resolve_device(config) == torch.device(expected)
+    assert resolve_device(config, "cpu") == torch.device("cpu")  # the caller (Ray's placement) decides
+
+
+def test_optimizer_takes_the_learning_rate_and_weight_decay(tiny_raw):
+    config = _config(tiny_raw, training__learning_rate=0.003, training__weight_decay=0.1)
+    model = build_model(config.model)
+    (group,) = make_optimizer(model, config, torch.device("cpu")).param_groups
+    assert (group["lr"], group["weight_decay"], group["capturable"]) == (0.003, 0.1, False)
+    assert sum(p.numel() for p in group["params"]) == sum(p.numel() for p in model.parameters())
 
 
 def test_same_seed_same_parameters_other_seed_differs(tmp_path, tiny_raw):
@@ -78,6 +116,8 @@ def test_resume_is_bit_identical(tmp_path, tiny_raw, overrides):
     train(full, out_dir=tmp_path / "split", resume_from=first, reporter=lambda r, c: rows_resumed.append(r))
     a, b = _params(tmp_path / "full"), _params(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the resumed run replaced the checkpoint it started from, as an uninterrupted run would have
+    assert [p.name for p in (tmp_path / "split" / "checkpoints").iterdir()] == ["step_000039"]
     strip = ("elapsed_s", "steps_per_s", "prompts_per_s")
     assert [{k: v for k, v in r.items() if k not in strip} for r in rows_full[-2:]] == \
            [{k: v for k, v in r.items() if k not in strip} for r in rows_resumed]
@@ -93,6 +133,31 @@ def test_divergence_stops_and_reports(tmp_path, tiny_raw):
     row = train(_config(tiny_raw, training__learning_rate=1e6, training__train_steps=200), out_dir=tmp_path,
                 reporter=lambda r, c: rows.append((r, c)))
     assert row["diverged"] is True and row["step"] < 199 and rows[-1] == (row, None)
+    # on the CPU every step is checked: the run stopped at the first non-finite loss, so the same run cut one
+    # step earlier ends finite
+    before = train(_config(tiny_raw, training__learning_rate=1e6, training__train_steps=row["step"]),
+                   out_dir=tmp_path / "before")
+    assert "diverged" not in before and math.isfinite(before["overall_loss"]) and before["step"] == row["step"] - 1
+
+
+def test_a_checkpoint_step_off_the_logging_cadence_is_reported(tmp_path, tiny_raw):
+    rows = []
+    train(_config(tiny_raw, training__train_steps=18, training__save_every_steps=15, training__eval_every_steps=20),
+          out_dir=tmp_path, reporter=lambda r, c: rows.append((r["step"], c is not None)))
+    assert rows == [(0, False), (10, False), (15, True), (17, True)]
+
+
+def test_resumed_clock_continues_from_the_checkpoint(tmp_path, tiny_raw):
+    """elapsed_s after a resume adds to the checkpoint's last row (here set to 1000 s), not to another row's."""
+    train(_config(tiny_raw, training__train_steps=21, training__save_every_steps=20), out_dir=tmp_path)
+    checkpoint = tmp_path / "checkpoints" / "step_000020"
+    state = load_checkpoint(checkpoint)
+    state["metrics"] = [{**row, "elapsed_s": 1.0} for row in state["metrics"][:-1]] + \
+                       [{**state["metrics"][-1], "elapsed_s": 1000.0}]
+    save_checkpoint(checkpoint, state)
+    rows = []
+    train(_config(tiny_raw), out_dir=tmp_path, resume_from=checkpoint, reporter=lambda r, c: rows.append(r))
+    assert [r["step"] for r in rows] == [30, 39] and all(r["elapsed_s"] > 1000.0 for r in rows)
 
 
 def _cli(*args, cwd):
@@ -166,40 +231,61 @@ def test_onednn_linear_option_reaches_every_block_layer(tiny_raw, enabled):
 def test_cuda_graphs_off_cuda_warn_and_run_eagerly(tmp_path, tiny_raw):
     with pytest.warns(UserWarning, match="training.cuda_graphs: the run is on cpu"):
         train(_config(tiny_raw, training__cuda_graphs=True, training__train_steps=10), out_dir=tmp_path / "a")
-    train(_config(tiny_raw, training__train_steps=10), out_dir=tmp_path / "b")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(_config(tiny_raw, training__train_steps=10), out_dir=tmp_path / "b")
+    assert not [w for w in caught if "cuda_graphs" in str(w.message)], "warned without training.cuda_graphs"
     a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 class RecordingRunner(StepRunner):
-    """StepRunner's CUDA-graph bookkeeping with the CUDA calls replaced by a log."""
+    """StepRunner's CUDA-graph bookkeeping with the CUDA calls replaced by a log of what each one was given."""
 
     def __init__(self, config):
         super().__init__(None, None, config, torch.device("cpu"))
         self.graphed, self.log = True, []
 
     def _side_stream_step(self, xs, ys, state):
-        self.log.append(("eager", state.n_points))
+        self.log.append(("eager", state.n_points, xs, ys))
         return xs, ys
 
     def _capture(self, xs, ys, state):
-        self.log.append(("capture", state.n_points))
+        self.log.append(("capture", state.n_points, xs, ys))
         self.graph = object()
 
     def _replay(self, xs, ys):
-        self.log.append(("replay",))
+        self.log.append(("replay", xs, ys))
         return xs, ys
+
+
+@pytest.mark.parametrize("enabled, device, expected", [(True, "cuda", True), (True, "cuda:1", True),
+                                                       (True, "cpu", False), (False, "cuda", False)])
+def test_cuda_graphs_only_on_cuda_and_when_asked(tiny_raw, enabled, device, expected):
+    assert uses_cuda_graphs(_config(tiny_raw, training__cuda_graphs=enabled), torch.device(device)) is expected
 
 
 def test_cuda_graph_captured_once_per_curriculum_state_after_warm_up(tiny_raw):
     runner = RecordingRunner(_config(tiny_raw))
     small, large = CurriculumState(5, 6, 3), CurriculumState(5, 7, 3)
-    for state in [small] * 5 + [large] * 4:
-        runner(None, None, state)
+    states = [small] * 5 + [large] * 4
+    # each step's batch must reach the eager step, the capture and the replay it runs
+    returned = [runner(f"xs{step}", f"ys{step}", state) for step, state in enumerate(states)]
+    assert returned == [(f"xs{step}", f"ys{step}") for step in range(len(states))]
     warm = CUDA_GRAPH_WARMUP_STEPS
     assert warm >= 1
-    assert runner.log == ([("eager", 6)] * warm + [("capture", 6)] + [("replay",)] * (5 - warm)
-                          + [("eager", 7)] * warm + [("capture", 7)] + [("replay",)] * (4 - warm))
+    expected, step = [], 0
+    for n_points, count in ((6, 5), (7, 4)):
+        for i in range(count):
+            batch = (f"xs{step}", f"ys{step}")
+            if i < warm:
+                expected.append(("eager", n_points, *batch))
+            else:
+                if i == warm:
+                    expected.append(("capture", n_points, *batch))
+                expected.append(("replay", *batch))
+            step += 1
+    assert runner.log == expected
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

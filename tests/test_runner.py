@@ -1,6 +1,6 @@
 """End-to-end sweeps on a real embedded Ray: dedup, fractional GPUs, two nodes, crash + retry, and the W&B key
-never reaching a file. Trials are tiny (a few dozen steps, n_embd 16). Interrupting the driver, divergence,
-load and bad input are in test_reliability.py and test_bad_input.py."""
+reaching the trial workers but never a file. Trials are tiny (a few dozen steps, n_embd 16). Interrupting the
+driver, divergence, load and bad input are in test_reliability.py and test_bad_input.py."""
 import os
 import signal
 import warnings
@@ -24,21 +24,47 @@ HYPOTHESES = [
 ]
 
 
-def max_overlap(intervals) -> int:
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    running = best = 0
-    for _, delta in events:
-        running += delta
-        best = max(best, running)
-    return best
+class TrialEvents:
+    """A Tune callback, added to the runner's RunConfig, that records the controller's trial starts and ends in
+    the order the controller saw them: the concurrency Ray allowed, read without wall clocks."""
 
+    def __init__(self):
+        from ray import tune
 
-def run_intervals(experiment_dir: Path):
-    out = []
-    for trial in trial_dirs(experiment_dir):
-        r = rows(trial)
-        out.append((r[0]["wall_time"] - r[0]["elapsed_s"], r[-1]["wall_time"]))
-    return out
+        events = self.events = []
+
+        class Recorder(tune.Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):
+                events.append(("start", trial.trial_id))
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                events.append(("end", trial.trial_id))
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                events.append(("end", trial.trial_id))
+
+        self.callback = Recorder()
+
+    def install(self, monkeypatch):
+        """The runner's `tune.RunConfig(...)` gets the recorder among its callbacks; a subclass, because Tune
+        checks that the run config is a RunConfig."""
+        from ray import tune
+
+        recorder = self.callback
+
+        class RecordingRunConfig(tune.RunConfig):
+            def __init__(self, **kwargs):
+                callbacks = list(kwargs.pop("callbacks", None) or [])
+                super().__init__(**kwargs, callbacks=callbacks + [recorder] * (recorder not in callbacks))
+
+        monkeypatch.setattr(tune, "RunConfig", RecordingRunConfig)
+
+    def max_running(self) -> int:
+        running = best = 0
+        for kind, _ in self.events:
+            running += 1 if kind == "start" else -1
+            best = max(best, running)
+        return best
 
 
 def test_three_hypotheses_dedup_and_report(tmp_path, capsys):
@@ -63,14 +89,19 @@ def test_three_hypotheses_dedup_and_report(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("fraction,expected", [(0.25, 4), (0.5, 2)])
-def test_fractional_gpus_share_one_gpu(tmp_path, fraction, expected):
+def test_fractional_gpus_share_one_gpu(tmp_path, monkeypatch, fraction, expected):
     """A logical GPU on a CPU machine: 4 trials at 0.25 run together, at 0.5 only 2 at a time."""
     base = apply_overrides(TINY_BASE, {"training.train_steps": 400, "wandb.log_every_steps": 50})
     space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1, 2, 3]}}], base)
+    recorder = TrialEvents()
+    recorder.install(monkeypatch)
     rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "4",
                "--num-gpus", "1", "--gpus-per-trial", str(fraction), "--no-report"])
     assert rc == 0
-    assert max_overlap(run_intervals(tmp_path / "r" / "g")) == expected
+    ids = {trial_id for _, trial_id in recorder.events}
+    assert len(ids) == 4
+    assert sorted(recorder.events) == sorted([("start", i) for i in ids] + [("end", i) for i in ids])
+    assert recorder.max_running() == expected, recorder.events
 
 
 def test_two_worker_nodes_share_the_trials(tmp_path, capsys):
@@ -130,17 +161,35 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
     assert curves["eval/loss"].dropna().iloc[-1] == clean["eval/loss"]
 
 
-def test_wandb_key_never_reaches_a_file(tmp_path):
+def running_trial_environment(experiment_dir: Path, last_step: int) -> dict | None:
+    """The environment a running trial's process started with, as /proc keeps it; None until one has reported."""
+    for trial in trial_dirs(experiment_dir):
+        done = rows(trial)
+        if done and done[-1]["step"] < last_step:
+            try:
+                raw = Path(f"/proc/{done[-1]['pid']}/environ").read_bytes()
+            except OSError:
+                continue
+            return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+    return None
+
+
+def test_wandb_key_reaches_the_workers_and_never_a_file(tmp_path, monkeypatch):
+    """The key given only in the base config is in the trial worker's environment (so W&B can log online), and in
+    no file under the results, the W&B folders or Ray's session."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
     key = "fakekey" + "0123456789abcdef" * 2
-    base = {**TINY_BASE, "wandb": {**TINY_BASE["wandb"], "key": key, "project": "tiny"}}
+    base = apply_overrides(TINY_BASE, {"training.train_steps": 2000, "training.save_every_steps": 500,
+                                       "training.eval_every_steps": 500, "wandb.log_every_steps": 50})
+    base = {**base, "wandb": {**base["wandb"], "key": key, "project": "tiny"}}
     space = write_space(tmp_path / "space.yaml", [{"name": "w", "grid": {"model.n_layer": [1]}}], base)
-    try:
-        rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "w", "--num-cpus", "2",
-                   "--wandb", "--wandb-mode", "offline", "--no-report"])
-    finally:
-        os.environ.pop("WANDB_API_KEY", None)
-    assert rc == 0
-    trial = trial_dirs(tmp_path / "r" / "w")[0]
+    sweep = start_sweep(tmp_path, space, "--wandb", "--wandb-mode", "offline")
+    experiment = tmp_path / "r" / "s"
+    environment = wait_for(lambda: running_trial_environment(experiment, 1999))
+    out, err = finish(sweep, tmp_path)
+    assert sweep.returncode == 0, err
+    assert environment.get("WANDB_API_KEY") == key, "the trial's worker did not receive the key"
+    trial = trial_dirs(experiment)[0]
     assert list(trial.rglob("wandb/offline-run-*")), "W&B wrote no offline run under the trial"
     session = Path("/tmp/ray/session_latest").resolve()
     scanned = 0

@@ -3,7 +3,6 @@ inputs and expected outputs. No Ray cluster starts here; building Tune domains a
 """
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -506,14 +505,13 @@ def run_cli(*args, cwd, timeout=60):
 ], ids=["hypotheses", "hypotheses-quick", "baseline-path"])
 def test_dry_run_prints_table_and_count(tmp_path, args, count, tags):
     storage = tmp_path / "results"
-    started = time.monotonic()
     proc = run_cli(*args, "--dry-run", "--storage", str(storage), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:2] == ["#", "experiments"] and lines[-1] == f"{count} trials"
     assert len(lines) == count + 2 and any(tags in line for line in lines)
-    # nothing started or written: no storage folder, and far quicker than starting Ray
-    assert not storage.exists() and time.monotonic() - started < 30
+    # nothing started or written: no storage folder (that Ray is never imported is test_dry_run_does_not_import_ray)
+    assert not storage.exists()
 
 
 def test_dry_run_does_not_import_ray(tmp_path):

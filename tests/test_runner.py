@@ -139,13 +139,19 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
     base = apply_overrides(TINY_BASE, {"training.train_steps": 2000, "training.save_every_steps": 200,
                                        "training.eval_every_steps": 500, "wandb.log_every_steps": 100})
     space = write_space(tmp_path / "space.yaml", [{"name": "k", "grid": {"training.seed": [7]}}], base)
-    sweep = start_sweep(tmp_path, space)
+    sweep = start_sweep(tmp_path, space, "--wandb", "--wandb-mode", "offline")
     trial, pid = wait_for(lambda: checkpointed_trial(tmp_path / "r" / "s"))
     os.kill(pid, signal.SIGKILL)
     out, err = finish(sweep, tmp_path)
     assert sweep.returncode == 0, err
     assert "1 finished" in out
     assert any(r["iterations_since_restore"] < r["training_iteration"] for r in rows(trial)), "no retry happened"
+    # the retry continued the trial's one W&B run: one folder, named by the trial's id, holding the flat config
+    trial_id = rows(trial)[-1]["trial_id"]
+    runs = list(trial.glob("wandb/offline-run-*"))
+    assert [run.name.rsplit("-", 1)[1] for run in runs] == [trial_id]
+    assert b"model.n_layer" in (runs[0] / f"run-{trial_id}.wandb").read_bytes()
+    assert f"wandb sync {tmp_path / 'r' / 's'}/*/wandb/offline-run-*" in out
     logged = list(range(0, 2000, 100)) + [1999]
     state = load_checkpoint(sorted(trial.glob("checkpoint_*"))[-1])
     assert [r["step"] for r in state["metrics"]] == logged

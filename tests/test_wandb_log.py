@@ -7,7 +7,7 @@ import wandb
 import yaml
 
 from trainers.config import Config, config_from_dict, config_to_dict, set_dotted
-from trainers.wandb_log import WandbRun, key_available, resolve_mode, run_name
+from trainers.wandb_log import WandbRun, flat_config, key_available, resolve_mode, run_name
 
 BASE = {
     "model": {"family": "gpt2_loop", "n_layer": 1},
@@ -75,15 +75,24 @@ def init(monkeypatch, tmp_path):
 def test_wandb_init_gets_the_space_settings_and_the_whole_config(init, tmp_path):
     config = config_of(model__n_layer=2, wandb__project="from_config", wandb__notes="a note")
     settings = {"project": "from_space", "entity": "lab", "group": "hypotheses", "mode": "offline"}
-    run = WandbRun(config, {"model.n_layer": 2}, ("information_flow", "looped_n_layers"), settings, str(tmp_path))
-    assert {k: init.kwargs[k] for k in ("project", "entity", "group", "name", "notes", "tags", "dir", "mode")} == {
+    run = WandbRun(config, {"model.n_layer": 2}, ("information_flow", "looped_n_layers"), settings, str(tmp_path),
+                   run_id="ab12c_00003")
+    assert {k: init.kwargs[k] for k in ("project", "entity", "group", "name", "notes", "tags", "dir", "mode", "id",
+                                        "resume")} == {
         "project": "from_space", "entity": "lab", "group": "hypotheses", "name": "LR_loop_L2_ends{30}_T{15}",
-        "notes": "a note", "tags": ["information_flow", "looped_n_layers"], "dir": str(tmp_path), "mode": "offline"}
+        "notes": "a note", "tags": ["information_flow", "looped_n_layers"], "dir": str(tmp_path), "mode": "offline",
+        "id": "ab12c_00003", "resume": "allow"}
     logged_config = init.kwargs["config"]
     assert logged_config["experiments"] == ["information_flow", "looped_n_layers"]
-    assert logged_config["model"]["n_layer"] == 2 and logged_config["training"]["seed"] == 42
-    assert logged_config["training"]["curriculum"]["loops"] == {"start": 15, "end": 30, "inc": 2, "interval": 500}
-    assert {k: v for k, v in logged_config.items() if k != "experiments"} == config_to_dict(config)
+    # flat dotted keys: W&B's grouping and parallel-coordinates views offer only top-level keys
+    assert logged_config["model.n_layer"] == 2 and logged_config["training.seed"] == 42
+    assert logged_config["training.curriculum.loops.end"] == 30
+    assert not any(isinstance(v, dict) for v in logged_config.values())
+    nested: dict = {}
+    for key, value in logged_config.items():
+        if key != "experiments":
+            nested = set_dotted(nested, key, value)
+    assert nested == config_to_dict(config)
     # the config survives a round trip through YAML, as W&B stores it
     assert yaml.safe_load(yaml.safe_dump(logged_config)) == logged_config
     run.log({"step": 20, "overall_loss": 0.5})
@@ -93,7 +102,7 @@ def test_wandb_init_gets_the_space_settings_and_the_whole_config(init, tmp_path)
 
 def test_wandb_init_falls_back_to_the_config_project_and_name(init, tmp_path):
     config = config_of(wandb__project="loop_tf_ablation", wandb__name="my_run")
-    WandbRun(config, {}, (), {}, str(tmp_path))
+    WandbRun(config, {}, (), {}, str(tmp_path), run_id="t")
     assert (init.kwargs["project"], init.kwargs["name"], init.kwargs["group"]) == ("loop_tf_ablation", "my_run", None)
     assert init.kwargs["tags"] == [] and init.kwargs["entity"] is None and init.kwargs["mode"] == "offline"
 
@@ -116,15 +125,15 @@ def test_mode_follows_the_key(init, tmp_path, monkeypatch, mode, env_key, netrc,
         (tmp_path / ".netrc").chmod(0o600)
     assert key_available() == has_key
     assert resolve_mode(mode) == expected
-    WandbRun(config_of(), {}, ("e",), {"mode": mode}, str(tmp_path))
+    WandbRun(config_of(), {}, ("e",), {"mode": mode}, str(tmp_path), run_id="t")
     assert init.kwargs["mode"] == expected
 
 
 def test_settings_without_a_mode_mean_auto(init, tmp_path, monkeypatch):
-    WandbRun(config_of(), {}, ("e",), {}, str(tmp_path))
+    WandbRun(config_of(), {}, ("e",), {}, str(tmp_path), run_id="t")
     assert init.kwargs["mode"] == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    WandbRun(config_of(), {}, ("e",), {}, str(tmp_path))
+    WandbRun(config_of(), {}, ("e",), {}, str(tmp_path), run_id="t")
     assert init.kwargs["mode"] == "online"
 
 
@@ -132,3 +141,26 @@ def test_a_netrc_for_another_host_is_no_key(init, tmp_path):
     (tmp_path / ".netrc").write_text("machine example.com\n  login user\n  password secret\n")
     (tmp_path / ".netrc").chmod(0o600)
     assert not key_available() and resolve_mode("auto") == "offline"
+
+
+def test_an_offline_retry_replaces_the_earlier_run_and_replays_the_checkpoint_rows(init, tmp_path):
+    (tmp_path / "wandb" / "offline-run-20260101_000000-t1").mkdir(parents=True)
+    (tmp_path / "wandb" / "offline-run-20260101_000000-t2").mkdir()  # another trial's run stays
+    (tmp_path / "results" / "wandb" / "offline-run-20260101_000001-t1").mkdir(parents=True)
+    rows = [{"step": 0, "overall_loss": 1.0}, {"step": 10, "overall_loss": 0.5}]
+    WandbRun(config_of(), {}, ("e",), {"mode": "offline"}, str(tmp_path), run_id="t1", history=rows,
+             copies=(tmp_path / "results",))
+    assert [p.name for p in (tmp_path / "wandb").iterdir()] == ["offline-run-20260101_000000-t2"]
+    assert not list((tmp_path / "results" / "wandb").iterdir())
+    assert init.logged == [(rows[0], 0), (rows[1], 10)]
+
+
+def test_an_online_retry_continues_the_run_without_replaying(init, tmp_path):
+    WandbRun(config_of(), {}, ("e",), {"mode": "online"}, str(tmp_path), run_id="t1", history=[{"step": 0}])
+    assert init.kwargs["id"] == "t1" and init.kwargs["resume"] == "allow" and init.logged == []
+
+
+def test_flat_config_is_every_leaf_once():
+    flat = flat_config(config_of(model__n_last_tokens=3))
+    assert flat["model.n_last_tokens"] == 3 and flat["wandb.log_every_steps"] > 0
+    assert not any(isinstance(v, dict) for v in flat.values())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
 
 
@@ -32,8 +33,10 @@ def _trial_device_and_threads() -> tuple[str, int]:
     return ("cuda" if use_gpu else "cpu"), max(1, int(resources.get("CPU", 1)))
 
 
-def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None) -> None:
-    """Entry point Ray calls once per trial attempt (a retry calls it again, with the last checkpoint)."""
+def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
+              results_dir: str | None = None) -> None:
+    """Entry point Ray calls once per trial attempt (a retry calls it again, with the last checkpoint).
+    `results_dir`: the experiment's folder when it is a local path, where the trial's earlier files now are."""
     import ray
     from ray import tune
 
@@ -51,7 +54,12 @@ def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None) -
         if wandb_settings:
             from trainers.wandb_log import WandbRun
 
-            logger = WandbRun(config, values, experiments, wandb_settings, tune.get_context().get_trial_dir())
+            context = tune.get_context()
+            history = load_checkpoint(resume_from)["metrics"] if resume_from else []
+            trial_dir = Path(context.get_trial_dir())
+            copies = (Path(results_dir) / trial_dir.name,) if results_dir else ()
+            logger = WandbRun(config, values, experiments, wandb_settings, str(trial_dir),
+                              run_id=context.get_trial_id(), history=history, copies=copies)
 
         def report(row: dict, checkpoint_dir: Path | None) -> None:
             metrics = {**row, "node_id": node_id, "wall_time": time.time()}

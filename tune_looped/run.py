@@ -22,7 +22,7 @@ from analysis.experiment import SPACE_RECORD
 from trainers.checkpoint import check_pretrained
 from trainers.config import ConfigError, set_dotted
 from trainers.single_run import OneLineArgumentParser
-from tune_looped.cluster import check_storage, start_ray, warn_if_local_storage_on_cluster
+from tune_looped.cluster import check_storage, is_uri, start_ray, warn_if_local_storage_on_cluster
 from tune_looped.space import Space, SpaceError, load_space, parse_resources, space_record, trial_config, trial_label
 from tune_looped.tables import print_summary, print_trial_table, summarise
 
@@ -196,6 +196,13 @@ def resume_command(argv: list[str], name: str) -> str:
     return shlex.join([sys.executable, "-m", "tune_looped.run", *kept, "--name", name, "--resume"])
 
 
+def print_wandb_sync(experiment_dir: Path) -> None:
+    offline = list(experiment_dir.glob("*/wandb/offline-run-*"))
+    if offline:
+        print(f"W&B: {len(offline)} offline runs; upload them with:\n  wandb sync "
+              f"{shlex.quote(str(experiment_dir))}/*/wandb/offline-run-*")
+
+
 def fit_stopping_on_sigterm(tuner):
     """`tuner.fit()`, where SIGTERM (`kill PID`, a job scheduler) stops the sweep as Ctrl-C does: Tune saves its
     state and the resume command is printed. Tune itself catches only SIGINT, and only in the main thread."""
@@ -218,7 +225,8 @@ def build_tuner(space, resources, name, storage, args, experiment_dir: Path):
     from tune_looped.tune_space import make_scheduler, param_space
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=space.base, wandb_settings=wandb_settings(space, args)),
+        tune.with_parameters(run_trial, base=space.base, wandb_settings=wandb_settings(space, args),
+                             results_dir=None if is_uri(storage) else str(experiment_dir)),
         resources=resources,
     )
     if args.resume:
@@ -272,6 +280,7 @@ def main(argv=None) -> int:
         ray.shutdown()
     rows = summarise(results, space)
     print_summary(rows, experiment_dir)
+    print_wandb_sync(experiment_dir)
     if any(r["status"] not in ("finished", "diverged", "error") for r in rows):
         print(f"interrupted; resume with:\n  {resume_command(argv, name)}", file=sys.stderr)
         return 130

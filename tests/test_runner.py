@@ -82,6 +82,16 @@ def test_three_hypotheses_dedup_and_report(tmp_path, capsys):
         steps = [r["step"] for r in rows(trial)]
         assert steps == [0, 5, 10, 15, 20, 25, 29]
     assert "4 finished" in out and str(experiment) in out
+    # Tune's live table: the swept keys under their short names, the experiments, the metrics, in 120 columns
+    live = out.split("== 4 trials: 4 done")[-1].splitlines()
+    assert live[1].startswith("experiments: 1 information_flow, 2 looped_n_layers, 3 looped_lstm")
+    assert live[2].split() == ["trial", "status", "experiments", "n_last_tokens", "n_layer", "lstm", "step",
+                               "n_loops", "n_points", "eval/loss", "eval/loss_last"]
+    finals = [line.split() for line in live[3:7]]
+    assert sorted(row[1] for row in finals) == ["done"] * 4 and all(row[6] == "29" for row in finals)
+    assert {(row[3], row[4], row[5]) for row in finals} == {("2", "1", "False"), ("-1", "1", "False"),
+                                                            ("-1", "2", "False"), ("-1", "1", "True")}
+    assert max(len(line) for line in live[:7]) <= 120
     assert yaml.safe_load((experiment / "space.yaml").read_text())["base"]["model"]["n_embd"] == 16
     for name in ("curves.parquet", "summary.parquet", "evaluation.parquet", "REPORT.md"):
         assert (experiment / name).stat().st_size > 0

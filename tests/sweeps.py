@@ -2,6 +2,7 @@
 subprocess, Ray Tune's result layout, and the processes and memory of a running driver."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -112,6 +113,34 @@ def process_name(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
     except OSError:
         return ""
+
+
+def ray_session_of(pids) -> str:
+    """The Ray session (`session_<date>_<time>_<id>_<pid>`) named on the command lines of these processes."""
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        found = re.search(r"session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+", cmdline)
+        if found:
+            return found.group(0)
+    raise AssertionError("no process names a Ray session")
+
+
+def processes_naming(text: str) -> list[int]:
+    """Live processes whose command line or open files name `text` (Ray's agents retitle themselves, but keep
+    their session's log files open)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            named = text.encode() in (proc / "cmdline").read_bytes() or any(
+                text in os.readlink(fd) for fd in (proc / "fd").iterdir())
+        except OSError:
+            continue
+        if named and alive([int(proc.name)]):
+            found.append(int(proc.name))
+    return found
 
 
 def alive(pids) -> list[int]:

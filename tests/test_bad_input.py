@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -245,6 +246,8 @@ CASES = [
          (*RUN, "--gpus-per-trial", "0.5", "--num-gpus", "0"), ("--gpus-per-trial", "GPU"), SPACE),
     Case("run-num-cpus-0", "run flags", "--num-cpus 0", "run", ("--space", "space.yaml", "--num-cpus", "0"),
          ("--num-cpus", "expected a positive integer"), SPACE),
+    Case("run-address-unreachable", "run flags", "--address where no cluster listens", "run",
+         (*RUN, "--address", "127.0.0.1:1"), ("--address 127.0.0.1:1", "no Ray cluster answers"), SPACE),
     Case("run-unknown-flag", "run flags", "unknown flag", "run", (*RUN, "--bogus"),
          ("unrecognized arguments", "--bogus"), SPACE),
     Case("run-abbreviated", "run flags", "abbreviated flag", "run", (*RUN, "--max-conc", "2"),
@@ -341,6 +344,19 @@ def test_bad_input_fails_cleanly(case, outcomes):
         assert fragment in lines[0], (fragment, lines[0])
     assert not outcome["code_ran"]
     assert outcome["after"] == outcome["before"], "something was written (or Ray started)"
+
+
+def test_an_unreachable_address_fails_within_15_seconds(tmp_path):
+    """Ray retries an address for minutes before it gives up; the runner says so at once."""
+    for name, text in SPACE.items():
+        (tmp_path / name).write_text(text)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, *PROGRAMS["run"], *RUN, "--address", "127.0.0.1:1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - started
+    print(f"\nunreachable --address: exit {done.returncode} after {took:.1f} s")
+    assert done.returncode == 2 and done.stderr.startswith("error: --address 127.0.0.1:1") and took < 15
+    assert not (tmp_path / "results").exists()
 
 
 def test_the_table_is_large_and_ids_unique():

@@ -22,14 +22,15 @@ import torch
 
 from analysis import load_curves, load_summary
 from sweeps import (REPO, TIMING_COLUMNS, TINY_BASE, alive, auth_token, descendants, finish, finished_trials,
-                    process_name, rss_mib, rows, start_sweep, sweep_command, trial_dirs, wait_for, write_space)
+                    process_name, processes_naming, ray_session_of, rss_mib, rows, start_sweep, sweep_command,
+                    trial_dirs, wait_for, write_space)
 from test_bad_input import CASES, render_bad_input
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides
 from trainers.models import build_model
 
 # Ray's two agents outlive a SIGKILLed driver by a minute or two (they notice the raylet is gone, then wait on
-# the dead GCS before exiting); the trials' workers must go at once
+# the dead GCS before exiting) unless the next run ends them; the trials' workers must go at once
 RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
@@ -49,7 +50,8 @@ FAULTS = [
     Fault("driver interrupted", "SIGINT, SIGTERM or SIGKILL of the runner once one trial has finished (and Tune has "
           "saved that) and the next has a checkpoint; 3 trials, one at a time",
           "SIGINT and SIGTERM: exit 130 and the printed resume command, run as printed; SIGKILL: the trials' workers "
-          "die with it; then `--resume` exits 0, the finished trial's files are untouched (not re-run), and the "
+          "die with it, and the resume ends the rest of its Ray session (no process of it remains); then `--resume` "
+          "exits 0, the finished trial's files are untouched (not re-run), and the "
           "curves and summary frames, less timing columns, equal an uninterrupted sweep's; the dashboard answers "
           "with the token and refuses without it",
           "`test_reliability.py::test_interrupted_driver_resumes` (3 signals)"),
@@ -158,6 +160,7 @@ def test_interrupted_driver_resumes(tmp_path, uninterrupted, sig):
     done, running = wait_for(lambda: interruptible(experiment), 240)
     done_files = files_of(done)
     processes = descendants(sweep.pid)
+    session = ray_session_of(processes)
     os.kill(sweep.pid, sig)
     out, err = finish(sweep, tmp_path, timeout=120)
     try:
@@ -177,6 +180,7 @@ def test_interrupted_driver_resumes(tmp_path, uninterrupted, sig):
         for pid in lingering:
             os.kill(pid, signal.SIGKILL)
     assert resumed.returncode == 0, resumed.stderr
+    assert not lingering and not processes_naming(session), "a process of the interrupted runner's Ray remains"
     restarts = [r["step"] for r in rows(running) if r["iterations_since_restore"] == 1 and r["training_iteration"] > 1]
     if sig != signal.SIGKILL:
         assert restarts, "the running trial did not continue from its checkpoint"

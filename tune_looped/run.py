@@ -22,7 +22,7 @@ from analysis.experiment import SPACE_RECORD
 from trainers.checkpoint import check_pretrained
 from trainers.config import ConfigError, set_dotted
 from trainers.single_run import OneLineArgumentParser
-from tune_looped.cluster import check_storage, is_uri, start_ray, warn_if_local_storage_on_cluster
+from tune_looped.cluster import check_address, check_storage, is_uri, start_ray, warn_if_local_storage_on_cluster
 from tune_looped.space import Space, SpaceError, load_space, parse_resources, space_record, trial_config, trial_label
 from tune_looped.tables import print_summary, print_trial_table, summarise
 
@@ -136,6 +136,7 @@ def resolve(args):
     resources = parse_resources(resources, "--cpus-per-trial/--gpus-per-trial")
     check_fits_local_ray(resources, args, space)
     check_pretrained_files(space)
+    check_address(args.address)
     name = args.name or f"{space.name}{'-quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     return space, resources, name
 
@@ -271,7 +272,11 @@ def main(argv=None) -> int:
     if space.secrets.get("wandb.key") and wandb_settings(space, args):
         # workers inherit the driver's environment: the key never travels in a config or runtime_env
         os.environ.setdefault("WANDB_API_KEY", space.secrets["wandb.key"])
-    start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus, dashboard_host=args.dashboard_host)
+    try:
+        start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus, dashboard_host=args.dashboard_host)
+    except SpaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         warn_if_local_storage_on_cluster(storage)
         tuner = build_tuner(space, resources, name, storage, args, experiment_dir)

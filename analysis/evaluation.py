@@ -75,7 +75,8 @@ def evaluate_experiment(experiment_dir, *, n_prompts: int = N_PROMPTS, max_loops
 
 
 def evaluate_trials(trials: list[Trial], *, n_prompts: int = N_PROMPTS, max_loops: int | None = None,
-                    seed: int = 0, device=None, batch_size: int = BATCH_SIZE) -> pd.DataFrame:
+                    seed: int = 0, device=None, batch_size: int = BATCH_SIZE, progress=None) -> pd.DataFrame:
+    """`progress`: called once as each model's evaluation completes (a progress bar's tick)."""
     device = torch.device(device) if device is not None else default_device()
     prompts: dict[PromptSetting, tuple] = {}
     parts = []
@@ -96,6 +97,8 @@ def evaluate_trials(trials: list[Trial], *, n_prompts: int = N_PROMPTS, max_loop
                     "n_points": setting.n_points, "train_loops": train_loops, "max_loops": run_loops,
                     "n_prompts": n_prompts}
             curves = pool.submit(model_curves, model, setting, xs, ys, train_loops, run_loops, device, batch_size)
+            if progress is not None:
+                curves.add_done_callback(lambda _: progress())
             pending.append((curves, baselines, ident, meta))
             # a bounded queue: only a few trials' models are in memory at once
             while len(pending) > 2 * workers:

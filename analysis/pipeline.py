@@ -12,8 +12,9 @@ import pandas as pd
 from analysis.evaluation import EVALUATION_FILE, N_PROMPTS, evaluate_trials
 from analysis.experiment import read_space_record, read_trials
 from analysis.frames import frames_of
-from analysis.plots import PLOTS_DIR, write_plots
+from analysis.plots import FIGURES_PER_HYPOTHESIS, PLOTS_DIR, write_plots
 from analysis.report import REPORT_FILE, write_report
+from analysis.variants import hypotheses
 from analysis.verdict import hypotheses_of
 
 FORMATS = ("parquet", "csv")
@@ -38,21 +39,30 @@ def export_frames(experiment_dir, out=None, fmt: str = "parquet") -> dict[str, P
 
 
 def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = N_PROMPTS,
-            max_loops: int | None = None, seed: int = 0, device=None) -> dict:
+            max_loops: int | None = None, seed: int = 0, device=None, progress: bool | None = None) -> dict:
     """Frames, evaluation, figures and report in one pass over the experiment (what a sweep ends with).
 
+    `progress`: a bar on stderr, one step per checkpoint evaluated and per figure; None shows it on a terminal only.
     Returns the written paths: `curves`, `summary`, `evaluation`, `report` and the list `plots`.
     """
+    from tqdm import tqdm
+
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {list(FORMATS)}")
     trials = read_trials(experiment_dir)
     out_dir = Path(out if out is not None else experiment_dir)
     curves, summary = frames_of(trials)
-    evaluation = evaluate_trials(trials, n_prompts=n_prompts, max_loops=max_loops, seed=seed, device=device)
+    steps = (sum(t.checkpoint is not None and "model" in t.checkpoint for t in trials)
+             + FIGURES_PER_HYPOTHESIS * len(hypotheses(summary)))
+    with tqdm(total=steps, desc="analysis", unit="step", dynamic_ncols=True,
+              disable=None if progress is None else not progress) as bar:
+        evaluation = evaluate_trials(trials, n_prompts=n_prompts, max_loops=max_loops, seed=seed, device=device,
+                                     progress=bar.update)
+        plots = write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, progress=bar.update)
     written = {"curves": write_frame(curves, out_dir / f"curves.{fmt}"),
                "summary": write_frame(summary, out_dir / f"summary.{fmt}"),
                "evaluation": write_frame(evaluation, out_dir / EVALUATION_FILE),
-               "plots": write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation)}
+               "plots": plots}
     written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation,
                                      hypotheses_of(read_space_record(experiment_dir)))
     return written

@@ -46,8 +46,12 @@ def plot_path(plots_dir: Path, hypothesis: str, kind: str) -> Path:
     return Path(plots_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', hypothesis)}_{kind}.png"
 
 
+FIGURES_PER_HYPOTHESIS = 5
+
+
 def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
-                evaluation: pd.DataFrame | None = None) -> list[Path]:
+                evaluation: pd.DataFrame | None = None, progress=None) -> list[Path]:
+    """`progress`: called once per figure (FIGURES_PER_HYPOTHESIS a hypothesis, drawn or left out for no data)."""
     written = []
     errors, _ = final_errors(summary, evaluation)
     least_squares = least_squares_last(evaluation)
@@ -68,6 +72,8 @@ def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
                 path.parent.mkdir(parents=True, exist_ok=True)
                 figure.savefig(path, dpi=120)
                 written.append(path)
+            if progress is not None:
+                progress()
     return written
 
 

@@ -36,6 +36,17 @@ def test_run_all_writes_everything_into_the_experiment(analysed):
         assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 10_000
 
 
+def test_run_all_shows_one_step_per_checkpoint_and_figure(tmp_path, capsys):
+    root = write_experiment(tmp_path)
+    n_trials = sum(t.checkpoint is not None for t in read_trials(root))
+    run_all(root, n_prompts=32, max_loops=5, progress=True)
+    bar = capsys.readouterr().err.split("\r")[-1]
+    steps = n_trials + 2 * len(KINDS)  # two hypotheses
+    assert re.match(rf"analysis: 100%.*\b{steps}/{steps}\b", bar), bar
+    run_all(root, n_prompts=32, max_loops=5)  # not a terminal: no bar
+    assert "analysis:" not in capsys.readouterr().err
+
+
 def table_rows(report: str, header_start: str) -> list[list[str]]:
     """The body rows of every markdown table whose header starts with `header_start`."""
     rows, inside = [], False

@@ -2,6 +2,7 @@
 reaching the trial workers but never a file. Trials are tiny (a few dozen steps, n_embd 16). Interrupting the
 driver, divergence, load and bad input are in test_reliability.py and test_bad_input.py."""
 import os
+import re
 import signal
 import warnings
 from pathlib import Path
@@ -162,6 +163,11 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
     assert [run.name.rsplit("-", 1)[1] for run in runs] == [trial_id]
     assert b"model.n_layer" in (runs[0] / f"run-{trial_id}.wandb").read_bytes()
     assert f"wandb sync {tmp_path / 'r' / 's'}/*/wandb/offline-run-*" in out
+    # each attempt's log starts with the trial's label and values (the driver echoes it, prefixed by the process)
+    label = f"trial {trial_id} LR_loop_L1_ends{{3}}_T{{2}}_seed7 experiments=k values={{\"training.seed\": 7}}"
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    echoed = [line.split(") ", 1)[1] for line in plain.splitlines() if line.startswith("(run_trial pid=")]
+    assert echoed and echoed[0] == label, echoed[:3]
     logged = list(range(0, 2000, 100)) + [1999]
     state = load_checkpoint(sorted(trial.glob("checkpoint_*"))[-1])
     assert [r["step"] for r in state["metrics"]] == logged

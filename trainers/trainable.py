@@ -6,6 +6,7 @@ GPU Ray gave the trial, with as many torch threads as the trial has CPUs.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -15,6 +16,7 @@ import torch
 
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
+from trainers.wandb_log import run_name
 
 
 def trial_values(params: dict) -> tuple[tuple[str, ...], dict]:
@@ -42,6 +44,9 @@ def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
 
     experiments, values = trial_values(params)
     config = config_from_dict(apply_overrides(base, values, "trial"), "trial")
+    # the first line of the trial's log, which the driver echoes, says which configuration this process runs
+    print(f"trial {tune.get_context().get_trial_id()} {run_name(config, values)} "
+          f"experiments={','.join(experiments)} values={json.dumps(values, sort_keys=True)}", flush=True)
     device, threads = _trial_device_and_threads()
     node_id = ray.get_runtime_context().get_node_id()
     work = Path(tempfile.mkdtemp(prefix="tune_looped_"))

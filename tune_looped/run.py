@@ -22,8 +22,11 @@ from analysis.experiment import SPACE_RECORD
 from trainers.checkpoint import check_pretrained
 from trainers.config import ConfigError, set_dotted
 from trainers.single_run import OneLineArgumentParser
-from tune_looped.cluster import check_address, check_storage, is_uri, start_ray, warn_if_local_storage_on_cluster
-from tune_looped.space import Space, SpaceError, load_space, parse_resources, space_record, trial_config, trial_label
+from tune_looped.cluster import (check_address, check_storage, is_uri, start_ray, warn,
+                                 warn_if_local_storage_on_cluster)
+from tune_looped.gpus import ASSUMED_GPU_MEMORY, describe_cpu_time, gpu_share, trial_memory
+from tune_looped.space import (GPU_AUTO, Space, SpaceError, load_space, parse_resources, space_record, trial_config,
+                               trial_label)
 from tune_looped.tables import print_summary, print_trial_table, summarise
 
 # what Tune writes into the experiment folder: Tuner.restore needs both (ray.tune.tuner / tune_controller)
@@ -82,6 +85,26 @@ def check_flags(args) -> None:
         raise SpaceError("--resume: needs --name of the experiment to continue")
 
 
+def auto_gpu_share(space: Space, args) -> float:
+    """`resources.gpu: auto`: a share of a GPU from the trials' estimated memory, or the CPU with a warning of the
+    projected time. The GPUs counted are this machine's (or `--num-gpus`); a quick study stays on the CPU."""
+    import torch
+
+    if args.quick:
+        return 0.0
+    gpus = args.num_gpus if args.num_gpus is not None else torch.cuda.device_count()
+    configs = [trial_config(space.base, t.values) for t in space.trials]
+    if not gpus:
+        warn(describe_cpu_time(configs))
+        return 0.0
+    memory = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else ASSUMED_GPU_MEMORY
+    needed = max(trial_memory(c) for c in configs)
+    share = gpu_share(needed, memory)
+    print(f"resources.gpu auto: each trial gets {share:g} of a GPU: the largest trial needs about "
+          f"{needed / 2**30:.1f} GiB (estimated) of its {memory / 2**30:.0f} GiB", file=sys.stderr)
+    return share
+
+
 def check_fits_local_ray(resources: dict, args, space: Space) -> None:
     """A trial that asks for more than the embedded Ray has would wait forever; a cluster's size is Ray's to know."""
     if args.address:
@@ -134,6 +157,8 @@ def resolve(args):
     if args.gpus_per_trial is not None:
         resources["gpu"] = args.gpus_per_trial
     resources = parse_resources(resources, "--cpus-per-trial/--gpus-per-trial")
+    if resources["gpu"] == GPU_AUTO:
+        resources["gpu"] = auto_gpu_share(space, args)
     check_fits_local_ray(resources, args, space)
     check_pretrained_files(space)
     check_address(args.address)

@@ -348,13 +348,18 @@ def trial_config(base: dict, values: dict[str, Any], source: str = "trial") -> C
         raise SpaceError(str(err)) from None
 
 
-def parse_resources(raw, where: str) -> dict[str, float]:
+# a share of a GPU chosen by the runner from the GPUs it finds (tune_looped.gpus)
+GPU_AUTO = "auto"
+
+
+def parse_resources(raw, where: str) -> dict:
     raw = _mapping(raw, where, ("cpu", "gpu"))
     cpu, gpu = raw.get("cpu", 1), raw.get("gpu", 0)
     if not isinstance(cpu, (int, float)) or isinstance(cpu, bool) or cpu <= 0:
         raise SpaceError(f"{where}.cpu: expected a number of CPUs > 0, got {cpu!r}")
-    if not isinstance(gpu, (int, float)) or isinstance(gpu, bool) or not 0 <= gpu <= 1:
-        raise SpaceError(f"{where}.gpu: expected a GPU fraction between 0 and 1 (a trial uses one GPU), got {gpu!r}")
+    if gpu != GPU_AUTO and (not isinstance(gpu, (int, float)) or isinstance(gpu, bool) or not 0 <= gpu <= 1):
+        raise SpaceError(f"{where}.gpu: expected a GPU fraction between 0 and 1 (a trial uses one GPU) or "
+                         f"{GPU_AUTO}, got {gpu!r}")
     return {"cpu": cpu, "gpu": gpu}
 
 

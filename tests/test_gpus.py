@@ -1,0 +1,61 @@
+"""`resources.gpu: auto`: the research-scale spaces take a share of each GPU from the trials' estimated memory, or
+warn with the projected CPU time; an explicit share wins. Checked on CPU, with Ray told it has a GPU."""
+import re
+
+import pytest
+
+from sweeps import TINY_BASE, write_space
+from test_runner import max_overlap, run_intervals
+from trainers.config import apply_overrides
+from tune_looped.gpus import ASSUMED_GPU_MEMORY, CPU_FLOPS, cpu_hours, gpu_share, trial_memory
+from tune_looped.run import main
+from tune_looped.space import load_space, trial_config
+
+GIB = 2**30
+
+
+def test_the_research_spaces_ask_for_a_share_of_each_gpu():
+    for name in ("hypotheses", "baseline", "information_flow", "looped_lstm", "looped_n_layers"):
+        assert load_space(name).resources == {"cpu": 1, "gpu": "auto"}
+
+
+@pytest.mark.parametrize("needed, share", [(4.6 * GIB, 0.2), (30 * GIB, 1.0), (13 * GIB, 1.0), (0.6 * GIB, 0.125)])
+def test_the_share_is_one_over_the_trials_that_fit(needed, share):
+    assert gpu_share(int(needed), ASSUMED_GPU_MEMORY) == share
+
+
+def test_the_estimate_grows_with_layers_and_stays_near_the_measured_peak():
+    space = load_space("hypotheses")
+    by_layers = {t.values["model.n_layer"]: trial_memory(trial_config(space.base, t.values))
+                 for t in space.trials if not t.values.get("model.use_lstm_layer") and "model.n_layer" in t.values}
+    assert by_layers[1] < by_layers[2] < by_layers[3]
+    # benchmarks/RESULTS.md: peak memory of the research-scale step on the CPU, L1 1763 and L3 4409 MiB
+    assert 0.8 < by_layers[1] / (1763 * 2**20) < 1.25 and 0.8 < by_layers[3] / (4409 * 2**20) < 1.25
+
+
+def test_on_a_cpu_only_machine_one_warning_gives_the_projected_time(capsys):
+    assert main(["--space", "hypotheses", "--dry-run", "--num-gpus", "0"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    space = load_space("hypotheses")
+    hours = cpu_hours([trial_config(space.base, t.values) for t in space.trials])
+    assert len(err) == 1 and err[0].startswith("warning: no GPU found: the 30 trials train on the CPU")
+    assert f"about {sum(hours) / len(hours):.1f} h each" in err[0] and f"{CPU_FLOPS / 1e9:.0f} GFLOP/s" in err[0]
+    assert 15 < hours[0] < 25  # the L1 trial: 20001 steps at 0.5 steps/s on one core of the benchmark machine
+
+
+def test_the_quick_study_and_an_explicit_share_take_no_estimate(capsys):
+    assert main(["--space", "hypotheses", "--quick", "--dry-run", "--num-gpus", "0"]) == 0
+    assert main(["--space", "hypotheses", "--dry-run", "--num-gpus", "1", "--gpus-per-trial", "0.5"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_auto_packs_trials_onto_a_gpu_ray_is_told_of(tmp_path, capsys):
+    """Tiny trials need little memory: the smallest share, so 4 trials (one per CPU) run together on one GPU."""
+    base = apply_overrides(TINY_BASE, {"training.train_steps": 400, "wandb.log_every_steps": 50})
+    space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1, 2, 3]}}], base,
+                        resources={"cpu": 1, "gpu": "auto"})
+    rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "4",
+               "--num-gpus", "1", "--no-report"])
+    assert rc == 0
+    assert re.search(r"resources.gpu auto: each trial gets 0.125 of a GPU", capsys.readouterr().err)
+    assert max_overlap(run_intervals(tmp_path / "r" / "g")) == 4

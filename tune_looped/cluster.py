@@ -118,10 +118,13 @@ def session_processes(session: Path) -> list[int]:
 
 
 def _names(proc: Path, text: str) -> bool:
+    """Whether `proc` is one of Ray's processes (a `ray::` title or a program of the ray package: never, say, a
+    `tail -f` of the session's logs) that names `text`."""
     try:
-        if text.encode() in (proc / "cmdline").read_bytes():
-            return True
-        return any(text in os.readlink(fd) for fd in (proc / "fd").iterdir())
+        cmdline = (proc / "cmdline").read_bytes()
+        if not (cmdline.startswith(b"ray::") or b"/site-packages/ray/" in cmdline):
+            return False
+        return text.encode() in cmdline or any(text in os.readlink(fd) for fd in (proc / "fd").iterdir())
     except OSError:
         return False
 

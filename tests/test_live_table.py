@@ -1,5 +1,7 @@
 """The live table's column names; the table itself is checked on a real sweep in test_runner.py."""
-from tune_looped.live import short_names
+from sweeps import write_space
+from tune_looped.live import LiveTable, short_names
+from tune_looped.space import load_space
 
 
 def test_short_names_are_the_last_part_unless_two_share_it():
@@ -8,3 +10,26 @@ def test_short_names_are_the_last_part_unless_two_share_it():
         "training.seed": "seed"}
     assert short_names(["training.curriculum.loops.end", "training.curriculum.points.end"]) == {
         "training.curriculum.loops.end": "loops.end", "training.curriculum.points.end": "points.end"}
+
+
+class Shown:
+    """What the table reads of a Tune trial."""
+
+    def __init__(self, trial_id, status, config, last_result):
+        self.trial_id, self.status, self.config, self.last_result = trial_id, status, config, last_result
+
+
+def test_the_four_swept_keys_and_every_metric_fit_in_120_columns(tmp_path):
+    experiments = [{"name": "information_flow", "grid": {"model.n_last_tokens": [20, -1]}},
+                   {"name": "looped_n_layers", "grid": {"model.n_layer": [1, 3]}},
+                   {"name": "looped_lstm", "grid": {"model.use_lstm_layer": [True, False], "model.n_layer": [1]}}]
+    space = load_space(write_space(tmp_path / "space.yaml", experiments, seeds=[0, 1, 2]))
+    result = {"step": 20000, "n_loops": 30, "n_points": 41, "eval/loss": 0.012345678, "eval/loss_last": 1e-5}
+    trials = [Shown(f"ab12c_{i:05d}", "TERMINATED" if i % 2 else "RUNNING",
+                    {"variant": {"experiments": list(t.experiments), **t.values}}, result)
+              for i, t in enumerate(space.trials)]
+    lines = LiveTable(space).table(trials)
+    assert lines[2].split() == ["trial", "status", "exp", "n_last_tokens", "n_layer", "lstm", "seed", "step",
+                                "n_loops", "n_points", "eval/loss", "eval/loss_last"]
+    assert lines[3].split()[-5:] == ["20000", "30", "41", "0.01235", "1e-05"]
+    assert len(lines) == 3 + len(trials) and max(map(len, lines)) <= 120

@@ -86,7 +86,7 @@ def test_three_hypotheses_dedup_and_report(tmp_path, capsys):
     # Tune's live table: the swept keys under their short names, the experiments, the metrics, in 120 columns
     live = out.split("== 4 trials: 4 done")[-1].splitlines()
     assert live[1].startswith("experiments: 1 information_flow, 2 looped_n_layers, 3 looped_lstm")
-    assert live[2].split() == ["trial", "status", "experiments", "n_last_tokens", "n_layer", "lstm", "step",
+    assert live[2].split() == ["trial", "status", "exp", "n_last_tokens", "n_layer", "lstm", "step",
                                "n_loops", "n_points", "eval/loss", "eval/loss_last"]
     finals = [line.split() for line in live[3:7]]
     assert sorted(row[1] for row in finals) == ["done"] * 4 and all(row[6] == "29" for row in finals)

@@ -62,7 +62,7 @@ class LiveTable(ProgressReporter):
         return False
 
     def table(self, trials) -> list[str]:
-        header = ["trial", "status", "experiments", *(self.names[k] for k in self.keys), *METRICS]
+        header = ["trial", "status", "exp", *(self.names[k] for k in self.keys), *METRICS]
         rows = []
         for trial in trials:
             variant = dict(trial.config.get("variant", {}))

@@ -1,9 +1,11 @@
 """End-to-end sweeps on a real embedded Ray: dedup, fractional GPUs, two nodes, crash + retry, and the W&B key
 reaching the trial workers but never a file. Trials are tiny (a few dozen steps, n_embd 16). Interrupting the
 driver, divergence, load and bad input are in test_reliability.py and test_bad_input.py."""
+import io
 import os
 import re
 import signal
+import sys
 import warnings
 from pathlib import Path
 
@@ -68,10 +70,22 @@ class TrialEvents:
         return best
 
 
-def test_three_hypotheses_dedup_and_report(tmp_path, capsys):
+class Terminal(io.StringIO):
+    """stderr as a terminal, where the analysis shows its progress bar."""
+
+    def isatty(self):
+        return True
+
+
+def test_three_hypotheses_dedup_and_report(tmp_path, capsys, monkeypatch):
     space = write_space(tmp_path / "space.yaml", HYPOTHESES)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "h", "--num-cpus", "2"])
     out = capsys.readouterr().out
+    # the analysis' bar: one step per trial's checkpoint evaluated (4) and per figure (5 for each of 3 hypotheses)
+    bar = [part for part in terminal.getvalue().split("\r") if part.startswith("analysis:")]
+    assert bar and re.match(r"analysis: 100%.*\b19/19\b", bar[-1]), bar[-1:]
     assert rc == 0
     experiment = tmp_path / "results" / "h"
     trials = trial_dirs(experiment)

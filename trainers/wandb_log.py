@@ -11,6 +11,7 @@ from __future__ import annotations
 import netrc
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from trainers.config import Config, config_to_dict
@@ -66,7 +67,7 @@ def resolve_mode(mode: str) -> str:
 
 class WandbRun:
     def __init__(self, config: Config, values: dict, experiments, settings: dict, directory: str, run_id: str,
-                 history: list[dict] = (), copies: tuple = ()):
+                 history: Sequence[dict] = (), copies: Sequence = ()):
         """`history`: the rows of the checkpoint the trial resumes from (none on a first attempt); `copies`: other
         folders where the trial's earlier runs may be (Ray moves a trial's files from `directory` to its results)."""
         import wandb

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from sweeps import TINY_BASE, write_space
-from test_runner import max_overlap, run_intervals
+from test_runner import TrialEvents
 from trainers.config import apply_overrides
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, CPU_FLOPS, cpu_hours, gpu_share, trial_memory
 from tune_looped.run import main
@@ -49,13 +49,15 @@ def test_the_quick_study_and_an_explicit_share_take_no_estimate(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_auto_packs_trials_onto_a_gpu_ray_is_told_of(tmp_path, capsys):
+def test_auto_packs_trials_onto_a_gpu_ray_is_told_of(tmp_path, capsys, monkeypatch):
     """Tiny trials need little memory: the smallest share, so 4 trials (one per CPU) run together on one GPU."""
     base = apply_overrides(TINY_BASE, {"training.train_steps": 400, "wandb.log_every_steps": 50})
     space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1, 2, 3]}}], base,
                         resources={"cpu": 1, "gpu": "auto"})
+    recorder = TrialEvents()
+    recorder.install(monkeypatch)
     rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "4",
                "--num-gpus", "1", "--no-report"])
     assert rc == 0
     assert re.search(r"resources.gpu auto: each trial gets 0.125 of a GPU", capsys.readouterr().err)
-    assert max_overlap(run_intervals(tmp_path / "r" / "g")) == 4
+    assert recorder.max_running() == 4, recorder.events

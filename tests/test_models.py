@@ -15,13 +15,8 @@ ATOL = 1e-5
 RTOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models gain nothing from intra-op threads, and on busy shared cores their spin-waits cost 100x
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny models gain nothing from intra-op threads, and on busy shared cores their spin-waits cost 100x
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(family="gpt2_loop", seed=0, **overrides):

@@ -24,13 +24,8 @@ CPU = torch.device("cpu")
 REL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models gain nothing from intra-op threads, and on busy shared cores their spin-waits cost 100x
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny models gain nothing from intra-op threads, and on busy shared cores their spin-waits cost 100x
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config_of(raw, **overrides):

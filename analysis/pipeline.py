@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from analysis.evaluation import EVALUATION_FILE, N_PROMPTS, evaluate_trials
 from analysis.experiment import read_space_record, read_trials
@@ -45,8 +46,6 @@ def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = 
     `progress`: a bar on stderr, one step per checkpoint evaluated and per figure; None shows it on a terminal only.
     Returns the written paths: `curves`, `summary`, `evaluation`, `report` and the list `plots`.
     """
-    from tqdm import tqdm
-
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {list(FORMATS)}")
     trials = read_trials(experiment_dir)

@@ -1,11 +1,14 @@
 """Config loading: the research's files load unchanged; every bad input is one line naming file and key."""
+import subprocess
+import sys
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
 from trainers.config import (
-    Config, ConfigError, config_from_dict, config_to_dict, load_config, parse_override_args,
+    Config, ConfigError, ModelFamily, TaskName, config_from_dict, config_to_dict, load_config, parse_override_args,
 )
 from trainers.curriculum import curriculum_at, final_state
 
@@ -170,3 +173,73 @@ def test_performance_option_defaults_and_overrides(tiny_config_file):
     cfg = load_config(tiny_config_file, parse_override_args(["--training.compile", "true",
                                                              "--training.cuda_graphs", "true"]))
     assert cfg.training.compile is True and cfg.training.cuda_graphs is True
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--model.n_layer=2"], {"model.n_layer": 2}),
+    (["--model.n_layer", "2", "--wandb.name=a=b"], {"model.n_layer": 2, "wandb.name": "a=b"}),
+    (["--training.seed=7", "--wandb.notes=123"], {"training.seed": 7, "wandb.notes": "123"}),
+    (["--model.pretrained_path=null"], {"model.pretrained_path": None}),
+], ids=["equals", "mixed-and-equals-in-value", "typed-by-schema", "null"])
+def test_overrides_take_key_equals_value(argv, expected):
+    assert parse_override_args(argv) == expected
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model.n_layr=2"], "model.n_layr: unknown key"),
+    (["--layers=2"], "expected --section.key VALUE or --section.key=VALUE"),
+])
+def test_bad_key_equals_value(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_override_args(argv)
+
+
+def test_cli_trains_with_key_equals_value(tmp_path, tiny_config_file):
+    done = subprocess.run([sys.executable, "-m", "trainers.train", "--config", str(tiny_config_file),
+                           "--model.n_layer=2", "--training.train_steps=3", "--wandb.name=eq",
+                           "--out_dir", str(tmp_path / "runs")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    saved = yaml.safe_load((tmp_path / "runs" / "eq" / "config.yaml").read_text())
+    assert saved["model"]["n_layer"] == 2 and saved["training"]["train_steps"] == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model:\n  n_layer: 1\n  n_embd: 32\n  n_layer: 2\n", "model.n_layer: key given twice (lines 2 and 4)"),
+    ("training: {}\ntraining: {seed: 1}\n", "training: key given twice (lines 1 and 2)"),
+    ("training:\n  curriculum:\n    dims: {start: 1, start: 2}\n", "training.curriculum.dims.start: key given twice (line 3)"),
+], ids=["nested", "section", "flow-mapping"])
+def test_a_key_given_twice_is_an_error(tmp_path, text, message):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: {message}; give it once"
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("x: &shared {n_layer: 2, n_embd: 32}\nmodel:\n  <<: *shared\n  n_layer: 3\n")
+    with pytest.raises(ConfigError, match="x: unknown key"):
+        load_config(path)
+    path.write_text("model: &m {n_layer: 2}\n")
+    assert load_config(path).model.n_layer == 2
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", b"model:\n  n_layer: \xe9\n"],
+                         ids=["binary", "latin-1"])
+def test_an_undecodable_file_is_one_line(tmp_path, content):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: not a text file (byte ") and "\n" not in str(err.value)
+
+
+def test_registries_are_the_schemas_names():
+    """config.py imports neither registry, so the names it allows are checked against them here."""
+    from trainers.models import MODEL_FAMILIES
+    from trainers.tasks import TASKS
+
+    assert list(MODEL_FAMILIES) == list(typing.get_args(ModelFamily))
+    assert list(TASKS) == list(typing.get_args(TaskName))

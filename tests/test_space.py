@@ -462,6 +462,8 @@ BAD_SPACES = [
                  True, ["base", "missing"], id="quick-hides-missing-base"),
     pytest.param("base: {model: {n_layer: 1}\nexperiments: [\n", False, ["not valid YAML"], id="invalid-yaml"),
     pytest.param("", False, ["expected a mapping"], id="empty-file"),
+    pytest.param("base: base.yaml\nexperiments: []\nseeds: [0]\nseeds: [1]\n", False,
+                 ["seeds: key given twice (lines 3 and 4)"], id="duplicate-key"),
     pytest.param("- base\n", False, ["expected a mapping"], id="top-level-list"),
 ]
 

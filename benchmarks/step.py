@@ -20,7 +20,8 @@ from benchmarks.machine import OtherLoad, PeakMemory, describe, matmul_flops, sy
 from benchmarks.table import print_table
 from trainers.config import ConfigError, parse_override_args
 from trainers.curriculum import final_state
-from trainers.models import ONEDNN, build_model
+from trainers.models import build_model
+from trainers.onednn import ONEDNN
 from trainers.tasks import sample_batch
 from trainers.train import StepRunner, make_optimizer, prepare_model
 from tune_looped.space import SpaceError, load_space, trial_config

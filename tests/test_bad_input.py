@@ -379,8 +379,7 @@ def test_code_pickles_are_refused_by_every_loader(tmp_path, monkeypatch):
     """The three loaders of `.pt` files refuse a pickle that would run code, and the code does not run."""
     from analysis import AnalysisWarning
     from analysis.experiment import latest_checkpoint as analysis_checkpoint
-    from trainers.checkpoint import load_checkpoint
-    from trainers.models import load_reference_checkpoint
+    from trainers.checkpoint import load_checkpoint, load_reference_checkpoint
 
     monkeypatch.chdir(tmp_path)
     evil = tmp_path / "trial" / "checkpoint_000000" / "checkpoint.pt"

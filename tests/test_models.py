@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from trainers.checkpoint import load_reference_checkpoint
 from trainers.config import ModelConfig
-from trainers.models import (MODEL_FAMILIES, ONEDNN, Linear, LoopedTransformerModel, TransformerModel,
-                             build_model, load_reference_checkpoint)
+from trainers.models import MODEL_FAMILIES, LoopedTransformerModel, TransformerModel, build_model
+from trainers.onednn import ONEDNN, Linear
 
 TINY = dict(n_dims=5, n_positions=8, n_embd=16, n_layer=2, n_head=2)
 ATOL = 1e-5

@@ -13,7 +13,8 @@ import yaml
 from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.config import config_from_dict, set_dotted
 from trainers.curriculum import CurriculumState
-from trainers.models import ONEDNN, Linear, build_model
+from trainers.models import build_model
+from trainers.onednn import ONEDNN, Linear
 from trainers.train import (CUDA_GRAPH_WARMUP_STEPS, StepRunner, make_optimizer, prepare_model, resolve_device,
                             train, uses_cuda_graphs)
 

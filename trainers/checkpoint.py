@@ -1,4 +1,5 @@
-"""Checkpoint files: one `checkpoint.pt` per directory, written atomically, read without unpickling code."""
+"""Checkpoint files: one `checkpoint.pt` per directory, written atomically, read without unpickling code;
+and checkpoints of this code or of the paper's reference code loaded into a model."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ from pathlib import Path
 import torch
 
 from trainers.config import ConfigError
+from trainers.models import build_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -62,6 +64,34 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return candidates[-1].parent if candidates else None
 
 
+def _is_causal_mask_buffer(key, value):
+    """nanoGPT's slow-attention path saves its causal mask; it is not a parameter of the model."""
+    if key.endswith(".attn.masked_bias"):
+        return True
+    return (key.endswith(".attn.bias") and isinstance(value, torch.Tensor) and value.dim() == 4
+            and value.shape[:2] == (1, 1) and value.shape[2] == value.shape[3])
+
+
+def _state_dict_from(obj, path):
+    expected = "{'model': state_dict}, {'model_state_dict': state_dict} or a bare state dict"
+    if isinstance(obj, dict):
+        for key in ("model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    raise ValueError(f"{path}: expected {expected}, found a {type(obj).__name__} that is none of these")
+
+
+def load_reference_checkpoint(model, path):
+    """Load a checkpoint of this code or of the reference code into `model` (strict); return `model`."""
+    obj = read_weights(path)
+    state_dict = {k: v for k, v in _state_dict_from(obj, path).items() if not _is_causal_mask_buffer(k, v)}
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
 def check_pretrained(config, source: str) -> None:
     """Load `model.pretrained_path` into the model `config.model` builds, before any training starts.
 
@@ -72,8 +102,6 @@ def check_pretrained(config, source: str) -> None:
     path = config.model.pretrained_path
     if not path:
         return
-    from trainers.models import build_model, load_reference_checkpoint
-
     where = f"{source}: model.pretrained_path: {path}"
     if not Path(path).is_file():
         raise ConfigError(f"{where}: {'is a folder, not a file' if Path(path).is_dir() else 'no such file'}")

@@ -1,6 +1,7 @@
 """The models of the looped-transformer paper: a GPT-2 backbone (nanoGPT style) run once or in a loop.
 
-Parameter names match the paper's reference code so its checkpoints load with strict=True.
+Parameter names match the paper's reference code so its checkpoints load with strict=True
+(`trainers.checkpoint.load_reference_checkpoint`).
 """
 import math
 
@@ -9,72 +10,10 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from trainers.config import ModelConfig
+from trainers.onednn import ONEDNN, Linear
 
 ADDITIVE, MULTIPLICATIVE = "z=f(x+z)", "z=f(x*z)"
 LOOP_FUNCS = (ADDITIVE, MULTIPLICATIVE)
-CONSTRUCTOR_KEYS = ("n_dims", "n_positions", "n_embd", "n_layer", "n_head", "n_last_tokens", "use_lstm_layer",
-                    "loop_func")
-
-
-def _onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-ONEDNN = _onednn_available()
-
-
-def _onednn_mm(a, b_t, bias=None):
-    """a @ b_t.T (+ bias) by oneDNN's fp32 GEMM, for 2-d a and b_t."""
-    return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
-
-
-class _OneDnnLinear(torch.autograd.Function):
-    """x W^T + b, forward and backward, on oneDNN. PyTorch sends fp32 products on the CPU to MKL's sgemm,
-    which on AMD CPUs runs its AVX2 code: half of what AVX-512 gives (README, "Performance")."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _onednn_linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad2 = grad.reshape(-1, grad.size(-1))
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _onednn_mm(grad2, weight.t().contiguous()).view(x.shape)  # [M, N] @ [N, K]
-        if ctx.needs_input_grad[1]:
-            # dW^T = X^T dY, [K, M] @ [M, N]: oneDNN reorders its second operand anyway, so only the
-            # smaller X^T is made contiguous (measured fastest of the four layouts)
-            grad_w = _onednn_mm(x.reshape(-1, x.size(-1)).t().contiguous(), grad2.t()).t()
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad2.sum(0)
-        return grad_x, grad_w, grad_b
-
-
-def _onednn_linear(x, weight, bias):
-    return _onednn_mm(x.reshape(-1, x.size(-1)), weight, bias).view(*x.shape[:-1], weight.size(0))
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters, same names) whose fp32 CPU product runs on oneDNN where it is built in.
-
-    The product is the same fp32 arithmetic summed in another order: results agree to rounding, and a run
-    is as deterministic as with MKL. Autocast, other dtypes, other devices and torch.compile tracing take
-    the usual F.linear; `model.use_onednn(False)` (`training.onednn_linear: false`) always does.
-    """
-
-    onednn = ONEDNN
-
-    def forward(self, x):
-        if (self.onednn and x.device.type == "cpu" and x.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
-            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-                return _OneDnnLinear.apply(x, self.weight, self.bias)
-            return _onednn_linear(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
 
 
 class CausalSelfAttention(nn.Module):
@@ -125,6 +64,13 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def _init_weights(module):
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 class Backbone(nn.Module):
     """Position embedding, n_layer blocks (or one n_layer-deep LSTM), final LayerNorm; no token embedding."""
 
@@ -158,13 +104,6 @@ class Backbone(nn.Module):
             for block in self.transformer.h:
                 x = block(x)
         return self.transformer.ln_f(x)
-
-
-def _init_weights(module):
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
 
 
 def _combine(xs, ys):
@@ -236,7 +175,7 @@ class LoopedTransformerModel(TransformerModel):
         if N == -1 or N >= T:
             return None
         positions = torch.arange(T, device=embeds.device)
-        return (positions >= T - N).to(embeds.dtype).view(1, T, 1)
+        return (positions >= T - N).to(embeds.dtype).view(1, T, 1)  # [T] -> [1, T, 1]
 
     def _step(self, z, embeds, keep):
         if keep is not None:
@@ -264,6 +203,8 @@ class LoopedTransformerModel(TransformerModel):
 
 
 MODEL_FAMILIES = {"gpt2": TransformerModel, "gpt2_loop": LoopedTransformerModel}
+CONSTRUCTOR_KEYS = ("n_dims", "n_positions", "n_embd", "n_layer", "n_head", "n_last_tokens", "use_lstm_layer",
+                    "loop_func")
 
 
 def build_model(model_config):
@@ -283,33 +224,3 @@ def build_model(model_config):
     if pred_type != "regression":
         raise ValueError(f"pred_type {pred_type!r} is not supported; allowed: ['regression']")
     return MODEL_FAMILIES[family](**{key: get(key) for key in CONSTRUCTOR_KEYS})
-
-
-def _is_causal_mask_buffer(key, value):
-    """nanoGPT's slow-attention path saves its causal mask; it is not a parameter of the model."""
-    if key.endswith(".attn.masked_bias"):
-        return True
-    return (key.endswith(".attn.bias") and isinstance(value, torch.Tensor) and value.dim() == 4
-            and value.shape[:2] == (1, 1) and value.shape[2] == value.shape[3])
-
-
-def _state_dict_from(obj, path):
-    expected = "{'model': state_dict}, {'model_state_dict': state_dict} or a bare state dict"
-    if isinstance(obj, dict):
-        for key in ("model", "model_state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return obj
-    raise ValueError(f"{path}: expected {expected}, found a {type(obj).__name__} that is none of these")
-
-
-def load_reference_checkpoint(model, path):
-    """Load a checkpoint of this code or of the reference code into `model` (strict); return `model`."""
-    from trainers.checkpoint import read_weights
-
-    obj = read_weights(path)
-    state_dict = {k: v for k, v in _state_dict_from(obj, path).items() if not _is_causal_mask_buffer(k, v)}
-    model.load_state_dict(state_dict, strict=True)
-    return model

@@ -14,10 +14,10 @@ from typing import Callable
 
 import torch
 
-from trainers.checkpoint import checkpoint_dir_of, load_checkpoint, save_checkpoint
+from trainers.checkpoint import checkpoint_dir_of, load_checkpoint, load_reference_checkpoint, save_checkpoint
 from trainers.config import Config, config_to_dict
 from trainers.curriculum import CurriculumState, curriculum_at, final_state, loop_window_start
-from trainers.models import LoopedTransformerModel, build_model, load_reference_checkpoint
+from trainers.models import LoopedTransformerModel, build_model
 from trainers.tasks import error_normaliser, sample_batch
 
 EVAL_SEED = 20240101

@@ -23,7 +23,7 @@ from trainers.curriculum import final_state
 from trainers.models import build_model
 from trainers.onednn import ONEDNN
 from trainers.tasks import sample_batch
-from trainers.train import StepRunner, make_optimizer, prepare_model
+from trainers.training import StepRunner, make_optimizer, prepare_model
 from tune_looped.space import SpaceError, load_space, trial_config
 
 SPACE = "hypotheses"

@@ -17,7 +17,7 @@ from analysis import AnalysisWarning, load_curves
 from sweeps import TINY_BASE, finish, rows, start_sweep, trial_dirs, variant, wait_for, write_space
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
-from trainers.train import train
+from trainers.training import train
 from tune_looped.run import main
 
 HYPOTHESES = [

@@ -15,8 +15,8 @@ from trainers.config import config_from_dict, set_dotted
 from trainers.curriculum import CurriculumState
 from trainers.models import build_model
 from trainers.onednn import ONEDNN, Linear
-from trainers.train import (CUDA_GRAPH_WARMUP_STEPS, StepRunner, make_optimizer, prepare_model, resolve_device,
-                            train, uses_cuda_graphs)
+from trainers.training import (CUDA_GRAPH_WARMUP_STEPS, StepRunner, make_optimizer, prepare_model,
+                               resolve_device, train, uses_cuda_graphs)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from analysis.stats import bootstrap_mean
 from trainers.config import config_from_dict, set_dotted
 from trainers.models import build_model
 from trainers.tasks import sample_batch
-from trainers.train import EVAL_SEED, autocast, evaluate, make_eval_set, train
+from trainers.training import EVAL_SEED, autocast, evaluate, make_eval_set, train
 
 CPU = torch.device("cpu")
 # fp32 sums of a few hundred terms in another order than ours: far below any difference a mistake makes

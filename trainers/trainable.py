@@ -73,7 +73,7 @@ def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
             checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
             tune.report(metrics, checkpoint=checkpoint)
 
-        from trainers.train import train
+        from trainers.training import train
 
         train(config, out_dir=work / "run", reporter=report, resume_from=resume_from, device=device,
               num_threads=threads)

@@ -266,9 +266,3 @@ class TrainingLoop:
         if previous is not None and not (keep_every > 0 and int(previous.name[5:]) % keep_every == 0):
             shutil.rmtree(previous, ignore_errors=True)
         return path
-
-
-if __name__ == "__main__":
-    from trainers.single_run import main
-
-    raise SystemExit(main())

@@ -184,11 +184,16 @@ def test_cli_runs_the_research_command_line_and_resumes(tmp_path, tiny_config_fi
 
 
 def test_cli_does_not_import_ray(tmp_path, tiny_config_file):
-    code = ("import sys; from trainers.single_run import main; "
-            f"rc = main(['--config', '{tiny_config_file}', '--training.train_steps', '2', '--out_dir', '{tmp_path}']);"
-            "assert 'ray' not in sys.modules; sys.exit(rc)")
+    """Run as `python -m trainers.train` does: no Ray, and the entry module executes once (no module imports
+    it by name, which would run it a second time as `trainers.train` besides `__main__`)."""
+    argv = ["trainers.train", "--config", str(tiny_config_file), "--training.train_steps", "2",
+            "--out_dir", str(tmp_path)]
+    code = (f"import runpy, sys\nsys.argv = {argv!r}\n"
+            "try:\n    runpy.run_module('trainers.train', run_name='__main__', alter_sys=True)\n"
+            "finally:\n    assert 'ray' not in sys.modules and 'trainers.train' not in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert (tmp_path / tiny_config_file.stem / "metrics.jsonl").is_file()
 
 
 @pytest.mark.parametrize("args,message", [

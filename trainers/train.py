@@ -3,10 +3,12 @@
 Accepts the research's own command lines (`--model.n_layer 1 --wandb.name "LR_loop_L1_ends{30}_T{15}"
 --gpu.n_gpu 0`). The run lives in `<out_dir>/<wandb.name or config name>/` with its resolved `config.yaml`,
 `metrics.jsonl` and `checkpoints/`; `--resume` continues it from its latest checkpoint.
+
+The entry point only: the training loop is `trainers.training`, and no module imports this one (run as
+`__main__`, it would execute a second time).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -15,21 +17,11 @@ from pathlib import Path
 import yaml
 
 from trainers.checkpoint import check_pretrained, latest_checkpoint, load_checkpoint
+from trainers.cli import OneLineArgumentParser
 from trainers.config import ConfigError, config_to_dict, load_config, parse_override_args
+from trainers.training import train
 
 DEFAULT_OUT_DIR = "runs"
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad command line gives the one `error: ...` line (exit status 2) that every other bad
-    input gives, instead of the usage text followed by the error; `--help` shows the usage."""
-
-    def __init__(self, **kwargs):
-        # no abbreviated flags: `--res` must not silently mean `--resume`
-        super().__init__(allow_abbrev=False, **kwargs)
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def parse_args(argv):
@@ -104,8 +96,6 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from trainers.training import train
-
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     log = RunLog(run_dir, config.training.train_steps, history)
@@ -116,3 +106,7 @@ def main(argv=None) -> int:
         print(f"diverged at step {row['step']}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

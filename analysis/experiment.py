@@ -1,8 +1,9 @@
-"""One experiment on disk, read without Ray: its trial folders, their params, results and checkpoints.
+"""One experiment on disk, read without Ray: its trial folders, their values, results and checkpoints.
 
-Ray Tune writes one folder per trial (any folder holding `params.json`). The experiment may still be
-running or may have been interrupted, so a half-written last line of `result.json` is skipped and a
-checkpoint that does not load gives way to the next most recent one.
+Ray Tune writes one folder per trial; the runner records in each the trial's id, experiments and dotted
+values (`trial.json`), and a trial is any folder holding that record. The experiment may still be running or
+may have been interrupted, so a half-written last line of `result.json` is skipped and a checkpoint that does
+not load gives way to the next most recent one.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import yaml
 from trainers.checkpoint import CHECKPOINT_FILE, read_weights, reason
 
 SPACE_RECORD = "space.yaml"  # the resolved search space the runner writes beside the trials
+TRIAL_RECORD = "trial.json"  # {"trial_id", "experiments", "values"}: the runner's record of one trial
 
 
 class AnalysisError(ValueError):
@@ -32,7 +34,7 @@ class Trial:
     trial_id: str
     path: Path
     experiments: tuple[str, ...]  # the hypotheses the trial belongs to, sorted
-    params: dict  # dotted config key -> value, as the search space gave it
+    params: dict  # dotted config key -> value, as the search space gave it (grid and sampled keys)
     rows: list  # result.json rows in file order
     checkpoint: dict | None  # the latest loadable checkpoint.pt
     errored: bool
@@ -51,10 +53,16 @@ def read_trials(experiment_dir) -> list[Trial]:
     root = Path(experiment_dir)
     if not root.is_dir():
         raise AnalysisError(f"{root}: no such experiment directory")
-    trials = [trial for folder in sorted({p.parent for p in root.rglob("params.json")})
-              if (trial := read_trial(folder)) is not None]
+    recorded = {p.parent for p in root.rglob(TRIAL_RECORD)}
+    unrecorded = sorted({p.parent for p in root.rglob("params.json")} - recorded)
+    if unrecorded and not recorded:
+        raise AnalysisError(f"{root}: no trial folder holds {TRIAL_RECORD}, only Ray's params.json: an experiment "
+                            "of a runner older than the trial record, which this analysis cannot read")
+    for folder in unrecorded:
+        warnings.warn(f"{folder}: params.json but no {TRIAL_RECORD}; trial skipped", AnalysisWarning, stacklevel=2)
+    trials = [trial for folder in sorted(recorded) if (trial := read_trial(folder)) is not None]
     if not trials:
-        raise AnalysisError(f"{root}: no trials there (no folder holds a readable params.json)")
+        raise AnalysisError(f"{root}: no trials there (no folder holds a readable {TRIAL_RECORD})")
     if not any(trial.rows or trial.checkpoint for trial in trials):
         raise AnalysisError(f"{root}: no trial has reported a result yet ({len(trials)} trial folder(s), none with "
                             "a result.json row or a checkpoint)")
@@ -71,28 +79,31 @@ def read_space_record(experiment_dir) -> dict:
 
 
 def read_trial(folder: Path) -> Trial | None:
-    try:
-        params = json.loads((folder / "params.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        warnings.warn(f"{folder}: params.json unreadable ({err}); trial skipped", AnalysisWarning, stacklevel=2)
+    record = read_trial_record(folder)
+    if record is None:
         return None
-    experiments, flat = flatten_params(params)
-    rows = read_result_rows(folder / "result.json")
-    trial_id = next((str(row["trial_id"]) for row in rows if row.get("trial_id")), folder.name)
-    errored = (folder / "error.txt").exists() or (folder / "error.pkl").exists()
-    return Trial(trial_id, folder, experiments, flat, rows, latest_checkpoint(folder), errored)
-
-
-def flatten_params(params: dict) -> tuple[tuple[str, ...], dict]:
-    """params.json -> (experiments, {dotted key: value}); `variant` holds the declared keys and the tags."""
-    variant = dict(params.get("variant") or {})
-    experiments = variant.pop("experiments", ())
-    if isinstance(experiments, str):
-        experiments = (experiments,)
     flat: dict = {}
-    _flatten("", variant, flat)
-    _flatten("", {k: v for k, v in params.items() if k != "variant"}, flat)
-    return tuple(sorted(set(experiments))), flat
+    _flatten("", record["values"], flat)
+    experiments = tuple(sorted(set(record["experiments"])))
+    errored = (folder / "error.txt").exists() or (folder / "error.pkl").exists()
+    return Trial(record["trial_id"], folder, experiments, flat, read_result_rows(folder / "result.json"),
+                 latest_checkpoint(folder), errored)
+
+
+def read_trial_record(folder: Path) -> dict | None:
+    """The folder's `trial.json`, or None with a warning when it is unreadable or not the runner's record."""
+    try:
+        record = json.loads((folder / TRIAL_RECORD).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        warnings.warn(f"{folder}: {TRIAL_RECORD} unreadable ({err}); trial skipped", AnalysisWarning, stacklevel=2)
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("trial_id"), str)
+            and isinstance(record.get("experiments"), list) and all(isinstance(e, str) for e in record["experiments"])
+            and isinstance(record.get("values"), dict)):
+        warnings.warn(f"{folder}: {TRIAL_RECORD} is not the runner's record (trial_id, experiments, values); "
+                      "trial skipped", AnalysisWarning, stacklevel=2)
+        return None
+    return record
 
 
 def _flatten(prefix: str, value, into: dict) -> None:

@@ -47,8 +47,9 @@ def rows(trial_dir: Path) -> list[dict]:
     return out
 
 
-def variant(trial_dir: Path) -> dict:
-    return json.loads((trial_dir / "params.json").read_text())["variant"]
+def record(trial_dir: Path) -> dict:
+    """The runner's record of the trial: its trial_id, experiments and dotted values."""
+    return json.loads((trial_dir / "trial.json").read_text())
 
 
 def finished_trials(experiment_dir: Path, last_step: int) -> list[Path]:

@@ -60,9 +60,9 @@ def test_seed_band_narrows_around_the_mean_with_many_seeds():
     assert row["hi"] - row["lo"] == pytest.approx(2 * 1.645 * 0.1 / math.sqrt(50), rel=0.3)
 
 
-def _params(n_last_tokens=-1):
-    return {"variant": {"experiments": ["information_flow"], "model.n_last_tokens": n_last_tokens},
-            "training.seed": 0}
+def _trial(n_last_tokens=-1):
+    """write_trial's experiments and values of a trial of one hypothesis."""
+    return {"experiments": ["information_flow"], "values": {"model.n_last_tokens": n_last_tokens, "training.seed": 0}}
 
 
 def test_retried_trial_history_is_rebuilt_from_checkpoint_and_result_rows(tmp_path):
@@ -72,7 +72,7 @@ def test_retried_trial_history_is_rebuilt_from_checkpoint_and_result_rows(tmp_pa
     second = [metric_row(s, 0.5, eval_loss=0.5 - s / 1000) for s in range(40, 100, 10)]
     result = [ray_row(r, "tr", i) for i, r in enumerate([first[0], first[4], first[5], *second])]
     checkpoint = checkpoint_state(config_dict(train_steps=91), step=41, metrics=first[:5])
-    write_trial(tmp_path, "trial_tr", params=_params(), rows=result, checkpoint=checkpoint)
+    write_trial(tmp_path, "trial_tr", **_trial(), rows=result, checkpoint=checkpoint)
     with warnings.catch_warnings():
         warnings.simplefilter("error", AnalysisWarning)
         curves = load_curves(tmp_path)
@@ -86,7 +86,7 @@ def test_retried_trial_history_is_rebuilt_from_checkpoint_and_result_rows(tmp_pa
 
 def test_steps_no_source_has_are_reported(tmp_path):
     rows = [ray_row(metric_row(s, 1.0), "gappy", i) for i, s in enumerate(range(0, 100, 10)) if s not in (60, 70)]
-    write_trial(tmp_path, "trial_gappy", params=_params(), rows=rows)
+    write_trial(tmp_path, "trial_gappy", **_trial(), rows=rows)
     with pytest.warns(AnalysisWarning, match=r"trial gappy: 2 logged step\(s\) missing .*60, 70"):
         curves = load_curves(tmp_path)
     assert len(curves) == 8
@@ -94,7 +94,7 @@ def test_steps_no_source_has_are_reported(tmp_path):
 
 def test_a_half_written_last_line_is_skipped_quietly(tmp_path):
     rows = [ray_row(metric_row(s, 1.0, eval_loss=1.0), "run", i) for i, s in enumerate(range(0, 50, 10))]
-    write_trial(tmp_path, "trial_run", params=_params(), rows=rows, truncated_tail='{"step": 50, "overall_lo')
+    write_trial(tmp_path, "trial_run", **_trial(), rows=rows, truncated_tail='{"step": 50, "overall_lo')
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         curves = load_curves(tmp_path)
@@ -103,7 +103,7 @@ def test_a_half_written_last_line_is_skipped_quietly(tmp_path):
 
 
 def test_a_broken_line_inside_the_file_is_reported(tmp_path):
-    folder = write_trial(tmp_path, "trial_x", params=_params(), rows=[ray_row(metric_row(0, 1.0), "x", 0)])
+    folder = write_trial(tmp_path, "trial_x", **_trial(), rows=[ray_row(metric_row(0, 1.0), "x", 0)])
     lines = (folder / "result.json").read_text()
     (folder / "result.json").write_text("{broken\n" + lines)
     with pytest.warns(AnalysisWarning, match="line 1 is not JSON"):
@@ -115,13 +115,13 @@ def test_summary_status_and_losses(tmp_path):
     finished = [metric_row(s, 1.0, eval_loss=v) for s, v in zip(range(0, 100, 10), [3, 1, 2, 0.5, 4, 1, 1, 1, 1, .9])]
     diverged = [metric_row(0, 1.0, eval_loss=2.0), {**metric_row(10, math.inf), "diverged": True}]
     partial = [metric_row(s, 1.0, eval_loss=1.0) for s in (0, 10)]
-    write_trial(tmp_path, "a", params=_params(-1), rows=[ray_row(r, "fin", i) for i, r in enumerate(finished)],
+    write_trial(tmp_path, "a", **_trial(-1), rows=[ray_row(r, "fin", i) for i, r in enumerate(finished)],
                 checkpoint=checkpoint_state(config, step=91, metrics=finished))
-    write_trial(tmp_path, "b", params=_params(2), rows=[ray_row(r, "div", i) for i, r in enumerate(diverged)])
-    write_trial(tmp_path, "c", params=_params(3), rows=[ray_row(r, "err", i) for i, r in enumerate(partial)],
+    write_trial(tmp_path, "b", **_trial(2), rows=[ray_row(r, "div", i) for i, r in enumerate(diverged)])
+    write_trial(tmp_path, "c", **_trial(3), rows=[ray_row(r, "err", i) for i, r in enumerate(partial)],
                 error=True)
-    write_trial(tmp_path, "d", params=_params(4), rows=[ray_row(r, "inc", i) for i, r in enumerate(partial)])
-    write_trial(tmp_path, "e", params=_params(5),
+    write_trial(tmp_path, "d", **_trial(4), rows=[ray_row(r, "inc", i) for i, r in enumerate(partial)])
+    write_trial(tmp_path, "e", **_trial(5),
                 rows=[ray_row(r, "done", i, done=r["step"] == 10) for i, r in enumerate(partial)])
     summary = load_summary(tmp_path).set_index("trial_id")
     assert summary["status"].to_dict() == {"fin": "finished", "div": "diverged", "err": "error",
@@ -134,13 +134,51 @@ def test_summary_status_and_losses(tmp_path):
     assert math.isnan(summary.loc["inc", "train_steps"])
 
 
-def test_params_outside_the_variant_and_lists_become_columns(tmp_path):
-    params = {"variant": {"experiments": "baseline", "model.n_layer": 3}, "training.learning_rate": 3e-4,
-              "training.tags": [1, 2]}
-    write_trial(tmp_path, "t", params=params, rows=[ray_row(metric_row(0, 1.0), "t", 0)])
+def test_the_records_values_and_lists_become_columns(tmp_path):
+    """The record's dotted values (grid and sampled keys alike) are columns, a list as JSON text; the trial id
+    and the experiments, sorted, come from the record too."""
+    values = {"model.n_layer": 3, "training.learning_rate": 3e-4, "training.tags": [1, 2]}
+    write_trial(tmp_path, "folder_name", experiments=["looped", "baseline"], values=values, trial_id="abc_00001",
+                rows=[metric_row(0, 1.0)])
     row = load_curves(tmp_path).iloc[0]
-    assert row["experiments"] == "baseline" and row["model.n_layer"] == 3
+    assert row["trial_id"] == "abc_00001" and row["experiments"] == "baseline;looped" and row["model.n_layer"] == 3
     assert row["training.learning_rate"] == pytest.approx(3e-4) and json.loads(row["training.tags"]) == [1, 2]
+
+
+def test_an_experiment_of_the_previous_runner_is_one_clear_error(tmp_path):
+    """Trial folders with Ray's params.json and no trial.json: the record the analysis reads is missing."""
+    folder = tmp_path / "train_t_00000"
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps({"variant": {"experiments": ["e"], "training.seed": 0}}))
+    (folder / "result.json").write_text(json.dumps(ray_row(metric_row(0, 1.0), "t", 0)) + "\n")
+    expected = f"^{tmp_path}: no trial folder holds trial.json, only Ray's params.json: [^\n]*cannot read$"
+    with pytest.raises(AnalysisError, match=expected):
+        load_curves(tmp_path)
+
+
+def test_a_folder_without_its_record_beside_recorded_ones_is_skipped_with_a_warning(tmp_path):
+    write_trial(tmp_path, "a", **_trial(), rows=[ray_row(metric_row(0, 1.0), "kept", 0)])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "params.json").write_text("{}")
+    with pytest.warns(AnalysisWarning, match=f"^{tmp_path / 'b'}: params.json but no trial.json; trial skipped$"):
+        curves = load_curves(tmp_path)
+    assert set(curves["trial_id"]) == {"kept"}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"trial_id": "x", "experi', r"trial.json unreadable \(.*\); trial skipped"),
+    (b"\xff\xfe{}", r"trial.json unreadable \(.*\); trial skipped"),
+    (b'{"variant": {"experiments": ["e"]}}', r"trial.json is not the runner's record"),
+    (b'{"trial_id": "x", "experiments": "e", "values": {}}', r"trial.json is not the runner's record"),
+    (b'{"trial_id": "x", "experiments": [["e"]], "values": {}}', r"trial.json is not the runner's record"),
+], ids=["truncated", "not-utf8", "params-shape", "experiments-a-string", "experiments-not-names"])
+def test_an_unreadable_record_skips_its_trial_with_a_warning(tmp_path, content, message):
+    write_trial(tmp_path, "a", **_trial(), rows=[ray_row(metric_row(0, 1.0), "kept", 0)])
+    folder = write_trial(tmp_path, "b", **_trial(), rows=[ray_row(metric_row(0, 1.0), "bad", 0)])
+    (folder / "trial.json").write_bytes(content)
+    with pytest.warns(AnalysisWarning, match=f"^{folder}: {message}"):
+        curves = load_curves(tmp_path)
+    assert set(curves["trial_id"]) == {"kept"}
 
 
 def test_missing_or_empty_directory_is_a_clear_error(tmp_path):
@@ -153,7 +191,7 @@ def test_missing_or_empty_directory_is_a_clear_error(tmp_path):
 # a text file makes torch's weights-only unpickler raise IndexError, not one of its usual errors
 @pytest.mark.parametrize("content", [b"not a zip file", b"\x80\x02garbage", b"plain text\n"])
 def test_an_unloadable_checkpoint_gives_way_to_the_rows(tmp_path, content):
-    folder = write_trial(tmp_path, "t", params=_params(), rows=[ray_row(metric_row(0, 1.0), "t", 0)])
+    folder = write_trial(tmp_path, "t", **_trial(), rows=[ray_row(metric_row(0, 1.0), "t", 0)])
     (folder / "checkpoint_000002").mkdir()
     (folder / "checkpoint_000002" / "checkpoint.pt").write_bytes(content)
     with pytest.warns(AnalysisWarning, match="checkpoint not loadable"):
@@ -162,7 +200,7 @@ def test_an_unloadable_checkpoint_gives_way_to_the_rows(tmp_path, content):
 
 def test_a_trial_one_step_short_of_its_end_is_incomplete(tmp_path):
     rows = [metric_row(s, 1.0, eval_loss=1.0) for s in [*range(0, 90, 10), 89]]
-    write_trial(tmp_path, "t", params=_params(), rows=[ray_row(r, "short", i) for i, r in enumerate(rows)],
+    write_trial(tmp_path, "t", **_trial(), rows=[ray_row(r, "short", i) for i, r in enumerate(rows)],
                 checkpoint=checkpoint_state(config_dict(train_steps=91), step=90, metrics=rows))
     summary = load_summary(tmp_path).iloc[0]
     assert summary["status"] == "incomplete" and summary["last_step"] == 89 and summary["train_steps"] == 91
@@ -171,7 +209,7 @@ def test_a_trial_one_step_short_of_its_end_is_incomplete(tmp_path):
 def test_wall_time_falls_back_to_the_trainer_clock_without_ray_rows(tmp_path):
     """Rows only a checkpoint kept have no Ray `time_total_s`; the trainer's `elapsed_s` stands in."""
     rows = [metric_row(s, 1.0, eval_loss=0.5) for s in (0, 10, 20)]
-    write_trial(tmp_path, "t", params=_params(), checkpoint=checkpoint_state(config_dict(train_steps=21), step=21,
+    write_trial(tmp_path, "t", **_trial(), checkpoint=checkpoint_state(config_dict(train_steps=21), step=21,
                                                                              metrics=rows))
     summary = load_summary(tmp_path).iloc[0]
     assert summary["wall_time_s"] == pytest.approx(2.0) and summary["final_eval_loss"] == pytest.approx(0.5)
@@ -186,8 +224,8 @@ def test_seed_mean_carries_the_union_of_the_experiments():
 
 def test_a_trial_that_has_not_reported_yet_is_summarised_as_incomplete(tmp_path):
     """A running sweep: one trial has rows, another has only its folder so far."""
-    write_trial(tmp_path, "a", params=_params(-1), rows=[ray_row(metric_row(0, 1.0, eval_loss=0.7), "ran", 0)])
-    write_trial(tmp_path, "b", params=_params(2))
+    write_trial(tmp_path, "a", **_trial(-1), rows=[ray_row(metric_row(0, 1.0, eval_loss=0.7), "ran", 0)])
+    write_trial(tmp_path, "b", **_trial(2))
     summary = load_summary(tmp_path).set_index("trial_id")
     assert summary.loc["ran", "final_eval_loss"] == pytest.approx(0.7)
     pending = summary.loc[summary.index != "ran"].iloc[0]

@@ -1,9 +1,11 @@
-"""Synthetic experiment directories in Ray Tune's on-disk layout, written by hand for the analysis tests."""
+"""Synthetic experiment directories in Ray Tune's on-disk layout with the runner's trial records, written by hand for
+the analysis tests."""
 import json
 from pathlib import Path
 
 import torch
 
+from analysis.experiment import TRIAL_RECORD
 from trainers.models import build_model
 
 
@@ -39,12 +41,16 @@ def ray_row(row, trial_id, iteration, *, done=False, node_id="node-a"):
             "done": done, "config": {"variant": {}}, "node_id": node_id}
 
 
-def write_trial(experiment_dir, name, *, params, rows=(), checkpoint=None, error=False, truncated_tail=None):
-    """One trial folder; `rows` are result.json rows as dicts, `checkpoint` a dict saved as the latest
+def write_trial(experiment_dir, name, *, experiments, values=None, trial_id=None, rows=(), checkpoint=None,
+                error=False, truncated_tail=None):
+    """One trial folder with the runner's `trial.json` (the trial id defaults to the rows', as Ray writes them,
+    else the folder's name); `rows` are result.json rows as dicts, `checkpoint` a dict saved as the latest
     checkpoint, `truncated_tail` text appended after the last line as a half-written row."""
     folder = Path(experiment_dir) / name
     folder.mkdir(parents=True)
-    (folder / "params.json").write_text(json.dumps(params))
+    trial_id = trial_id or (rows[0]["trial_id"] if rows else name)
+    record = {"trial_id": trial_id, "experiments": list(experiments), "values": values or {}}
+    (folder / TRIAL_RECORD).write_text(json.dumps(record))
     lines = "".join(json.dumps(row) + "\n" for row in rows)
     (folder / "result.json").write_text(lines + (truncated_tail or ""))
     if checkpoint is not None:
@@ -69,8 +75,9 @@ def write_finished_trial(experiment_dir, name, *, experiments, variant, config, 
     rows = [metric_row(step, 2 * loss, eval_loss=loss) for step, loss in zip(steps, eval_losses)]
     ray_rows = [ray_row(row, trial_id, i + 1, done=i == len(rows) - 1) for i, row in enumerate(rows)]
     state = checkpoint_state(config, step=steps[-1] + 1, metrics=rows) if with_model else None
-    params = {"variant": {"experiments": experiments, **variant}, "training.seed": config["training"]["seed"]}
-    return write_trial(experiment_dir, name, params=params, rows=ray_rows, checkpoint=state)
+    values = {**variant, "training.seed": config["training"]["seed"]}
+    return write_trial(experiment_dir, name, experiments=experiments, values=values, trial_id=trial_id, rows=ray_rows,
+                       checkpoint=state)
 
 
 # trial id -> (experiments, variant, config overrides); t1/t2 belong to both hypotheses, t3/t4 leave

@@ -127,7 +127,7 @@ BASE = {"base.yaml": config()}
 SPACE = {**BASE, "space.yaml": space()}
 TRAIN = ("--config", "base.yaml", "--out_dir", "runs")
 RUN = ("--space", "space.yaml", "--storage", "results", "--num-cpus", "2")
-TRIAL_PARAMS = json.dumps({"variant": {"experiments": ["e"], "training.seed": 0}})
+TRIAL_RECORD = json.dumps({"trial_id": "t0", "experiments": ["e"], "values": {"training.seed": 0}})
 
 
 def pretrained(case_id: str, what: str, path: str, content, expect: tuple) -> Case:
@@ -297,10 +297,10 @@ CASES = [
          {"exp": folder}),
     Case("analysis-half-written", "analysis", "a trial folder with an empty result.json, no checkpoint", "analysis",
          ("all", "exp"), ("exp", "no trial has reported"),
-         {"exp/t0/params.json": TRIAL_PARAMS, "exp/t0/result.json": ""}),
+         {"exp/t0/trial.json": TRIAL_RECORD, "exp/t0/result.json": ""}),
     Case("analysis-truncated", "analysis", "a trial folder with a truncated result.json, no checkpoint", "analysis",
          ("all", "exp"), ("exp", "no trial has reported"),
-         {"exp/t0/params.json": TRIAL_PARAMS, "exp/t0/result.json": '{"step": 0, "overall_lo'}),
+         {"exp/t0/trial.json": TRIAL_RECORD, "exp/t0/result.json": '{"step": 0, "overall_lo'}),
 ]
 
 

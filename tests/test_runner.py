@@ -9,12 +9,13 @@ import sys
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 from analysis import AnalysisWarning, load_curves
-from sweeps import TINY_BASE, finish, rows, start_sweep, trial_dirs, variant, wait_for, write_space
+from sweeps import TINY_BASE, finish, record, rows, start_sweep, trial_dirs, wait_for, write_space
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
 from trainers.training import train
@@ -78,7 +79,8 @@ class Terminal(io.StringIO):
 
 
 def test_three_hypotheses_dedup_and_report(tmp_path, capsys, monkeypatch):
-    space = write_space(tmp_path / "space.yaml", HYPOTHESES)
+    # a sampled key of one value (the base's): recorded and shown like any sampled key, without changing the trials
+    space = write_space(tmp_path / "space.yaml", HYPOTHESES, sample={"model.n_head": "choice([2])"})
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "h", "--num-cpus", "2"])
@@ -90,9 +92,14 @@ def test_three_hypotheses_dedup_and_report(tmp_path, capsys, monkeypatch):
     experiment = tmp_path / "results" / "h"
     trials = trial_dirs(experiment)
     assert len(trials) == 4
-    tags = sorted(tuple(variant(t)["experiments"]) for t in trials)
+    # the runner's record in each trial folder: Tune's trial id, the experiments sharing the trial, the values
+    tags = sorted(tuple(record(t)["experiments"]) for t in trials)
     assert tags == sorted([("information_flow",), ("information_flow", "looped_n_layers", "looped_lstm"),
                            ("looped_n_layers",), ("looped_lstm",)])
+    assert all(record(t)["trial_id"] == rows(t)[-1]["trial_id"] for t in trials)
+    keys = ("model.n_head", "model.n_last_tokens", "model.n_layer", "model.use_lstm_layer")
+    assert sorted(tuple(record(t)["values"][k] for k in keys) for t in trials) == sorted(
+        [(2, 2, 1, False), (2, -1, 1, False), (2, -1, 2, False), (2, -1, 1, True)])
     for trial in trials:
         steps = [r["step"] for r in rows(trial)]
         assert steps == [0, 5, 10, 15, 20, 25, 29]
@@ -100,16 +107,21 @@ def test_three_hypotheses_dedup_and_report(tmp_path, capsys, monkeypatch):
     # Tune's live table: the swept keys under their short names, the experiments, the metrics, in 120 columns
     live = out.split("== 4 trials: 4 done")[-1].splitlines()
     assert live[1].startswith("experiments: 1 information_flow, 2 looped_n_layers, 3 looped_lstm")
-    assert live[2].split() == ["trial", "status", "exp", "n_last_tokens", "n_layer", "lstm", "step",
+    assert live[2].split() == ["trial", "status", "exp", "n_head", "n_last_tokens", "n_layer", "lstm", "step",
                                "n_loops", "n_points", "eval/loss", "eval/loss_last"]
     finals = [line.split() for line in live[3:7]]
-    assert sorted(row[1] for row in finals) == ["done"] * 4 and all(row[6] == "29" for row in finals)
-    assert {(row[3], row[4], row[5]) for row in finals} == {("2", "1", "False"), ("-1", "1", "False"),
-                                                            ("-1", "2", "False"), ("-1", "1", "True")}
+    assert sorted(row[1] for row in finals) == ["done"] * 4 and all(row[7] == "29" for row in finals)
+    assert {tuple(row[3:7]) for row in finals} == {("2", "2", "1", "False"), ("2", "-1", "1", "False"),
+                                                   ("2", "-1", "2", "False"), ("2", "-1", "1", "True")}
     assert max(len(line) for line in live[:7]) <= 120
     assert yaml.safe_load((experiment / "space.yaml").read_text())["base"]["model"]["n_embd"] == 16
     for name in ("curves.parquet", "summary.parquet", "evaluation.parquet", "REPORT.md"):
         assert (experiment / name).stat().st_size > 0
+    # the analysis took the trials' ids, experiments and values from the records
+    summary = pd.read_parquet(experiment / "summary.parquet")
+    assert sorted(summary["trial_id"]) == sorted(record(t)["trial_id"] for t in trials)
+    assert sorted(summary["experiments"]) == sorted(";".join(sorted(tag)) for tag in tags)
+    assert (summary["model.n_head"] == 2).all()
     assert list((experiment / "plots").glob("*.png"))
 
 

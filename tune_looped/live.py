@@ -9,6 +9,7 @@ import time
 from ray.tune import ProgressReporter
 
 from tune_looped.space import Space
+from tune_looped.trials import trial_values
 
 WIDTH = 120
 METRICS = ("step", "n_loops", "n_points", "eval/loss", "eval/loss_last")
@@ -65,9 +66,8 @@ class LiveTable(ProgressReporter):
         header = ["trial", "status", "exp", *(self.names[k] for k in self.keys), *METRICS]
         rows = []
         for trial in trials:
-            variant = dict(trial.config.get("variant", {}))
-            values = {**variant, **{k: v for k, v in trial.config.items() if k != "variant"}}
-            tags = ",".join(str(self.legend.get(e, e)) for e in variant.get("experiments", ()))
+            experiments, values = trial_values(trial.config)
+            tags = ",".join(str(self.legend.get(e, e)) for e in experiments)
             result = trial.last_result or {}
             rows.append([cell(trial.trial_id), STATUS.get(trial.status, trial.status.lower()), tags,
                          *(cell(values.get(k)) for k in self.keys), *(cell(result.get(m)) for m in METRICS)])

@@ -244,13 +244,14 @@ def fit_stopping_on_sigterm(tuner):
 def build_tuner(space, resources, name, storage, args, experiment_dir: Path):
     from ray import tune
 
-    from trainers.trainable import run_trial
+    from tune_looped.trainable import run_trial
 
     # evaluation runs every eval_every_steps, not on every logged row; Tune must accept rows without it
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Tune's default output ignores a progress reporter; the classic one prints ours
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     from tune_looped.live import LiveTable
+    from tune_looped.trials import TrialRecorder
     from tune_looped.tune_space import make_scheduler, param_space
 
     trainable = tune.with_resources(
@@ -271,6 +272,8 @@ def build_tuner(space, resources, name, storage, args, experiment_dir: Path):
         run_config=tune.RunConfig(
             name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2), progress_reporter=LiveTable(space), verbose=1,
+            # Tune keeps the run config in tuner.pkl, so a resumed sweep records its trials too
+            callbacks=[TrialRecorder()],
         ),
     )
 

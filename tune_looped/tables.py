@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from trainers.trainable import trial_values
 from tune_looped.space import Space, trial_config
 
 
@@ -32,6 +31,9 @@ def print_trial_table(space: Space) -> None:
 
 def summarise(results, space: Space) -> list[dict]:
     """One row per trial of a finished (or interrupted) `tuner.fit()`."""
+    # here, not at the top: the dry run prints its table from this module without importing Ray
+    from tune_looped.trials import trial_values
+
     rows = []
     for result in results:
         experiments, values = trial_values(result.config or {})

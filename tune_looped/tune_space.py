@@ -6,6 +6,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from trainers.flops import training_flops
 from tune_looped.space import Space, Trial, trial_config
+from tune_looped.trials import encode
 
 SAMPLERS = {
     "loguniform": tune.loguniform,
@@ -22,13 +23,10 @@ def run_order(space: Space) -> list[Trial]:
 
 
 def param_space(space: Space) -> dict:
-    """`{"variant": grid_search([...]), sampled_key: domain}`: the grid is the deduplicated list of trials,
-    so a configuration shared by several experiments is one trial tagged with all of them."""
-    variants = [{"experiments": list(t.experiments), **t.values} for t in run_order(space)]
-    out: dict = {"variant": tune.grid_search(variants)}
-    for key, dist in space.sample.items():
-        out[key] = tune.choice(list(dist.args)) if dist.kind == "choice" else SAMPLERS[dist.kind](*dist.args)
-    return out
+    """The trials in run order, as `tune_looped.trials` encodes them, with the sampled keys' Tune domains."""
+    sampled = {key: tune.choice(list(dist.args)) if dist.kind == "choice" else SAMPLERS[dist.kind](*dist.args)
+               for key, dist in space.sample.items()}
+    return encode(run_order(space), sampled)
 
 
 def make_scheduler(space: Space):

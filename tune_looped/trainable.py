@@ -1,4 +1,4 @@
-"""The Ray Tune trainable: a thin adapter that runs `trainers.train.train` for one trial.
+"""The Ray Tune trainable: a thin adapter that runs `trainers.training.train` for one trial.
 
 It merges the trial's values into the base config, reports every logged row with `ray.tune.report`
 (with a `ray.tune.Checkpoint` when one was written), resumes from `ray.tune.get_checkpoint()`, and runs on the
@@ -12,24 +12,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
 import torch
+from ray import tune
 
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
+from trainers.training import train
 from trainers.wandb_log import run_name
-
-
-def trial_values(params: dict) -> tuple[tuple[str, ...], dict]:
-    """Ray's params (`{"variant": {"experiments": [...], key: value}, sampled_key: value}`) -> tags, values."""
-    variant = dict(params.get("variant", {}))
-    experiments = tuple(variant.pop("experiments", ()))
-    return experiments, {**variant, **{k: v for k, v in params.items() if k != "variant"}}
+from tune_looped.trials import trial_values
 
 
 def _trial_device_and_threads() -> tuple[str, int]:
-    import ray
-    from ray import tune
-
     resources = tune.get_context().get_trial_resources().required_resources
     use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
     return ("cuda" if use_gpu else "cpu"), max(1, int(resources.get("CPU", 1)))
@@ -39,9 +33,6 @@ def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
               results_dir: str | None = None) -> None:
     """Entry point Ray calls once per trial attempt (a retry calls it again, with the last checkpoint).
     `results_dir`: the experiment's folder when it is a local path, where the trial's earlier files now are."""
-    import ray
-    from ray import tune
-
     experiments, values = trial_values(params)
     config = config_from_dict(apply_overrides(base, values, "trial"), "trial")
     # the first line of the trial's log, which the driver echoes, says which configuration this process runs
@@ -72,8 +63,6 @@ def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
                 logger.log(row)
             checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
             tune.report(metrics, checkpoint=checkpoint)
-
-        from trainers.training import train
 
         train(config, out_dir=work / "run", reporter=report, resume_from=resume_from, device=device,
               num_threads=threads)

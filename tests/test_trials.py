@@ -1,0 +1,51 @@
+"""The trial format: a space's trials encoded as Tune's param_space, resolved by Tune's own variant generator
+(what Tune hands each trial), decoded back; and the record the runner keeps of a trial. The record written
+by a real sweep, and the analysis reading it, are checked in test_runner.py."""
+import json
+
+from ray.tune.search.variant_generator import generate_variants
+
+from sweeps import write_space
+from tune_looped.space import load_space
+from tune_looped.trials import trial_record, trial_values
+from tune_looped.tune_space import param_space
+
+SHARED = [{"name": "a", "grid": {"model.n_last_tokens": [2, -1]}},
+          {"name": "b", "grid": {"model.n_layer": [1, 2]}}]
+SAMPLE = {"training.learning_rate": "loguniform(1e-4, 1e-3)", "training.sparsity": "randint(1, 3)",
+          "model.loop_func": "choice(['z=f(x+z)', 'z=f(x*z)'])"}
+
+
+def resolved(space):
+    """The params of every trial Tune would run, as its variant generator resolves the param_space."""
+    return [config for _, config in generate_variants(param_space(space), random_state=0)]
+
+
+def test_encode_resolve_decode_gives_back_every_trial_and_its_sampled_values(tmp_path):
+    space = load_space(write_space(tmp_path / "space.yaml", SHARED, seeds=[0, 1], sample=SAMPLE))
+    decoded = [trial_values(params) for params in resolved(space)]
+    grid = sorted((experiments, tuple((k, values[k]) for k in sorted(space.trials[0].values)))
+                  for experiments, values in decoded)
+    # the configuration both experiments share (n_last_tokens -1, one layer) is one trial per seed, tagged twice
+    assert grid == sorted((t.experiments, tuple(sorted(t.values.items()))) for t in space.trials)
+    assert sum(experiments == ("a", "b") for experiments, _ in decoded) == 2
+    for _, values in decoded:
+        assert set(values) == set(space.trials[0].values) | set(SAMPLE)
+        assert 1e-4 <= values["training.learning_rate"] <= 1e-3
+        assert values["training.sparsity"] in (1, 2, 3)  # the grammar's randint includes its upper end
+        assert values["model.loop_func"] in ("z=f(x+z)", "z=f(x*z)")
+
+
+def test_decoding_params_without_a_grid_gives_no_experiments():
+    """Params with sampled keys only (a space of one configuration whose grid Tune left out)."""
+    assert trial_values({"training.learning_rate": 3e-4}) == ((), {"training.learning_rate": 3e-4})
+
+
+def test_the_record_is_json_with_the_trial_id_experiments_and_flat_values(tmp_path):
+    space = load_space(write_space(tmp_path / "space.yaml", SHARED,
+                                   sample={"model.loop_func": "choice(['z=f(x+z)'])"}))
+    shared = next(params for params in resolved(space) if trial_values(params)[0] == ("a", "b"))
+    record = json.loads(json.dumps(trial_record("abc12_00003", shared)))
+    assert record == {"trial_id": "abc12_00003", "experiments": ["a", "b"],
+                      "values": {"model.n_last_tokens": -1, "model.n_layer": 1, "model.loop_func": "z=f(x+z)"}}
+

@@ -143,6 +143,7 @@ def test_cli_bad_directory_exits_2_and_writes_nothing(tmp_path, capsys, command)
     assert [p.name for p in tmp_path.rglob("*")] == ["empty"]
 
 
+@pytest.mark.slow
 def test_cli_runs_as_a_module(tmp_path):
     done = subprocess.run([sys.executable, "-m", "analysis", "report", str(tmp_path / "missing")],
                           capture_output=True, text=True)

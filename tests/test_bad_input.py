@@ -344,6 +344,7 @@ def outcomes(request, tmp_path_factory):
     return {case_id: future.result() for case_id, future in futures.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_fails_cleanly(case, outcomes):
     outcome = outcomes[case.id]
@@ -357,6 +358,7 @@ def test_bad_input_fails_cleanly(case, outcomes):
     assert outcome["after"] == outcome["before"], "something was written (or Ray started)"
 
 
+@pytest.mark.slow
 def test_an_unreachable_address_fails_within_15_seconds(tmp_path):
     """Ray retries an address for minutes before it gives up; the runner says so at once."""
     for name, text in SPACE.items():

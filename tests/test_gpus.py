@@ -49,6 +49,7 @@ def test_the_quick_study_and_an_explicit_share_take_no_estimate(capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_auto_packs_trials_onto_a_gpu_ray_is_told_of(tmp_path, capsys, monkeypatch):
     """Tiny trials need little memory: the smallest share, so 4 trials (one per CPU) run together on one GPU."""
     base = apply_overrides(TINY_BASE, {"training.train_steps": 400, "wandb.log_every_steps": 50})

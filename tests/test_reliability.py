@@ -150,6 +150,7 @@ def check_dashboard(err_file: Path) -> None:
         urllib.request.urlopen(urllib.request.Request(f"{url}/api/version"), timeout=10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_interrupted_driver_resumes(tmp_path, uninterrupted, sig):
     space = interrupt_space(tmp_path)
@@ -196,6 +197,7 @@ def test_interrupted_driver_resumes(tmp_path, uninterrupted, sig):
     pd.testing.assert_frame_equal(summary, uninterrupted[1], check_exact=True)
 
 
+@pytest.mark.slow
 def test_diverging_trial_is_stopped_and_reported(tmp_path):
     torch.save({"model": build_model(TINY_BASE["model"]).state_dict()}, tmp_path / "ref.pt")
     base = apply_overrides(TINY_BASE, {"model.pretrained_path": "ref.pt"})  # relative: trials run elsewhere
@@ -226,6 +228,7 @@ def test_diverging_trial_is_stopped_and_reported(tmp_path):
     print(f"\ndivergence: learning rate 10 stopped at step {step} of 30; exit 0")
 
 
+@pytest.mark.slow
 def test_64_trials_keep_the_driver_memory_flat(tmp_path):
     base = apply_overrides(TINY_BASE, {"training.train_steps": 10, "training.save_every_steps": 10,
                                        "training.eval_every_steps": 10, "wandb.log_every_steps": 5})

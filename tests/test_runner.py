@@ -21,6 +21,8 @@ from trainers.config import apply_overrides, config_from_dict
 from trainers.training import train
 from tune_looped.run import main
 
+pytestmark = pytest.mark.slow  # every test here runs a sweep on a real Ray
+
 HYPOTHESES = [
     {"name": "information_flow", "grid": {"model.n_last_tokens": [2, -1]}},
     {"name": "looped_n_layers", "grid": {"model.n_layer": [1, 2]}},

@@ -500,6 +500,7 @@ def run_cli(*args, cwd, timeout=60):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, count, tags", [
     (["--space", "hypotheses"], 30, "information_flow,looped_n_layers,looped_lstm"),
     (["--space", "hypotheses.yaml", "--quick"], 20, "information_flow,looped_n_layers,looped_lstm"),
@@ -516,6 +517,7 @@ def test_dry_run_prints_table_and_count(tmp_path, args, count, tags):
     assert not storage.exists()
 
 
+@pytest.mark.slow
 def test_dry_run_does_not_import_ray(tmp_path):
     code = ("import sys; from tune_looped.run import main; "
             "rc = main(['--space', 'hypotheses', '--dry-run']); "
@@ -525,6 +527,7 @@ def test_dry_run_does_not_import_ray(tmp_path):
     assert proc.stdout.splitlines()[-2:] == ["30 trials", "ray imported: False"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", ["", "0,x", "1,1", "0.5"])
 def test_bad_seeds_flag(tmp_path, text):
     storage = tmp_path / "results"
@@ -534,6 +537,7 @@ def test_bad_seeds_flag(tmp_path, text):
                                         f"like 0,1,2, got {text!r} (see --help)"]
 
 
+@pytest.mark.slow
 def test_seeds_flag_replaces_the_spaces_seeds(tmp_path):
     proc = run_cli("--space", "hypotheses", "--quick", "--seeds", "7,9,11", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -549,6 +553,7 @@ def test_experiment_declares_its_reference(tmp_path):
         ("a", {"model.n_layer": 1}, "better"), ("b", {}, None)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space, extra", [
     pytest.param({"bogus": 1}, [], id="unknown-key"),
     pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": ["two"]}}]}, [], id="wrong-type"),

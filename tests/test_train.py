@@ -166,6 +166,7 @@ def _cli(*args, cwd):
                           text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_runs_the_research_command_line_and_resumes(tmp_path, tiny_config_file):
     common = ["--config", str(tiny_config_file), "--model.n_layer", "1", "--training.curriculum.loops.end", "6",
               "--training.n_loop_window", "3", "--wandb.name", "LR_loop_L1_ends{6}_T{3}", "--gpu.n_gpu", "0",
@@ -183,6 +184,7 @@ def test_cli_runs_the_research_command_line_and_resumes(tmp_path, tiny_config_fi
     assert "ray" not in (run_dir / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_cli_does_not_import_ray(tmp_path, tiny_config_file):
     """Run as `python -m trainers.train` does: no Ray, and the entry module executes once (no module imports
     it by name, which would run it a second time as `trainers.train` besides `__main__`)."""
@@ -196,6 +198,7 @@ def test_cli_does_not_import_ray(tmp_path, tiny_config_file):
     assert (tmp_path / tiny_config_file.stem / "metrics.jsonl").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--training.train_steps", "zero"], "training.train_steps: expected an integer"),
     (["--model.n_layr", "2"], "model.n_layr: unknown key"),
@@ -207,11 +210,13 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, tiny_config_file, ar
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_cli_missing_config_file(tmp_path):
     done = _cli("--config", str(tmp_path / "nope.yaml"), cwd=tmp_path)
     assert done.returncode == 2 and "nope.yaml: cannot read config file" in done.stderr
 
 
+@pytest.mark.slow
 def test_compiled_backbone_trains_close_to_eager_and_resumes_bit_identically(tmp_path, tiny_raw):
     """training.compile: same parameters (names and values within float rounding); resume stays exact."""
     full = _config(tiny_raw, training__compile=True, training__train_steps=40, training__save_every_steps=20)

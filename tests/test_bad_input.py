@@ -4,7 +4,7 @@ stderr, `error: ...`, naming the file, key or flag and what is expected: no trac
 
 The sandbox is the command's working folder, HOME, TMPDIR and RAY_TMPDIR, so the default `--storage
 ~/ray_results`, run folders, and a Ray session (which lives under RAY_TMPDIR) would all show up in it; every
-file and folder in it must be the same after the command as before. The table is also the README's: see
+file and folder in it must be the same after the command as before. The table is also docs/RELIABILITY.md's: see
 `render_bad_input` and test_reliability.py.
 """
 import hashlib
@@ -53,7 +53,7 @@ CODE_RAN = "CODE_RAN"  # the folder a malicious pickle would create
 class Case:
     id: str
     surface: str  # a key of SURFACES
-    what: str  # what is wrong, as the README lists it
+    what: str  # what is wrong, as docs/RELIABILITY.md lists it
     program: str  # a key of PROGRAMS
     argv: tuple
     expect: tuple  # fragments the error line must contain
@@ -399,7 +399,7 @@ def test_code_pickles_are_refused_by_every_loader(tmp_path, monkeypatch):
 
 
 def render_bad_input() -> str:
-    """The README's table of bad inputs, from CASES."""
+    """docs/RELIABILITY.md's table of bad inputs, from CASES."""
     lines = ["| input | cases | what is wrong |", "|---|---|---|"]
     for surface, title in SURFACES.items():
         cases = [c for c in CASES if c.surface == surface]

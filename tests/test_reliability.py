@@ -1,8 +1,8 @@
 """Real faults a long sweep meets on a shared machine, injected into real sweeps on an embedded Ray: the driver
 interrupted (SIGINT, SIGTERM, SIGKILL) and resumed, a diverging trial, 64 trials on 2 CPUs. Trials are tiny.
 
-The README's Reliability tables are rendered from FAULTS here and CASES in test_bad_input.py, and a test checks
-that the README holds exactly that rendering; `python tests/test_reliability.py` prints it.
+The tables of docs/RELIABILITY.md are rendered from FAULTS here and CASES in test_bad_input.py, and a test checks
+that the file holds exactly that rendering; `python tests/test_reliability.py` prints it.
 """
 import json
 import os
@@ -85,9 +85,9 @@ def render_reliability() -> str:
     return "\n".join(lines) + "\n\n" + render_bad_input()
 
 
-def test_readme_holds_the_rendered_tables():
-    readme = (REPO / "README.md").read_text()
-    assert render_reliability() in readme, "README's Reliability tables are stale: `python tests/test_reliability.py`"
+def test_docs_hold_the_rendered_tables():
+    docs = (REPO / "docs" / "RELIABILITY.md").read_text()
+    assert render_reliability() in docs, "docs/RELIABILITY.md's tables are stale: `python tests/test_reliability.py`"
 
 
 def comparable_frames(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

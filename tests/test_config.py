@@ -1,4 +1,5 @@
 """Config loading: the research's files load unchanged; every bad input is one line naming file and key."""
+import re
 import subprocess
 import sys
 import typing
@@ -11,6 +12,7 @@ from trainers.config import (
     Config, ConfigError, ModelFamily, TaskName, config_from_dict, config_to_dict, load_config, parse_override_args,
 )
 from trainers.curriculum import curriculum_at, final_state
+from trainers.schema import Section
 
 DATA = Path(__file__).parent / "data"
 
@@ -194,6 +196,7 @@ def test_bad_key_equals_value(argv, message):
         parse_override_args(argv)
 
 
+@pytest.mark.slow
 def test_cli_trains_with_key_equals_value(tmp_path, tiny_config_file):
     done = subprocess.run([sys.executable, "-m", "trainers.train", "--config", str(tiny_config_file),
                            "--model.n_layer=2", "--training.train_steps=3", "--wandb.name=eq",
@@ -243,3 +246,19 @@ def test_registries_are_the_schemas_names():
 
     assert list(MODEL_FAMILIES) == list(typing.get_args(ModelFamily))
     assert list(TASKS) == list(typing.get_args(TaskName))
+
+
+def _leaf_keys(section, prefix=""):
+    for name, field in section.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            yield from _leaf_keys(field.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def test_every_config_key_is_in_the_reference():
+    """docs/CONFIG.md's key table is written by hand: a key added to the schema must be added there too."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md").read_text()
+    words = set(re.findall(r"\w+", text))
+    missing = [key for key in _leaf_keys(Config) if key.rsplit(".", 1)[-1] not in words]
+    assert not missing, f"not in docs/CONFIG.md: {missing}"

@@ -90,9 +90,9 @@ class TrainingConfig(Section):
     seed: int = 42
     sparsity: PositiveInt = 3
     precision: Literal["fp32", "bf16"] = "fp32"
-    device: Annotated[str, allowed_if(lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:") and v[5:].isdigit()),
+    device: Annotated[str, allowed_if(lambda v: v in ("auto", "cpu", "cuda") or v[:5] == "cuda:" and v[5:].isdigit()),
                       Field(description="auto, cpu, cuda or cuda:N")] = "auto"
-    # performance (docs/CONFIG.md)
+    # speed options (docs/CONFIG.md)
     onednn_linear: bool = True  # the blocks' fp32 CPU products on oneDNN rather than MKL
     compile: bool = False       # torch.compile the backbone
     cuda_graphs: bool = False   # replay each fixed-shape step from a CUDA graph; CUDA only

@@ -1,7 +1,8 @@
 """`Linear`: nn.Linear whose fp32 CPU product, forward and backward, runs on oneDNN where PyTorch has it.
 
 PyTorch sends fp32 products on the CPU to MKL's sgemm, which on AMD CPUs runs its AVX2 code: half of what
-AVX-512 gives (README, "Performance"). The models build their transformer blocks from this `Linear`.
+AVX-512 gives (docs/CONFIG.md, "Speed options"). The models build their transformer blocks from this
+`Linear`.
 """
 import torch
 import torch.nn as nn

@@ -21,7 +21,8 @@ def load_yaml(path: Path, what: str = "file"):
     except OSError as err:
         raise YamlFileError(f"{path}: cannot read {what} ({err.strerror})") from None
     except UnicodeDecodeError as err:
-        raise YamlFileError(f"{path}: not a text file (byte {err.start} is not UTF-8); expected a YAML {what}") from None
+        raise YamlFileError(f"{path}: not a text file (byte {err.start} is not UTF-8); expected a YAML {what}"
+                            ) from None
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

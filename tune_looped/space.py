@@ -1,8 +1,9 @@
 """Search-space files: a small grammar of hypotheses turned into the trials Ray Tune runs.
 
-`SpaceFile` below is the file's schema (docs/SPACES.md has an annotated example). Trials are the union of the
-experiments' grids, times the seeds: a configuration that several experiments share runs once, tagged with all
-of them. Grid, sample and `quick.base` keys are dotted config keys, typed and checked by the config schema.
+`SpaceFile` below is the file's schema; docs/CONFIG.md ("Search-space files") has an annotated example.
+Trials are the union of the experiments' grids, times the seeds: a configuration that several experiments share
+runs once, tagged with all of them. Grid, sample and `quick.base` keys are dotted config keys, typed and checked
+by the config schema.
 """
 from __future__ import annotations
 

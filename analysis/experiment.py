@@ -57,7 +57,8 @@ def read_trials(experiment_dir) -> list[Trial]:
     unrecorded = sorted({p.parent for p in root.rglob("params.json")} - recorded)
     if unrecorded and not recorded:
         raise AnalysisError(f"{root}: no trial folder holds {TRIAL_RECORD}, only Ray's params.json: an experiment "
-                            "of a runner older than the trial record, which this analysis cannot read")
+                            f"of a runner older than the trial record; `python -m tune_looped.upgrade {root}` "
+                            "writes them")
     for folder in unrecorded:
         warnings.warn(f"{folder}: params.json but no {TRIAL_RECORD}; trial skipped", AnalysisWarning, stacklevel=2)
     trials = [trial for folder in sorted(recorded) if (trial := read_trial(folder)) is not None]

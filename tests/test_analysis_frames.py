@@ -151,7 +151,7 @@ def test_an_experiment_of_the_previous_runner_is_one_clear_error(tmp_path):
     folder.mkdir()
     (folder / "params.json").write_text(json.dumps({"variant": {"experiments": ["e"], "training.seed": 0}}))
     (folder / "result.json").write_text(json.dumps(ray_row(metric_row(0, 1.0), "t", 0)) + "\n")
-    expected = f"^{tmp_path}: no trial folder holds trial.json, only Ray's params.json: [^\n]*cannot read$"
+    expected = f"^{tmp_path}: no trial folder holds trial.json, only Ray's params.json: [^\n]*`python -m tune_looped.upgrade {tmp_path}` writes them$"
     with pytest.raises(AnalysisError, match=expected):
         load_curves(tmp_path)
 

@@ -3,12 +3,16 @@
 by a real sweep, and the analysis reading it, are checked in test_runner.py."""
 import json
 
+import pytest
 from ray.tune.search.variant_generator import generate_variants
 
+from analysis.experiment import AnalysisError, read_trials
 from sweeps import write_space
+from test_analysis_helpers import metric_row, ray_row
 from tune_looped.space import load_space
 from tune_looped.trials import trial_record, trial_values
 from tune_looped.tune_space import param_space
+from tune_looped.upgrade import main as upgrade_main
 
 SHARED = [{"name": "a", "grid": {"model.n_last_tokens": [2, -1]}},
           {"name": "b", "grid": {"model.n_layer": [1, 2]}}]
@@ -49,3 +53,42 @@ def test_the_record_is_json_with_the_trial_id_experiments_and_flat_values(tmp_pa
     assert record == {"trial_id": "abc12_00003", "experiments": ["a", "b"],
                       "values": {"model.n_last_tokens": -1, "model.n_layer": 1, "model.loop_func": "z=f(x+z)"}}
 
+
+
+def _earlier_runners_trial(root, name, params, trial_id=None):
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "params.json").write_text(json.dumps(params))
+    (folder / "result.json").write_text(json.dumps(ray_row(metric_row(0, 1.0), trial_id, 0)) + "\n" if trial_id else "")
+    return folder
+
+
+def test_upgrade_writes_the_records_of_an_earlier_runners_experiment(tmp_path, capsys):
+    """An experiment of the runner before trial.json: params.json only. After the upgrade the analysis reads it
+    as the earlier analysis did: ids from the result rows (else the folder), tags and values from the params."""
+    root = tmp_path / "exp"
+    _earlier_runners_trial(root, "train_a_00000", {"variant": {"experiments": ["f", "e"], "model.n_layer": 2},
+                                                   "training.learning_rate": 3e-4}, trial_id="a_00000")
+    _earlier_runners_trial(root, "train_b_00001", {"variant": {"experiments": ["e"], "model.n_layer": 1}})
+    (_earlier_runners_trial(root, "train_c_00002", {}) / "params.json").write_text("{broken")
+    with pytest.raises(AnalysisError, match="tune_looped.upgrade"):
+        read_trials(root)
+
+    assert upgrade_main([str(root)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"2 trial record(s) written under {root}\n"
+    assert err.startswith(f"warning: {root / 'train_c_00002' / 'params.json'}: unreadable (")
+    trials = {t.trial_id: t for t in read_trials(root)}
+    assert set(trials) == {"a_00000", "train_b_00001"}
+    assert trials["a_00000"].experiments == ("e", "f")
+    assert trials["a_00000"].params == {"model.n_layer": 2, "training.learning_rate": 3e-4}
+    assert trials["train_b_00001"].params == {"model.n_layer": 1}
+
+    record = (root / "train_a_00000" / "trial.json").read_text()
+    assert upgrade_main([str(root)]) == 0 and "0 trial record(s)" in capsys.readouterr().out
+    assert (root / "train_a_00000" / "trial.json").read_text() == record
+
+
+def test_upgrade_of_a_missing_folder_is_one_line(tmp_path, capsys):
+    assert upgrade_main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: no such experiment directory\n"

@@ -43,6 +43,10 @@ def trial_record(trial_id: str, params: dict) -> dict:
     return {"trial_id": trial_id, "experiments": list(experiments), "values": values}
 
 
+def write_record(folder, record: dict) -> None:
+    Path(folder, TRIAL_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
 class TrialRecorder(LoggerCallback):
     """Writes `trial.json` into the trial's folder on the driver (`RunConfig(callbacks=[TrialRecorder()])`).
 
@@ -52,5 +56,4 @@ class TrialRecorder(LoggerCallback):
     def log_trial_start(self, trial) -> None:
         # Tune's own loggers run after the run config's callbacks: the folder may not exist yet
         trial.init_local_path()
-        record = trial_record(trial.trial_id, trial.config)
-        Path(trial.local_path, TRIAL_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        write_record(trial.local_path, trial_record(trial.trial_id, trial.config))

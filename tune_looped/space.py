@@ -1,9 +1,8 @@
 """Search-space files: a small grammar of hypotheses turned into the trials Ray Tune runs.
 
-`SpaceFile` below is the file's schema; docs/CONFIG.md ("Search-space files") has an annotated example.
-Trials are the union of the experiments' grids, times the seeds: a configuration that several experiments share
-runs once, tagged with all of them. Grid, sample and `quick.base` keys are dotted config keys, typed and checked
-by the config schema.
+`SpaceFile` below is the file's schema; docs/CONFIG.md ("Search-space files") has an annotated example. Trials
+are the union of the experiments' grids, times the seeds: a configuration that several experiments share runs
+once, tagged with all of them. Grid, sample and `quick.base` keys are dotted keys of the config schema.
 """
 from __future__ import annotations
 
@@ -131,8 +130,7 @@ class Space:
 
     @property
     def varying_keys(self) -> list[str]:
-        keys = {k for t in self.trials for k in t.values} | set(self.sample)
-        return sorted(keys)
+        return sorted({k for t in self.trials for k in t.values} | set(self.sample))
 
 
 def resolve_space_path(text: str) -> Path:

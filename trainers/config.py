@@ -34,6 +34,7 @@ Number = Annotated[float, BeforeValidator(_yaml11_float)]
 ModelFamily = Literal["gpt2", "gpt2_loop"]
 TaskName = Literal["linear_regression", "noisy_linear_regression", "sparse_linear_regression",
                    "relu_2nn_regression", "decision_tree"]
+WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 
 class ModelConfig(Section):
@@ -116,7 +117,7 @@ class WandbConfig(Section):
     log_every_steps: PositiveInt = 100
     timestamp: str | None = None
     enabled: bool = False
-    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    mode: WandbMode = "auto"
 
 
 class GpuConfig(Section):

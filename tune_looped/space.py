@@ -20,7 +20,7 @@ from pydantic import Field
 
 from analysis.verdict import EXPECTATIONS
 from trainers.config import (
-    Config, ConfigError, PositiveInt, apply_overrides, coerce_value, config_from_dict, key_field,
+    Config, ConfigError, PositiveInt, WandbMode, apply_overrides, coerce_value, config_from_dict, key_field,
     read_yaml, strip_secrets,
 )
 from trainers.schema import Section, allowed_if, validate
@@ -68,7 +68,7 @@ class WandbSpace(Section):
     project: str | None = None
     entity: str | None = None
     group: str | None = None
-    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    mode: WandbMode = "auto"
 
 
 class SpaceFile(Section):

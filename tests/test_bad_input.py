@@ -24,8 +24,8 @@ import torch
 import yaml
 
 from sweeps import TINY_BASE
-from trainers.config import set_dotted
 from trainers.models import build_model
+from trainers.schema import set_dotted
 
 PROGRAMS = {
     "run": ["-m", "tune_looped.run"],

@@ -11,10 +11,11 @@ import torch
 import yaml
 
 from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from trainers.config import config_from_dict, set_dotted
+from trainers.config import config_from_dict
 from trainers.curriculum import CurriculumState
 from trainers.models import build_model
 from trainers.onednn import ONEDNN, Linear
+from trainers.schema import set_dotted
 from trainers.training import (CUDA_GRAPH_WARMUP_STEPS, StepRunner, make_optimizer, prepare_model,
                                resolve_device, train, uses_cuda_graphs)
 

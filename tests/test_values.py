@@ -14,8 +14,9 @@ import yaml
 from torch.nn import functional as F
 
 from analysis.stats import bootstrap_mean
-from trainers.config import config_from_dict, set_dotted
+from trainers.config import config_from_dict
 from trainers.models import build_model
+from trainers.schema import set_dotted
 from trainers.tasks import sample_batch
 from trainers.training import EVAL_SEED, autocast, evaluate, make_eval_set, train
 

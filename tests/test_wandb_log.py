@@ -6,7 +6,8 @@ import pytest
 import wandb
 import yaml
 
-from trainers.config import Config, config_from_dict, config_to_dict, set_dotted
+from trainers.config import Config, config_from_dict, config_to_dict
+from trainers.schema import set_dotted
 from trainers.wandb_log import WandbRun, flat_config, key_available, resolve_mode, run_name
 
 BASE = {

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from trainers import schema
-from trainers.schema import ConfigError, Section, allowed_if, rule, set_dotted, validate
+from trainers.schema import ConfigError, Section, allowed_if, rule, validate
 from trainers.yaml_file import YamlFileError, load_yaml
 
 

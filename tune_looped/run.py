@@ -21,7 +21,8 @@ import yaml
 from analysis.experiment import SPACE_RECORD
 from trainers.checkpoint import check_pretrained
 from trainers.cli import OneLineArgumentParser
-from trainers.config import ConfigError, set_dotted
+from trainers.config import ConfigError
+from trainers.schema import set_dotted
 from tune_looped.cluster import (check_address, check_storage, is_uri, start_ray, warn,
                                  warn_if_local_storage_on_cluster)
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, describe_cpu_time, gpu_share, trial_memory

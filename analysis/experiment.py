@@ -53,8 +53,10 @@ def read_trials(experiment_dir) -> list[Trial]:
     root = Path(experiment_dir)
     if not root.is_dir():
         raise AnalysisError(f"{root}: no such experiment directory")
-    recorded = {p.parent for p in root.rglob(TRIAL_RECORD)}
-    unrecorded = sorted({p.parent for p in root.rglob("params.json")} - recorded)
+    # one walk of the tree, which holds every checkpoint of every trial
+    found = [p for p in root.rglob("*.json") if p.name in (TRIAL_RECORD, "params.json")]
+    recorded = {p.parent for p in found if p.name == TRIAL_RECORD}
+    unrecorded = sorted({p.parent for p in found} - recorded)
     if unrecorded and not recorded:
         raise AnalysisError(f"{root}: no trial folder holds {TRIAL_RECORD}, only Ray's params.json: an experiment "
                             f"of a runner older than the trial record; `python -m tune_looped.upgrade {root}` "

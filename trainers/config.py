@@ -17,7 +17,7 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from trainers import schema
 from trainers.schema import ConfigError, Section, allowed_if, rule, validate
-from trainers.yaml_file import YamlFileError, load_yaml
+from trainers.yaml_file import load_yaml
 
 
 def _yaml11_float(value):
@@ -181,10 +181,7 @@ def read_yaml(path: Path, _seen: tuple = ()) -> dict:
     path = Path(path)
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: inherit: cycle through {' -> '.join(str(p) for p in (*_seen, path))}")
-    try:
-        raw = load_yaml(path, "config file")
-    except YamlFileError as err:
-        raise ConfigError(str(err)) from None
+    raw = load_yaml(path, "config file")
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level: expected a mapping of sections, got {type(raw).__name__}")

@@ -9,19 +9,18 @@ from pathlib import Path
 
 import yaml
 
-
-class YamlFileError(ValueError):
-    """A file that is not a readable YAML document: one line naming the file (and the key, for a duplicate)."""
+from trainers.schema import ConfigError
 
 
 def load_yaml(path: Path, what: str = "file"):
-    """The document in `path` (None for an empty file); `what` names the file's kind in an error."""
+    """The document in `path` (None for an empty file), or ConfigError: one line naming the file (and the key,
+    for a duplicate); `what` names the file's kind in the error."""
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except OSError as err:
-        raise YamlFileError(f"{path}: cannot read {what} ({err.strerror})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({err.strerror})") from None
     except UnicodeDecodeError as err:
-        raise YamlFileError(f"{path}: not a text file (byte {err.start} is not UTF-8); expected a YAML {what}"
+        raise ConfigError(f"{path}: not a text file (byte {err.start} is not UTF-8); expected a YAML {what}"
                             ) from None
     loader = yaml.SafeLoader(text)
     try:
@@ -31,7 +30,7 @@ def load_yaml(path: Path, what: str = "file"):
         _refuse_duplicate_keys(node, path, "")
         return loader.construct_document(node)
     except yaml.YAMLError as err:
-        raise YamlFileError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     finally:
         loader.dispose()
 
@@ -50,6 +49,6 @@ def _refuse_duplicate_keys(node, path: Path, prefix: str) -> None:
             line = key_node.start_mark.line + 1
             if key in first_line:
                 lines = f"line {line}" if line == first_line[key] else f"lines {first_line[key]} and {line}"
-                raise YamlFileError(f"{path}: {dotted}: key given twice ({lines}); give it once")
+                raise ConfigError(f"{path}: {dotted}: key given twice ({lines}); give it once")
             first_line[key] = line
         _refuse_duplicate_keys(value_node, path, dotted)

@@ -24,7 +24,7 @@ from trainers.config import (
     read_yaml, strip_secrets,
 )
 from trainers.schema import Section, allowed_if, validate
-from trainers.yaml_file import YamlFileError, load_yaml
+from trainers.yaml_file import load_yaml
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 SCHEDULERS = {"fifo": (), "asha": ("max_t", "grace_period", "reduction_factor", "brackets")}
@@ -262,7 +262,7 @@ def load_space(path, *, quick: bool = False, seeds: list[int] | None = None) -> 
     path = resolve_space_path(str(path))
     try:
         return _load_space(path, quick, seeds)
-    except (ConfigError, YamlFileError) as err:
+    except ConfigError as err:
         raise SpaceError(str(err)) from None
 
 

@@ -35,6 +35,7 @@ ModelFamily = Literal["gpt2", "gpt2_loop"]
 TaskName = Literal["linear_regression", "noisy_linear_regression", "sparse_linear_regression",
                    "relu_2nn_regression", "decision_tree"]
 WandbMode = Literal["auto", "online", "offline", "disabled"]
+LoopFunc = Literal["z=f(x+z)", "z=f(x*z)"]  # additive or multiplicative input injection; trainers.models uses both
 
 
 class ModelConfig(Section):
@@ -48,7 +49,7 @@ class ModelConfig(Section):
     use_lstm_layer: bool = False
     pred_type: Literal["regression"] = "regression"
     pretrained_path: str | None = None
-    loop_func: Literal["z=f(x+z)", "z=f(x*z)"] = "z=f(x+z)"
+    loop_func: LoopFunc = "z=f(x+z)"
 
     @model_validator(mode="after")
     def _heads_divide_width(self):

@@ -4,16 +4,17 @@ Parameter names match the paper's reference code so its checkpoints load with st
 (`trainers.checkpoint.load_reference_checkpoint`).
 """
 import math
+import typing
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from trainers.config import ModelConfig
+from trainers.config import LoopFunc, ModelConfig
 from trainers.onednn import ONEDNN, Linear
 
-ADDITIVE, MULTIPLICATIVE = "z=f(x+z)", "z=f(x*z)"
-LOOP_FUNCS = (ADDITIVE, MULTIPLICATIVE)
+LOOP_FUNCS = typing.get_args(LoopFunc)
+ADDITIVE, MULTIPLICATIVE = LOOP_FUNCS
 
 
 class CausalSelfAttention(nn.Module):

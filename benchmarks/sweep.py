@@ -24,9 +24,10 @@ import torch
 import yaml
 
 from analysis.experiment import read_result_rows
+from benchmarks import TABLE_STYLE
 from benchmarks.machine import REPO, describe, load_average
-from benchmarks.table import print_table
 from trainers.config import ConfigError, parse_override_args
+from trainers.table import render
 from tune_looped.space import load_space, quick_overrides, resolve_space_path
 
 RAY_STARTUP = """
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
                                              if k != "threads"))
     if args.experiment:
         row = timing_row("as run", args.experiment, args.slots or 1, None, None)
-        print_table(list(row), [list(row.values())], markdown=args.markdown)
+        print("\n".join(render(list(row), [list(row.values())], markdown=args.markdown, **TABLE_STYLE)))
         return 0
     startup = ray_startup()
     print(f"Ray start-up (fresh process): import {startup['import']:.1f} s, ray.init(address='local') "
@@ -157,7 +158,8 @@ def main(argv=None) -> int:
         print(f"space {space.path.name} --quick, {len(space.trials)} trials"
               + (f", {args.steps} steps" if args.steps else "") + (", with the analysis" if args.report else "")
               + ("; " + " ".join(f"--{k} {v}" for k, v in overrides.items()) if overrides else ""))
-        print_table(list(rows[0]), [list(r.values()) for r in rows], markdown=args.markdown)
+        lines = render(list(rows[0]), [list(r.values()) for r in rows], markdown=args.markdown, **TABLE_STYLE)
+        print("\n".join(lines))
     finally:
         if args.keep:
             print(f"results kept in {work / 'results'}")

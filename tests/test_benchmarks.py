@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from trainers.flops import step_flops, training_flops
+from benchmarks import TABLE_STYLE
 from benchmarks.machine import OtherLoad, PeakMemory
 from benchmarks.step import variant_label, variants
 from benchmarks.sweep import shortened_space, timing_row
-from benchmarks.table import print_table
 from trainers.config import load_config, parse_override_args
 from trainers.curriculum import curriculum_at, final_state
+from trainers.table import render
 from tune_looped.space import load_space, trial_config
 
 BASE_LOOP = Path(__file__).resolve().parents[1] / "search_spaces" / "configs" / "base_loop.yaml"
@@ -95,9 +96,9 @@ def test_timing_row_compares_wall_time_with_training_time_per_slot(tmp_path):
     assert row["wall / ideal"] == 2.5 and row["before first trial s"] == 5.0 and row["after last trial s"] == 9.0
 
 
-def test_markdown_table(capsys):
-    print_table(["a", "b"], [[1, 0.12345], ["x", 1234.5]], markdown=True)
-    assert capsys.readouterr().out.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.123 |", "| x | 1234 |"]
+def test_markdown_table():
+    lines = render(["a", "b"], [[1, 0.12345], ["x", 1234.5]], markdown=True, **TABLE_STYLE)
+    assert lines == ["| a | b |", "|---|---|", "| 1 | 0.123 |", "| x | 1234 |"]
 
 
 @pytest.mark.parametrize("space, quick", [("hypotheses", False), ("hypotheses", True), ("baseline", True)])

@@ -4,20 +4,26 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from tune_looped.space import SpaceError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MIN_FREE_BYTES = 200 * 2**20
 CONNECT_TIMEOUT_S = 5.0
-# written into the session folder of every local Ray the runner starts, holding the runner's pid
+# written into the session folder of every local Ray the runner starts, holding the runner's process_identity
 RUNNER_MARK = "tune_looped_runner.pid"
+# how far apart two reads of one process's create time may be (see _runner_alive)
+SAME_START_S = 1.5
+# what an orphaned Ray process gets to exit after TERM, then after KILL
+TERM_GRACE_S = 5.0
+KILL_WAIT_S = 1.0
 
 
 def warn(message: str) -> None:
@@ -106,44 +112,95 @@ def warn_if_local_storage_on_cluster(storage: str) -> None:
              "can reach (a shared filesystem or s3://, gs://) for checkpoints and results")
 
 
-def session_processes(session: Path) -> list[int]:
+def _session_processes(session: Path) -> list[psutil.Process]:
     """The live processes of one local Ray session: each names its session folder on its command line or, as the
     agents that retitle themselves `ray::...Agent` do, holds a file in it open."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        pid = int(proc.name)
-        if pid != os.getpid() and _running(pid) and _names(proc, session.name):
-            found.append(pid)
-    return found
+    me = os.getpid()
+    # a zombie's command line cannot be read, so it has None here and is left out: it has ended already
+    return [process for process in psutil.process_iter(["cmdline"])
+            if process.pid != me and _names(process, session.name)]
 
 
-def _names(proc: Path, text: str) -> bool:
-    """Whether `proc` is one of Ray's processes (a `ray::` title or a program of the ray package: never, say, a
+def _names(process: psutil.Process, text: str) -> bool:
+    """Whether `process` is one of Ray's processes (a `ray::` title or a program of the ray package: never, say, a
     `tail -f` of the session's logs) that names `text`."""
+    command = " ".join(process.info["cmdline"] or ())
+    if not (command.startswith("ray::") or "/site-packages/ray/" in command):
+        return False
+    if text in command:
+        return True
     try:
-        cmdline = (proc / "cmdline").read_bytes()
-        if not (cmdline.startswith(b"ray::") or b"/site-packages/ray/" in cmdline):
-            return False
-        return text.encode() in cmdline or any(text in os.readlink(fd) for fd in (proc / "fd").iterdir())
-    except OSError:
+        return any(text in file.path for file in process.open_files())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
 
 def process_identity(pid: int) -> str | None:
-    """`pid:start time`, which a later process reusing the pid does not share; None once it is gone."""
+    """`pid:create time`, which a later process reusing the pid does not share; None once it is gone (a zombie
+    is). The time always has a fraction: a mark of older runners held /proc start ticks, a whole number."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] == "Z" else f"{pid}:{fields[19]}"
+        process = psutil.Process(pid)
+        if process.status() != psutil.STATUS_ZOMBIE:
+            return f"{pid}:{process.create_time():.2f}"
+    except psutil.NoSuchProcess:
+        pass
+    return None
 
 
-def _running(pid: int) -> bool:
-    return process_identity(pid) is not None
+def _runner_alive(mark: str) -> bool:
+    """Whether the runner whose identity `mark` holds still runs; ValueError for a mark that holds none.
+
+    Doubt counts as alive, as ending a live runner's Ray is the worse mistake: a process we may not inspect, and
+    a live pid under an older runner's mark, whose start ticks cannot be compared with a create time."""
+    pid, _, started = mark.partition(":")
+    try:
+        now = process_identity(int(pid))
+    except psutil.AccessDenied:
+        return True
+    if now is None:
+        return False
+    if "." not in started:
+        return True
+    # psutil dates a start from the boot time, which Linux gives in whole seconds and moves when the clock is
+    # stepped, so two reads of one process may differ by a second; a reused pid started after the runner died,
+    # which is several seconds after its start at least (it had started Ray)
+    return abs(float(now.partition(":")[2]) - float(started)) <= SAME_START_S
 
 
 def mark_session(session: Path) -> None:
     (session / RUNNER_MARK).write_text(process_identity(os.getpid()) or "")
+
+
+def _ended(process: psutil.Process) -> bool:
+    """Gone, its pid reused, or a zombie: that has exited, only its parent (not always init) has not reaped it."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+def _still_running(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Those of `processes` that have not ended within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        # in short rounds: wait_procs would wait out the whole timeout on a zombie whose parent is not this process
+        processes = [p for p in psutil.wait_procs(processes, timeout=0.1)[1] if not _ended(p)]
+        if not processes or time.monotonic() >= deadline:
+            return processes
+
+
+def _end(processes: list[psutil.Process]) -> int:
+    """TERM, then KILL for those still running after TERM_GRACE_S; how many ended."""
+    alive = processes
+    for stop, wait in ((psutil.Process.terminate, TERM_GRACE_S), (psutil.Process.kill, KILL_WAIT_S)):
+        for process in alive:
+            # psutil signals no process that took over a pid since it was listed: that raises NoSuchProcess
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                stop(process)
+        alive = _still_running(alive, wait)
+    return len(processes) - len(alive)
 
 
 def end_orphaned_sessions(root: Path, keep: Path) -> int:
@@ -153,22 +210,11 @@ def end_orphaned_sessions(root: Path, keep: Path) -> int:
     for mark in root.glob(f"session_*/{RUNNER_MARK}"):
         session = mark.parent
         try:
-            runner = mark.read_text().strip()
-            if session == keep or process_identity(int(runner.split(":")[0])) == runner:
+            if session == keep or _runner_alive(mark.read_text().strip()):
                 continue
         except (OSError, ValueError):
             continue
-        pids = session_processes(session)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + 5
-            while sig == signal.SIGTERM and any(map(_running, pids)) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            still = [p for p in pids if _running(p)]
-            ended += len(pids) - len(still)
-            pids = still
+        ended += _end(_session_processes(session))
         mark.unlink(missing_ok=True)
     if ended:
         warn(f"ended {ended} Ray processes left behind by a killed runner")

@@ -1,0 +1,190 @@
+"""Which Ray sessions the runner ends at its start: only marked ones whose runner is gone, and there only Ray's
+processes; and the CPU count the runner and the evaluation size themselves by. The end-to-end case (a SIGKILLed
+runner, then --resume) is test_reliability.py's SIGKILL test."""
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from sweeps import wait_for
+from trainers.cpus import available_cpus
+from tune_looped import cluster
+from tune_looped.cluster import RUNNER_MARK, end_orphaned_sessions, mark_session, process_identity
+
+SLEEP = "import time; time.sleep(120)"
+
+
+def retitled(pid: int) -> bool:
+    """Whether bash has exec'd the program it started under a `ray::` title."""
+    return " ".join(psutil.Process(pid).cmdline()).startswith("ray::")
+
+
+def fake_ray_process(session_name: str) -> subprocess.Popen:
+    """A process titled as Ray's agents are, naming the session on its command line."""
+    sleeper = f"{sys.executable} -c '{SLEEP}' {session_name}"
+    process = subprocess.Popen(["bash", "-c", f"exec -a ray::FakeAgent {sleeper}"])
+    wait_for(lambda: retitled(process.pid), 10, 0.01)
+    return process
+
+
+def fake_ray_worker(session_name: str, code: str = SLEEP) -> subprocess.Popen:
+    """A program of the ray package as Ray's workers are, naming the session in an argument."""
+    return subprocess.Popen([sys.executable, "-c", code, "/venv/lib/site-packages/ray/_private/workers/worker.py",
+                             f"--session-dir=/tmp/ray/{session_name}"], stdout=subprocess.PIPE, text=True)
+
+
+def sessions(root, count: int):
+    folders = [root / f"session_2026-01-01_00-00-0{i}_000000_{i}" for i in range(count)]
+    for folder in folders:
+        folder.mkdir()
+    return folders
+
+
+def gone_pid() -> int:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return gone.pid
+
+
+def running(*processes) -> bool:
+    return all(process_identity(process.pid) for process in processes)
+
+
+@pytest.fixture
+def started():
+    """Every process a test starts, killed after it."""
+    processes = []
+    yield processes
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def test_only_marked_sessions_of_a_gone_runner_are_ended(tmp_path, started):
+    orphaned, live, unmarked = sessions(tmp_path, 3)
+    (orphaned / RUNNER_MARK).write_text(f"{gone_pid()}:1")
+    mark_session(live)  # this test process: a runner still running
+    processes = {s.name: fake_ray_process(s.name) for s in (orphaned, live, unmarked)}
+    not_ray = subprocess.Popen([sys.executable, "-c", SLEEP, orphaned.name])  # e.g. someone reading the session's logs
+    started += [*processes.values(), not_ray]
+    assert end_orphaned_sessions(tmp_path, keep=tmp_path / "session_current") == 1
+    assert processes[orphaned.name].wait(timeout=10) is not None
+    assert all(process_identity(processes[s.name].pid) for s in (live, unmarked))
+    assert process_identity(not_ray.pid)
+    assert not (orphaned / RUNNER_MARK).exists() and (live / RUNNER_MARK).exists()
+
+
+def test_ray_processes_naming_the_session_or_holding_a_file_in_it_are_ended(tmp_path, started, capsys):
+    orphaned, other = sessions(tmp_path, 2)
+    (orphaned / RUNNER_MARK).write_text(f"{gone_pid()}:{time.time() - 60:.2f}")
+    (orphaned / "agent.log").touch()
+    worker, elsewhere = fake_ray_worker(orphaned.name), fake_ray_worker(other.name)
+    # retitled like Ray's agents, nothing on its command line names the session: only the log it holds open does
+    agent = subprocess.Popen(["bash", "-c", f"exec -a ray::FakeAgent {sys.executable} -c "
+                              "'import os, time; log = open(os.environ[\"LOG\"]); time.sleep(120)'"],
+                             env={**os.environ, "LOG": str(orphaned / "agent.log")})
+    started += [worker, elsewhere, agent]
+    wait_for(lambda: str(orphaned / "agent.log") in {f.path for f in psutil.Process(agent.pid).open_files()}, 10, 0.01)
+    assert end_orphaned_sessions(tmp_path, keep=tmp_path / "session_current") == 2
+    assert worker.wait(timeout=10) is not None and agent.wait(timeout=10) is not None
+    assert running(elsewhere)
+    assert capsys.readouterr().err == "warning: ended 2 Ray processes left behind by a killed runner\n"
+
+
+def test_a_process_ignoring_term_is_killed(tmp_path, started, monkeypatch):
+    monkeypatch.setattr(cluster, "TERM_GRACE_S", 0.2)
+    (orphaned,) = sessions(tmp_path, 1)
+    (orphaned / RUNNER_MARK).write_text(f"{gone_pid()}:1")
+    stubborn = fake_ray_worker(orphaned.name, "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                              "print('ready', flush=True); time.sleep(120)")
+    started.append(stubborn)
+    assert stubborn.stdout.readline() == "ready\n"
+    assert end_orphaned_sessions(tmp_path, keep=tmp_path / "session_current") == 1
+    assert stubborn.wait(timeout=10) is not None
+
+
+def test_a_zombie_counts_as_ended_without_waiting_out_the_grace(tmp_path, started):
+    (orphaned,) = sessions(tmp_path, 1)
+    (orphaned / RUNNER_MARK).write_text(f"{gone_pid()}:1")
+    # its parent, not this process, never reaps it: after TERM it stays a zombie
+    parent = subprocess.Popen(["bash", "-c", f"exec -a ray::FakeAgent {sys.executable} -c '{SLEEP}' {orphaned.name} "
+                               "& exec sleep 120"])
+    started.append(parent)
+    agent = wait_for(lambda: psutil.Process(parent.pid).children(), 10, 0.01)[0]
+    wait_for(lambda: retitled(agent.pid), 10, 0.01)
+    begun = time.monotonic()
+    assert end_orphaned_sessions(tmp_path, keep=tmp_path / "session_current") == 1
+    assert time.monotonic() - begun < cluster.TERM_GRACE_S / 2
+    assert agent.status() == psutil.STATUS_ZOMBIE and process_identity(agent.pid) is None
+
+
+def test_a_live_runner_keeps_its_session(tmp_path, started):
+    """Also under a mark of an older runner (/proc start ticks, not comparable with a create time) whose pid runs,
+    and with a create time read a second apart (psutil dates it from the boot time, in whole seconds)."""
+    runner = subprocess.Popen([sys.executable, "-c", SLEEP])
+    started.append(runner)
+    pid, created = process_identity(runner.pid).split(":")
+    marks = [f"{pid}:{created}", f"{pid}:123456", f"{pid}:{float(created) + 1:.2f}"]
+    folders = sessions(tmp_path, len(marks))
+    for folder, mark in zip(folders, marks):
+        (folder / RUNNER_MARK).write_text(mark)
+    workers = [fake_ray_worker(folder.name) for folder in folders]
+    started += workers
+    assert end_orphaned_sessions(tmp_path, keep=tmp_path / "session_current") == 0
+    assert running(*workers) and all((folder / RUNNER_MARK).exists() for folder in folders)
+
+
+def test_a_reused_pid_is_not_the_runner(tmp_path, started):
+    (orphaned,) = sessions(tmp_path, 1)
+    reuser = subprocess.Popen([sys.executable, "-c", SLEEP])
+    worker = fake_ray_worker(orphaned.name)
+    started += [reuser, worker]
+    pid, created = process_identity(reuser.pid).split(":")
+    # the runner that wrote the mark had this pid an hour before the process that holds it now started
+    (orphaned / RUNNER_MARK).write_text(f"{pid}:{float(created) - 3600:.2f}")
+    assert end_orphaned_sessions(tmp_path, keep=tmp_path / "session_current") == 1
+    assert worker.wait(timeout=10) is not None and running(reuser)
+    assert not (orphaned / RUNNER_MARK).exists()
+
+
+def test_a_session_kept_or_with_an_unreadable_mark_is_left_alone(tmp_path, started):
+    current, garbled = sessions(tmp_path, 2)
+    (current / RUNNER_MARK).write_text(f"{gone_pid()}:1")
+    (garbled / RUNNER_MARK).write_text("not a pid")
+    workers = [fake_ray_worker(current.name), fake_ray_worker(garbled.name)]
+    started += workers
+    assert end_orphaned_sessions(tmp_path, keep=current) == 0
+    assert running(*workers)
+
+
+def test_process_identity():
+    pid, created = process_identity(os.getpid()).split(":")
+    assert int(pid) == os.getpid() and float(created) == pytest.approx(psutil.Process().create_time(), abs=0.01)
+    assert "." in created  # what tells it from an older runner's start ticks
+    assert process_identity(gone_pid()) is None
+
+
+def test_available_cpus_counts_the_affinity(monkeypatch):
+    monkeypatch.delattr(os, "process_cpu_count", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert available_cpus() == 3
+
+
+def test_available_cpus_falls_back_to_the_cpu_count(monkeypatch):
+    """As on macOS, which has no sched_getaffinity, before Python 3.13."""
+    monkeypatch.delattr(os, "process_cpu_count", raising=False)
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+    assert available_cpus() == 7
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert available_cpus() == 1
+
+
+def test_available_cpus_prefers_process_cpu_count(monkeypatch):
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 2, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert available_cpus() == 2

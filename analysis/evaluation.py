@@ -8,7 +8,6 @@ over prompts and its bootstrap 5-95% band.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,9 +19,10 @@ import pandas as pd
 import torch
 
 from analysis.baselines import baselines_for
-from analysis.experiment import AnalysisWarning, Trial, identities, read_trials
+from analysis.experiment import AnalysisWarning, TrialFolder, identities, read_trials
 from analysis.frames import aggregate_seeds
 from analysis.stats import bootstrap_mean
+from trainers.cpus import available_cpus
 from trainers.models import LoopedTransformerModel, build_model
 from trainers.tasks import error_normaliser, sample_batch
 
@@ -74,7 +74,7 @@ def evaluate_experiment(experiment_dir, *, n_prompts: int = N_PROMPTS, max_loops
     return frame
 
 
-def evaluate_trials(trials: list[Trial], *, n_prompts: int = N_PROMPTS, max_loops: int | None = None,
+def evaluate_trials(trials: list[TrialFolder], *, n_prompts: int = N_PROMPTS, max_loops: int | None = None,
                     seed: int = 0, device=None, batch_size: int = BATCH_SIZE, progress=None) -> pd.DataFrame:
     """`progress`: called once as each model's evaluation completes (a progress bar's tick)."""
     device = torch.device(device) if device is not None else default_device()
@@ -105,7 +105,7 @@ def evaluate_trials(trials: list[Trial], *, n_prompts: int = N_PROMPTS, max_loop
                 parts.append(curves_part(*pending.popleft()))
         parts += [curves_part(*item) for item in pending]
     if not parts:
-        return pd.DataFrame(columns=["trial_id", "experiments", *CURVE_COLUMNS])
+        return pd.DataFrame(columns=["trial_id", "hypotheses", *CURVE_COLUMNS])
     return pd.concat(parts, ignore_index=True, sort=False)
 
 
@@ -117,7 +117,7 @@ def evaluation_threads(device: torch.device) -> int:
     """Models evaluated side by side: one per core on the CPU, each running torch on one thread (the ops of
     these small models are too short to share between threads: two intra-op threads were 2-6x slower than
     one on a busy 2-core machine, while torch releases the GIL inside every op); on a GPU one feeds it."""
-    return len(os.sched_getaffinity(0)) if device.type == "cpu" else 1
+    return available_cpus() if device.type == "cpu" else 1
 
 
 @contextlib.contextmanager
@@ -131,7 +131,7 @@ def one_torch_thread(enabled: bool):
         torch.set_num_threads(threads)
 
 
-def prepare(trial: Trial, device) -> tuple[PromptSetting, torch.nn.Module, int] | None:
+def prepare(trial: TrialFolder, device) -> tuple[PromptSetting, torch.nn.Module, int] | None:
     """The trial's prompt setting, model and training loop count b; None (with a warning) if it has none."""
     if trial.checkpoint is None or "model" not in trial.checkpoint:
         warnings.warn(f"trial {trial.trial_id}: no checkpoint yet; not evaluated", AnalysisWarning, stacklevel=3)
@@ -162,7 +162,7 @@ def baseline_curves(setting: PromptSetting, xs, ys, device) -> list[dict]:
     return rows
 
 
-def load_model(trial: Trial, device) -> torch.nn.Module:
+def load_model(trial: TrialFolder, device) -> torch.nn.Module:
     model = build_model(trial.config["model"])
     model.load_state_dict(trial.checkpoint["model"])
     return model.to(device).eval()
@@ -198,5 +198,5 @@ def aggregate_evaluation(evaluation: pd.DataFrame) -> pd.DataFrame:
     by = ["kind", "name", "axis", "x"]
     models = aggregate_seeds(evaluation[evaluation["kind"] == "model"], "mean", by=by, band=("lo", "hi"))
     baselines = evaluation[evaluation["kind"] == "baseline"].drop_duplicates(by)
-    return pd.concat([models, baselines[["experiments", *CURVE_COLUMNS]].assign(n_seeds=1)],
+    return pd.concat([models, baselines[["hypotheses", *CURVE_COLUMNS]].assign(n_seeds=1)],
                      ignore_index=True, sort=False)

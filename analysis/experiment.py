@@ -1,7 +1,7 @@
 """One experiment on disk, read without Ray: its trial folders, their values, results and checkpoints.
 
-Ray Tune writes one folder per trial; the runner records in each the trial's id, experiments and dotted
-values (`trial.json`), and a trial is any folder holding that record. The experiment may still be running or
+Ray Tune writes one folder per trial; the runner records in each the trial's id, hypotheses and dotted
+values (`trial.json`, `trainers.records`), and a trial is any folder holding that record. The experiment may still be running or
 may have been interrupted, so a half-written last line of `result.json` is skipped and a checkpoint that does
 not load gives way to the next most recent one.
 """
@@ -13,12 +13,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from trainers.checkpoint import CHECKPOINT_FILE, read_weights, reason
-
-SPACE_RECORD = "space.yaml"  # the resolved search space the runner writes beside the trials
-TRIAL_RECORD = "trial.json"  # {"trial_id", "experiments", "values"}: the runner's record of one trial
+from trainers.dotted import flatten, get_dotted
+from trainers.records import TRIAL_RECORD, RecordError, SpaceRecord, read_space_record, read_trial_record
 
 
 class AnalysisError(ValueError):
@@ -30,10 +27,11 @@ class AnalysisWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class Trial:
+class TrialFolder:
+    """One trial as the analysis reads it from its folder."""
     trial_id: str
     path: Path
-    experiments: tuple[str, ...]  # the hypotheses the trial belongs to, sorted
+    hypotheses: tuple[str, ...]  # sorted
     params: dict  # dotted config key -> value, as the search space gave it (grid and sampled keys)
     rows: list  # result.json rows in file order
     checkpoint: dict | None  # the latest loadable checkpoint.pt
@@ -49,7 +47,7 @@ class Trial:
         return (self.checkpoint.get("metrics") or []) if self.checkpoint else []
 
 
-def read_trials(experiment_dir) -> list[Trial]:
+def read_trials(experiment_dir) -> list[TrialFolder]:
     root = Path(experiment_dir)
     if not root.is_dir():
         raise AnalysisError(f"{root}: no such experiment directory")
@@ -72,52 +70,30 @@ def read_trials(experiment_dir) -> list[Trial]:
     return trials
 
 
-def read_space_record(experiment_dir) -> dict:
-    """The runner's record of the space (empty for an experiment made otherwise, or an unreadable record)."""
+def space_record(experiment_dir) -> SpaceRecord | None:
+    """The runner's record of the space; None for an experiment made otherwise, or a record that does not read."""
     try:
-        record = yaml.safe_load((Path(experiment_dir) / SPACE_RECORD).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def read_trial(folder: Path) -> Trial | None:
-    record = read_trial_record(folder)
-    if record is None:
+        return read_space_record(experiment_dir)
+    except RecordError:
         return None
-    flat: dict = {}
-    _flatten("", record["values"], flat)
-    experiments = tuple(sorted(set(record["experiments"])))
+
+
+def read_trial(folder: Path) -> TrialFolder | None:
+    """The trial in `folder`, or None with a warning when its record is unreadable."""
+    try:
+        record = read_trial_record(folder)
+    except RecordError as err:
+        warnings.warn(f"{err}; trial skipped", AnalysisWarning, stacklevel=2)
+        return None
+    params = {key: cell(value) for key, value in flatten(record.values).items()}
     errored = (folder / "error.txt").exists() or (folder / "error.pkl").exists()
-    return Trial(record["trial_id"], folder, experiments, flat, read_result_rows(folder / "result.json"),
-                 latest_checkpoint(folder), errored)
+    return TrialFolder(record.trial_id, folder, tuple(sorted(set(record.hypotheses))), params,
+                       read_result_rows(folder / "result.json"), load_latest_checkpoint(folder), errored)
 
 
-def read_trial_record(folder: Path) -> dict | None:
-    """The folder's `trial.json`, or None with a warning when it is unreadable or not the runner's record."""
-    try:
-        record = json.loads((folder / TRIAL_RECORD).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        warnings.warn(f"{folder}: {TRIAL_RECORD} unreadable ({err}); trial skipped", AnalysisWarning, stacklevel=2)
-        return None
-    if not (isinstance(record, dict) and isinstance(record.get("trial_id"), str)
-            and isinstance(record.get("experiments"), list) and all(isinstance(e, str) for e in record["experiments"])
-            and isinstance(record.get("values"), dict)):
-        warnings.warn(f"{folder}: {TRIAL_RECORD} is not the runner's record (trial_id, experiments, values); "
-                      "trial skipped", AnalysisWarning, stacklevel=2)
-        return None
-    return record
-
-
-def _flatten(prefix: str, value, into: dict) -> None:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, into)
-    elif isinstance(value, (list, tuple)):
-        # lists do not fit a dataframe cell that must survive CSV and Parquet
-        into[prefix] = json.dumps(value)
-    else:
-        into[prefix] = value
+def cell(value):
+    """A value as a dataframe cell: lists do not fit a cell that must survive CSV and Parquet, so they are JSON."""
+    return json.dumps(value) if isinstance(value, (list, tuple)) else value
 
 
 def read_result_rows(path: Path) -> list[dict]:
@@ -140,7 +116,7 @@ def read_result_rows(path: Path) -> list[dict]:
     return rows
 
 
-def latest_checkpoint(folder: Path) -> dict | None:
+def load_latest_checkpoint(folder: Path) -> dict | None:
     """The loadable checkpoint with the highest step anywhere under the trial folder.
 
     Ray's `checkpoint_NNNNNN` and the trainer's `step_NNNNNN` folders number differently, so the step
@@ -159,23 +135,19 @@ def latest_checkpoint(folder: Path) -> dict | None:
 
 
 def config_value(config: dict, dotted: str):
-    value = config
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return math.nan
-        value = value[part]
-    return json.dumps(value) if isinstance(value, (list, tuple)) else value
+    """A config's value at `dotted` as a dataframe cell, NaN where the config has no such key."""
+    return cell(get_dotted(config, dotted, math.nan))
 
 
-def identities(trials: list[Trial]) -> list[dict]:
-    """Per trial: trial_id, experiments (';'-joined) and every key any trial's params set.
+def identities(trials: list[TrialFolder]) -> list[dict]:
+    """Per trial: trial_id, hypotheses (';'-joined) and every key any trial's params set.
 
     A key that a trial's params leave out takes the value its checkpoint's config holds, so a variant that
     relies on the base file's value still gets a cell.
     """
     keys = sorted({key for trial in trials for key in trial.params})
     return [
-        {"trial_id": trial.trial_id, "experiments": ";".join(trial.experiments),
+        {"trial_id": trial.trial_id, "hypotheses": ";".join(trial.hypotheses),
          **{key: trial.params[key] if key in trial.params else config_value(trial.config, key) for key in keys}}
         for trial in trials
     ]

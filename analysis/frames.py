@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.cost import trial_cost
-from analysis.experiment import AnalysisWarning, Trial, config_value, identities, read_trials
+from analysis.experiment import AnalysisWarning, TrialFolder, config_value, identities, read_trials
 from analysis.stats import bootstrap_mean
+from trainers.records import SEED_KEY, trial_status
 
 log = logging.getLogger(__name__)
 
-SEED_KEY = "training.seed"
 # Ray's bookkeeping; `time_total_s` and `node_id` stay because wall time and placement are worth a column
 RAY_COLUMNS = frozenset({
     "trial_id", "training_iteration", "timestamp", "date", "hostname", "node_ip", "pid", "done",
@@ -41,7 +41,7 @@ def load_summary(experiment_dir) -> pd.DataFrame:
     return frames_of(read_trials(experiment_dir))[1]
 
 
-def frames_of(trials: list[Trial]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def frames_of(trials: list[TrialFolder]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curves, summary) of the trials; each trial's history is rebuilt once, so gaps are reported once."""
     histories = [trial_history(trial) for trial in trials]
     ids = identities(trials)
@@ -52,7 +52,7 @@ def _is_metric(key, value) -> bool:
     return key not in RAY_COLUMNS and (value is None or isinstance(value, (bool, int, float, str)))
 
 
-def trial_history(trial: Trial) -> pd.DataFrame:
+def trial_history(trial: TrialFolder) -> pd.DataFrame:
     """The trial's rows, one per step: the checkpoint's history merged with result.json.
 
     After a restore Ray may have lost rows of result.json or written some twice (ray-project/ray#41668).
@@ -73,7 +73,7 @@ def trial_history(trial: Trial) -> pd.DataFrame:
     return history
 
 
-def logging_cadence(trial: Trial, steps: np.ndarray) -> int:
+def logging_cadence(trial: TrialFolder, steps: np.ndarray) -> int:
     configured = config_value(trial.config, "wandb.log_every_steps")
     if isinstance(configured, int) and configured > 0:
         return configured
@@ -91,7 +91,7 @@ def missing_steps(steps: np.ndarray, cadence: int) -> list[int]:
     return sorted(set(range(first, int(steps.max()) + 1, cadence)) - set(steps.tolist()))
 
 
-def _warn_gaps(trial: Trial, steps: np.ndarray) -> None:
+def _warn_gaps(trial: TrialFolder, steps: np.ndarray) -> None:
     missing = missing_steps(steps, logging_cadence(trial, steps))
     if missing:
         shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
@@ -109,7 +109,7 @@ def curves_frame(ids: list[dict], histories: list[pd.DataFrame]) -> pd.DataFrame
     return curves[identity + [c for c in curves.columns if c not in identity]]
 
 
-def summary_frame(trials: list[Trial], ids: list[dict], histories: list[pd.DataFrame]) -> pd.DataFrame:
+def summary_frame(trials: list[TrialFolder], ids: list[dict], histories: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame([{**ident, **trial_summary(trial, history)}
                          for trial, ident, history in zip(trials, ids, histories)])
 
@@ -119,13 +119,15 @@ def _last(history: pd.DataFrame, column: str):
     return values.iloc[-1] if len(values) else math.nan
 
 
-def trial_summary(trial: Trial, history: pd.DataFrame) -> dict:
+def trial_summary(trial: TrialFolder, history: pd.DataFrame) -> dict:
     train_steps = config_value(trial.config, "training.train_steps")
     last_step = int(history["step"].max()) if len(history) else math.nan
     losses = history["eval/loss"].dropna() if "eval/loss" in history else pd.Series(dtype=float)
     wall = _last(history, "time_total_s")
     return {
-        "status": trial_status(trial, last_step, train_steps),
+        "status": trial_status(last_step=last_step, train_steps=train_steps,
+                               diverged=any(row.get("diverged") is True for row in (*trial.saved_rows, *trial.rows)),
+                               stopped=any(row.get("done") is True for row in trial.rows), errored=trial.errored),
         "last_step": last_step,
         "train_steps": train_steps,
         "final_eval_loss": float(losses.iloc[-1]) if len(losses) else math.nan,
@@ -135,15 +137,6 @@ def trial_summary(trial: Trial, history: pd.DataFrame) -> dict:
         "node_id": _last(history, "node_id"),
         **trial_cost(trial.config),
     }
-
-
-def trial_status(trial: Trial, last_step, train_steps) -> str:
-    if any(row.get("diverged") is True for row in (*trial.saved_rows, *trial.rows)):
-        return "diverged"
-    reached_end = isinstance(train_steps, int) and not pd.isna(last_step) and last_step >= train_steps - 1
-    if reached_end or any(row.get("done") is True for row in trial.rows):
-        return "finished"
-    return "error" if trial.errored else "incomplete"
 
 
 def aggregate_seeds(frame: pd.DataFrame, metric: str = "eval/loss", *, by=("step",),
@@ -162,8 +155,8 @@ def aggregate_seeds(frame: pd.DataFrame, metric: str = "eval/loss", *, by=("step
         mean, lo, hi = bootstrap_mean(group[metric].to_numpy(dtype=float))
         if band is not None and len(group) == 1:
             lo, hi = group[band[0]].iloc[0], group[band[1]].iloc[0]
-        tags = {tag for joined in group["experiments"].dropna() for tag in str(joined).split(";") if tag}
-        rows.append({"experiments": ";".join(sorted(tags)), **dict(zip(keys, key)),
+        tags = {tag for joined in group["hypotheses"].dropna() for tag in str(joined).split(";") if tag}
+        rows.append({"hypotheses": ";".join(sorted(tags)), **dict(zip(keys, key)),
                      "mean": float(mean), "lo": float(lo), "hi": float(hi), "n_seeds": len(group)})
-    result = pd.DataFrame(rows, columns=["experiments", *keys, "mean", "lo", "hi", "n_seeds"])
+    result = pd.DataFrame(rows, columns=["hypotheses", *keys, "mean", "lo", "hi", "n_seeds"])
     return result.sort_values(list(by), kind="stable", ignore_index=True) if by else result

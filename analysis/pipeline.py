@@ -11,12 +11,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from analysis.evaluation import EVALUATION_FILE, N_PROMPTS, evaluate_trials
-from analysis.experiment import read_space_record, read_trials
+from analysis.experiment import read_trials, space_record
 from analysis.frames import frames_of
 from analysis.plots import FIGURES_PER_HYPOTHESIS, PLOTS_DIR, write_plots
 from analysis.report import REPORT_FILE, write_report
 from analysis.variants import hypotheses
-from analysis.verdict import hypotheses_of
 
 FORMATS = ("parquet", "csv")
 
@@ -63,5 +62,5 @@ def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = 
                "evaluation": write_frame(evaluation, out_dir / EVALUATION_FILE),
                "plots": plots}
     written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation,
-                                     hypotheses_of(read_space_record(experiment_dir)))
+                                     space_record(experiment_dir))
     return written

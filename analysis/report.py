@@ -2,7 +2,8 @@
 error at the last position (mean and 5-95% band over seeds, beside least squares and predict-0), what each
 variant cost, the figures, and the evaluation's model and baseline errors at the same k.
 
-Every number is read from the frames (summary, evaluation); the only hand-written text is the questions.
+Every number is read from the frames (summary, evaluation); each question is its hypothesis' `description:` in
+the space file, as the space record keeps it.
 """
 from __future__ import annotations
 
@@ -12,43 +13,34 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.evaluation import aggregate_evaluation
-from analysis.experiment import read_space_record, read_trials
-from analysis.frames import SEED_KEY, config_columns, frames_of
+from analysis.experiment import read_trials, space_record
+from analysis.frames import config_columns, frames_of
 from analysis.plots import PLOTS_DIR, plot_path, read_evaluation
 from analysis.ranking import final_errors, least_squares_last, ranked, variant_frame
 from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
 from analysis.verdict import (DID_NOT_LEARN, PREDICT_ZERO, RULE, Hypothesis, describe_reference, hypotheses_of,
                               judge)
+from trainers.records import SEED_KEY, STOPPED_EARLY, SpaceRecord
+from trainers.table import format_number, render
 
 REPORT_FILE = "REPORT.md"
-QUESTIONS = {
-    "information_flow": "Does the loop need its whole state? Before every iteration only the last "
-                        "`n_last_tokens` positions of the state are kept (-1 keeps all of them, 0 none). "
-                        "Does masking more of the state make in-context learning worse?",
-    "looped_n_layers": "Does a loop body of more layers (1, 2 or 3 transformer layers: A A A..., A B A B..., "
-                       "A B C A B C...) learn better, and at what cost in time?",
-    "looped_lstm": "Can LSTM layers (1, 2 or 3) replace the transformer layers inside the loop, and do more "
-                   "LSTM layers help?",
-    "baseline": "How does the plain (non-looped) transformer do: the reference the looped models are "
-                "measured against?",
-}
 FIGURES = (("loss", "eval/loss vs step"), ("loss_zoom", "eval/loss, last part of training"),
            ("error_vs_k", "error vs in-context examples, with baselines"),
            ("error_vs_loop", "error vs loop iteration"),
            ("cost", "final error at the last position vs training FLOPs"))
 
 
-def question(hypothesis: str) -> str:
-    return QUESTIONS.get(hypothesis, f"How do the variants of `{hypothesis}` compare on eval/loss?")
+def question(hypothesis: str, questions: dict[str, str]) -> str:
+    return questions.get(hypothesis) or f"How do the variants of `{hypothesis}` compare on eval/loss?"
 
 
 def number(value) -> str:
-    return "–" if value is None or pd.isna(value) else f"{value:.4g}"
+    # one dash where the renderer would show nan or a blank: the report reads every missing value (NaN, pd.NA) alike
+    return "–" if value is None or pd.isna(value) else format_number(value)
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return render(header, rows, markdown=True)
 
 
 def report_experiment(experiment_dir, out=None) -> Path:
@@ -56,20 +48,23 @@ def report_experiment(experiment_dir, out=None) -> Path:
     _, summary = frames_of(read_trials(experiment_dir))
     out_dir = Path(out if out is not None else experiment_dir)
     evaluation = read_evaluation(out_dir, experiment_dir)
-    declared = hypotheses_of(read_space_record(experiment_dir))
-    return write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation, declared)
+    record = space_record(experiment_dir)
+    return write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation, record)
 
 
 def write_report(path: Path, title: str, summary: pd.DataFrame, evaluation: pd.DataFrame | None,
-                 declared: dict[str, Hypothesis] | None = None) -> Path:
+                 record: SpaceRecord | None = None) -> Path:
+    """`record`: the space record, whose hypotheses give each section its question and verdict."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(title, summary, evaluation, path.parent / PLOTS_DIR, path.parent, declared or {}))
+    questions = {h.name: h.question for h in record.hypotheses} if record is not None else {}
+    path.write_text(render_report(title, summary, evaluation, path.parent / PLOTS_DIR, path.parent,
+                                  hypotheses_of(record), questions))
     return path
 
 
 def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
-                  declared: dict[str, Hypothesis]) -> str:
+                  declared: dict[str, Hypothesis], questions: dict[str, str] | None = None) -> str:
     statuses = ", ".join(f"{count} {status}" for status, count in summary["status"].value_counts().items())
     errors, source = final_errors(summary, evaluation)
     lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}; {seed_range(summary)} per configuration.", "",
@@ -82,11 +77,11 @@ def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
     for hypothesis in hypotheses(summary):
         own = of_hypothesis(errors, hypothesis)
         variants = variants_of(own, hypothesis)
-        lines += ["", f"## {hypothesis}", "", f"**Question.** {question(hypothesis)}", ""]
+        lines += ["", f"## {hypothesis}", "", f"**Question.** {question(hypothesis, questions or {})}", ""]
         verdict = judge(own, variants, declared[hypothesis]) if hypothesis in declared else None
         lines += verdict_lines(verdict, declared.get(hypothesis))
         frame = ranked(variant_frame(own, variants))
-        lines += ranking_table(frame, verdict, references) + cost_table(frame)
+        lines += ranking_table(frame, verdict, references) + stopped_early_table(own, variants) + cost_table(frame)
         lines += figure_links(hypothesis, plots_dir, report_dir)
         if evaluation is not None:
             lines += evaluation_section(of_hypothesis(evaluation, hypothesis), variants)
@@ -133,6 +128,18 @@ def ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
     header = ["rank", "variant", "seeds", "error at the last position", "5%", "95%", "per seed",
               "difference to its reference [5%, 95%]"]
     return ["### Ranking", ""] + table(header, rows) + [""]
+
+
+def stopped_early_table(trials: pd.DataFrame, variants: Variants) -> list[str]:
+    """The trials a scheduler stopped before their last step: not ranked beside full-length runs, but listed."""
+    stopped = trials[trials["status"] == STOPPED_EARLY].sort_values("last_step", kind="stable")
+    if stopped.empty:
+        return []
+    rows = [[f"`{variants.label(row)}`", number(row.get(SEED_KEY)), number(row["last_step"]),
+             number(row["train_steps"]), number(row["final_eval_loss_last"])] for _, row in stopped.iterrows()]
+    header = ["variant", "seed", "stopped at step", "of", "eval/loss_last when stopped"]
+    return (["### Stopped early", "", f"{len(stopped)} trial(s) stopped by the scheduler before their last step; "
+             "they are not ranked.", ""] + table(header, rows) + [""])
 
 
 def cost_table(frame: pd.DataFrame) -> list[str]:

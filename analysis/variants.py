@@ -6,12 +6,12 @@ figure of one hypothesis draws a variant in the same colour.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pandas as pd
 
-from analysis.frames import SEED_KEY, config_columns
+from analysis.frames import config_columns
+from trainers.records import SEED_KEY, variant_label
 
 UNTAGGED = "all"  # trials whose search space names no hypothesis
 # matplotlib's tab10, without its grey: grey and black draw the baselines
@@ -19,38 +19,17 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 
 def hypotheses(frame: pd.DataFrame) -> list[str]:
-    return sorted({tag or UNTAGGED for joined in frame["experiments"].fillna("") for tag in str(joined).split(";")})
+    return sorted({tag or UNTAGGED for joined in frame["hypotheses"].fillna("") for tag in str(joined).split(";")})
 
 
 def of_hypothesis(frame: pd.DataFrame, hypothesis: str) -> pd.DataFrame:
-    tags = frame["experiments"].fillna("").astype(str).str.split(";")
+    tags = frame["hypotheses"].fillna("").astype(str).str.split(";")
     return frame[tags.map(lambda t: hypothesis in t or (hypothesis == UNTAGGED and t == [""]))]
-
-
-def _missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
-def format_setting(key: str, value) -> str:
-    short = key.rsplit(".", 1)[-1]
-    if _missing(value):
-        return f"{short}=default"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # a column with gaps turns 55 into 55.0
-    if key == "model.n_layer":
-        return f"L={value}"
-    if key == "model.use_lstm_layer":
-        return "LSTM" if value else ""
-    if key == "model.n_last_tokens" and value == -1:
-        return "n_last_tokens=all"
-    if key == "model.family":
-        return {"gpt2": "transformer", "gpt2_loop": "looped"}.get(value, value)
-    return f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}"
 
 
 def _sort_key(value):
     """Numbers (numpy's too) in numeric order, then text, then gaps."""
-    if _missing(value):
+    if value is None or pd.isna(value):
         return (2, 0.0, "")
     try:
         return (0, float(value), "")
@@ -65,8 +44,7 @@ class Variants:
     labels: tuple[str, ...]  # in display order
 
     def label(self, row) -> str:
-        parts = [format_setting(key, row[key]) for key in self.keys]
-        return " ".join(part for part in parts if part) or self.hypothesis
+        return variant_label({key: row[key] for key in self.keys}, default=self.hypothesis)
 
     def colour(self, label: str) -> str:
         return PALETTE[self.labels.index(label) % len(PALETTE)]

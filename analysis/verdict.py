@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.stats import N_RESAMPLES, QUANTILES
-from analysis.variants import Variants, format_setting
+from analysis.variants import Variants
+from trainers.records import EXPECTATIONS, SpaceRecord, format_setting, short_key
 
 PREDICT_ZERO = 1.0  # the normalised error of predicting 0: E[y^2] / d = 1 for y = w . x, w and x ~ N(0, I_d)
 DID_NOT_LEARN = 0.9 * PREDICT_ZERO
 MIN_SEEDS = 2
-EXPECTATIONS = ("worse", "better")
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 UNCLEAR = "no clear difference"
 RULE = (f"Each variant is compared with its reference on the final error at the last position: a seed-level "
@@ -115,11 +115,10 @@ def judge(errors: pd.DataFrame, variants: Variants, hypothesis: Hypothesis) -> V
 
 
 def describe_reference(hypothesis: Hypothesis) -> str:
-    return ", ".join(format_setting(k, v) or f"{k.rsplit('.', 1)[-1]}={v}" for k, v in hypothesis.reference.items())
+    return ", ".join(format_setting(k, v) or f"{short_key(k)}={v}" for k, v in hypothesis.reference.items())
 
 
-def hypotheses_of(record: dict) -> dict[str, Hypothesis]:
+def hypotheses_of(record: SpaceRecord | None) -> dict[str, Hypothesis]:
     """The hypotheses a space record declares with a reference and an expectation, by name."""
-    declared = record.get("experiments") if isinstance(record, dict) else None
-    return {e["name"]: Hypothesis(e["name"], dict(e["reference"]), e["expect"])
-            for e in declared or () if isinstance(e, dict) and e.get("reference") and e.get("expect") in EXPECTATIONS}
+    return {h.name: Hypothesis(h.name, dict(h.reference), h.expect)
+            for h in (record.hypotheses if record is not None else ()) if h.reference and h.expect}

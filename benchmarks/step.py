@@ -16,12 +16,13 @@ import time
 import torch
 
 from trainers.flops import step_flops
+from benchmarks import TABLE_STYLE
 from benchmarks.machine import OtherLoad, PeakMemory, describe, matmul_flops, synchronize
-from benchmarks.table import print_table
 from trainers.config import ConfigError, parse_override_args
 from trainers.curriculum import final_state
 from trainers.models import build_model
 from trainers.onednn import ONEDNN
+from trainers.table import render
 from trainers.tasks import sample_batch
 from trainers.training import StepRunner, make_optimizer, prepare_model
 from tune_looped.space import SpaceError, load_space, trial_config
@@ -175,7 +176,7 @@ def report(device, args, overrides, rows) -> None:
         print(f"{scale} FLOPs of a step ({first['variant']}): {first['formula']}")
     header = ["scale", "variant", "steps/s", "best steps/s", "prompts/s", "warm-up s", "peak MiB", "GFLOP/step",
               "GFLOP/s", "matmul GFLOP/s", "% matmul", "others %"]
-    print_table(header, [[r[h] for h in header] for r in rows], markdown=args.markdown)
+    print("\n".join(render(header, [[r[h] for h in header] for r in rows], markdown=args.markdown, **TABLE_STYLE)))
 
 
 if __name__ == "__main__":

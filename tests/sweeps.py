@@ -26,8 +26,8 @@ TINY_BASE = {
 TIMING_COLUMNS = ["elapsed_s", "steps_per_s", "prompts_per_s", "time_total_s", "wall_time", "node_id", "wall_time_s"]
 
 
-def write_space(path: Path, experiments, base=None, **extra) -> Path:
-    path.write_text(yaml.safe_dump({"name": "tiny", "base": base or TINY_BASE, "experiments": experiments, **extra}))
+def write_space(path: Path, hypotheses, base=None, **extra) -> Path:
+    path.write_text(yaml.safe_dump({"name": "tiny", "base": base or TINY_BASE, "hypotheses": hypotheses, **extra}))
     return path
 
 
@@ -48,7 +48,7 @@ def rows(trial_dir: Path) -> list[dict]:
 
 
 def record(trial_dir: Path) -> dict:
-    """The runner's record of the trial: its trial_id, experiments and dotted values."""
+    """The runner's record of the trial: its trial_id, hypotheses and dotted values."""
     return json.loads((trial_dir / "trial.json").read_text())
 
 

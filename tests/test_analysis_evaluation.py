@@ -34,7 +34,7 @@ def test_every_looped_trial_has_its_curves(evaluated):
     assert curve(frame, "t1", "model@b", "k").index.tolist() == list(range(7))  # k = 0 .. n_points - 1
     assert curve(frame, "t1", "model", "loop").index.tolist() == list(range(1, MAX_LOOPS + 1))
     assert ((frame["lo"] <= frame["mean"] + 1e-12) & (frame["mean"] <= frame["hi"] + 1e-12)).all()
-    assert {"model.n_last_tokens", "model.n_layer", "training.seed", "experiments"} <= set(frame.columns)
+    assert {"model.n_last_tokens", "model.n_layer", "training.seed", "hypotheses"} <= set(frame.columns)
     assert (frame["train_loops"] == 3).all() and (frame["max_loops"] == MAX_LOOPS).all()
     # the prompt setting every row was scored on: config_dict's n_dims_truncated=3 and n_points=7
     assert (frame["task_name"] == "linear_regression").all() and (frame["n_dims_truncated"] == 3).all()
@@ -82,7 +82,7 @@ def test_seeds_average_and_a_lone_seed_keeps_its_band(evaluated):
 
 def test_plain_transformer_and_sparse_task(tmp_path):
     config = config_dict(family="gpt2", n_layer=1, task_name="sparse_linear_regression", train_steps=1)
-    write_trial(tmp_path, "plain", experiments=["baseline"],
+    write_trial(tmp_path, "plain", hypotheses=["baseline"],
                 rows=[ray_row(metric_row(0, 1.0), "plain", 0)], checkpoint=checkpoint_state(config, step=1))
     frame = evaluate_experiment(tmp_path, n_prompts=32, out=tmp_path / "elsewhere")
     assert (tmp_path / "elsewhere" / EVALUATION_FILE).exists() and not (tmp_path / EVALUATION_FILE).exists()
@@ -96,16 +96,16 @@ def test_plain_transformer_and_sparse_task(tmp_path):
 
 
 def test_trials_without_a_checkpoint_are_skipped_with_a_warning(tmp_path):
-    write_trial(tmp_path, "young", experiments=["x"], rows=[ray_row(metric_row(0, 1.0), "young", 0)])
+    write_trial(tmp_path, "young", hypotheses=["x"], rows=[ray_row(metric_row(0, 1.0), "young", 0)])
     with pytest.warns(AnalysisWarning, match="trial young: no checkpoint yet"):
         frame = evaluate_experiment(tmp_path, n_prompts=8)
     assert frame.empty and (tmp_path / EVALUATION_FILE).exists()
-    assert list(frame.columns) == ["trial_id", "experiments", *CURVE_COLUMNS]
+    assert list(frame.columns) == ["trial_id", "hypotheses", *CURVE_COLUMNS]
 
 
 def test_a_trial_without_a_checkpoint_does_not_stop_the_others(tmp_path):
-    write_trial(tmp_path, "a_young", experiments=["x"], rows=[ray_row(metric_row(0, 1.0), "young", 0)])
-    write_trial(tmp_path, "b_done", experiments=["x"],
+    write_trial(tmp_path, "a_young", hypotheses=["x"], rows=[ray_row(metric_row(0, 1.0), "young", 0)])
+    write_trial(tmp_path, "b_done", hypotheses=["x"],
                 rows=[ray_row(metric_row(0, 1.0), "done", 0)], checkpoint=checkpoint_state(config_dict(), step=1))
     with pytest.warns(AnalysisWarning, match="trial young"):
         frame = evaluate_experiment(tmp_path, n_prompts=8, max_loops=4)
@@ -113,7 +113,7 @@ def test_a_trial_without_a_checkpoint_does_not_stop_the_others(tmp_path):
 
 
 def test_looped_models_run_to_ten_times_their_training_loops_by_default(tmp_path):
-    write_trial(tmp_path, "t", experiments=["x"], rows=[ray_row(metric_row(0, 1.0), "t", 0)],
+    write_trial(tmp_path, "t", hypotheses=["x"], rows=[ray_row(metric_row(0, 1.0), "t", 0)],
                 checkpoint=checkpoint_state(config_dict(n_loops=2), step=1))
     frame = evaluate_experiment(tmp_path, n_prompts=8)
     assert curve(frame, "t", "model", "loop").index.tolist() == list(range(1, 21))
@@ -134,7 +134,7 @@ def test_prompts_are_the_task_sampler_at_the_final_curriculum(task_name, sparsit
 def test_a_checkpoint_that_builds_no_model_is_skipped_with_a_warning(tmp_path):
     state = checkpoint_state(config_dict(), step=1)
     state["config"]["model"]["n_layer"] = 2  # the weights are those of one layer
-    write_trial(tmp_path, "odd", experiments=["x"],
+    write_trial(tmp_path, "odd", hypotheses=["x"],
                 rows=[ray_row(metric_row(0, 1.0), "odd", 0)], checkpoint=state)
     with pytest.warns(AnalysisWarning, match=r"trial odd: checkpoint does not build a model \(RuntimeError"):
         assert evaluate_experiment(tmp_path, n_prompts=8).empty

@@ -20,11 +20,11 @@ def test_curves_have_one_row_per_trial_and_step(experiment):
     curves = load_curves(experiment)
     assert len(curves) == len(TRIALS) * N_ROWS
     assert not curves.duplicated(["trial_id", "step"]).any()
-    assert {"trial_id", "experiments", "model.n_last_tokens", "model.n_layer", "training.seed", "step",
+    assert {"trial_id", "hypotheses", "model.n_last_tokens", "model.n_layer", "training.seed", "step",
             "eval/loss", "overall_loss", "time_total_s", "node_id"} <= set(curves.columns)
     assert not {"training_iteration", "hostname", "config", "done", "timestamp"} & set(curves.columns)
     t1 = curves[curves["trial_id"] == "t1"].sort_values("step")
-    assert t1["experiments"].iloc[0] == "information_flow;looped_n_layers"
+    assert t1["hypotheses"].iloc[0] == "information_flow;looped_n_layers"
     np.testing.assert_allclose(t1["eval/loss"], eval_losses("t1"))
 
 
@@ -52,7 +52,7 @@ def test_aggregate_over_seeds(experiment):
 
 def test_seed_band_narrows_around_the_mean_with_many_seeds():
     values = np.random.default_rng(0).normal(1.0, 0.1, size=50)
-    frame = pd.DataFrame({"experiments": "h", "model.n_layer": 1, "training.seed": range(50), "step": 0,
+    frame = pd.DataFrame({"hypotheses": "h", "model.n_layer": 1, "training.seed": range(50), "step": 0,
                           "eval/loss": values})
     row = aggregate_seeds(frame).iloc[0]
     assert row["lo"] < row["mean"] < row["hi"]
@@ -61,8 +61,8 @@ def test_seed_band_narrows_around_the_mean_with_many_seeds():
 
 
 def _trial(n_last_tokens=-1):
-    """write_trial's experiments and values of a trial of one hypothesis."""
-    return {"experiments": ["information_flow"], "values": {"model.n_last_tokens": n_last_tokens, "training.seed": 0}}
+    """write_trial's hypotheses and values of a trial of one hypothesis."""
+    return {"hypotheses": ["information_flow"], "values": {"model.n_last_tokens": n_last_tokens, "training.seed": 0}}
 
 
 def test_retried_trial_history_is_rebuilt_from_checkpoint_and_result_rows(tmp_path):
@@ -125,7 +125,7 @@ def test_summary_status_and_losses(tmp_path):
                 rows=[ray_row(r, "done", i, done=r["step"] == 10) for i, r in enumerate(partial)])
     summary = load_summary(tmp_path).set_index("trial_id")
     assert summary["status"].to_dict() == {"fin": "finished", "div": "diverged", "err": "error",
-                                           "inc": "incomplete", "done": "finished"}
+                                           "inc": "incomplete", "done": "stopped early"}
     assert summary.loc["fin", "final_eval_loss"] == pytest.approx(0.9)
     assert summary.loc["fin", "best_eval_loss"] == pytest.approx(0.5)
     assert summary.loc["fin", "last_step"] == 90 and summary.loc["fin", "train_steps"] == 91
@@ -136,12 +136,12 @@ def test_summary_status_and_losses(tmp_path):
 
 def test_the_records_values_and_lists_become_columns(tmp_path):
     """The record's dotted values (grid and sampled keys alike) are columns, a list as JSON text; the trial id
-    and the experiments, sorted, come from the record too."""
+    and the hypotheses, sorted, come from the record too."""
     values = {"model.n_layer": 3, "training.learning_rate": 3e-4, "training.tags": [1, 2]}
-    write_trial(tmp_path, "folder_name", experiments=["looped", "baseline"], values=values, trial_id="abc_00001",
+    write_trial(tmp_path, "folder_name", hypotheses=["looped", "baseline"], values=values, trial_id="abc_00001",
                 rows=[metric_row(0, 1.0)])
     row = load_curves(tmp_path).iloc[0]
-    assert row["trial_id"] == "abc_00001" and row["experiments"] == "baseline;looped" and row["model.n_layer"] == 3
+    assert row["trial_id"] == "abc_00001" and row["hypotheses"] == "baseline;looped" and row["model.n_layer"] == 3
     assert row["training.learning_rate"] == pytest.approx(3e-4) and json.loads(row["training.tags"]) == [1, 2]
 
 
@@ -149,7 +149,7 @@ def test_an_experiment_of_the_previous_runner_is_one_clear_error(tmp_path):
     """Trial folders with Ray's params.json and no trial.json: the record the analysis reads is missing."""
     folder = tmp_path / "train_t_00000"
     folder.mkdir()
-    (folder / "params.json").write_text(json.dumps({"variant": {"experiments": ["e"], "training.seed": 0}}))
+    (folder / "params.json").write_text(json.dumps({"variant": {"hypotheses": ["e"], "training.seed": 0}}))
     (folder / "result.json").write_text(json.dumps(ray_row(metric_row(0, 1.0), "t", 0)) + "\n")
     expected = f"^{tmp_path}: no trial folder holds trial.json, only Ray's params.json: [^\n]*`python -m tune_looped.upgrade {tmp_path}` writes them$"
     with pytest.raises(AnalysisError, match=expected):
@@ -168,10 +168,10 @@ def test_a_folder_without_its_record_beside_recorded_ones_is_skipped_with_a_warn
 @pytest.mark.parametrize("content, message", [
     (b'{"trial_id": "x", "experi', r"trial.json unreadable \(.*\); trial skipped"),
     (b"\xff\xfe{}", r"trial.json unreadable \(.*\); trial skipped"),
-    (b'{"variant": {"experiments": ["e"]}}', r"trial.json is not the runner's record"),
-    (b'{"trial_id": "x", "experiments": "e", "values": {}}', r"trial.json is not the runner's record"),
-    (b'{"trial_id": "x", "experiments": [["e"]], "values": {}}', r"trial.json is not the runner's record"),
-], ids=["truncated", "not-utf8", "params-shape", "experiments-a-string", "experiments-not-names"])
+    (b'{"variant": {"hypotheses": ["e"]}}', r"trial.json is not the runner's record"),
+    (b'{"trial_id": "x", "hypotheses": "e", "values": {}}', r"trial.json is not the runner's record"),
+    (b'{"trial_id": "x", "hypotheses": [["e"]], "values": {}}', r"trial.json is not the runner's record"),
+], ids=["truncated", "not-utf8", "params-shape", "hypotheses-a-string", "hypotheses-not-names"])
 def test_an_unreadable_record_skips_its_trial_with_a_warning(tmp_path, content, message):
     write_trial(tmp_path, "a", **_trial(), rows=[ray_row(metric_row(0, 1.0), "kept", 0)])
     folder = write_trial(tmp_path, "b", **_trial(), rows=[ray_row(metric_row(0, 1.0), "bad", 0)])
@@ -215,11 +215,11 @@ def test_wall_time_falls_back_to_the_trainer_clock_without_ray_rows(tmp_path):
     assert summary["wall_time_s"] == pytest.approx(2.0) and summary["final_eval_loss"] == pytest.approx(0.5)
 
 
-def test_seed_mean_carries_the_union_of_the_experiments():
-    frame = pd.DataFrame({"experiments": ["a;b", "b;c"], "model.n_layer": 1, "training.seed": [0, 1], "step": 0,
+def test_seed_mean_carries_the_union_of_the_hypotheses():
+    frame = pd.DataFrame({"hypotheses": ["a;b", "b;c"], "model.n_layer": 1, "training.seed": [0, 1], "step": 0,
                           "eval/loss": [1.0, 3.0]})
     row = aggregate_seeds(frame).iloc[0]
-    assert row["experiments"] == "a;b;c" and row["mean"] == pytest.approx(2.0) and row["n_seeds"] == 2
+    assert row["hypotheses"] == "a;b;c" and row["mean"] == pytest.approx(2.0) and row["n_seeds"] == 2
 
 
 def test_a_trial_that_has_not_reported_yet_is_summarised_as_incomplete(tmp_path):

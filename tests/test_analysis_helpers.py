@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from analysis.experiment import TRIAL_RECORD
+from trainers.records import TRIAL_RECORD
 from trainers.models import build_model
 
 
@@ -41,7 +41,7 @@ def ray_row(row, trial_id, iteration, *, done=False, node_id="node-a"):
             "done": done, "config": {"variant": {}}, "node_id": node_id}
 
 
-def write_trial(experiment_dir, name, *, experiments, values=None, trial_id=None, rows=(), checkpoint=None,
+def write_trial(experiment_dir, name, *, hypotheses, values=None, trial_id=None, rows=(), checkpoint=None,
                 error=False, truncated_tail=None):
     """One trial folder with the runner's `trial.json` (the trial id defaults to the rows', as Ray writes them,
     else the folder's name); `rows` are result.json rows as dicts, `checkpoint` a dict saved as the latest
@@ -49,7 +49,7 @@ def write_trial(experiment_dir, name, *, experiments, values=None, trial_id=None
     folder = Path(experiment_dir) / name
     folder.mkdir(parents=True)
     trial_id = trial_id or (rows[0]["trial_id"] if rows else name)
-    record = {"trial_id": trial_id, "experiments": list(experiments), "values": values or {}}
+    record = {"trial_id": trial_id, "hypotheses": list(hypotheses), "values": values or {}}
     (folder / TRIAL_RECORD).write_text(json.dumps(record))
     lines = "".join(json.dumps(row) + "\n" for row in rows)
     (folder / "result.json").write_text(lines + (truncated_tail or ""))
@@ -67,7 +67,7 @@ def checkpoint_state(config, *, step, metrics=(), model_seed=0):
     return {"model": model.state_dict(), "config": config, "step": step, "metrics": list(metrics)}
 
 
-def write_finished_trial(experiment_dir, name, *, experiments, variant, config, eval_losses, trial_id,
+def write_finished_trial(experiment_dir, name, *, hypotheses, variant, config, eval_losses, trial_id,
                          log_every=10, with_model=True):
     """A trial that ran to its end: one row every `log_every` steps, eval/loss at every row from
     `eval_losses` (one value per row), a checkpoint holding the model and the whole history."""
@@ -76,11 +76,11 @@ def write_finished_trial(experiment_dir, name, *, experiments, variant, config, 
     ray_rows = [ray_row(row, trial_id, i + 1, done=i == len(rows) - 1) for i, row in enumerate(rows)]
     state = checkpoint_state(config, step=steps[-1] + 1, metrics=rows) if with_model else None
     values = {**variant, "training.seed": config["training"]["seed"]}
-    return write_trial(experiment_dir, name, experiments=experiments, values=values, trial_id=trial_id, rows=ray_rows,
+    return write_trial(experiment_dir, name, hypotheses=hypotheses, values=values, trial_id=trial_id, rows=ray_rows,
                        checkpoint=state)
 
 
-# trial id -> (experiments, variant, config overrides); t1/t2 belong to both hypotheses, t3/t4 leave
+# trial id -> (hypotheses, variant, config overrides); t1/t2 belong to both hypotheses, t3/t4 leave
 # model.n_layer and t5 leaves model.n_last_tokens to the base config
 TRIALS = {
     "t1": (["information_flow", "looped_n_layers"], {"model.n_last_tokens": -1, "model.n_layer": 1},
@@ -102,8 +102,8 @@ def eval_losses(trial_id):
 
 def write_experiment(root, *, with_model=True):
     root = Path(root)
-    for trial_id, (experiments, variant, overrides) in TRIALS.items():
-        write_finished_trial(root, f"train_{trial_id}_00000_0", experiments=experiments, variant=variant,
+    for trial_id, (hypotheses, variant, overrides) in TRIALS.items():
+        write_finished_trial(root, f"train_{trial_id}_00000_0", hypotheses=hypotheses, variant=variant,
                              config=config_dict(train_steps=N_ROWS * 10 - 9, **overrides),
                              eval_losses=eval_losses(trial_id), trial_id=trial_id, with_model=with_model)
     return root

@@ -10,17 +10,25 @@ import yaml
 from analysis import aggregate_seeds, evaluation, load_summary, run_all
 from analysis.__main__ import main
 from analysis.evaluation import aggregate_evaluation
-from analysis.experiment import SPACE_RECORD, read_trials
-from analysis.variants import format_setting, of_hypothesis, variants_of
+from analysis.experiment import read_trials
+from trainers.records import SPACE_RECORD, format_setting
+from analysis.variants import of_hypothesis, variants_of
 from tests.test_analysis_helpers import write_experiment
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 KINDS = ("loss", "loss_zoom", "error_vs_k", "error_vs_loop", "cost")
 
 
+QUESTION = "Does the loop need its whole state?"
+
+
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
     root = write_experiment(tmp_path_factory.mktemp("experiment"))
+    # questions but no predictions: each section asks its hypothesis' question and gives no verdict
+    record = {"name": "e", "hypotheses": [{"name": "information_flow", "description": QUESTION},
+                                          {"name": "looped_n_layers"}]}
+    (root / SPACE_RECORD).write_text(yaml.safe_dump(record))
     written = run_all(root, n_prompts=32, max_loops=5)
     return root, written
 
@@ -93,7 +101,7 @@ def test_report_tables_match_the_frames(analysed):
     assert seen.keys() == expected.keys()
     for key, numbers in seen.items():
         assert numbers == pytest.approx(expected[key], rel=1e-3)
-    assert "**Question.** Does the loop need its whole state?" in report
+    assert f"**Question.** {QUESTION}" in report
 
 
 def test_report_baseline_numbers_come_from_the_evaluation(analysed):
@@ -114,7 +122,7 @@ def test_report_baseline_numbers_come_from_the_evaluation(analysed):
 def test_variant_labels_are_readable():
     assert format_setting("model.n_last_tokens", 55) == "n_last_tokens=55"
     assert format_setting("model.n_last_tokens", -1.0) == "n_last_tokens=all"
-    frame = pd.DataFrame({"experiments": "looped_lstm", "model.n_layer": [2, 1, 2, 1],
+    frame = pd.DataFrame({"hypotheses": "looped_lstm", "model.n_layer": [2, 1, 2, 1],
                           "model.use_lstm_layer": [True, True, False, False], "training.seed": [0, 1, 2, 3],
                           "model.n_embd": 256})
     variants = variants_of(frame, "looped_lstm")
@@ -167,7 +175,7 @@ def test_evaluation_in_threads_matches_one_model_at_a_time(analysed, monkeypatch
 @pytest.mark.parametrize("entry", ["run_all", "report"])
 def test_the_space_record_brings_the_verdicts(tmp_path, entry):
     root = write_experiment(tmp_path / "experiment")
-    record = {"experiments": [{"name": "looped_n_layers", "description": "", "reference": {"model.n_layer": 1},
+    record = {"hypotheses": [{"name": "looped_n_layers", "description": "", "reference": {"model.n_layer": 1},
                                "expect": "better"}]}
     (root / SPACE_RECORD).write_text(yaml.safe_dump(record))
     if entry == "run_all":

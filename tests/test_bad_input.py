@@ -25,7 +25,7 @@ import yaml
 
 from sweeps import TINY_BASE
 from trainers.models import build_model
-from trainers.schema import set_dotted
+from trainers.dotted import set_dotted
 
 PROGRAMS = {
     "run": ["-m", "tune_looped.run"],
@@ -79,7 +79,7 @@ def config(**dotted) -> str:
 
 
 def space(base="base.yaml", grid=None, **top) -> str:
-    return dump({"name": "tiny", "base": base, "experiments": [{"name": "e", "grid": grid or {"training.seed": [0]}}],
+    return dump({"name": "tiny", "base": base, "hypotheses": [{"name": "e", "grid": grid or {"training.seed": [0]}}],
                  **top})
 
 
@@ -127,7 +127,7 @@ BASE = {"base.yaml": config()}
 SPACE = {**BASE, "space.yaml": space()}
 TRAIN = ("--config", "base.yaml", "--out_dir", "runs")
 RUN = ("--space", "space.yaml", "--storage", "results", "--num-cpus", "2")
-TRIAL_RECORD = json.dumps({"trial_id": "t0", "experiments": ["e"], "values": {"training.seed": 0}})
+TRIAL_RECORD = json.dumps({"trial_id": "t0", "hypotheses": ["e"], "values": {"training.seed": 0}})
 
 
 def pretrained(case_id: str, what: str, path: str, content, expect: tuple) -> Case:
@@ -216,18 +216,18 @@ CASES = [
     # space YAML
     Case("space-missing", "space", "missing file", "run", ("--space", "nope.yaml"), ("nope.yaml", "no such space file")),
     Case("space-not-yaml", "space", "not YAML", "run", RUN, ("space.yaml", "not valid YAML"),
-         {**BASE, "space.yaml": "experiments: [1\n"}),
+         {**BASE, "space.yaml": "hypotheses: [1\n"}),
     Case("space-duplicate-key", "space", "a key given twice", "run", RUN,
-         ("space.yaml", "experiments[0].grid.model.n_layer", "key given twice"),
-         {**BASE, "space.yaml": "base: base.yaml\nexperiments:\n  - name: e\n    grid:\n      model.n_layer: [1]\n"
+         ("space.yaml", "hypotheses[0].grid.model.n_layer", "key given twice"),
+         {**BASE, "space.yaml": "base: base.yaml\nhypotheses:\n  - name: e\n    grid:\n      model.n_layer: [1]\n"
                                 "      model.n_layer: [2]\n"}),
     Case("space-binary", "space", "a binary file", "run", RUN, ("space.yaml", "not a text file"),
          {**BASE, "space.yaml": b"\xff\xfe\x00b\x00a\x00s\x00e\x00"}),
     Case("space-unknown-top", "space", "unknown top-level key", "run", RUN, ("space.yaml", "bogus", "unknown key"),
          {**BASE, "space.yaml": space(bogus=1)}),
-    Case("space-no-experiments", "space", "no experiments", "run", RUN,
-         ("space.yaml", "experiments", "expected a non-empty list"),
-         {**BASE, "space.yaml": dump({"base": "base.yaml", "experiments": []})}),
+    Case("space-no-hypotheses", "space", "no hypotheses", "run", RUN,
+         ("space.yaml", "hypotheses", "expected a non-empty list"),
+         {**BASE, "space.yaml": dump({"base": "base.yaml", "hypotheses": []})}),
     Case("space-grid-key", "space", "unknown grid key", "run", RUN, ("model.n_layr", "unknown key"),
          {**BASE, "space.yaml": space(grid={"model.n_layr": [1]})}),
     Case("space-grid-type", "space", "grid value of the wrong type", "run", RUN,
@@ -380,7 +380,7 @@ def test_the_table_is_large_and_ids_unique():
 def test_code_pickles_are_refused_by_every_loader(tmp_path, monkeypatch):
     """The three loaders of `.pt` files refuse a pickle that would run code, and the code does not run."""
     from analysis import AnalysisWarning
-    from analysis.experiment import latest_checkpoint as analysis_checkpoint
+    from analysis.experiment import load_latest_checkpoint as analysis_checkpoint
     from trainers.checkpoint import load_checkpoint, load_reference_checkpoint
 
     monkeypatch.chdir(tmp_path)

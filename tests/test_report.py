@@ -12,12 +12,12 @@ ERRORS = {-1: [0.10, 0.12], 8: [0.70, 0.75], 23: [0.95, 0.97]}
 COST = {-1: (1000, 2e9, 3e12), 8: (1000, 2e9, 3e12), 23: (1000, 2e9, 3e12)}
 
 
-def summary_frame(errors=ERRORS, experiments="information_flow") -> pd.DataFrame:
+def summary_frame(errors=ERRORS, hypotheses="information_flow") -> pd.DataFrame:
     rows = []
     for n, values in errors.items():
         for seed, error in enumerate(values):
             parameters, step_flops, training_flops = COST[n]
-            rows.append({"trial_id": f"n{n}s{seed}", "experiments": experiments, "model.n_last_tokens": n,
+            rows.append({"trial_id": f"n{n}s{seed}", "hypotheses": hypotheses, "model.n_last_tokens": n,
                          "training.seed": seed, "status": "finished", "last_step": 99, "train_steps": 100,
                          "final_eval_loss": 2 * error, "final_eval_loss_last": error, "best_eval_loss": 2 * error,
                          "wall_time_s": 10.0 + seed, "node_id": "a", "parameters": parameters,
@@ -27,11 +27,11 @@ def summary_frame(errors=ERRORS, experiments="information_flow") -> pd.DataFrame
 
 def evaluation_frame(summary: pd.DataFrame, shift: float) -> pd.DataFrame:
     """model@b at the last position k = 16 = the summary's error + shift; least squares at 0.001 there."""
-    rows = [{"trial_id": r["trial_id"], "experiments": r["experiments"], "model.n_last_tokens": r["model.n_last_tokens"],
+    rows = [{"trial_id": r["trial_id"], "hypotheses": r["hypotheses"], "model.n_last_tokens": r["model.n_last_tokens"],
              "training.seed": r["training.seed"], "kind": "model", "name": "model@b", "axis": "k", "x": x,
              "mean": r["final_eval_loss_last"] + shift if x == 16 else 5.0, "lo": 0.0, "hi": 9.0, "n_prompts": 1280,
              "train_loops": 6, "max_loops": 60} for _, r in summary.iterrows() for x in (15, 16)]
-    rows += [{"trial_id": r["trial_id"], "experiments": r["experiments"], "kind": "baseline", "name": "least_squares",
+    rows += [{"trial_id": r["trial_id"], "hypotheses": r["hypotheses"], "kind": "baseline", "name": "least_squares",
               "axis": "k", "x": x, "mean": 0.001 if x == 16 else 0.5, "lo": 0.0, "hi": 1.0, "n_prompts": 1280}
              for _, r in summary.iterrows() for x in (15, 16)]
     return pd.DataFrame(rows)

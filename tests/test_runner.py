@@ -94,8 +94,8 @@ def test_three_hypotheses_dedup_and_report(tmp_path, capsys, monkeypatch):
     experiment = tmp_path / "results" / "h"
     trials = trial_dirs(experiment)
     assert len(trials) == 4
-    # the runner's record in each trial folder: Tune's trial id, the experiments sharing the trial, the values
-    tags = sorted(tuple(record(t)["experiments"]) for t in trials)
+    # the runner's record in each trial folder: Tune's trial id, the hypotheses sharing the trial, the values
+    tags = sorted(tuple(record(t)["hypotheses"]) for t in trials)
     assert tags == sorted([("information_flow",), ("information_flow", "looped_n_layers", "looped_lstm"),
                            ("looped_n_layers",), ("looped_lstm",)])
     assert all(record(t)["trial_id"] == rows(t)[-1]["trial_id"] for t in trials)
@@ -106,9 +106,9 @@ def test_three_hypotheses_dedup_and_report(tmp_path, capsys, monkeypatch):
         steps = [r["step"] for r in rows(trial)]
         assert steps == [0, 5, 10, 15, 20, 25, 29]
     assert "4 finished" in out and str(experiment) in out
-    # Tune's live table: the swept keys under their short names, the experiments, the metrics, in 120 columns
+    # Tune's live table: the swept keys under their short names, the hypotheses, the metrics, in 120 columns
     live = out.split("== 4 trials: 4 done")[-1].splitlines()
-    assert live[1].startswith("experiments: 1 information_flow, 2 looped_n_layers, 3 looped_lstm")
+    assert live[1].startswith("hypotheses: 1 information_flow, 2 looped_n_layers, 3 looped_lstm")
     assert live[2].split() == ["trial", "status", "exp", "n_head", "n_last_tokens", "n_layer", "lstm", "step",
                                "n_loops", "n_points", "eval/loss", "eval/loss_last"]
     finals = [line.split() for line in live[3:7]]
@@ -119,10 +119,10 @@ def test_three_hypotheses_dedup_and_report(tmp_path, capsys, monkeypatch):
     assert yaml.safe_load((experiment / "space.yaml").read_text())["base"]["model"]["n_embd"] == 16
     for name in ("curves.parquet", "summary.parquet", "evaluation.parquet", "REPORT.md"):
         assert (experiment / name).stat().st_size > 0
-    # the analysis took the trials' ids, experiments and values from the records
+    # the analysis took the trials' ids, hypotheses and values from the records
     summary = pd.read_parquet(experiment / "summary.parquet")
     assert sorted(summary["trial_id"]) == sorted(record(t)["trial_id"] for t in trials)
-    assert sorted(summary["experiments"]) == sorted(";".join(sorted(tag)) for tag in tags)
+    assert sorted(summary["hypotheses"]) == sorted(";".join(sorted(tag)) for tag in tags)
     assert (summary["model.n_head"] == 2).all()
     assert list((experiment / "plots").glob("*.png"))
 
@@ -192,7 +192,7 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
     assert b"model.n_layer" in (runs[0] / f"run-{trial_id}.wandb").read_bytes()
     assert f"wandb sync {tmp_path / 'r' / 's'}/*/wandb/offline-run-*" in out
     # each attempt's log starts with the trial's label and values (the driver echoes it, prefixed by the process)
-    label = f"trial {trial_id} LR_loop_L1_ends{{3}}_T{{2}}_seed7 experiments=k values={{\"training.seed\": 7}}"
+    label = f"trial {trial_id} LR_loop_L1_ends{{3}}_T{{2}}_seed7 hypotheses=k values={{\"training.seed\": 7}}"
     plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
     echoed = [line.split(") ", 1)[1] for line in plain.splitlines() if line.startswith("(run_trial pid=")]
     assert echoed and echoed[0] == label, echoed[:3]

@@ -24,18 +24,18 @@ ONE_EXPERIMENT = [{"name": "a", "grid": {"model.n_layer": [1]}}]
 
 
 def write_space(tmp_path: Path, space, name: str = "space.yaml") -> Path:
-    """A space file from a mapping (base and experiments filled in unless given) or verbatim text."""
+    """A space file from a mapping (base and hypotheses filled in unless given) or verbatim text."""
     path = tmp_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(space, str):
         path.write_text(space)
     else:
-        path.write_text(yaml.safe_dump({"base": BASE, "experiments": ONE_EXPERIMENT, **space}, sort_keys=False))
+        path.write_text(yaml.safe_dump({"base": BASE, "hypotheses": ONE_EXPERIMENT, **space}, sort_keys=False))
     return path
 
 
 def trial_rows(space) -> list[tuple[dict, tuple]]:
-    return [(t.values, t.experiments) for t in space.trials]
+    return [(t.values, t.hypotheses) for t in space.trials]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,10 +111,10 @@ def test_parse_distribution_rejects(text, fragment):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 2. load_space: a space file -> its trials (the varying values and the experiments each belongs to).
+# 2. load_space: a space file -> its trials (the varying values and the hypotheses each belongs to).
 
 LOAD_CASES = [
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2],
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2],
                                                          "model.use_lstm_layer": [True, False]}}]},
                  False, [({"model.n_layer": 1, "model.use_lstm_layer": True}, ("a",)),
                          ({"model.n_layer": 1, "model.use_lstm_layer": False}, ("a",)),
@@ -123,37 +123,37 @@ LOAD_CASES = [
                  id="cross-product-in-order"),
     # The research's shape: the shared configuration (all tokens, 1 layer) runs once, tagged with both; the
     # keys an experiment does not vary are filled from the base (n_layer 1) or the schema default (-1).
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_last_tokens": [2, -1]}},
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_last_tokens": [2, -1]}},
                                   {"name": "b", "grid": {"model.n_layer": [1, 2]}}]},
                  False, [({"model.n_last_tokens": 2, "model.n_layer": 1}, ("a",)),
                          ({"model.n_last_tokens": -1, "model.n_layer": 1}, ("a", "b")),
                          ({"model.n_last_tokens": -1, "model.n_layer": 2}, ("b",))],
                  id="dedup-tagged-with-all"),
     pytest.param({"base": {**BASE, "model": {**BASE["model"], "n_layer": 2}},
-                  "experiments": [{"name": "a", "grid": {"model.n_last_tokens": [3]}},
+                  "hypotheses": [{"name": "a", "grid": {"model.n_last_tokens": [3]}},
                                   {"name": "b", "grid": {"model.n_layer": [2, 3]}},
                                   {"name": "c", "grid": {"model.n_layer": [2]}}]},
                  False, [({"model.n_last_tokens": 3, "model.n_layer": 2}, ("a",)),
                          ({"model.n_last_tokens": -1, "model.n_layer": 2}, ("b", "c")),
                          ({"model.n_last_tokens": -1, "model.n_layer": 3}, ("b",))],
                  id="base-value-fills-absent-keys"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 1, 2]}},
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 1, 2]}},
                                   {"name": "a", "grid": {"model.n_layer": [2]}}]},
                  False, [({"model.n_layer": 1}, ("a",)), ({"model.n_layer": 2}, ("a",))],
                  id="repeats-within-an-experiment-run-once"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}}], "seeds": [0, 7]},
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]}}], "seeds": [0, 7]},
                  False, [({"model.n_layer": 1, "training.seed": 0}, ("a",)),
                          ({"model.n_layer": 1, "training.seed": 7}, ("a",)),
                          ({"model.n_layer": 2, "training.seed": 0}, ("a",)),
                          ({"model.n_layer": 2, "training.seed": 7}, ("a",))],
                  id="seeds-multiply"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_last_tokens": [2, -1]}},
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_last_tokens": [2, -1]}},
                                   {"name": "b", "grid": {"model.n_layer": [1]}}], "seeds": [0]},
                  False, [({"model.n_last_tokens": 2, "model.n_layer": 1, "training.seed": 0}, ("a",)),
                          ({"model.n_last_tokens": -1, "model.n_layer": 1, "training.seed": 0}, ("a", "b"))],
                  id="dedup-before-seeds"),
     # `quick:` replaces base keys, the values of a grid key in every experiment that has it, and the seeds.
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_last_tokens": [20, -1]}},
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_last_tokens": [20, -1]}},
                                   {"name": "b", "grid": {"model.n_layer": [1, 2]}}], "seeds": [0, 1, 2],
                   "quick": {"base": {"training.train_steps": 10, "model.n_layer": 2},
                             "grid": {"model.n_last_tokens": [4, -1]}, "seeds": [5]}},
@@ -161,14 +161,14 @@ LOAD_CASES = [
                         ({"model.n_last_tokens": -1, "model.n_layer": 2, "training.seed": 5}, ("a", "b")),
                         ({"model.n_last_tokens": -1, "model.n_layer": 1, "training.seed": 5}, ("b",))],
                  id="quick-overrides-base-grid-seeds"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_last_tokens": [20, -1]}}],
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_last_tokens": [20, -1]}}],
                   "quick": {"grid": {"model.n_last_tokens": [4]}}},
                  False, [({"model.n_last_tokens": 20}, ("a",)), ({"model.n_last_tokens": -1}, ("a",))],
                  id="quick-ignored-without-flag"),
     # YAML 1.1 reads 1e-4 as a string: grid values must be typed by the schema before dedup, or the same
     # learning rate written two ways (or filled from the base) becomes two trials.
     pytest.param("base: {model: {n_embd: 32, n_head: 4}, training: {learning_rate: 1e-4}}\n"
-                 "experiments:\n  - {name: a, grid: {model.n_layer: [1]}}\n"
+                 "hypotheses:\n  - {name: a, grid: {model.n_layer: [1]}}\n"
                  "  - {name: b, grid: {training.learning_rate: [1e-4, 0.0001, 1e-3]}}\n",
                  False, [({"model.n_layer": 1, "training.learning_rate": 1e-4}, ("a", "b")),
                          ({"model.n_layer": 1, "training.learning_rate": 1e-3}, ("b",))],
@@ -194,7 +194,7 @@ def test_base_as_relative_path_or_inline_mapping(tmp_path, form, quick, train_st
     (tmp_path / "configs" / "base.yaml").write_text(yaml.safe_dump(BASE))
     base = "../configs/base.yaml" if form == "relative-path" else BASE
     path = write_space(tmp_path, {
-        "base": base, "experiments": [{"name": "a", "grid": {"model.n_last_tokens": [2]}}],
+        "base": base, "hypotheses": [{"name": "a", "grid": {"model.n_last_tokens": [2]}}],
         "quick": {"base": {"training.train_steps": 10, "model.n_layer": 2}},
     }, name="spaces/space.yaml")
     space = load_space(path, quick=quick)
@@ -242,7 +242,7 @@ def test_shipped_spaces(name, configurations, quick, seeds, train_steps):
 def test_hypotheses_share_the_one_layer_all_tokens_transformer():
     for quick, seeds in ((False, [0, 1, 2]), (True, [0, 1])):
         space = load_space("hypotheses", quick=quick)
-        shared = [t for t in space.trials if len(t.experiments) == 3]
+        shared = [t for t in space.trials if len(t.hypotheses) == 3]
         assert [t.values for t in shared] == [
             {"model.n_last_tokens": -1, "model.n_layer": 1, "model.use_lstm_layer": False, "training.seed": s}
             for s in seeds]
@@ -287,9 +287,9 @@ def test_bare_name_resolves_in_the_package(text, tmp_path, monkeypatch):
 
 DEDUP = [{"name": "a", "grid": {"model.n_last_tokens": [2, -1]}}, {"name": "b", "grid": {"model.n_layer": [1, 2]}}]
 # in run order: the 2-layer trial costs the most FLOPs; the two 1-layer ones tie and keep the space's order
-DEDUP_VARIANTS = [{"experiments": ["b"], "model.n_last_tokens": -1, "model.n_layer": 2},
-                  {"experiments": ["a"], "model.n_last_tokens": 2, "model.n_layer": 1},
-                  {"experiments": ["a", "b"], "model.n_last_tokens": -1, "model.n_layer": 1}]
+DEDUP_VARIANTS = [{"hypotheses": ["b"], "model.n_last_tokens": -1, "model.n_layer": 2},
+                  {"hypotheses": ["a"], "model.n_last_tokens": 2, "model.n_layer": 1},
+                  {"hypotheses": ["a", "b"], "model.n_last_tokens": -1, "model.n_layer": 1}]
 
 
 @pytest.mark.parametrize("sample, expected", [
@@ -304,13 +304,13 @@ DEDUP_VARIANTS = [{"experiments": ["b"], "model.n_last_tokens": -1, "model.n_lay
       "training.learning_rate": (Float, "_Uniform", 1e-4, 1e-3)}),
 ], ids=["grid-only", "loguniform", "uniform", "randint", "choice-and-uniform"])
 def test_param_space(tmp_path, sample, expected):
-    space = load_space(write_space(tmp_path, {"experiments": DEDUP, "sample": sample}))
+    space = load_space(write_space(tmp_path, {"hypotheses": DEDUP, "sample": sample}))
     params = param_space(space)
     assert list(params) == ["variant", *expected]
     # the grid is the deduplicated trial list, each variant carrying its experiment tags
     assert params["variant"] == {"grid_search": DEDUP_VARIANTS}
     assert sorted(map(str, params["variant"]["grid_search"])) == sorted(
-        str({"experiments": list(t.experiments), **t.values}) for t in space.trials)
+        str({"hypotheses": list(t.hypotheses), **t.values}) for t in space.trials)
     for key, (cls, sampler, *bounds) in expected.items():
         domain = params[key]
         assert type(domain) is cls and type(domain.get_sampler()).__name__ == sampler
@@ -342,7 +342,7 @@ def test_randint_draws_its_upper_bound_as_validated(tmp_path):
 def test_make_scheduler(tmp_path, scheduler, grid_steps, cls, settings):
     space = {} if scheduler is None else {"scheduler": scheduler}
     if grid_steps:
-        space["experiments"] = [{"name": "a", "grid": {"training.train_steps": grid_steps}}]
+        space["hypotheses"] = [{"name": "a", "grid": {"training.train_steps": grid_steps}}]
     made = make_scheduler(load_space(write_space(tmp_path, space)))
     assert type(made) is cls
     assert {k: getattr(made, k) for k in settings} == settings
@@ -360,23 +360,23 @@ def test_asha_max_t_follows_quick_base(tmp_path):
 BAD_SPACES = [
     pytest.param({"bogus": 1}, False, ["bogus", "unknown key", "allowed: name, description, base"],
                  id="unknown-top-level-key"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.nope": [1]}}]}, False,
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.nope": [1]}}]}, False,
                  ["model.nope", "unknown key", "model has: family"], id="unknown-dotted-key"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"modle.n_layer": [1]}}]}, False,
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"modle.n_layer": [1]}}]}, False,
                  ["modle.n_layer", "top level has: model, training"], id="unknown-section"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": ["two"]}}]}, False,
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": ["two"]}}]}, False,
                  ["model.n_layer", "expected an integer", "'two'"], id="wrong-type-in-grid"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.use_lstm_layer": ["yes please"]}}]}, False,
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.use_lstm_layer": ["yes please"]}}]}, False,
                  ["model.use_lstm_layer", "true or false"], id="wrong-bool-in-grid"),
-    pytest.param({"experiments": [{"name": "a", "grid": {}}]}, False,
-                 ["experiments[0].grid", "empty grid", "at least one key"], id="empty-grid"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": 2}}]}, False,
+    pytest.param({"hypotheses": [{"name": "a", "grid": {}}]}, False,
+                 ["hypotheses[0].grid", "empty grid", "at least one key"], id="empty-grid"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": 2}}]}, False,
                  ["model.n_layer", "non-empty list"], id="grid-value-not-list"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": []}}]}, False,
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": []}}]}, False,
                  ["model.n_layer", "non-empty list"], id="grid-value-empty-list"),
-    pytest.param({"experiments": [{"name": "a"}]}, False, ["experiments[0].grid", "expected a mapping"],
+    pytest.param({"hypotheses": [{"name": "a"}]}, False, ["hypotheses[0].grid", "expected a mapping"],
                  id="experiment-without-grid"),
-    pytest.param("experiments: [{name: a, grid: {model.n_layer: [1]}}]\n", False,
+    pytest.param("hypotheses: [{name: a, grid: {model.n_layer: [1]}}]\n", False,
                  ["base", "missing", "config file path or a mapping"], id="missing-base"),
     # the message names the space file and `base`, not only the missing file
     pytest.param({"base": "nope.yaml"}, False, ["base", "nope.yaml", "cannot read"], id="base-file-missing"),
@@ -406,29 +406,29 @@ BAD_SPACES = [
                  id="fifo-option"),
     pytest.param({"scheduler": {"type": "asha", "grace_period": 0}}, False,
                  ["scheduler.grace_period", "positive integer"], id="asha-option-not-positive"),
-    pytest.param({"experiments": {"name": "a", "grid": {"model.n_layer": [1]}}}, False,
-                 ["experiments", "non-empty list"], id="experiments-not-list"),
-    pytest.param({"experiments": []}, False, ["experiments", "non-empty list"], id="experiments-empty"),
-    pytest.param({"experiments": [{"grid": {"model.n_layer": [1]}}]}, False,
-                 ["experiments[0].name", "non-empty string"], id="experiment-without-name"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1]}, "runs": 2}]}, False,
-                 ["experiments[0].runs", "allowed: name, grid"], id="experiment-unknown-key"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 1}}]},
-                 False, ["experiments[0]", "reference and expect go together"], id="reference-without-expect"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "expect": "worse"}]},
-                 False, ["experiments[0]", "reference and expect go together"], id="expect-without-reference"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 1},
+    pytest.param({"hypotheses": {"name": "a", "grid": {"model.n_layer": [1]}}}, False,
+                 ["hypotheses", "non-empty list"], id="hypotheses-not-list"),
+    pytest.param({"hypotheses": []}, False, ["hypotheses", "non-empty list"], id="hypotheses-empty"),
+    pytest.param({"hypotheses": [{"grid": {"model.n_layer": [1]}}]}, False,
+                 ["hypotheses[0].name", "non-empty string"], id="experiment-without-name"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1]}, "runs": 2}]}, False,
+                 ["hypotheses[0].runs", "allowed: name, grid"], id="experiment-unknown-key"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 1}}]},
+                 False, ["hypotheses[0]", "reference and expect go together"], id="reference-without-expect"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "expect": "worse"}]},
+                 False, ["hypotheses[0]", "reference and expect go together"], id="expect-without-reference"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 1},
                                    "expect": "lower"}]},
-                 False, ["experiments[0].expect", "one of worse, better", "'lower'"], id="expect-unknown"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 3},
+                 False, ["hypotheses[0].expect", "one of worse, better", "'lower'"], id="expect-unknown"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 3},
                                    "expect": "better"}]},
-                 False, ["experiments[0].reference.model.n_layer", "3 is not a value of the experiment's grid"],
+                 False, ["hypotheses[0].reference.model.n_layer", "3 is not a value of the hypothesis' grid"],
                  id="reference-not-in-grid"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]},
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]},
                                    "reference": {"model.n_last_tokens": -1}, "expect": "worse"}]},
-                 False, ["reference.model.n_last_tokens", "not a value of the experiment's grid"],
+                 False, ["reference.model.n_last_tokens", "not a value of the hypothesis' grid"],
                  id="reference-key-not-in-grid"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layr": 1},
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layr": 1},
                                    "expect": "worse"}]},
                  False, ["reference.model.n_layr", "unknown key"], id="reference-unknown-key"),
     pytest.param({"seeds": [0, "1"]}, False, ["seeds", "list of integers"], id="seeds-not-integers"),
@@ -440,7 +440,7 @@ BAD_SPACES = [
     pytest.param({"metric": ""}, False, ["metric", "non-empty string"], id="metric-empty"),
     pytest.param({"wandb": {"api_key": "x"}}, False, ["wandb.api_key", "allowed: enabled"], id="wandb-unknown-key"),
     # each resolved configuration is validated before Ray starts: 3 heads do not divide n_embd 32
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_head": [4, 3]}}]}, False,
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_head": [4, 3]}}]}, False,
                  ["n_head=3", "model.n_head", "divisor of n_embd=32"], id="resolved-trial-invalid"),
     pytest.param({}, True, ["quick", "needs a quick: block"], id="quick-without-block"),
     pytest.param({"quick": {"steps": 1}}, True, ["quick.steps", "allowed: base, grid, seeds"], id="quick-unknown-key"),
@@ -458,11 +458,11 @@ BAD_SPACES = [
     pytest.param({"quick": {"base": {"training.curriculum": {"dims": {"start": 1}}}}}, True,
                  ["quick.base", "training.curriculum", "is a section"], id="quick-base-section"),
     # quick.base must not stand in for a missing base
-    pytest.param("experiments: [{name: a, grid: {model.n_layer: [1]}}]\nquick: {base: {training.train_steps: 5}}\n",
+    pytest.param("hypotheses: [{name: a, grid: {model.n_layer: [1]}}]\nquick: {base: {training.train_steps: 5}}\n",
                  True, ["base", "missing"], id="quick-hides-missing-base"),
-    pytest.param("base: {model: {n_layer: 1}\nexperiments: [\n", False, ["not valid YAML"], id="invalid-yaml"),
+    pytest.param("base: {model: {n_layer: 1}\nhypotheses: [\n", False, ["not valid YAML"], id="invalid-yaml"),
     pytest.param("", False, ["expected a mapping"], id="empty-file"),
-    pytest.param("base: base.yaml\nexperiments: []\nseeds: [0]\nseeds: [1]\n", False,
+    pytest.param("base: base.yaml\nhypotheses: []\nseeds: [0]\nseeds: [1]\n", False,
                  ["seeds: key given twice (lines 3 and 4)"], id="duplicate-key"),
     pytest.param("- base\n", False, ["expected a mapping"], id="top-level-list"),
 ]
@@ -511,7 +511,7 @@ def test_dry_run_prints_table_and_count(tmp_path, args, count, tags):
     proc = run_cli(*args, "--dry-run", "--storage", str(storage), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split()[:2] == ["#", "experiments"] and lines[-1] == f"{count} trials"
+    assert lines[0].split()[:2] == ["#", "hypotheses"] and lines[-1] == f"{count} trials"
     assert len(lines) == count + 2 and any(tags in line for line in lines)
     # nothing started or written: no storage folder (that Ray is never imported is test_dry_run_does_not_import_ray)
     assert not storage.exists()
@@ -546,19 +546,19 @@ def test_seeds_flag_replaces_the_spaces_seeds(tmp_path):
 
 
 def test_experiment_declares_its_reference(tmp_path):
-    experiments = [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 1},
+    hypotheses = [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 1},
                     "expect": "better"}, {"name": "b", "grid": {"model.n_last_tokens": [4, -1]}}]
-    space = load_space(write_space(tmp_path, {"experiments": experiments}))
-    assert [(e.name, e.reference, e.expect) for e in space.experiments] == [
+    space = load_space(write_space(tmp_path, {"hypotheses": hypotheses}))
+    assert [(e.name, e.reference, e.expect) for e in space.hypotheses] == [
         ("a", {"model.n_layer": 1}, "better"), ("b", {}, None)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("space, extra", [
     pytest.param({"bogus": 1}, [], id="unknown-key"),
-    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": ["two"]}}]}, [], id="wrong-type"),
-    pytest.param({"experiments": [{"name": "a", "grid": {}}]}, [], id="empty-grid"),
-    pytest.param("experiments: [{name: a, grid: {model.n_layer: [1]}}]\n", [], id="missing-base"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": ["two"]}}]}, [], id="wrong-type"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {}}]}, [], id="empty-grid"),
+    pytest.param("hypotheses: [{name: a, grid: {model.n_layer: [1]}}]\n", [], id="missing-base"),
     pytest.param({"sample": {"training.learning_rate": "normal(0, 1)"}}, [], id="bad-distribution"),
     pytest.param({"resources": {"gpu": 2}}, [], id="gpu-fraction-over-1"),
     pytest.param({"scheduler": "hyperband"}, [], id="unknown-scheduler"),

@@ -15,7 +15,7 @@ from trainers.config import config_from_dict
 from trainers.curriculum import CurriculumState
 from trainers.models import build_model
 from trainers.onednn import ONEDNN, Linear
-from trainers.schema import set_dotted
+from trainers.dotted import set_dotted
 from trainers.training import (CUDA_GRAPH_WARMUP_STEPS, StepRunner, make_optimizer, prepare_model,
                                resolve_device, train, uses_cuda_graphs)
 

@@ -28,11 +28,11 @@ def resolved(space):
 def test_encode_resolve_decode_gives_back_every_trial_and_its_sampled_values(tmp_path):
     space = load_space(write_space(tmp_path / "space.yaml", SHARED, seeds=[0, 1], sample=SAMPLE))
     decoded = [trial_values(params) for params in resolved(space)]
-    grid = sorted((experiments, tuple((k, values[k]) for k in sorted(space.trials[0].values)))
-                  for experiments, values in decoded)
-    # the configuration both experiments share (n_last_tokens -1, one layer) is one trial per seed, tagged twice
-    assert grid == sorted((t.experiments, tuple(sorted(t.values.items()))) for t in space.trials)
-    assert sum(experiments == ("a", "b") for experiments, _ in decoded) == 2
+    grid = sorted((hypotheses, tuple((k, values[k]) for k in sorted(space.trials[0].values)))
+                  for hypotheses, values in decoded)
+    # the configuration both hypotheses share (n_last_tokens -1, one layer) is one trial per seed, tagged twice
+    assert grid == sorted((t.hypotheses, tuple(sorted(t.values.items()))) for t in space.trials)
+    assert sum(hypotheses == ("a", "b") for hypotheses, _ in decoded) == 2
     for _, values in decoded:
         assert set(values) == set(space.trials[0].values) | set(SAMPLE)
         assert 1e-4 <= values["training.learning_rate"] <= 1e-3
@@ -40,17 +40,17 @@ def test_encode_resolve_decode_gives_back_every_trial_and_its_sampled_values(tmp
         assert values["model.loop_func"] in ("z=f(x+z)", "z=f(x*z)")
 
 
-def test_decoding_params_without_a_grid_gives_no_experiments():
+def test_decoding_params_without_a_grid_gives_no_hypotheses():
     """Params with sampled keys only (a space of one configuration whose grid Tune left out)."""
     assert trial_values({"training.learning_rate": 3e-4}) == ((), {"training.learning_rate": 3e-4})
 
 
-def test_the_record_is_json_with_the_trial_id_experiments_and_flat_values(tmp_path):
+def test_the_record_is_json_with_the_trial_id_hypotheses_and_flat_values(tmp_path):
     space = load_space(write_space(tmp_path / "space.yaml", SHARED,
                                    sample={"model.loop_func": "choice(['z=f(x+z)'])"}))
     shared = next(params for params in resolved(space) if trial_values(params)[0] == ("a", "b"))
-    record = json.loads(json.dumps(trial_record("abc12_00003", shared)))
-    assert record == {"trial_id": "abc12_00003", "experiments": ["a", "b"],
+    record = json.loads(json.dumps(trial_record("abc12_00003", shared).model_dump()))
+    assert record == {"trial_id": "abc12_00003", "hypotheses": ["a", "b"],
                       "values": {"model.n_last_tokens": -1, "model.n_layer": 1, "model.loop_func": "z=f(x+z)"}}
 
 
@@ -67,9 +67,9 @@ def test_upgrade_writes_the_records_of_an_earlier_runners_experiment(tmp_path, c
     """An experiment of the runner before trial.json: params.json only. After the upgrade the analysis reads it
     as the earlier analysis did: ids from the result rows (else the folder), tags and values from the params."""
     root = tmp_path / "exp"
-    _earlier_runners_trial(root, "train_a_00000", {"variant": {"experiments": ["f", "e"], "model.n_layer": 2},
+    _earlier_runners_trial(root, "train_a_00000", {"variant": {"hypotheses": ["f", "e"], "model.n_layer": 2},
                                                    "training.learning_rate": 3e-4}, trial_id="a_00000")
-    _earlier_runners_trial(root, "train_b_00001", {"variant": {"experiments": ["e"], "model.n_layer": 1}})
+    _earlier_runners_trial(root, "train_b_00001", {"variant": {"hypotheses": ["e"], "model.n_layer": 1}})
     (_earlier_runners_trial(root, "train_c_00002", {}) / "params.json").write_text("{broken")
     with pytest.raises(AnalysisError, match="tune_looped.upgrade"):
         read_trials(root)
@@ -80,7 +80,7 @@ def test_upgrade_writes_the_records_of_an_earlier_runners_experiment(tmp_path, c
     assert err.startswith(f"warning: {root / 'train_c_00002' / 'params.json'}: unreadable (")
     trials = {t.trial_id: t for t in read_trials(root)}
     assert set(trials) == {"a_00000", "train_b_00001"}
-    assert trials["a_00000"].experiments == ("e", "f")
+    assert trials["a_00000"].hypotheses == ("e", "f")
     assert trials["a_00000"].params == {"model.n_layer": 2, "training.learning_rate": 3e-4}
     assert trials["train_b_00001"].params == {"model.n_layer": 1}
 

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from analysis.stats import bootstrap_mean
 from trainers.config import config_from_dict
 from trainers.models import build_model
-from trainers.schema import set_dotted
+from trainers.dotted import set_dotted
 from trainers.tasks import sample_batch
 from trainers.training import EVAL_SEED, autocast, evaluate, make_eval_set, train
 

@@ -7,6 +7,7 @@ from analysis.ranking import ranked, variant_frame
 from analysis.variants import variants_of
 from analysis.verdict import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, UNCLEAR, Hypothesis, bootstrap_difference,
                               did_not_learn, hypotheses_of, judge)
+from trainers.records import SpaceRecord
 
 MASKS = Hypothesis("information_flow", {"model.n_last_tokens": -1}, "worse")
 LAYERS = Hypothesis("looped_n_layers", {"model.n_layer": 1}, "better")
@@ -15,7 +16,7 @@ LSTM = Hypothesis("looped_lstm", {"model.use_lstm_layer": False}, "worse")
 
 def errors_frame(key: str, errors: dict, hypothesis: str = "h") -> pd.DataFrame:
     """One row per trial: `errors` maps a value of `key` to its seeds' final errors."""
-    rows = [{"experiments": hypothesis, key: value, "training.seed": seed, "error": error}
+    rows = [{"hypotheses": hypothesis, key: value, "training.seed": seed, "error": error}
             for value, values in errors.items() for seed, error in enumerate(values)]
     return pd.DataFrame(rows)
 
@@ -60,7 +61,7 @@ def test_a_variant_that_did_not_learn_is_still_compared():
 
 
 def test_lstm_variants_compare_with_the_transformer_of_the_same_depth():
-    rows = [{"experiments": "h", "model.n_layer": n, "model.use_lstm_layer": lstm, "training.seed": s, "error": e}
+    rows = [{"hypotheses": "h", "model.n_layer": n, "model.use_lstm_layer": lstm, "training.seed": s, "error": e}
             for n, lstm, values in [(1, False, [0.2, 0.22]), (2, False, [0.1, 0.11]), (1, True, [0.5, 0.52]),
                                     (2, True, [0.05, 0.06])]
             for s, e in enumerate(values)]
@@ -117,8 +118,9 @@ def test_ranking_leaves_out_what_did_not_learn():
 
 
 def test_hypotheses_come_from_the_space_record():
-    record = {"experiments": [
+    record = {"hypotheses": [
         {"name": "information_flow", "reference": {"model.n_last_tokens": -1}, "expect": "worse"},
         {"name": "free", "description": "no prediction", "reference": {}, "expect": None}]}
-    assert hypotheses_of(record) == {"information_flow": MASKS}
-    assert hypotheses_of({}) == {}
+    assert hypotheses_of(SpaceRecord.model_validate(record)) == {"information_flow": MASKS}
+    assert hypotheses_of(SpaceRecord()) == {}
+    assert hypotheses_of(None) == {}

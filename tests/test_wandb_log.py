@@ -7,8 +7,9 @@ import wandb
 import yaml
 
 from trainers.config import Config, config_from_dict, config_to_dict
-from trainers.schema import set_dotted
-from trainers.wandb_log import WandbRun, flat_config, key_available, resolve_mode, run_name
+from trainers.dotted import set_dotted
+from trainers.records import run_name
+from trainers.wandb_log import WandbRun, flat_config, key_available, resolve_mode
 
 BASE = {
     "model": {"family": "gpt2_loop", "n_layer": 1},
@@ -84,14 +85,14 @@ def test_wandb_init_gets_the_space_settings_and_the_whole_config(init, tmp_path)
         "notes": "a note", "tags": ["information_flow", "looped_n_layers"], "dir": str(tmp_path), "mode": "offline",
         "id": "ab12c_00003", "resume": "allow"}
     logged_config = init.kwargs["config"]
-    assert logged_config["experiments"] == ["information_flow", "looped_n_layers"]
+    assert logged_config["hypotheses"] == ["information_flow", "looped_n_layers"]
     # flat dotted keys: W&B's grouping and parallel-coordinates views offer only top-level keys
     assert logged_config["model.n_layer"] == 2 and logged_config["training.seed"] == 42
     assert logged_config["training.curriculum.loops.end"] == 30
     assert not any(isinstance(v, dict) for v in logged_config.values())
     nested: dict = {}
     for key, value in logged_config.items():
-        if key != "experiments":
+        if key != "hypotheses":
             nested = set_dotted(nested, key, value)
     assert nested == config_to_dict(config)
     # the config survives a round trip through YAML, as W&B stores it

@@ -17,19 +17,11 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from trainers import schema
 from trainers.schema import ConfigError, Section, allowed_if, rule, validate
-from trainers.yaml_file import load_yaml
-
-
-def _yaml11_float(value):
-    """PyYAML follows YAML 1.1, which reads `1e-4` (no dot) as a string; researchers mean a number."""
-    try:
-        return float(value) if isinstance(value, str) else value
-    except ValueError:
-        return value
+from trainers.yaml_file import load_yaml, yaml11_float
 
 
 PositiveInt = Annotated[int, Field(gt=0, description="a positive integer")]
-Number = Annotated[float, BeforeValidator(_yaml11_float)]
+Number = Annotated[float, BeforeValidator(yaml11_float)]
 # The registries of trainers.models and trainers.tasks; a test checks that they hold exactly these names.
 ModelFamily = Literal["gpt2", "gpt2_loop"]
 TaskName = Literal["linear_regression", "noisy_linear_regression", "sparse_linear_regression",

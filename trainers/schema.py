@@ -15,6 +15,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
+from trainers.dotted import set_dotted
+
 
 class ConfigError(ValueError):
     """A bad config: the message is one line naming the source, the dotted key and what is allowed."""
@@ -139,15 +141,6 @@ def coerce_value(root: type[BaseModel], dotted: str, value, where: str):
         return _adapter(root, dotted).validate_python(value)
     except ValidationError as err:
         raise ConfigError(f"{where}: {problem(err.errors()[0]['type'], field, value)}") from None
-
-
-def set_dotted(raw: dict, dotted: str, value) -> dict:
-    """A copy of `raw` with `dotted` set, creating the sections on the way."""
-    head, _, rest = dotted.partition(".")
-    if not rest:
-        return {**raw, head: value}
-    section = raw.get(head)
-    return {**raw, head: set_dotted(section if isinstance(section, dict) else {}, rest, value)}
 
 
 def apply_overrides(root: type[BaseModel], raw: dict, overrides: dict[str, Any], source: str,

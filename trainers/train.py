@@ -9,6 +9,7 @@ The entry point only: the training loop is `trainers.training`, and no module im
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import warnings
@@ -66,6 +67,17 @@ def prepare_run_dir(args, config, config_path: Path) -> tuple[Path, Path | None]
     return run_dir, checkpoint
 
 
+def open_wandb_run(config, run_dir: Path, history: list[dict]):
+    """`wandb.enabled: true`: the run logs to W&B with the config's project, entity, group and mode. Its id comes
+    from the run's folder, so `--resume` continues the same W&B run."""
+    from trainers.wandb_log import WandbRun
+
+    run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    settings = {"mode": config.wandb.mode, "project": config.wandb.project, "entity": config.wandb.entity,
+                "group": config.wandb.group}
+    return WandbRun(config, {}, (), settings, str(run_dir), run_id=run_id, history=history)
+
+
 def check_device(config, device: str | None, config_path: str) -> None:
     """The device the run will use must exist here; otherwise the run would stop with a traceback in training."""
     import torch
@@ -99,8 +111,19 @@ def main(argv=None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     log = RunLog(run_dir, config.training.train_steps, history)
-    row = train(config, out_dir=run_dir, reporter=log, resume_from=checkpoint, device=args.device)
-    log.bar.close()
+    wandb_run = open_wandb_run(config, run_dir, history) if config.wandb.enabled else None
+
+    def report(row: dict, checkpoint_dir) -> None:
+        log(row, checkpoint_dir)
+        if wandb_run is not None:
+            wandb_run.log(row)
+
+    try:
+        row = train(config, out_dir=run_dir, reporter=report, resume_from=checkpoint, device=args.device)
+    finally:
+        log.bar.close()
+        if wandb_run is not None:
+            wandb_run.finish()
     print(f"run: {run_dir}")
     if row.get("diverged"):
         print(f"diverged at step {row['step']}", file=sys.stderr)

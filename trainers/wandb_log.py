@@ -15,41 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trainers.config import Config, config_to_dict
-
-TASK_ABBREVIATIONS = {
-    "linear_regression": "LR", "noisy_linear_regression": "NLR", "sparse_linear_regression": "SLR",
-    "relu_2nn_regression": "R2NN", "decision_tree": "DT",
-}
-
-
-def run_name(config: Config, values: dict) -> str:
-    m, t = config.model, config.training
-    parts = [TASK_ABBREVIATIONS.get(t.task_name, t.task_name), "loop" if m.family == "gpt2_loop" else "tf",
-             f"L{m.n_layer}"]
-    if m.use_lstm_layer:
-        parts.append("LSTM")
-    if m.n_last_tokens != -1:
-        parts.append(f"N{m.n_last_tokens}")
-    if m.family == "gpt2_loop":
-        parts += [f"ends{{{t.curriculum.loops.end}}}", f"T{{{t.n_loop_window}}}"]
-    if "training.seed" in values:
-        parts.append(f"seed{t.seed}")
-    return "_".join(parts)
+from trainers.dotted import flatten
+from trainers.records import run_name
 
 
 def flat_config(config: Config) -> dict:
     """`{"model.n_layer": 2, ...}`: W&B's grouping and parallel-coordinates views list only top-level keys."""
-    flat: dict = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}{key}.", inner)
-        else:
-            flat[prefix.rstrip(".")] = value
-
-    walk("", config_to_dict(config))
-    return flat
+    return flatten(config_to_dict(config))
 
 
 def key_available() -> bool:
@@ -66,7 +38,7 @@ def resolve_mode(mode: str) -> str:
 
 
 class WandbRun:
-    def __init__(self, config: Config, values: dict, experiments, settings: dict, directory: str, run_id: str,
+    def __init__(self, config: Config, values: dict, hypotheses, settings: dict, directory: str, run_id: str,
                  history: Sequence[dict] = (), copies: Sequence = ()):
         """`history`: the rows of the checkpoint the trial resumes from (none on a first attempt); `copies`: other
         folders where the trial's earlier runs may be (Ray moves a trial's files from `directory` to its results)."""
@@ -80,9 +52,9 @@ class WandbRun:
         self.run = wandb.init(
             project=settings.get("project") or config.wandb.project, entity=settings.get("entity"),
             group=settings.get("group"), name=config.wandb.name or run_name(config, values),
-            notes=config.wandb.notes, tags=list(experiments), dir=directory,
+            notes=config.wandb.notes, tags=list(hypotheses), dir=directory,
             mode=mode, id=run_id, resume="allow",
-            config={"experiments": list(experiments), **flat_config(config)},
+            config={"hypotheses": list(hypotheses), **flat_config(config)},
         )
         if mode == "offline":
             for row in history:

@@ -12,6 +12,15 @@ import yaml
 from trainers.schema import ConfigError
 
 
+def yaml11_float(value):
+    """`value`, or the float a string spells: PyYAML follows YAML 1.1, which reads `1e-4` (no dot) as a string,
+    where researchers mean a number."""
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
 def load_yaml(path: Path, what: str = "file"):
     """The document in `path` (None for an empty file), or ConfigError: one line naming the file (and the key,
     for a duplicate); `what` names the file's kind in the error."""

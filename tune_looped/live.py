@@ -1,13 +1,13 @@
 """The table Tune prints while a sweep runs: one row per trial, one column per swept key under its short name,
-the trial's experiments (numbered, with a legend) and the metrics a researcher follows, in 120 columns."""
+the trial's hypotheses (numbered, with a legend) and the metrics a researcher follows, in 120 columns."""
 from __future__ import annotations
 
-import math
 import sys
 import time
 
 from ray.tune import ProgressReporter
 
+from trainers.table import render
 from tune_looped.space import Space
 from tune_looped.trials import trial_values
 
@@ -25,31 +25,15 @@ def short_names(keys) -> dict[str, str]:
     return {k: ".".join(k.split(".")[-2:]) if name in shared else name for k, name in names.items()}
 
 
-def cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        text = "nan" if math.isnan(value) else f"{value:.4g}"
-    else:
-        text = str(value)
-    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "~"
-
-
-def render(header: list[str], rows: list[list[str]]) -> list[str]:
-    cells = [header, *rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()[:WIDTH] for row in cells]
-
-
 class LiveTable(ProgressReporter):
     """Tune's progress reporter for the runner (`RunConfig(progress_reporter=...)`, old-style output)."""
 
     def __init__(self, space: Space, every_s: float = 10.0, out=None):
         self.keys = space.varying_keys
         self.names = short_names(self.keys)
-        self.legend = {e.name: i + 1 for i, e in enumerate(space.experiments)}
+        self.legend = {h.name: i + 1 for i, h in enumerate(space.hypotheses)}
         for trial in space.trials:
-            for name in trial.experiments:
+            for name in trial.hypotheses:
                 self.legend.setdefault(name, len(self.legend) + 1)
         self.every_s = every_s
         self.out = out
@@ -66,18 +50,18 @@ class LiveTable(ProgressReporter):
         header = ["trial", "status", "exp", *(self.names[k] for k in self.keys), *METRICS]
         rows = []
         for trial in trials:
-            experiments, values = trial_values(trial.config)
-            tags = ",".join(str(self.legend.get(e, e)) for e in experiments)
+            hypotheses, values = trial_values(trial.config)
+            tags = ",".join(str(self.legend.get(h, h)) for h in hypotheses)
             result = trial.last_result or {}
-            rows.append([cell(trial.trial_id), STATUS.get(trial.status, trial.status.lower()), tags,
-                         *(cell(values.get(k)) for k in self.keys), *(cell(result.get(m)) for m in METRICS)])
+            rows.append([trial.trial_id, STATUS.get(trial.status, trial.status.lower()), tags,
+                         *(values.get(k) for k in self.keys), *(result.get(m) for m in METRICS)])
         counts = {}
         for trial in trials:
             status = STATUS.get(trial.status, trial.status.lower())
             counts[status] = counts.get(status, 0) + 1
         summary = f"== {len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-        legend = "experiments: " + ", ".join(f"{i} {name}" for name, i in self.legend.items())
-        return [summary[:WIDTH], legend[:WIDTH], *render(header, rows)]
+        legend = "hypotheses: " + ", ".join(f"{i} {name}" for name, i in self.legend.items())
+        return [summary[:WIDTH], legend[:WIDTH], *render(header, rows, width=WIDTH, max_cell=MAX_CELL)]
 
     def report(self, trials, done: bool, *sys_info: str) -> None:
         print("\n".join(self.table(trials)), file=self.out or sys.stdout, flush=True)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from analysis.experiment import SPACE_RECORD
-from trainers.checkpoint import check_pretrained
 from trainers.cli import OneLineArgumentParser
 from trainers.config import ConfigError
-from trainers.schema import set_dotted
+from trainers.cpus import available_cpus
+from trainers.dotted import set_dotted
+from trainers.records import (INCOMPLETE, SPACE_RECORD, RecordError, SpaceRecord, read_space_record,
+                              write_space_record)
 from tune_looped.cluster import (check_address, check_storage, is_uri, start_ray, warn,
                                  warn_if_local_storage_on_cluster)
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, describe_cpu_time, gpu_share, trial_memory
@@ -86,18 +87,28 @@ def check_flags(args) -> None:
         raise SpaceError("--resume: needs --name of the experiment to continue")
 
 
+def local_gpus(args) -> float:
+    """The GPUs of the embedded local Ray: `--num-gpus`, else the ones torch sees here."""
+    if args.num_gpus is not None:
+        return args.num_gpus
+    # torch is imported only for a run that needs GPUs counted, never for a dry run
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def auto_gpu_share(space: Space, args) -> float:
     """`resources.gpu: auto`: a share of a GPU from the trials' estimated memory, or the CPU with a warning of the
     projected time. The GPUs counted are this machine's (or `--num-gpus`); a quick study stays on the CPU."""
-    import torch
-
     if args.quick:
         return 0.0
-    gpus = args.num_gpus if args.num_gpus is not None else torch.cuda.device_count()
+    gpus = local_gpus(args)
     configs = [trial_config(space.base, t.values) for t in space.trials]
     if not gpus:
         warn(describe_cpu_time(configs))
         return 0.0
+    import torch
+
     memory = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else ASSUMED_GPU_MEMORY
     needed = max(trial_memory(c) for c in configs)
     share = gpu_share(needed, memory)
@@ -110,15 +121,14 @@ def check_fits_local_ray(resources: dict, args, space: Space) -> None:
     """A trial that asks for more than the embedded Ray has would wait forever; a cluster's size is Ray's to know."""
     if args.address:
         return
-    import torch
-
-    have = {"cpu": args.num_cpus or len(os.sched_getaffinity(0)),
-            "gpu": args.num_gpus if args.num_gpus is not None else torch.cuda.device_count()}
     for kind, flag, size_flag in (("cpu", "--cpus-per-trial", "--num-cpus"), ("gpu", "--gpus-per-trial", "--num-gpus")):
-        if resources[kind] > have[kind]:
+        if resources[kind] == GPU_AUTO or not resources[kind]:
+            continue
+        have = (args.num_cpus or available_cpus()) if kind == "cpu" else local_gpus(args)
+        if resources[kind] > have:
             asked = flag if getattr(args, flag[2:].replace("-", "_")) is not None else f"{space.path}: resources.{kind}"
             raise SpaceError(f"{asked}: a trial needs {resources[kind]:g} {kind.upper()}(s) but the local Ray has "
-                             f"{have[kind]:g} (set {size_flag}, or lower the request); no trial could ever start")
+                             f"{have:g} (set {size_flag}, or lower the request); no trial could ever start")
 
 
 def with_absolute_pretrained(space: Space) -> Space:
@@ -130,13 +140,19 @@ def with_absolute_pretrained(space: Space) -> Space:
     base = space.base
     if isinstance(base.get("model"), dict) and base["model"].get("pretrained_path"):
         base = set_dotted(base, PRETRAINED, absolute(base["model"]["pretrained_path"]))
-    trials = tuple(dataclasses.replace(t, values={**t.values, PRETRAINED: absolute(t.values[PRETRAINED])})
+    trials = tuple(t.model_copy(update={"values": {**t.values, PRETRAINED: absolute(t.values[PRETRAINED])}})
                    if PRETRAINED in t.values else t for t in space.trials)
     return dataclasses.replace(space, base=base, trials=trials)
 
 
 def check_pretrained_files(space: Space) -> None:
     """Each distinct (file, model section) of the grid loads before Ray starts, instead of failing in every trial."""
+    if not space.base.get("model", {}).get("pretrained_path") and not any(PRETRAINED in t.values
+                                                                          for t in space.trials):
+        return
+    # torch, for a space that names a pretrained model only
+    from trainers.checkpoint import check_pretrained
+
     seen = set()
     for trial in space.trials:
         config = trial_config(space.base, trial.values)
@@ -158,7 +174,8 @@ def resolve(args):
     if args.gpus_per_trial is not None:
         resources["gpu"] = args.gpus_per_trial
     resources = parse_resources(resources, "--cpus-per-trial/--gpus-per-trial")
-    if resources["gpu"] == GPU_AUTO:
+    # a dry run counts GPUs only when --num-gpus says how many: counting them here would import torch
+    if resources["gpu"] == GPU_AUTO and not (args.dry_run and args.num_gpus is None):
         resources["gpu"] = auto_gpu_share(space, args)
     check_fits_local_ray(resources, args, space)
     check_pretrained_files(space)
@@ -185,24 +202,33 @@ def check_resumable(experiment_dir: Path, space: Space, quick: bool) -> None:
         raise SpaceError(f"--resume: {experiment_dir} holds no saved Tune state (the sweep was stopped before Tune "
                          "first saved it), so there is nothing to resume; delete that folder and start again")
     try:
-        saved = yaml.safe_load((experiment_dir / SPACE_RECORD).read_text())
-    except yaml.YAMLError:
-        saved = None
-    if not isinstance(saved, dict):
-        raise SpaceError(f"--resume: {experiment_dir / SPACE_RECORD} is not the space record the runner writes")
-    # the base and grid come from the space file now, the trials' list from Tune's saved state: they must agree
-    current = yaml.safe_load(yaml.safe_dump(space_record(space, quick), sort_keys=False))
-    saved.pop("source", None)  # the path the space was given as, which may differ between two shells
-    current.pop("source", None)
-    key = first_difference(saved, current)
+        saved = read_space_record(experiment_dir)
+    except RecordError:
+        raise SpaceError(f"--resume: {experiment_dir / SPACE_RECORD} is not the space record the runner writes"
+                         ) from None
+    # the base and grid come from the space file now, the trials' list from Tune's saved state: they must agree.
+    # The current record goes through YAML as the saved one did, so that tuples and lists compare equal.
+    current = SpaceRecord.model_validate(yaml.safe_load(yaml.safe_dump(space_record(space, quick).model_dump())))
+    key = first_difference(resume_relevant(saved), resume_relevant(current))
     if key:
         raise SpaceError(f"--resume: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; resume "
                          "with the space (and --quick) it started with")
 
 
+def resume_relevant(record: SpaceRecord) -> dict:
+    """The record less what does not change a trial: the path the space was given as (which may differ between
+    two shells) and the hypotheses' questions."""
+    return record.model_dump(exclude={"source": True, "hypotheses": {"__all__": {"question"}}})
+
+
 def wandb_settings(space, args) -> dict | None:
-    settings = dict(space.wandb)
-    if not (args.wandb or settings.pop("enabled", False)):
+    """The trials' W&B settings, or None when W&B is off: the base config's `wandb:` section, then the space's
+    `wandb:` block, then the flags, each over the one before."""
+    config = trial_config(space.base, {}, f"{space.path}: base").wandb
+    settings = {key: getattr(config, key) for key in ("enabled", "mode", "project", "entity", "group")
+                if getattr(config, key) is not None}
+    settings.update(space.wandb)
+    if not (args.wandb or settings.pop("enabled")):
         return None
     if args.wandb_mode:
         settings["mode"] = args.wandb_mode
@@ -286,6 +312,8 @@ def main(argv=None) -> int:
         space, resources, name = resolve(args)
         if args.dry_run:
             print_trial_table(space)
+            gpu = "auto (resolved at start)" if resources["gpu"] == GPU_AUTO else f"{resources['gpu']:g}"
+            print(f"resources per trial: cpu {resources['cpu']:g}, gpu {gpu}")
             return 0
         storage = check_storage(args.storage)
         experiment_dir = Path(storage) / name
@@ -311,14 +339,14 @@ def main(argv=None) -> int:
         tuner = build_tuner(space, resources, name, storage, args, experiment_dir)
         if not args.resume:
             experiment_dir.mkdir(parents=True, exist_ok=True)
-            (experiment_dir / SPACE_RECORD).write_text(yaml.safe_dump(space_record(space, args.quick), sort_keys=False))
+            write_space_record(experiment_dir, space_record(space, args.quick))
         results = fit_stopping_on_sigterm(tuner)
     finally:
         ray.shutdown()
     rows = summarise(results, space)
     print_summary(rows, experiment_dir)
     print_wandb_sync(experiment_dir)
-    if any(r["status"] not in ("finished", "diverged", "error") for r in rows):
+    if any(r["status"] == INCOMPLETE for r in rows):
         print(f"interrupted; resume with:\n  {resume_command(argv, name)}", file=sys.stderr)
         return 130
     if not args.no_report:

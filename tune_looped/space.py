@@ -1,16 +1,16 @@
 """Search-space files: a small grammar of hypotheses turned into the trials Ray Tune runs.
 
 `SpaceFile` below is the file's schema; docs/CONFIG.md ("Search-space files") has an annotated example. Trials
-are the union of the experiments' grids, times the seeds: a configuration that several experiments share runs
+are the union of the hypotheses' grids, times the seeds: a configuration that several hypotheses share runs
 once, tagged with all of them. Grid, sample and `quick.base` keys are dotted keys of the config schema.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import operator
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,13 +18,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field
 
-from analysis.verdict import EXPECTATIONS
 from trainers.config import (
     Config, ConfigError, PositiveInt, WandbMode, apply_overrides, coerce_value, config_from_dict, key_field,
     read_yaml, strip_secrets,
 )
+from trainers.records import EXPECTATIONS, SEED_KEY, HypothesisRecord, PlannedTrial, SpaceRecord, variant_label
 from trainers.schema import Section, allowed_if, validate
-from trainers.yaml_file import load_yaml
+from trainers.yaml_file import load_yaml, yaml11_float
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 SCHEDULERS = {"fifo": (), "asha": ("max_t", "grace_period", "reduction_factor", "brackets")}
@@ -46,7 +46,7 @@ class Resources(Section):
                    Field(description=f"a GPU fraction between 0 and 1 (a trial uses one GPU) or {GPU_AUTO}")] = 0
 
 
-class ExperimentSpec(Section):
+class HypothesisSpec(Section):
     name: NonEmptyText
     grid: dict[str, Any]
     description: str = ""
@@ -76,7 +76,9 @@ class SpaceFile(Section):
     name: str | None = None
     description: str = ""
     base: str | dict[str, Any] = Field(description="a config file path or a mapping of model:/training:/wandb:")
-    experiments: Annotated[list[ExperimentSpec], Field(min_length=1)]
+    # `experiments` is the earlier spelling; one of the two is required (`hypotheses_key`)
+    hypotheses: Annotated[list[HypothesisSpec], Field(min_length=1)] = None
+    experiments: Annotated[list[HypothesisSpec], Field(min_length=1)] = None
     sample: dict[str, Any] = {}
     num_samples: PositiveInt = 1
     seeds: Annotated[list[int], Field(min_length=1)] | None = Field(None, description="a non-empty list of integers")
@@ -96,27 +98,11 @@ class Distribution:
 
 
 @dataclass(frozen=True)
-class Trial:
-    """One configuration to run: the dotted keys that vary across the space, and its experiments."""
-    values: dict[str, Any]
-    experiments: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One hypothesis: its name and, for the report's verdict, its reference setting and predicted direction."""
-    name: str
-    description: str = ""
-    reference: dict = field(default_factory=dict)
-    expect: str | None = None
-
-
-@dataclass(frozen=True)
 class Space:
     path: Path
     name: str
     base: dict
-    trials: tuple[Trial, ...]
+    trials: tuple[PlannedTrial, ...]
     sample: dict[str, Distribution]
     num_samples: int
     resources: dict[str, float]
@@ -124,7 +110,7 @@ class Space:
     metric: str
     mode: str
     max_concurrent: int | None
-    experiments: tuple[Experiment, ...] = ()
+    hypotheses: tuple[HypothesisRecord, ...] = ()
     wandb: dict = field(default_factory=dict)
     secrets: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -147,12 +133,8 @@ def resolve_space_path(text: str) -> Path:
 
 
 def _number(value):
-    """A bound as a finite number, reading YAML 1.1's dotless `1e-4` too; anything else comes back as None."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return None
+    """A bound as a finite number (YAML 1.1's dotless `1e-4` too); anything else comes back as None."""
+    value = yaml11_float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return value
@@ -215,20 +197,21 @@ def _grid(grid: dict, where: str) -> list[dict]:
     return [dict(zip(typed, combo)) for combo in itertools.product(*typed.values())]
 
 
-def _merge_trials(experiments: list[tuple[str, list[dict]]], base: dict, seeds: list | None) -> list[Trial]:
+def _merge_trials(grids: list[tuple[str, list[dict]]], base: dict, seeds: list | None) -> list[PlannedTrial]:
     """Union of the grids: each variant is completed with base values for every grid key, then deduplicated."""
-    keys = sorted({k for _, variants in experiments for v in variants for k in v})
+    keys = sorted({k for _, variants in grids for v in variants for k in v})
     defaults = config_from_dict(base)
     by_values: dict[tuple, list[str]] = {}
-    for name, variants in experiments:
+    for name, variants in grids:
         for variant in variants:
             full = {k: variant.get(k, operator.attrgetter(k)(defaults)) for k in keys}
             tags = by_values.setdefault(tuple(full.items()), [])
             if name not in tags:
                 tags.append(name)
-    trials = [Trial(dict(values), tuple(tags)) for values, tags in by_values.items()]
+    trials = [PlannedTrial(hypotheses=tags, values=dict(values)) for values, tags in by_values.items()]
     if seeds is not None:
-        trials = [Trial({**t.values, "training.seed": s}, t.experiments) for t in trials for s in seeds]
+        trials = [PlannedTrial(hypotheses=t.hypotheses, values={**t.values, SEED_KEY: seed})
+                  for t in trials for seed in seeds]
     return trials
 
 
@@ -251,10 +234,10 @@ def _apply_quick(spec: SpaceFile, base: dict, path: Path) -> tuple[SpaceFile, di
     config_from_dict(base, f"{path}: quick.base")
     for key in quick.grid:
         key_field(key, f"{path}: quick.grid.{key}")
-    experiments = [e.model_copy(update={"grid": {k: quick.grid.get(k, v) for k, v in e.grid.items()}})
-                   for e in spec.experiments]
+    hypotheses = [h.model_copy(update={"grid": {k: quick.grid.get(k, v) for k, v in h.grid.items()}})
+                  for h in declared_hypotheses(spec)]
     replaced = {k: getattr(quick, k) for k in ("seeds", "num_samples", "resources") if getattr(quick, k) is not None}
-    return spec.model_copy(update={"experiments": experiments, **replaced}), base
+    return spec.model_copy(update={"hypotheses": hypotheses, "experiments": None, **replaced}), base
 
 
 def load_space(path, *, quick: bool = False, seeds: list[int] | None = None) -> Space:
@@ -269,15 +252,16 @@ def load_space(path, *, quick: bool = False, seeds: list[int] | None = None) -> 
 def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
     where = str(path)
     spec = validate(SpaceFile, load_yaml(path, "space file"), where)
+    section = hypotheses_key(spec, where)
     secrets: dict = {}
     base = _read_base(spec.base, path, secrets)
     if quick:
         spec, base = _apply_quick(spec, base, path)
     grids, declared = [], []
-    for i, exp in enumerate(spec.experiments):
-        grid = _grid(exp.grid, f"{where}: experiments[{i}].grid")
-        grids.append((exp.name, grid))
-        declared.append(_experiment(exp, grid, f"{where}: experiments[{i}]"))
+    for i, spec_i in enumerate(declared_hypotheses(spec)):
+        grid = _grid(spec_i.grid, f"{where}: {section}[{i}].grid")
+        grids.append((spec_i.name, grid))
+        declared.append(_hypothesis(spec_i, grid, f"{where}: {section}[{i}]"))
     sample = {k: parse_distribution(v, f"{where}: sample.{k}") for k, v in spec.sample.items()}
     for key in sample:
         key_field(key, f"{where}: sample.{key}")
@@ -289,12 +273,29 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
         path=path, name=spec.name or path.stem, base=base, trials=tuple(trials), sample=sample,
         num_samples=spec.num_samples, resources=spec.resources.model_dump(),
         scheduler=parse_scheduler(spec.scheduler, f"{where}: scheduler"), metric=spec.metric, mode=spec.mode,
-        max_concurrent=spec.max_concurrent, experiments=tuple(declared),
+        max_concurrent=spec.max_concurrent, hypotheses=tuple(declared),
         wandb=spec.wandb.model_dump(exclude_unset=True), secrets=secrets,
     )
 
 
-def _experiment(exp: ExperimentSpec, grid: list[dict], where: str) -> Experiment:
+def hypotheses_key(spec: SpaceFile, where: str) -> str:
+    """The key the file lists its hypotheses under: `hypotheses`, or the earlier `experiments` with a warning."""
+    if spec.hypotheses is not None and spec.experiments is not None:
+        raise SpaceError(f"{where}: experiments: the earlier spelling of hypotheses; give one of the two")
+    if spec.experiments is not None:
+        warnings.warn(f"{where}: experiments: renamed to hypotheses; the old spelling still works for now",
+                      FutureWarning, stacklevel=3)
+        return "experiments"
+    if spec.hypotheses is None:
+        raise SpaceError(f"{where}: hypotheses: missing; expected a non-empty list of hypotheses")
+    return "hypotheses"
+
+
+def declared_hypotheses(spec: SpaceFile) -> list[HypothesisSpec]:
+    return spec.hypotheses if spec.hypotheses is not None else spec.experiments or []
+
+
+def _hypothesis(exp: HypothesisSpec, grid: list[dict], where: str) -> HypothesisRecord:
     """The hypothesis' declaration; its reference must be one of the grid's own settings."""
     if bool(exp.reference) != (exp.expect is not None):
         raise SpaceError(f"{where}: reference and expect go together; give both (expect: worse or better) or neither")
@@ -302,9 +303,9 @@ def _experiment(exp: ExperimentSpec, grid: list[dict], where: str) -> Experiment
     for key, value in exp.reference.items():
         typed = coerce_value(key, value, f"{where}.reference.{key}")
         if key not in grid[0] or typed not in {variant[key] for variant in grid}:
-            raise SpaceError(f"{where}.reference.{key}: {value!r} is not a value of the experiment's grid")
+            raise SpaceError(f"{where}.reference.{key}: {value!r} is not a value of the hypothesis' grid")
         reference[key] = typed
-    return Experiment(exp.name, exp.description, reference, exp.expect)
+    return HypothesisRecord(name=exp.name, question=exp.description, reference=reference, expect=exp.expect)
 
 
 def _distribution_corners(sample: dict[str, Distribution]) -> list[dict]:
@@ -345,17 +346,17 @@ def parse_scheduler(raw, where: str) -> dict:
 
 
 def trial_label(values: dict[str, Any]) -> str:
-    return ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items()) or "base"
+    """A trial as error messages name it: every value that sets it apart, the seed included."""
+    return variant_label(values)
 
 
-def space_record(space: Space, quick: bool) -> dict:
+def space_record(space: Space, quick: bool) -> SpaceRecord:
     """What is saved beside the results: the resolved space with its base inlined (no secrets)."""
-    return {
-        "name": space.name, "source": str(space.path), "quick": quick, "base": space.base,
-        "experiments": [dataclasses.asdict(e) for e in space.experiments],
-        "trials": [{"experiments": list(t.experiments), "values": t.values} for t in space.trials],
-        "sample": {k: f"{d.kind}({list(d.args) if d.kind == 'choice' else ', '.join(map(str, d.args))})"
-                   for k, d in space.sample.items()},
-        "num_samples": space.num_samples, "resources": space.resources, "scheduler": space.scheduler,
-        "metric": space.metric, "mode": space.mode, "max_concurrent": space.max_concurrent, "wandb": space.wandb,
-    }
+    return SpaceRecord(
+        name=space.name, source=str(space.path), quick=quick, base=space.base, hypotheses=list(space.hypotheses),
+        trials=list(space.trials),
+        sample={k: f"{d.kind}({list(d.args) if d.kind == 'choice' else ', '.join(map(str, d.args))})"
+                for k, d in space.sample.items()},
+        num_samples=space.num_samples, resources=space.resources, scheduler=space.scheduler, metric=space.metric,
+        mode=space.mode, max_concurrent=space.max_concurrent, wandb=space.wandb,
+    )

@@ -19,7 +19,7 @@ from ray import tune
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
 from trainers.training import train
-from trainers.wandb_log import run_name
+from trainers.records import run_name
 from tune_looped.trials import trial_values
 
 
@@ -33,11 +33,11 @@ def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
               results_dir: str | None = None) -> None:
     """Entry point Ray calls once per trial attempt (a retry calls it again, with the last checkpoint).
     `results_dir`: the experiment's folder when it is a local path, where the trial's earlier files now are."""
-    experiments, values = trial_values(params)
+    hypotheses, values = trial_values(params)
     config = config_from_dict(apply_overrides(base, values, "trial"), "trial")
     # the first line of the trial's log, which the driver echoes, says which configuration this process runs
     print(f"trial {tune.get_context().get_trial_id()} {run_name(config, values)} "
-          f"experiments={','.join(experiments)} values={json.dumps(values, sort_keys=True)}", flush=True)
+          f"hypotheses={','.join(hypotheses)} values={json.dumps(values, sort_keys=True)}", flush=True)
     device, threads = _trial_device_and_threads()
     node_id = ray.get_runtime_context().get_node_id()
     work = Path(tempfile.mkdtemp(prefix="tune_looped_"))
@@ -54,7 +54,7 @@ def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
             history = load_checkpoint(resume_from)["metrics"] if resume_from else []
             trial_dir = Path(context.get_trial_dir())
             copies = (Path(results_dir) / trial_dir.name,) if results_dir else ()
-            logger = WandbRun(config, values, experiments, wandb_settings, str(trial_dir),
+            logger = WandbRun(config, values, hypotheses, wandb_settings, str(trial_dir),
                               run_id=context.get_trial_id(), history=history, copies=copies)
 
         def report(row: dict, checkpoint_dir: Path | None) -> None:

@@ -5,7 +5,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from trainers.flops import training_flops
-from tune_looped.space import Space, Trial, trial_config
+from trainers.records import PlannedTrial
+from tune_looped.space import Space, trial_config
 from tune_looped.trials import encode
 
 SAMPLERS = {
@@ -16,7 +17,7 @@ SAMPLERS = {
 }
 
 
-def run_order(space: Space) -> list[Trial]:
+def run_order(space: Space) -> list[PlannedTrial]:
     """The trials by training FLOPs, most first (ties keep the space's order): Tune starts grid trials in
     order, so the longest ones no longer run alone at the end of a sweep while the other slots stand idle."""
     return sorted(space.trials, key=lambda t: -training_flops(trial_config(space.base, t.values)))

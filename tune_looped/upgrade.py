@@ -1,6 +1,6 @@
 """`python -m tune_looped.upgrade EXPERIMENT_DIR`: the trial records of an experiment run by an earlier runner.
 
-Runners before the trial record left each trial's experiments and values only in Ray's params.json. This writes
+Runners before the trial record left each trial's hypotheses and values only in Ray's params.json. This writes
 the `trial.json` the analysis reads, decoded from params.json, into every trial folder that lacks one, so that
 results from before the change are not lost. Folders that have a record are left as they are.
 """
@@ -10,9 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.experiment import TRIAL_RECORD, read_result_rows
+from analysis.experiment import read_result_rows
 from trainers.cli import OneLineArgumentParser
-from tune_looped.trials import trial_record, write_record
+from trainers.records import TRIAL_RECORD, write_trial_record
+from tune_looped.trials import trial_record
 
 
 def upgrade(experiment_dir: Path) -> tuple[int, list[str]]:
@@ -30,7 +31,7 @@ def upgrade(experiment_dir: Path) -> tuple[int, list[str]]:
         # the id the analysis used before the record: the trial's result rows, else the folder's name
         rows = read_result_rows(folder / "result.json")
         trial_id = next((str(row["trial_id"]) for row in rows if row.get("trial_id")), folder.name)
-        write_record(folder, trial_record(trial_id, params))
+        write_trial_record(folder, trial_record(trial_id, params))
         written += 1
     return written, skipped
 

@@ -22,6 +22,7 @@ from trainers.config import ConfigError, parse_override_args
 from trainers.curriculum import final_state
 from trainers.models import build_model
 from trainers.onednn import ONEDNN
+from trainers.records import SEED_KEY, variant_label
 from trainers.table import render
 from trainers.tasks import sample_batch
 from trainers.training import StepRunner, make_optimizer, prepare_model
@@ -31,18 +32,16 @@ SPACE = "hypotheses"
 SCALES = ("research", "quick")
 
 
-def variant_label(values: dict) -> str:
-    """`L2`, `LSTM3`, `L1-N20` (n_last_tokens 20): the hypotheses' variants by their varying keys."""
-    kind = "LSTM" if values.get("model.use_lstm_layer") else "L"
-    label = f"{kind}{values.get('model.n_layer', 1)}"
-    last = values.get("model.n_last_tokens", -1)
-    return label if last == -1 else f"{label}-N{last}"
+def benchmark_label(values: dict) -> str:
+    """The variant (a configuration less its seed) as REPORT.md names it (`L=2 LSTM`, `n_last_tokens=8 L=1`), less
+    the all-tokens default that every variant but the masks shares."""
+    return variant_label({k: v for k, v in values.items() if k != SEED_KEY and (k, v) != ("model.n_last_tokens", -1)})
 
 
 def variants(scale: str) -> dict[str, tuple[dict, dict]]:
     """label -> (the space's base, the trial's values), in the space's order."""
     space = load_space(SPACE, quick=scale == "quick")
-    return {variant_label(t.values): (space.base, t.values) for t in space.trials}
+    return {benchmark_label(t.values): (space.base, t.values) for t in space.trials}
 
 
 def measure(scale, label, base, values, overrides, device, threads, warmup, steps) -> dict:
@@ -104,7 +103,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
                    help="default: the CPU, and CUDA when present")
-    p.add_argument("--variants", help="comma-separated labels (L1, L2, L3, LSTM1..3, L1-N<n>); default: all")
+    p.add_argument("--variants", help="comma-separated labels as REPORT.md gives them ('L=1,L=2 LSTM,n_last_tokens=8 L=1'); "
+                                     "default: all")
     p.add_argument("--steps", type=int, help="timed steps per variant (default: 5 research, 30 quick)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default: 1, or 3 with compile/CUDA graphs)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default %(default)s)")

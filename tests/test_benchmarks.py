@@ -9,7 +9,7 @@ import torch
 from trainers.flops import step_flops, training_flops
 from benchmarks import TABLE_STYLE
 from benchmarks.machine import OtherLoad, PeakMemory
-from benchmarks.step import variant_label, variants
+from benchmarks.step import benchmark_label, variants
 from benchmarks.sweep import shortened_space, timing_row
 from trainers.config import load_config, parse_override_args
 from trainers.curriculum import curriculum_at, final_state
@@ -54,10 +54,10 @@ def test_lstm_flops_count_four_gates_of_two_products():
 
 
 def test_variants_are_the_hypotheses_trials():
-    assert list(variants("quick")) == ["L1-N8", "L1-N10", "L1-N23", "L1-N31", "L1", "L2", "L3", "LSTM1", "LSTM2",
-                                       "LSTM3"]
-    assert variant_label({"model.n_layer": 2, "model.use_lstm_layer": True}) == "LSTM2"
-    assert "L1-N75" in variants("research")
+    assert list(variants("quick")) == ["n_last_tokens=8 L=1", "n_last_tokens=10 L=1", "n_last_tokens=23 L=1",
+                                       "n_last_tokens=31 L=1", "L=1", "L=2", "L=3", "L=1 LSTM", "L=2 LSTM", "L=3 LSTM"]
+    assert benchmark_label({"model.n_layer": 2, "model.use_lstm_layer": True}) == "L=2 LSTM"
+    assert "n_last_tokens=75 L=1" in variants("research")
 
 
 def test_peak_memory_sees_a_large_cpu_allocation():

@@ -7,6 +7,7 @@ import time
 
 from ray.tune import ProgressReporter
 
+from trainers.records import short_key
 from trainers.table import render
 from tune_looped.space import Space
 from tune_looped.trials import trial_values
@@ -20,7 +21,7 @@ MAX_CELL = 14
 
 def short_names(keys) -> dict[str, str]:
     """Each dotted key's last part (`model.n_layer` -> `n_layer`), or its last two where two keys share one."""
-    names = {k: SHORT_NAMES.get(k, k.rsplit(".", 1)[-1]) for k in keys}
+    names = {k: SHORT_NAMES.get(k, short_key(k)) for k in keys}
     shared = {name for name in names.values() if list(names.values()).count(name) > 1}
     return {k: ".".join(k.split(".")[-2:]) if name in shared else name for k, name in names.items()}
 
@@ -47,7 +48,7 @@ class LiveTable(ProgressReporter):
         return False
 
     def table(self, trials) -> list[str]:
-        header = ["trial", "status", "exp", *(self.names[k] for k in self.keys), *METRICS]
+        header = ["trial", "status", "hyp", *(self.names[k] for k in self.keys), *METRICS]
         rows = []
         for trial in trials:
             hypotheses, values = trial_values(trial.config)

@@ -228,7 +228,8 @@ def wandb_settings(space, args) -> dict | None:
     settings = {key: getattr(config, key) for key in ("enabled", "mode", "project", "entity", "group")
                 if getattr(config, key) is not None}
     settings.update(space.wandb)
-    if not (args.wandb or settings.pop("enabled")):
+    enabled = settings.pop("enabled")
+    if not (args.wandb or enabled):
         return None
     if args.wandb_mode:
         settings["mode"] = args.wandb_mode

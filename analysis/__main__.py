@@ -5,7 +5,6 @@ written.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -15,10 +14,11 @@ from analysis.experiment import AnalysisError
 from analysis.pipeline import FORMATS, export_frames, run_all
 from analysis.plots import plot_experiment
 from analysis.report import report_experiment
+from trainers.cli import OneLineArgumentParser
 
 
-def parser() -> argparse.ArgumentParser:
-    cli = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+def parser() -> OneLineArgumentParser:
+    cli = OneLineArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
     commands = cli.add_subparsers(dest="command", required=True)
     helps = {"export": "write the curves and summary frames", "evaluate": "evaluate the checkpoints",
              "plot": "draw the figures", "report": "write REPORT.md", "all": "all four, in that order"}

@@ -17,7 +17,7 @@ COST_COLUMNS = ("parameters", "step_flops", "training_flops")
 
 
 @functools.cache
-def parameter_count(model: ModelConfig) -> int:
+def _parameter_count(model: ModelConfig) -> int:
     return sum(p.numel() for p in build_model(model).parameters())
 
 
@@ -29,6 +29,6 @@ def trial_cost(config: dict) -> dict:
         parsed = None
     if parsed is None:
         return dict.fromkeys(COST_COLUMNS, math.nan)
-    return {"parameters": parameter_count(parsed.model),
+    return {"parameters": _parameter_count(parsed.model),
             "step_flops": step_flops(parsed, final_state(parsed.training.curriculum)).total,
             "training_flops": training_flops(parsed)}

@@ -58,7 +58,7 @@ class PromptSetting:
         return error_normaliser(self.task_name, self.n_dims_truncated, self.sparsity)
 
 
-def default_device() -> torch.device:
+def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -77,39 +77,39 @@ def evaluate_experiment(experiment_dir, *, n_prompts: int = N_PROMPTS, max_loops
 def evaluate_trials(trials: list[TrialFolder], *, n_prompts: int = N_PROMPTS, max_loops: int | None = None,
                     seed: int = 0, device=None, batch_size: int = BATCH_SIZE, progress=None) -> pd.DataFrame:
     """`progress`: called once as each model's evaluation completes (a progress bar's tick)."""
-    device = torch.device(device) if device is not None else default_device()
+    device = torch.device(device) if device is not None else _default_device()
     prompts: dict[PromptSetting, tuple] = {}
     parts = []
     workers = evaluation_threads(device)
     with one_torch_thread(device.type == "cpu"), ThreadPoolExecutor(max_workers=workers) as pool:
         pending = deque()
         for trial, ident in zip(trials, identities(trials)):
-            prepared = prepare(trial, device)
+            prepared = _prepare(trial, device)
             if prepared is None:
                 continue
             setting, model, train_loops = prepared
             if setting not in prompts:
                 xs, ys = setting.sample(n_prompts, seed)
-                prompts[setting] = (xs, ys, baseline_curves(setting, xs, ys, device))
+                prompts[setting] = (xs, ys, _baseline_curves(setting, xs, ys, device))
             xs, ys, baselines = prompts[setting]
             run_loops = max(train_loops, max_loops or LOOPS_FACTOR * train_loops)
             meta = {"task_name": setting.task_name, "n_dims_truncated": setting.n_dims_truncated,
                     "n_points": setting.n_points, "train_loops": train_loops, "max_loops": run_loops,
                     "n_prompts": n_prompts}
-            curves = pool.submit(model_curves, model, setting, xs, ys, train_loops, run_loops, device, batch_size)
+            curves = pool.submit(_model_curves, model, setting, xs, ys, train_loops, run_loops, device, batch_size)
             if progress is not None:
                 curves.add_done_callback(lambda _: progress())
             pending.append((curves, baselines, ident, meta))
             # a bounded queue: only a few trials' models are in memory at once
             while len(pending) > 2 * workers:
-                parts.append(curves_part(*pending.popleft()))
-        parts += [curves_part(*item) for item in pending]
+                parts.append(_curves_part(*pending.popleft()))
+        parts += [_curves_part(*item) for item in pending]
     if not parts:
         return pd.DataFrame(columns=["trial_id", "hypotheses", *CURVE_COLUMNS])
     return pd.concat(parts, ignore_index=True, sort=False)
 
 
-def curves_part(curves: Future, baselines: list[dict], ident: dict, meta: dict) -> pd.DataFrame:
+def _curves_part(curves: Future, baselines: list[dict], ident: dict, meta: dict) -> pd.DataFrame:
     return pd.DataFrame([{**ident, **curve, **meta} for curve in curves.result() + baselines])
 
 
@@ -131,13 +131,13 @@ def one_torch_thread(enabled: bool):
         torch.set_num_threads(threads)
 
 
-def prepare(trial: TrialFolder, device) -> tuple[PromptSetting, torch.nn.Module, int] | None:
+def _prepare(trial: TrialFolder, device) -> tuple[PromptSetting, torch.nn.Module, int] | None:
     """The trial's prompt setting, model and training loop count b; None (with a warning) if it has none."""
     if trial.checkpoint is None or "model" not in trial.checkpoint:
         warnings.warn(f"trial {trial.trial_id}: no checkpoint yet; not evaluated", AnalysisWarning, stacklevel=3)
         return None
     try:
-        return (PromptSetting.final(trial.config), load_model(trial, device),
+        return (PromptSetting.final(trial.config), _load_model(trial, device),
                 trial.config["training"]["curriculum"]["loops"]["end"])
     except (KeyError, ValueError, RuntimeError) as err:
         # one trial of a sweep with a broken checkpoint must not cost the evaluation of all the others
@@ -146,30 +146,30 @@ def prepare(trial: TrialFolder, device) -> tuple[PromptSetting, torch.nn.Module,
         return None
 
 
-def curve_rows(kind: str, name: str, axis: str, positions, errors: np.ndarray) -> list[dict]:
+def _curve_rows(kind: str, name: str, axis: str, positions, errors: np.ndarray) -> list[dict]:
     """errors [n_prompts, len(positions)] -> one row per position with the mean and its band."""
     mean, lo, hi = bootstrap_mean(errors)
     return [{"kind": kind, "name": name, "axis": axis, "x": int(x), "mean": float(m), "lo": float(l),
              "hi": float(h)} for x, m, l, h in zip(positions, mean, lo, hi)]
 
 
-def baseline_curves(setting: PromptSetting, xs, ys, device) -> list[dict]:
+def _baseline_curves(setting: PromptSetting, xs, ys, device) -> list[dict]:
     rows = []
     for name, baseline in baselines_for(setting.task_name).items():
         preds = baseline(xs.to(device), ys.to(device)).cpu()
         errors = ((preds - ys) ** 2 / setting.normaliser).numpy()
-        rows += curve_rows("baseline", name, "k", range(setting.n_points), errors)
+        rows += _curve_rows("baseline", name, "k", range(setting.n_points), errors)
     return rows
 
 
-def load_model(trial: TrialFolder, device) -> torch.nn.Module:
+def _load_model(trial: TrialFolder, device) -> torch.nn.Module:
     model = build_model(trial.config["model"])
     model.load_state_dict(trial.checkpoint["model"])
     return model.to(device).eval()
 
 
 @torch.inference_mode()
-def model_curves(model, setting: PromptSetting, xs, ys, train_loops: int, run_loops: int, device,
+def _model_curves(model, setting: PromptSetting, xs, ys, train_loops: int, run_loops: int, device,
                  batch_size: int) -> list[dict]:
     """The plain transformer: error vs k. A looped one: error vs k after b = train_loops iterations and
     after run_loops, and error vs iteration (1 .. run_loops) at the last position."""
@@ -186,10 +186,10 @@ def model_curves(model, setting: PromptSetting, xs, ys, train_loops: int, run_lo
         at_last.append(((torch.stack([p[:, -1] for p in preds], dim=1) - yb[:, -1:]) ** 2).cpu())
     positions, scale = range(setting.n_points), 1 / setting.normaliser
     if not looped:
-        return curve_rows("model", "model", "k", positions, torch.cat(at_b).numpy() * scale)
-    return (curve_rows("model", "model@b", "k", positions, torch.cat(at_b).numpy() * scale)
-            + curve_rows("model", "model@max_loops", "k", positions, torch.cat(at_max).numpy() * scale)
-            + curve_rows("model", "model", "loop", range(1, run_loops + 1), torch.cat(at_last).numpy() * scale))
+        return _curve_rows("model", "model", "k", positions, torch.cat(at_b).numpy() * scale)
+    return (_curve_rows("model", "model@b", "k", positions, torch.cat(at_b).numpy() * scale)
+            + _curve_rows("model", "model@max_loops", "k", positions, torch.cat(at_max).numpy() * scale)
+            + _curve_rows("model", "model", "loop", range(1, run_loops + 1), torch.cat(at_last).numpy() * scale))
 
 
 def aggregate_evaluation(evaluation: pd.DataFrame) -> pd.DataFrame:

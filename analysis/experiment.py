@@ -61,7 +61,7 @@ def read_trials(experiment_dir) -> list[TrialFolder]:
                             "writes them")
     for folder in unrecorded:
         warnings.warn(f"{folder}: params.json but no {TRIAL_RECORD}; trial skipped", AnalysisWarning, stacklevel=2)
-    trials = [trial for folder in sorted(recorded) if (trial := read_trial(folder)) is not None]
+    trials = [trial for folder in sorted(recorded) if (trial := _read_trial(folder)) is not None]
     if not trials:
         raise AnalysisError(f"{root}: no trials there (no folder holds a readable {TRIAL_RECORD})")
     if not any(trial.rows or trial.checkpoint for trial in trials):
@@ -78,7 +78,7 @@ def space_record(experiment_dir) -> SpaceRecord | None:
         return None
 
 
-def read_trial(folder: Path) -> TrialFolder | None:
+def _read_trial(folder: Path) -> TrialFolder | None:
     """The trial in `folder`, or None with a warning when its record is unreadable."""
     try:
         record = read_trial_record(folder)

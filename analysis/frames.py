@@ -45,7 +45,7 @@ def frames_of(trials: list[TrialFolder]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curves, summary) of the trials; each trial's history is rebuilt once, so gaps are reported once."""
     histories = [trial_history(trial) for trial in trials]
     ids = identities(trials)
-    return curves_frame(ids, histories), summary_frame(trials, ids, histories)
+    return _curves_frame(ids, histories), summary_frame(trials, ids, histories)
 
 
 def _is_metric(key, value) -> bool:
@@ -99,7 +99,7 @@ def _warn_gaps(trial: TrialFolder, steps: np.ndarray) -> None:
                       f"checkpoint ({shown}); its curves have gaps there", AnalysisWarning, stacklevel=2)
 
 
-def curves_frame(ids: list[dict], histories: list[pd.DataFrame]) -> pd.DataFrame:
+def _curves_frame(ids: list[dict], histories: list[pd.DataFrame]) -> pd.DataFrame:
     parts = [pd.concat([pd.DataFrame([ident] * len(history)), history.reset_index(drop=True)], axis=1)
              for ident, history in zip(ids, histories) if len(history)]
     identity = list(ids[0]) + ["step"]

@@ -20,7 +20,7 @@ from analysis.variants import hypotheses
 FORMATS = ("parquet", "csv")
 
 
-def write_frame(frame: pd.DataFrame, path: Path) -> Path:
+def _write_frame(frame: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
         frame.to_csv(path, index=False)
@@ -34,8 +34,8 @@ def export_frames(experiment_dir, out=None, fmt: str = "parquet") -> dict[str, P
         raise ValueError(f"format {fmt!r} is not one of {list(FORMATS)}")
     curves, summary = frames_of(read_trials(experiment_dir))
     out_dir = Path(out if out is not None else experiment_dir)
-    return {"curves": write_frame(curves, out_dir / f"curves.{fmt}"),
-            "summary": write_frame(summary, out_dir / f"summary.{fmt}")}
+    return {"curves": _write_frame(curves, out_dir / f"curves.{fmt}"),
+            "summary": _write_frame(summary, out_dir / f"summary.{fmt}")}
 
 
 def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = N_PROMPTS,
@@ -57,9 +57,9 @@ def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = 
         evaluation = evaluate_trials(trials, n_prompts=n_prompts, max_loops=max_loops, seed=seed, device=device,
                                      progress=bar.update)
         plots = write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, progress=bar.update)
-    written = {"curves": write_frame(curves, out_dir / f"curves.{fmt}"),
-               "summary": write_frame(summary, out_dir / f"summary.{fmt}"),
-               "evaluation": write_frame(evaluation, out_dir / EVALUATION_FILE),
+    written = {"curves": _write_frame(curves, out_dir / f"curves.{fmt}"),
+               "summary": _write_frame(summary, out_dir / f"summary.{fmt}"),
+               "evaluation": _write_frame(evaluation, out_dir / EVALUATION_FILE),
                "plots": plots}
     written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation,
                                      space_record(experiment_dir))

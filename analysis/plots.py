@@ -62,9 +62,9 @@ def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
         figures = {
             "loss": loss_figure(own_curves, variants, zoom=False),
             "loss_zoom": loss_figure(own_curves, variants, zoom=True),
-            "error_vs_k": error_vs_k_figure(own_evaluation, variants),
-            "error_vs_loop": error_vs_loop_figure(own_evaluation, variants),
-            "cost": cost_figure(variant_frame(of_hypothesis(errors, hypothesis), variants), variants, least_squares),
+            "error_vs_k": _error_vs_k_figure(own_evaluation, variants),
+            "error_vs_loop": _error_vs_loop_figure(own_evaluation, variants),
+            "cost": _cost_figure(variant_frame(of_hypothesis(errors, hypothesis), variants), variants, least_squares),
         }
         for kind, figure in figures.items():
             if figure is not None:
@@ -123,7 +123,7 @@ def _loop_counts(evaluation: pd.DataFrame, variants: Variants) -> dict:
             for label, rows in _by_label(evaluation, variants)}
 
 
-def error_vs_k_figure(evaluation: pd.DataFrame | None, variants: Variants) -> Figure | None:
+def _error_vs_k_figure(evaluation: pd.DataFrame | None, variants: Variants) -> Figure | None:
     if evaluation is None or not (evaluation["kind"] == "model").any():
         return None
     loops = _loop_counts(evaluation[evaluation["kind"] == "model"], variants)
@@ -152,7 +152,7 @@ def error_vs_k_figure(evaluation: pd.DataFrame | None, variants: Variants) -> Fi
     return figure
 
 
-def error_vs_loop_figure(evaluation: pd.DataFrame | None, variants: Variants) -> Figure | None:
+def _error_vs_loop_figure(evaluation: pd.DataFrame | None, variants: Variants) -> Figure | None:
     if evaluation is None:
         return None
     models = evaluation[(evaluation["kind"] == "model") & (evaluation["axis"] == "loop")]
@@ -173,7 +173,7 @@ def error_vs_loop_figure(evaluation: pd.DataFrame | None, variants: Variants) ->
     return figure
 
 
-def cost_figure(frame: pd.DataFrame, variants: Variants, least_squares: float) -> Figure | None:
+def _cost_figure(frame: pd.DataFrame, variants: Variants, least_squares: float) -> Figure | None:
     """Each variant at (training FLOPs, final error at the last position), with its seed band; a hollow
     marker for a variant that did not learn."""
     frame = frame.dropna(subset=["training_flops", "mean"])

@@ -67,40 +67,40 @@ def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
                   declared: dict[str, Hypothesis], questions: dict[str, str] | None = None) -> str:
     statuses = ", ".join(f"{count} {status}" for status, count in summary["status"].value_counts().items())
     errors, source = final_errors(summary, evaluation)
-    lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}; {seed_range(summary)} per configuration.", "",
+    lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}; {_seed_range(summary)} per configuration.", "",
              "**How to read it.** Variants are ranked by their final error at the last position, measured on "
              f"{source}: squared error / d, so that predicting 0 scores {PREDICT_ZERO:g}; mean over seeds with the "
              f"bootstrap 5-95% band over seeds. Only finished trials count: the cost table's status says where the "
              f"others stopped. A variant at >= {DID_NOT_LEARN:g} on every seed **did not learn**: it is marked, not "
              "ranked.", "", f"**The verdict's rule.** {RULE}", ""]
-    references = reference_rows(evaluation)
+    references = _reference_rows(evaluation)
     for hypothesis in hypotheses(summary):
         own = of_hypothesis(errors, hypothesis)
         variants = variants_of(own, hypothesis)
         lines += ["", f"## {hypothesis}", "", f"**Question.** {question(hypothesis, questions or {})}", ""]
         verdict = judge(own, variants, declared[hypothesis]) if hypothesis in declared else None
-        lines += verdict_lines(verdict, declared.get(hypothesis))
+        lines += _verdict_lines(verdict, declared.get(hypothesis))
         frame = ranked(variant_frame(own, variants))
-        lines += ranking_table(frame, verdict, references) + stopped_early_table(own, variants) + cost_table(frame)
-        lines += figure_links(hypothesis, plots_dir, report_dir)
+        lines += _ranking_table(frame, verdict, references) + _stopped_early_table(own, variants) + _cost_table(frame)
+        lines += _figure_links(hypothesis, plots_dir, report_dir)
         if evaluation is not None:
-            lines += evaluation_section(of_hypothesis(evaluation, hypothesis), variants)
+            lines += _evaluation_section(of_hypothesis(evaluation, hypothesis), variants)
     return "\n".join(lines) + "\n"
 
 
-def seed_range(summary: pd.DataFrame) -> str:
+def _seed_range(summary: pd.DataFrame) -> str:
     keys = [c for c in config_columns(summary) if c != SEED_KEY]
     counts = summary.groupby(keys, dropna=False).size() if keys else pd.Series([len(summary)])
     low, high = int(counts.min()), int(counts.max())
     return f"{low} seed{'s' * (low != 1)}" if low == high else f"{low} to {high} seeds"
 
 
-def reference_rows(evaluation: pd.DataFrame | None) -> list[tuple[str, float]]:
+def _reference_rows(evaluation: pd.DataFrame | None) -> list[tuple[str, float]]:
     """(name, error at the last position) of the reference rows every ranking ends with."""
     return [("least squares", least_squares_last(evaluation)), ("predict 0", PREDICT_ZERO)]
 
 
-def verdict_lines(verdict, hypothesis: Hypothesis | None) -> list[str]:
+def _verdict_lines(verdict, hypothesis: Hypothesis | None) -> list[str]:
     if verdict is None:
         return ["**Verdict: none.** The search space declares no `reference` and `expect` for this hypothesis, "
                 "so there is no prediction to test.", ""]
@@ -117,7 +117,7 @@ def difference(variant: str, verdict) -> str:
     return "reference" if any(c.reference == variant for c in comparisons) else "–"
 
 
-def ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
+def _ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
     rows = []
     for _, row in frame.iterrows():
         rank = row["rank"] if not pd.isna(row["rank"]) else "did not learn" if row["n_seeds"] else "–"
@@ -130,7 +130,7 @@ def ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
     return ["### Ranking", ""] + table(header, rows) + [""]
 
 
-def stopped_early_table(trials: pd.DataFrame, variants: Variants) -> list[str]:
+def _stopped_early_table(trials: pd.DataFrame, variants: Variants) -> list[str]:
     """The trials a scheduler stopped before their last step: not ranked beside full-length runs, but listed."""
     stopped = trials[trials["status"] == STOPPED_EARLY].sort_values("last_step", kind="stable")
     if stopped.empty:
@@ -142,7 +142,7 @@ def stopped_early_table(trials: pd.DataFrame, variants: Variants) -> list[str]:
              "they are not ranked.", ""] + table(header, rows) + [""])
 
 
-def cost_table(frame: pd.DataFrame) -> list[str]:
+def _cost_table(frame: pd.DataFrame) -> list[str]:
     rows = [[f"`{row['variant']}`", "–" if pd.isna(row["parameters"]) else f"{int(row['parameters']):,}",
              number(row["step_flops"] / 1e9),
              number(row["training_flops"] / 1e12), number(row["wall_time_s"]), row["status"]]
@@ -154,7 +154,7 @@ def cost_table(frame: pd.DataFrame) -> list[str]:
     return ["### Cost", ""] + table(header, rows) + ["", note, ""]
 
 
-def figure_links(hypothesis: str, plots_dir: Path, report_dir: Path) -> list[str]:
+def _figure_links(hypothesis: str, plots_dir: Path, report_dir: Path) -> list[str]:
     links = []
     for kind, caption in FIGURES:
         path = plot_path(plots_dir, hypothesis, kind)
@@ -163,7 +163,7 @@ def figure_links(hypothesis: str, plots_dir: Path, report_dir: Path) -> list[str
     return links + [""] if links else []
 
 
-def evaluation_section(evaluation: pd.DataFrame, variants: Variants) -> list[str]:
+def _evaluation_section(evaluation: pd.DataFrame, variants: Variants) -> list[str]:
     """Models (after b loops and after max_loops) and baselines at the last in-context position."""
     if evaluation.empty:
         return []

@@ -78,7 +78,7 @@ def compare(variant: str, reference: str, errors_v, errors_r) -> Comparison:
     return Comparison(variant, reference, difference, lo, hi, outcome)
 
 
-def reference_label(variants: Variants, settings: dict, hypothesis: Hypothesis) -> str:
+def _reference_label(variants: Variants, settings: dict, hypothesis: Hypothesis) -> str:
     """The label of the variant with the hypothesis's reference values and `settings`' other values."""
     return variants.label({**settings, **{k: v for k, v in hypothesis.reference.items() if k in variants.keys}})
 
@@ -91,7 +91,7 @@ def judge(errors: pd.DataFrame, variants: Variants, hypothesis: Hypothesis) -> V
     settings = {variants.label(row): {k: row[k] for k in variants.keys} for _, row in errors.iterrows()}
     comparisons, missing = [], set()
     for label in (label for label in variants.labels if label in settings):
-        reference = reference_label(variants, settings[label], hypothesis)
+        reference = _reference_label(variants, settings[label], hypothesis)
         if reference == label:
             continue
         if not len(by_label.get(reference, ())):

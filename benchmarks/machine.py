@@ -12,7 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cpu_model() -> str:
+def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -41,7 +41,7 @@ def commit() -> str:
 
 def describe(device: torch.device) -> dict:
     info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
-            "nproc": os.cpu_count(), "cpu": cpu_model(), "torch": torch.__version__,
+            "nproc": os.cpu_count(), "cpu": _cpu_model(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "load average": load_average()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -7,7 +7,6 @@ peak memory and compile caches start clean. Trailing dotted options apply to eve
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import statistics
 import sys
@@ -18,6 +17,7 @@ import torch
 from trainers.flops import step_flops
 from benchmarks import TABLE_STYLE
 from benchmarks.machine import OtherLoad, PeakMemory, describe, matmul_flops, synchronize
+from trainers.cli import OneLineArgumentParser
 from trainers.config import ConfigError, parse_override_args
 from trainers.curriculum import final_state
 from trainers.models import build_model
@@ -100,7 +100,7 @@ def _in_child(args):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.splitlines()[0])
+    p = OneLineArgumentParser(prog="python -m benchmarks.step", description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
                    help="default: the CPU, and CUDA when present")
     p.add_argument("--variants", help="comma-separated labels as REPORT.md gives them ('L=1,L=2 LSTM,n_last_tokens=8 L=1'); "
@@ -119,7 +119,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-        jobs = select(args, overrides)
+        jobs = _select(args, overrides)
     except (ConfigError, SpaceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def select(args, overrides) -> list[tuple]:
+def _select(args, overrides) -> list[tuple]:
     """(scale, label, base, values) of every variant asked for, each checked with the overrides."""
     scales = ("quick",) if args.quick_only else ("research",) if args.research_only else SCALES
     tables = {scale: variants(scale) for scale in scales}

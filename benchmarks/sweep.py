@@ -9,7 +9,6 @@ a fresh process. `--experiment DIR` reads the timing of a sweep already on disk 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import yaml
 from analysis.experiment import read_result_rows
 from benchmarks import TABLE_STYLE
 from benchmarks.machine import REPO, describe, load_average
+from trainers.cli import OneLineArgumentParser
 from trainers.config import ConfigError, parse_override_args
 from trainers.table import render
 from tune_looped.space import load_space, quick_overrides, resolve_space_path
@@ -44,7 +44,7 @@ print(json.dumps({"import": t1 - t0, "init": t2 - t1, "shutdown": t3 - t2}))
 """
 
 
-def ray_startup() -> dict:
+def _ray_startup() -> dict:
     done = subprocess.run([sys.executable, "-c", RAY_STARTUP], cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -64,7 +64,7 @@ def shortened_space(space: str, steps: int | None, overrides: dict, folder: Path
     return out
 
 
-def trial_timings(experiment: Path) -> list[dict]:
+def _trial_timings(experiment: Path) -> list[dict]:
     """Per trial: training time (`elapsed_s` of its last row), its process's start and its end (epoch s)."""
     trials = []
     for result in sorted(experiment.glob("*/result.json")):
@@ -77,7 +77,7 @@ def trial_timings(experiment: Path) -> list[dict]:
 
 
 def timing_row(label: str, experiment: Path, slots: int, wall: float | None, started: float | None) -> dict:
-    trials = trial_timings(experiment)
+    trials = _trial_timings(experiment)
     if not trials:
         raise SystemExit(f"error: {experiment}: no trial results (result.json with elapsed_s) there")
     training = sum(t["training_s"] for t in trials)
@@ -92,7 +92,7 @@ def timing_row(label: str, experiment: Path, slots: int, wall: float | None, sta
     return row
 
 
-def run_sweep(space_file: Path, cpus: int, gpus: float, storage: Path, name: str,
+def _run_sweep(space_file: Path, cpus: int, gpus: float, storage: Path, name: str,
               report: bool) -> tuple[float, float]:
     argv = [sys.executable, "-m", "tune_looped.run", "--space", str(space_file), "--quick",
             *([] if report else ["--no-report"]), "--storage", str(storage), "--name", name,
@@ -107,7 +107,7 @@ def run_sweep(space_file: Path, cpus: int, gpus: float, storage: Path, name: str
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.splitlines()[0])
+    p = OneLineArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.splitlines()[0])
     p.add_argument("--space", default="hypotheses", help="space name or path (default %(default)s); its quick block")
     p.add_argument("--steps", type=int, help="train this many steps per trial instead of the quick block's")
     p.add_argument("--packings", default="1,2", help="CPUs (= torch threads) per trial, comma-separated "
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
         row = timing_row("as run", args.experiment, args.slots or 1, None, None)
         print("\n".join(render(list(row), [list(row.values())], markdown=args.markdown, **TABLE_STYLE)))
         return 0
-    startup = ray_startup()
+    startup = _ray_startup()
     print(f"Ray start-up (fresh process): import {startup['import']:.1f} s, ray.init(address='local') "
           f"{startup['init']:.1f} s, ray.shutdown() {startup['shutdown']:.1f} s")
     work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
             slots = max(1, min((os.cpu_count() or 1) // cpus, gpu_slots, space.max_concurrent or math.inf,
                                len(space.trials)))
             before = load_average()
-            started, wall = run_sweep(space_file, cpus, gpus, work / "results", f"cpu{cpus}", args.report)
+            started, wall = _run_sweep(space_file, cpus, gpus, work / "results", f"cpu{cpus}", args.report)
             label = f"{slots} x {cpus} thread(s)" + (f", {gpus} GPU" if gpus else "")
             row = timing_row(label, work / "results" / f"cpu{cpus}", slots, wall, started)
             rows.append({**row, "load before/after": f"{before} / {load_average()}"})

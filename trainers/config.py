@@ -181,14 +181,14 @@ def read_yaml(path: Path, _seen: tuple = ()) -> dict:
     parents = raw.pop("inherit", None) or []
     merged: dict = {}
     for parent in [parents] if isinstance(parents, str) else parents:
-        merged = deep_merge(merged, read_yaml(path.parent / parent, (*_seen, path.resolve())))
-    return deep_merge(merged, raw)
+        merged = _deep_merge(merged, read_yaml(path.parent / parent, (*_seen, path.resolve())))
+    return _deep_merge(merged, raw)
 
 
-def deep_merge(base: dict, top: dict) -> dict:
+def _deep_merge(base: dict, top: dict) -> dict:
     out = dict(base)
     for key, value in top.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 

@@ -16,15 +16,15 @@ class CurriculumState:
     n_loops: int
 
 
-def schedule_value(schedule: Schedule, step: int) -> int:
+def _schedule_value(schedule: Schedule, step: int) -> int:
     return min(schedule.start + (step // schedule.interval) * schedule.inc, schedule.end)
 
 
 def curriculum_at(curriculum: CurriculumConfig, step: int) -> CurriculumState:
     return CurriculumState(
-        n_dims=schedule_value(curriculum.dims, step),
-        n_points=schedule_value(curriculum.points, step),
-        n_loops=schedule_value(curriculum.loops, step),
+        n_dims=_schedule_value(curriculum.dims, step),
+        n_points=_schedule_value(curriculum.points, step),
+        n_loops=_schedule_value(curriculum.loops, step),
     )
 
 

@@ -49,10 +49,10 @@ def validate(schema: type[BaseModel], raw, source: str):
     try:
         return schema.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {describe_error(err.errors()[0], schema, raw)}") from None
+        raise ConfigError(f"{source}: {_describe_error(err.errors()[0], schema, raw)}") from None
 
 
-def describe_error(error: dict, schema: type[BaseModel], raw) -> str:
+def _describe_error(error: dict, schema: type[BaseModel], raw) -> str:
     """One pydantic error as `dotted.key: problem`, the key and value read from `raw`. An error inside a list
     of plain values (`seeds[1]`) is told of the whole list, which is what the user wrote."""
     path, field, value, cls = "", None, raw, schema

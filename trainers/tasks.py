@@ -99,7 +99,7 @@ TASKS = {
 }
 
 
-def get_task(task_name):
+def _get_task(task_name):
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; allowed: {', '.join(TASKS)}")
     return TASKS[task_name]
@@ -113,7 +113,7 @@ def sample_xs(batch_size, n_points, n_dims, n_dims_truncated, generator):
 
 def sample_batch(task_name, *, batch_size, n_points, n_dims, n_dims_truncated, generator, sparsity=3):
     """Returns xs [B, n_points, n_dims] and ys [B, n_points], float32 on CPU."""
-    task = get_task(task_name)
+    task = _get_task(task_name)
     if not 1 <= n_dims_truncated <= n_dims:
         raise ValueError(f"n_dims_truncated must be in 1..{n_dims}, got {n_dims_truncated}")
     if sparsity < 1:
@@ -126,7 +126,7 @@ def sample_batch(task_name, *, batch_size, n_points, n_dims, n_dims_truncated, g
 def error_normaliser(task_name, n_dims_truncated, sparsity):
     """What evaluation divides squared error by: E[y^2] for the linear tasks, so predicting 0 scores ~1;
     the non-linear tasks are reported unnormalised (divisor 1)."""
-    get_task(task_name)
+    _get_task(task_name)
     if task_name in ("linear_regression", "noisy_linear_regression"):
         return float(n_dims_truncated)
     if task_name == "sparse_linear_regression":

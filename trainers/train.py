@@ -56,7 +56,7 @@ class RunLog:
         self.bar.set_postfix(shown, refresh=False)
 
 
-def prepare_run_dir(args, config, config_path: Path) -> tuple[Path, Path | None]:
+def _prepare_run_dir(args, config, config_path: Path) -> tuple[Path, Path | None]:
     out_dir = Path(args.out_dir or config.out_dir or DEFAULT_OUT_DIR)
     run_dir = out_dir / (config.wandb.name or config_path.stem)
     checkpoint = latest_checkpoint(run_dir)
@@ -67,7 +67,7 @@ def prepare_run_dir(args, config, config_path: Path) -> tuple[Path, Path | None]
     return run_dir, checkpoint
 
 
-def open_wandb_run(config, run_dir: Path, history: list[dict]):
+def _open_wandb_run(config, run_dir: Path, history: list[dict]):
     """`wandb.enabled: true`: the run logs to W&B with the config's project, entity, group and mode. Its id comes
     from the run's folder, so `--resume` continues the same W&B run."""
     from trainers.wandb_log import WandbRun
@@ -78,7 +78,7 @@ def open_wandb_run(config, run_dir: Path, history: list[dict]):
     return WandbRun(config, {}, (), settings, str(run_dir), run_id=run_id, history=history)
 
 
-def check_device(config, device: str | None, config_path: str) -> None:
+def _check_device(config, device: str | None, config_path: str) -> None:
     """The device the run will use must exist here; otherwise the run would stop with a traceback in training."""
     import torch
 
@@ -101,9 +101,9 @@ def main(argv=None) -> int:
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         config = load_config(args.config, overrides)
-        check_device(config, args.device, args.config)
+        _check_device(config, args.device, args.config)
         check_pretrained(config, args.config)
-        run_dir, checkpoint = prepare_run_dir(args, config, Path(args.config))
+        run_dir, checkpoint = _prepare_run_dir(args, config, Path(args.config))
         history = load_checkpoint(checkpoint)["metrics"] if checkpoint else []
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     log = RunLog(run_dir, config.training.train_steps, history)
-    wandb_run = open_wandb_run(config, run_dir, history) if config.wandb.enabled else None
+    wandb_run = _open_wandb_run(config, run_dir, history) if config.wandb.enabled else None
 
     def report(row: dict, checkpoint_dir) -> None:
         log(row, checkpoint_dir)

@@ -75,7 +75,7 @@ def evaluate(model, config: Config, eval_set, device: torch.device) -> dict:
     return {"eval/loss": error.mean().item(), "eval/loss_last": error[:, -1].mean().item()}
 
 
-def train_step(model, optimizer, xs, ys, state: CurriculumState, config: Config, device,
+def _train_step(model, optimizer, xs, ys, state: CurriculumState, config: Config, device,
                cache_enabled: bool = True) -> tuple:
     """One Adam step on the loss averaged over the last `n_loop_window` iterations; returns device tensors."""
     n_loop_start = loop_window_start(state.n_loops, config.training.n_loop_window)
@@ -105,7 +105,7 @@ def uses_cuda_graphs(config: Config, device: torch.device) -> bool:
 
 
 class StepRunner:
-    """`train_step` as the config asks: eager, or replayed from a CUDA graph (`training.cuda_graphs`, CUDA only).
+    """`_train_step` as the config asks: eager, or replayed from a CUDA graph (`training.cuda_graphs`, CUDA only).
 
     A graph fixes every shape and loop count, so there is one per curriculum state, which changes only every
     `interval` steps. The first CUDA_GRAPH_WARMUP_STEPS steps of a state run eagerly on a side stream, as
@@ -125,7 +125,7 @@ class StepRunner:
 
     def __call__(self, xs, ys, state: CurriculumState) -> tuple:
         if not self.graphed:
-            return train_step(self.model, self.optimizer, xs, ys, state, self.config, self.device)
+            return _train_step(self.model, self.optimizer, xs, ys, state, self.config, self.device)
         if state != self.state:
             # dropping the old graph returns its memory to the pool before the next capture
             self.state, self.graph, self.static, self.eager_left = state, None, (), CUDA_GRAPH_WARMUP_STEPS
@@ -140,7 +140,7 @@ class StepRunner:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            out = train_step(self.model, self.optimizer, xs, ys, state, self.config, self.device)
+            out = _train_step(self.model, self.optimizer, xs, ys, state, self.config, self.device)
         torch.cuda.current_stream(self.device).wait_stream(side)
         return out
 
@@ -150,7 +150,7 @@ class StepRunner:
         # with no .grad, backward allocates the gradients inside the graph's pool, at fixed addresses
         self.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph, pool=self.pool):
-            loss, grad_norm = train_step(self.model, self.optimizer, static_xs, static_ys, state, self.config,
+            loss, grad_norm = _train_step(self.model, self.optimizer, static_xs, static_ys, state, self.config,
                                          self.device, cache_enabled=False)
         self.graph, self.static = graph, (static_xs, static_ys, loss, grad_norm)
 

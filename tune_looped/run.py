@@ -41,7 +41,7 @@ def parse_args(argv):
     p.add_argument("--space", required=True, help="space YAML: a path, or a name in the package's search_spaces/")
     p.add_argument("--quick", action="store_true", help="apply the space's quick: block (a CPU-sized study)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved trials and exit without Ray")
-    p.add_argument("--seeds", type=seed_list, help="comma-separated seeds to run every configuration with "
+    p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds to run every configuration with "
                                                    "(default: the space's seeds)")
     p.add_argument("--address", help="join a running cluster: auto, HOST:PORT or ray://HOST:PORT")
     p.add_argument("--storage", default="~/ray_results", help="results root: a path or a URI (default %(default)s)")
@@ -60,7 +60,7 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def seed_list(text: str) -> list[int]:
+def _seed_list(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",")]
     except ValueError:
@@ -70,7 +70,7 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
-def check_flags(args) -> None:
+def _check_flags(args) -> None:
     checks = [
         ("--max-concurrent", args.max_concurrent, lambda v: v > 0, "a positive integer"),
         ("--max-failures", args.max_failures, lambda v: v >= 0, "an integer >= 0"),
@@ -87,7 +87,7 @@ def check_flags(args) -> None:
         raise SpaceError("--resume: needs --name of the experiment to continue")
 
 
-def local_gpus(args) -> float:
+def _local_gpus(args) -> float:
     """The GPUs of the embedded local Ray: `--num-gpus`, else the ones torch sees here."""
     if args.num_gpus is not None:
         return args.num_gpus
@@ -97,12 +97,12 @@ def local_gpus(args) -> float:
     return torch.cuda.device_count()
 
 
-def auto_gpu_share(space: Space, args) -> float:
+def _auto_gpu_share(space: Space, args) -> float:
     """`resources.gpu: auto`: a share of a GPU from the trials' estimated memory, or the CPU with a warning of the
     projected time. The GPUs counted are this machine's (or `--num-gpus`); a quick study stays on the CPU."""
     if args.quick:
         return 0.0
-    gpus = local_gpus(args)
+    gpus = _local_gpus(args)
     configs = [trial_config(space.base, t.values) for t in space.trials]
     if not gpus:
         warn(describe_cpu_time(configs))
@@ -117,21 +117,21 @@ def auto_gpu_share(space: Space, args) -> float:
     return share
 
 
-def check_fits_local_ray(resources: dict, args, space: Space) -> None:
+def _check_fits_local_ray(resources: dict, args, space: Space) -> None:
     """A trial that asks for more than the embedded Ray has would wait forever; a cluster's size is Ray's to know."""
     if args.address:
         return
     for kind, flag, size_flag in (("cpu", "--cpus-per-trial", "--num-cpus"), ("gpu", "--gpus-per-trial", "--num-gpus")):
         if resources[kind] == GPU_AUTO or not resources[kind]:
             continue
-        have = (args.num_cpus or available_cpus()) if kind == "cpu" else local_gpus(args)
+        have = (args.num_cpus or available_cpus()) if kind == "cpu" else _local_gpus(args)
         if resources[kind] > have:
             asked = flag if getattr(args, flag[2:].replace("-", "_")) is not None else f"{space.path}: resources.{kind}"
             raise SpaceError(f"{asked}: a trial needs {resources[kind]:g} {kind.upper()}(s) but the local Ray has "
                              f"{have:g} (set {size_flag}, or lower the request); no trial could ever start")
 
 
-def with_absolute_pretrained(space: Space) -> Space:
+def _with_absolute_pretrained(space: Space) -> Space:
     """Trials run in their own folders, so a relative `model.pretrained_path` is fixed against the folder the
     runner starts in, as a single run reads it."""
     def absolute(value):
@@ -145,7 +145,7 @@ def with_absolute_pretrained(space: Space) -> Space:
     return dataclasses.replace(space, base=base, trials=trials)
 
 
-def check_pretrained_files(space: Space) -> None:
+def _check_pretrained_files(space: Space) -> None:
     """Each distinct (file, model section) of the grid loads before Ray starts, instead of failing in every trial."""
     if not space.base.get("model", {}).get("pretrained_path") and not any(PRETRAINED in t.values
                                                                           for t in space.trials):
@@ -166,8 +166,8 @@ def check_pretrained_files(space: Space) -> None:
 
 def resolve(args):
     """Everything that can be wrong with the input, checked before Ray starts or anything is written."""
-    check_flags(args)
-    space = with_absolute_pretrained(load_space(args.space, quick=args.quick, seeds=args.seeds))
+    _check_flags(args)
+    space = _with_absolute_pretrained(load_space(args.space, quick=args.quick, seeds=args.seeds))
     resources = dict(space.resources)
     if args.cpus_per_trial is not None:
         resources["cpu"] = args.cpus_per_trial
@@ -176,19 +176,19 @@ def resolve(args):
     resources = parse_resources(resources, "--cpus-per-trial/--gpus-per-trial")
     # a dry run counts GPUs only when --num-gpus says how many: counting them here would import torch
     if resources["gpu"] == GPU_AUTO and not (args.dry_run and args.num_gpus is None):
-        resources["gpu"] = auto_gpu_share(space, args)
-    check_fits_local_ray(resources, args, space)
-    check_pretrained_files(space)
+        resources["gpu"] = _auto_gpu_share(space, args)
+    _check_fits_local_ray(resources, args, space)
+    _check_pretrained_files(space)
     check_address(args.address)
     name = args.name or f"{space.name}{'-quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     return space, resources, name
 
 
-def first_difference(saved, current, prefix: str = "") -> str | None:
+def _first_difference(saved, current, prefix: str = "") -> str | None:
     """The dotted key where two resolved space records first differ, or None when they are equal."""
     if isinstance(saved, dict) and isinstance(current, dict):
         for key in [*saved, *(k for k in current if k not in saved)]:
-            found = first_difference(saved.get(key), current.get(key), f"{prefix}{key}.")
+            found = _first_difference(saved.get(key), current.get(key), f"{prefix}{key}.")
             if found:
                 return found
         return None
@@ -209,13 +209,13 @@ def check_resumable(experiment_dir: Path, space: Space, quick: bool) -> None:
     # the base and grid come from the space file now, the trials' list from Tune's saved state: they must agree.
     # The current record goes through YAML as the saved one did, so that tuples and lists compare equal.
     current = SpaceRecord.model_validate(yaml.safe_load(yaml.safe_dump(space_record(space, quick).model_dump())))
-    key = first_difference(resume_relevant(saved), resume_relevant(current))
+    key = _first_difference(_resume_relevant(saved), _resume_relevant(current))
     if key:
         raise SpaceError(f"--resume: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; resume "
                          "with the space (and --quick) it started with")
 
 
-def resume_relevant(record: SpaceRecord) -> dict:
+def _resume_relevant(record: SpaceRecord) -> dict:
     """The record less what does not change a trial: the path the space was given as (which may differ between
     two shells) and the hypotheses' questions."""
     return record.model_dump(exclude={"source": True, "hypotheses": {"__all__": {"question"}}})
@@ -237,7 +237,7 @@ def wandb_settings(space, args) -> dict | None:
     return settings
 
 
-def resume_command(argv: list[str], name: str) -> str:
+def _resume_command(argv: list[str], name: str) -> str:
     """The command line that continues this sweep: the same flags, with the experiment's --name and --resume."""
     kept, skip = [], False
     for token in argv:
@@ -250,14 +250,14 @@ def resume_command(argv: list[str], name: str) -> str:
     return shlex.join([sys.executable, "-m", "tune_looped.run", *kept, "--name", name, "--resume"])
 
 
-def print_wandb_sync(experiment_dir: Path) -> None:
+def _print_wandb_sync(experiment_dir: Path) -> None:
     offline = list(experiment_dir.glob("*/wandb/offline-run-*"))
     if offline:
         print(f"W&B: {len(offline)} offline runs; upload them with:\n  wandb sync "
               f"{shlex.quote(str(experiment_dir))}/*/wandb/offline-run-*")
 
 
-def fit_stopping_on_sigterm(tuner):
+def _fit_stopping_on_sigterm(tuner):
     """`tuner.fit()`, where SIGTERM (`kill PID`, a job scheduler) stops the sweep as Ctrl-C does: Tune saves its
     state and the resume command is printed. Tune itself catches only SIGINT, and only in the main thread."""
     if threading.current_thread() is not threading.main_thread():
@@ -269,7 +269,7 @@ def fit_stopping_on_sigterm(tuner):
         signal.signal(signal.SIGTERM, previous)
 
 
-def build_tuner(space, resources, name, storage, args, experiment_dir: Path):
+def _build_tuner(space, resources, name, storage, args, experiment_dir: Path):
     from ray import tune
 
     from tune_looped.trainable import run_trial
@@ -337,18 +337,18 @@ def main(argv=None) -> int:
         return 2
     try:
         warn_if_local_storage_on_cluster(storage)
-        tuner = build_tuner(space, resources, name, storage, args, experiment_dir)
+        tuner = _build_tuner(space, resources, name, storage, args, experiment_dir)
         if not args.resume:
             experiment_dir.mkdir(parents=True, exist_ok=True)
             write_space_record(experiment_dir, space_record(space, args.quick))
-        results = fit_stopping_on_sigterm(tuner)
+        results = _fit_stopping_on_sigterm(tuner)
     finally:
         ray.shutdown()
     rows = summarise(results, space)
     print_summary(rows, experiment_dir)
-    print_wandb_sync(experiment_dir)
+    _print_wandb_sync(experiment_dir)
     if any(r["status"] == INCOMPLETE for r in rows):
-        print(f"interrupted; resume with:\n  {resume_command(argv, name)}", file=sys.stderr)
+        print(f"interrupted; resume with:\n  {_resume_command(argv, name)}", file=sys.stderr)
         return 130
     if not args.no_report:
         from analysis import run_all

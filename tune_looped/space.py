@@ -76,7 +76,7 @@ class SpaceFile(Section):
     name: str | None = None
     description: str = ""
     base: str | dict[str, Any] = Field(description="a config file path or a mapping of model:/training:/wandb:")
-    # `experiments` is the earlier spelling; one of the two is required (`hypotheses_key`)
+    # `experiments` is the earlier spelling; one of the two is required (`_hypotheses_key`)
     hypotheses: Annotated[list[HypothesisSpec], Field(min_length=1)] = None
     experiments: Annotated[list[HypothesisSpec], Field(min_length=1)] = None
     sample: dict[str, Any] = {}
@@ -235,7 +235,7 @@ def _apply_quick(spec: SpaceFile, base: dict, path: Path) -> tuple[SpaceFile, di
     for key in quick.grid:
         key_field(key, f"{path}: quick.grid.{key}")
     hypotheses = [h.model_copy(update={"grid": {k: quick.grid.get(k, v) for k, v in h.grid.items()}})
-                  for h in declared_hypotheses(spec)]
+                  for h in _declared_hypotheses(spec)]
     replaced = {k: getattr(quick, k) for k in ("seeds", "num_samples", "resources") if getattr(quick, k) is not None}
     return spec.model_copy(update={"hypotheses": hypotheses, "experiments": None, **replaced}), base
 
@@ -252,13 +252,13 @@ def load_space(path, *, quick: bool = False, seeds: list[int] | None = None) -> 
 def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
     where = str(path)
     spec = validate(SpaceFile, load_yaml(path, "space file"), where)
-    section = hypotheses_key(spec, where)
+    section = _hypotheses_key(spec, where)
     secrets: dict = {}
     base = _read_base(spec.base, path, secrets)
     if quick:
         spec, base = _apply_quick(spec, base, path)
     grids, declared = [], []
-    for i, spec_i in enumerate(declared_hypotheses(spec)):
+    for i, spec_i in enumerate(_declared_hypotheses(spec)):
         grid = _grid(spec_i.grid, f"{where}: {section}[{i}].grid")
         grids.append((spec_i.name, grid))
         declared.append(_hypothesis(spec_i, grid, f"{where}: {section}[{i}]"))
@@ -272,13 +272,13 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
     return Space(
         path=path, name=spec.name or path.stem, base=base, trials=tuple(trials), sample=sample,
         num_samples=spec.num_samples, resources=spec.resources.model_dump(),
-        scheduler=parse_scheduler(spec.scheduler, f"{where}: scheduler"), metric=spec.metric, mode=spec.mode,
+        scheduler=_parse_scheduler(spec.scheduler, f"{where}: scheduler"), metric=spec.metric, mode=spec.mode,
         max_concurrent=spec.max_concurrent, hypotheses=tuple(declared),
         wandb=spec.wandb.model_dump(exclude_unset=True), secrets=secrets,
     )
 
 
-def hypotheses_key(spec: SpaceFile, where: str) -> str:
+def _hypotheses_key(spec: SpaceFile, where: str) -> str:
     """The key the file lists its hypotheses under: `hypotheses`, or the earlier `experiments` with a warning."""
     if spec.hypotheses is not None and spec.experiments is not None:
         raise SpaceError(f"{where}: experiments: the earlier spelling of hypotheses; give one of the two")
@@ -291,7 +291,7 @@ def hypotheses_key(spec: SpaceFile, where: str) -> str:
     return "hypotheses"
 
 
-def declared_hypotheses(spec: SpaceFile) -> list[HypothesisSpec]:
+def _declared_hypotheses(spec: SpaceFile) -> list[HypothesisSpec]:
     return spec.hypotheses if spec.hypotheses is not None else spec.experiments or []
 
 
@@ -332,7 +332,7 @@ def parse_resources(raw, where: str) -> dict:
         raise SpaceError(str(err)) from None
 
 
-def parse_scheduler(raw, where: str) -> dict:
+def _parse_scheduler(raw, where: str) -> dict:
     spec = {"type": raw} if isinstance(raw, str) else dict(raw)
     kind = spec.pop("type", None)
     if kind not in SCHEDULERS:

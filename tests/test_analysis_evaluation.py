@@ -5,7 +5,7 @@ import torch
 from analysis import AnalysisWarning, evaluate_experiment
 from analysis.baselines import Lasso
 from analysis.evaluation import CURVE_COLUMNS, EVALUATION_FILE, PromptSetting, aggregate_evaluation
-from tests.test_analysis_helpers import (TRIALS, checkpoint_state, config_dict, metric_row, ray_row,
+from helpers.experiments import (TRIALS, checkpoint_state, config_dict, metric_row, ray_row,
                                          write_experiment, write_trial)
 from trainers.models import build_model
 from trainers.tasks import sample_batch

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analysis import AnalysisError, AnalysisWarning, aggregate_seeds, load_curves, load_summary
-from tests.test_analysis_helpers import (N_ROWS, TRIALS, checkpoint_state, config_dict, eval_losses, metric_row,
+from helpers.experiments import (N_ROWS, TRIALS, checkpoint_state, config_dict, eval_losses, metric_row,
                                          ray_row, write_experiment, write_trial)
 
 

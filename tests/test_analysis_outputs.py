@@ -11,9 +11,10 @@ from analysis import aggregate_seeds, evaluation, load_summary, run_all
 from analysis.__main__ import main
 from analysis.evaluation import aggregate_evaluation
 from analysis.experiment import read_trials
-from trainers.records import SPACE_RECORD, format_setting
+from trainers.records import SPACE_RECORD
 from analysis.variants import of_hypothesis, variants_of
-from tests.test_analysis_helpers import write_experiment
+from helpers.experiments import write_experiment
+from helpers.markdown import table_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 KINDS = ("loss", "loss_zoom", "error_vs_k", "error_vs_loop", "cost")
@@ -53,19 +54,6 @@ def test_run_all_shows_one_step_per_checkpoint_and_figure(tmp_path, capsys):
     assert re.match(rf"analysis: 100%.*\b{steps}/{steps}\b", bar), bar
     run_all(root, n_prompts=32, max_loops=5)  # not a terminal: no bar
     assert "analysis:" not in capsys.readouterr().err
-
-
-def table_rows(report: str, header_start: str) -> list[list[str]]:
-    """The body rows of every markdown table whose header starts with `header_start`."""
-    rows, inside = [], False
-    for line in report.splitlines():
-        if line.startswith(f"| {header_start}"):
-            inside = True
-        elif inside and line.startswith("|") and not line.startswith("|---"):
-            rows.append([cell.strip() for cell in line.strip("|").split("|")])
-        elif not line.startswith("|"):
-            inside = False
-    return rows
 
 
 def test_report_tables_match_the_frames(analysed):
@@ -117,19 +105,6 @@ def test_report_baseline_numbers_come_from_the_evaluation(analysed):
     t5 = evaluation[(evaluation["trial_id"] == "t5") & (evaluation["name"] == "model@max_loops")
                     & (evaluation["x"] == 6)].iloc[0]
     assert float(rows["L=2, 5 loops"][2]) == pytest.approx(t5["mean"], rel=1e-3)
-
-
-def test_variant_labels_are_readable():
-    assert format_setting("model.n_last_tokens", 55) == "n_last_tokens=55"
-    assert format_setting("model.n_last_tokens", -1.0) == "n_last_tokens=all"
-    frame = pd.DataFrame({"hypotheses": "looped_lstm", "model.n_layer": [2, 1, 2, 1],
-                          "model.use_lstm_layer": [True, True, False, False], "training.seed": [0, 1, 2, 3],
-                          "model.n_embd": 256})
-    variants = variants_of(frame, "looped_lstm")
-    assert variants.keys == ("model.n_layer", "model.use_lstm_layer")
-    assert variants.labels == ("L=1", "L=1 LSTM", "L=2", "L=2 LSTM")
-    assert len({variants.colour(label) for label in variants.labels}) == 4
-    assert variants_of(frame.iloc[:1], "looped_lstm").labels == ("looped_lstm",)
 
 
 def test_cli_export_csv_to_another_directory(analysed, tmp_path, capsys):

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from sweeps import TINY_BASE
+from helpers.sweeps import TINY_BASE
 from trainers.models import build_model
 from trainers.dotted import set_dotted
 
@@ -31,6 +31,8 @@ PROGRAMS = {
     "run": ["-m", "tune_looped.run"],
     "train": ["-m", "trainers.train"],
     "analysis": ["-m", "analysis"],
+    "benchmarks.step": ["-m", "benchmarks.step"],
+    "benchmarks.sweep": ["-m", "benchmarks.sweep"],
     # a full disk cannot be made without privileges; the runner's own threshold is raised above the free space
     "run, disk full": ["-c", "import sys, tune_looped.cluster as c; c.MIN_FREE_BYTES = 1 << 60; "
                              "from tune_looped.run import main; sys.exit(main())"],
@@ -45,6 +47,8 @@ SURFACES = {
     "resume": "`--resume`",
     "storage": "`--storage`",
     "analysis": "experiment folders given to `python -m analysis`",
+    "analysis flags": "`python -m analysis` flags",
+    "benchmark flags": "`python -m benchmarks.step` and `benchmarks.sweep` flags",
 }
 CODE_RAN = "CODE_RAN"  # the folder a malicious pickle would create
 
@@ -301,6 +305,17 @@ CASES = [
     Case("analysis-truncated", "analysis", "a trial folder with a truncated result.json, no checkpoint", "analysis",
          ("all", "exp"), ("exp", "no trial has reported"),
          {"exp/t0/trial.json": TRIAL_RECORD, "exp/t0/result.json": '{"step": 0, "overall_lo'}),
+    # the analysis' and benchmarks' own flags
+    Case("analysis-unknown-command", "analysis flags", "unknown command", "analysis", ("rank", "exp"),
+         ("invalid choice: 'rank'", "export")),
+    Case("analysis-no-folder", "analysis flags", "no experiment folder", "analysis", ("report",),
+         ("experiment_dir",)),
+    Case("benchmark-step-unknown-flag", "benchmark flags", "step: a flag that is neither its own nor a config key",
+         "benchmarks.step", ("--warm",), ("--warm", "--section.key")),
+    Case("benchmark-step-unknown-variant", "benchmark flags", "step: a variant that is not a label of REPORT.md's",
+         "benchmarks.step", ("--variants", "L1"), ("--variants", "unknown L1")),
+    Case("benchmark-sweep-not-a-number", "benchmark flags", "sweep: a count that is not a number",
+         "benchmarks.sweep", ("--steps", "many"), ("--steps", "invalid int value")),
 ]
 
 

@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from sweeps import wait_for
+from helpers.sweeps import wait_for
 from trainers.cpus import available_cpus
 from tune_looped import cluster
 from tune_looped.cluster import RUNNER_MARK, end_orphaned_sessions, mark_session, process_identity

@@ -52,11 +52,6 @@ def test_research_command_line_overrides():
     assert cfg.training.learning_rate == pytest.approx(3e-4)
 
 
-def test_string_keys_keep_the_text_verbatim():
-    assert parse_override_args(["--wandb.name", "yes"]) == {"wandb.name": "yes"}
-    assert parse_override_args(["--wandb.notes", "123"]) == {"wandb.notes": "123"}
-
-
 def test_reference_keys_are_accepted_and_ignored_with_a_warning(tiny_raw):
     tiny_raw["training"].update(use_ctx=True, train_size=10)
     tiny_raw.update(debug_mode=False, gpu={"cuda": False, "n_gpu": 0})
@@ -133,28 +128,6 @@ def test_bad_files(tmp_path, text, message):
         load_config(path)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--model.n_layr", "2"], "model.n_layr: unknown key; model has: family"),
-    (["--model", "2"], "expected --section.key VALUE"),
-    (["--model.n_layer"], "missing value"),
-    (["--model.n_layer.x", "1"], "model.n_layer is not a section"),
-    (["n_layer", "1"], "expected --section.key VALUE"),
-])
-def test_bad_override_arguments(argv, message):
-    with pytest.raises(ConfigError, match=message):
-        parse_override_args(argv)
-
-
-def test_override_with_wrong_type_names_the_key(tiny_config_file):
-    with pytest.raises(ConfigError, match=r"model.n_layer: expected an integer, got 'deep'"):
-        load_config(tiny_config_file, parse_override_args(["--model.n_layer", "deep"]))
-
-
-def test_override_of_a_section_is_refused(tiny_config_file):
-    with pytest.raises(ConfigError, match="training.curriculum: is a section"):
-        load_config(tiny_config_file, {"training.curriculum": 3})
-
-
 @pytest.mark.parametrize("step,expected", [(0, (10, 11, 15)), (499, (10, 11, 15)), (500, (10, 11, 17)),
                                            (1000, (10, 13, 19)), (3999, (10, 17, 29)), (4000, (10, 19, 30)),
                                            (20000, (10, 41, 30)), (10**6, (10, 41, 30))])
@@ -175,25 +148,6 @@ def test_performance_option_defaults_and_overrides(tiny_config_file):
     cfg = load_config(tiny_config_file, parse_override_args(["--training.compile", "true",
                                                              "--training.cuda_graphs", "true"]))
     assert cfg.training.compile is True and cfg.training.cuda_graphs is True
-
-
-@pytest.mark.parametrize("argv, expected", [
-    (["--model.n_layer=2"], {"model.n_layer": 2}),
-    (["--model.n_layer", "2", "--wandb.name=a=b"], {"model.n_layer": 2, "wandb.name": "a=b"}),
-    (["--training.seed=7", "--wandb.notes=123"], {"training.seed": 7, "wandb.notes": "123"}),
-    (["--model.pretrained_path=null"], {"model.pretrained_path": None}),
-], ids=["equals", "mixed-and-equals-in-value", "typed-by-schema", "null"])
-def test_overrides_take_key_equals_value(argv, expected):
-    assert parse_override_args(argv) == expected
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--model.n_layr=2"], "model.n_layr: unknown key"),
-    (["--layers=2"], "expected --section.key VALUE or --section.key=VALUE"),
-])
-def test_bad_key_equals_value(argv, message):
-    with pytest.raises(ConfigError, match=message):
-        parse_override_args(argv)
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from sweeps import TINY_BASE, write_space
+from helpers.sweeps import TINY_BASE, write_space
 from test_runner import TrialEvents
 from trainers.config import apply_overrides
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, CPU_FLOPS, cpu_hours, gpu_share, trial_memory

@@ -3,6 +3,10 @@ no module importing a command-line entry module.
 
 Every import statement counts, those inside functions too: a function-level import defers a cycle to run
 time, it does not remove it.
+
+Why not import-linter: its layers, acyclic_siblings and protected contracts could say these three rules, but
+it would be a new development dependency with its own configuration and its own run, for rules this module
+states in a screen of code that runs with every `pytest` and prints the offending import path.
 """
 import ast
 from collections import deque
@@ -210,3 +214,39 @@ def test_imports_inside_functions_and_of_submodules_are_edges(tmp_path):
     entries = entry_modules(tmp_path, packages=("pkg",))
     assert entries == {"pkg.cli", "pkg.__main__"}
     assert entry_module_imports(graph, entries) == ["pkg.__main__ imports pkg.cli"]
+
+
+DRY_RUN = """
+import os, sys
+# as on macOS: no sched_getaffinity (nor Python 3.13's process_cpu_count)
+for name in ("sched_getaffinity", "process_cpu_count"):
+    if hasattr(os, name):
+        delattr(os, name)
+from tune_looped.run import main
+rc = main(["--space", "hypotheses", "--dry-run"])
+print("rc", rc, "loaded", sorted(m for m in ("torch", "matplotlib", "ray", "pandas") if m in sys.modules))
+"""
+
+
+@pytest.mark.slow
+def test_a_dry_run_imports_neither_torch_nor_matplotlib_nor_ray_and_needs_no_sched_getaffinity():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", DRY_RUN], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "rc 0 loaded []"
+    assert "30 trials" in lines and "resources per trial: cpu 1, gpu auto (resolved at start)" in lines
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_names_its_public_surface(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    assert isinstance(module.__all__, list)
+    for name in module.__all__:
+        value = getattr(module, name)
+        # the public names are the package's own, not names it passes on from a library
+        assert getattr(value, "__module__", package).split(".")[0] == package, name

@@ -1,7 +1,7 @@
 """The live table's column names; the table itself is checked on a real sweep in test_runner.py."""
 from ray.tune.search.variant_generator import generate_variants
 
-from sweeps import write_space
+from helpers.sweeps import write_space
 from tune_looped.live import LiveTable, short_names
 from tune_looped.space import load_space
 from tune_looped.tune_space import param_space
@@ -33,7 +33,7 @@ def test_the_four_swept_keys_and_every_metric_fit_in_120_columns(tmp_path):
               for i, (_, config) in enumerate(generate_variants(param_space(space)))]
     lines = LiveTable(space).table(trials)
     assert lines[1] == "hypotheses: 1 information_flow, 2 looped_n_layers, 3 looped_lstm"
-    assert lines[2].split() == ["trial", "status", "exp", "n_last_tokens", "n_layer", "lstm", "seed", "step",
+    assert lines[2].split() == ["trial", "status", "hyp", "n_last_tokens", "n_layer", "lstm", "seed", "step",
                                 "n_loops", "n_points", "eval/loss", "eval/loss_last"]
     assert lines[3].split()[-5:] == ["20000", "30", "41", "0.01235", "1e-05"]
     assert len(lines) == 3 + len(trials) and max(map(len, lines)) <= 120

@@ -1,40 +1,21 @@
 import math
-import os
 import types
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from trainers.checkpoint import load_reference_checkpoint
+from helpers.models import TINY, prompts, run, tiny
 from trainers.config import ModelConfig
 from trainers.models import MODEL_FAMILIES, LoopedTransformerModel, TransformerModel, build_model
 from trainers.onednn import ONEDNN, Linear
 
-TINY = dict(n_dims=5, n_positions=8, n_embd=16, n_layer=2, n_head=2)
 ATOL = 1e-5
 RTOL = 1e-4
 
 
 # tiny models gain nothing from intra-op threads, and on busy shared cores their spin-waits cost 100x
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def tiny(family="gpt2_loop", seed=0, **overrides):
-    torch.manual_seed(seed)
-    return build_model({"family": family, **TINY, **overrides})
-
-
-def prompts(batch=3, n_points=6, n_dims=5, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    xs = torch.randn(batch, n_points, n_dims, generator=g)
-    return xs, torch.randn(batch, n_points, generator=g)
-
-
-def run(model, xs, ys, n_loop_start=0, n_loops=1):
-    if isinstance(model, LoopedTransformerModel):
-        return model(xs, ys, n_loop_start, n_loops)[-1]
-    return model(xs, ys)
 
 
 def manual_prompt(xs, ys):
@@ -220,69 +201,6 @@ def test_init_follows_gpt2():
     assert abs(sd["_backbone.transformer.h.0.attn.c_attn.weight"].mean().item()) < 2e-3
     assert torch.all(sd["_backbone.transformer.ln_f.weight"] == 1)
     assert torch.all(sd["_backbone.transformer.ln_f.bias"] == 0)
-
-
-@pytest.mark.parametrize("wrap", ["model", "model_state_dict", None])
-def test_checkpoint_round_trip(tmp_path, wrap):
-    source, target = tiny(seed=0), tiny(seed=1)
-    path = tmp_path / "ckpt.pt"
-    sd = source.state_dict()
-    torch.save({wrap: sd, "step": 7} if wrap else sd, path)
-    xs, ys = prompts()
-    assert not torch.allclose(run(source, xs, ys), run(target, xs, ys))
-    assert load_reference_checkpoint(target, path) is target
-    torch.testing.assert_close(run(target, xs, ys), run(source, xs, ys), atol=0, rtol=0)
-
-
-def test_checkpoint_with_nanogpt_mask_buffers_loads(tmp_path):
-    source, target = tiny("gpt2", seed=0), tiny("gpt2", seed=1)
-    sd = dict(source.state_dict())
-    for i in range(2):
-        sd[f"_backbone.transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(17, 17)).view(1, 1, 17, 17)
-        sd[f"_backbone.transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
-    torch.save({"model": sd}, tmp_path / "ref.pt")
-    load_reference_checkpoint(target, tmp_path / "ref.pt")
-    xs, ys = prompts()
-    torch.testing.assert_close(target(xs, ys), source(xs, ys), atol=0, rtol=0)
-
-
-def test_checkpoint_with_missing_key_is_refused(tmp_path):
-    sd = dict(tiny().state_dict())
-    del sd["_read_out.bias"]
-    torch.save({"model": sd}, tmp_path / "partial.pt")
-    with pytest.raises(RuntimeError, match="_read_out.bias"):
-        load_reference_checkpoint(tiny(), tmp_path / "partial.pt")
-
-
-@pytest.mark.parametrize("content", [[1, 2, 3], {"step": 3}, {"model": [1]}, {}])
-def test_checkpoint_of_the_wrong_shape_is_refused(tmp_path, content):
-    path = tmp_path / "odd.pt"
-    torch.save(content, path)
-    with pytest.raises(ValueError, match="odd.pt.*expected.*'model'"):
-        load_reference_checkpoint(tiny(), path)
-
-
-def test_non_checkpoint_file_is_refused(tmp_path):
-    path = tmp_path / "notes.pt"
-    path.write_text("hello world")
-    with pytest.raises(ValueError, match="notes.pt"):
-        load_reference_checkpoint(tiny(), path)
-
-
-class _Malicious:
-    marker = None
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def test_pickle_that_runs_code_is_refused(tmp_path):
-    payload = _Malicious()
-    payload.marker = tmp_path / "pwned"
-    torch.save({"model": payload}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="evil.pt"):
-        load_reference_checkpoint(tiny(), tmp_path / "evil.pt")
-    assert not payload.marker.exists()
 
 
 def backbone_non_embedding_params(model):

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from analysis import load_curves, load_summary
-from sweeps import (REPO, TIMING_COLUMNS, TINY_BASE, alive, auth_token, descendants, finish, finished_trials,
+from helpers.sweeps import (REPO, TIMING_COLUMNS, TINY_BASE, alive, auth_token, descendants, finish, finished_trials,
                     process_name, processes_naming, ray_session_of, rss_mib, rows, start_sweep, sweep_command,
                     trial_dirs, wait_for, write_space)
 from test_bad_input import CASES, render_bad_input

@@ -4,7 +4,7 @@ import pytest
 
 from analysis.report import render_report
 from analysis.verdict import RULE, Hypothesis
-from tests.test_analysis_outputs import table_rows
+from helpers.markdown import table_rows
 
 MASKS = Hypothesis("information_flow", {"model.n_last_tokens": -1}, "worse")
 # n_last_tokens -> per-seed final error at the last position: all tokens learns, 8 is worse, 23 never learns

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from analysis import AnalysisWarning, load_curves
-from sweeps import TINY_BASE, finish, record, rows, start_sweep, trial_dirs, wait_for, write_space
+from helpers.sweeps import TINY_BASE, finish, record, rows, start_sweep, trial_dirs, wait_for, write_space
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
 from trainers.training import train
@@ -109,7 +109,7 @@ def test_three_hypotheses_dedup_and_report(tmp_path, capsys, monkeypatch):
     # Tune's live table: the swept keys under their short names, the hypotheses, the metrics, in 120 columns
     live = out.split("== 4 trials: 4 done")[-1].splitlines()
     assert live[1].startswith("hypotheses: 1 information_flow, 2 looped_n_layers, 3 looped_lstm")
-    assert live[2].split() == ["trial", "status", "exp", "n_head", "n_last_tokens", "n_layer", "lstm", "step",
+    assert live[2].split() == ["trial", "status", "hyp", "n_head", "n_last_tokens", "n_layer", "lstm", "step",
                                "n_loops", "n_points", "eval/loss", "eval/loss_last"]
     finals = [line.split() for line in live[3:7]]
     assert sorted(row[1] for row in finals) == ["done"] * 4 and all(row[7] == "29" for row in finals)
@@ -249,3 +249,35 @@ def test_wandb_key_reaches_the_workers_and_never_a_file(tmp_path, monkeypatch):
                 scanned += 1
                 assert key.encode() not in path.read_bytes(), path
     assert scanned > 20
+
+
+def test_asha_stops_trials_early_and_the_report_ranks_only_full_runs(tmp_path, capsys):
+    # a learning rate that learns against one that cannot: at the rung (step 20) ASHA stops the trials whose
+    # eval/loss is worse than those that reached it before them, one trial at a time
+    base = apply_overrides(TINY_BASE, {"training.eval_prompts": 64})
+    space = write_space(tmp_path / "space.yaml", [{"name": "rates", "grid": {"training.learning_rate": [0.01, 1e-8]},
+                                                   "reference": {"training.learning_rate": 0.01}, "expect": "better"}],
+                        base=base, seeds=[0, 1], max_concurrent=1,
+                        scheduler={"type": "asha", "grace_period": 20, "reduction_factor": 2})
+    rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "a", "--num-cpus", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    experiment = tmp_path / "results" / "a"
+    last = {record(t)["trial_id"]: rows(t)[-1]["step"] for t in trial_dirs(experiment)}
+    stopped = sorted(trial for trial, step in last.items() if step < 29)
+    assert stopped and len(stopped) < len(last)
+    assert f"{len(last) - len(stopped)} finished, {len(stopped)} stopped early" in out
+    summary = pd.read_parquet(experiment / "summary.parquet").set_index("trial_id")
+    assert sorted(summary.index[summary["status"] == "stopped early"]) == stopped
+    assert set(summary.loc[stopped, "last_step"]) == {20}
+    report = (experiment / "REPORT.md").read_text()
+    listed = report.split("### Stopped early")[1].split("###")[0]
+    assert f"{len(stopped)} trial(s) stopped by the scheduler" in listed
+    assert listed.count("| 20 | 30 |") == len(stopped)
+    # the ranking counts the seeds that ran their full length only
+    ranking = report.split("### Ranking")[1].split("###")[0]
+    full = summary[summary["status"] == "finished"]
+    for rate, group in summary.groupby("training.learning_rate"):
+        seeds = int((full["training.learning_rate"] == rate).sum())
+        label = f"learning_rate={rate:g}"
+        assert re.search(rf"\| `{re.escape(label)}` \| {seeds} \|", ranking), (label, seeds, ranking)

@@ -480,6 +480,56 @@ def test_bad_space(tmp_path, space, quick, fragments):
     assert not missing, f"{missing} not in {message!r}"
 
 
+def test_the_earlier_spelling_experiments_still_loads_with_a_warning(tmp_path):
+    text = yaml.safe_dump({"base": BASE, "experiments": [{"name": "a", "description": "Q?",
+                                                          "grid": {"model.n_layer": [1, 2]}}]})
+    with pytest.warns(FutureWarning, match=r"experiments: renamed to hypotheses"):
+        space = load_space(write_space(tmp_path, text))
+    assert [h.name for h in space.hypotheses] == ["a"] and space.hypotheses[0].question == "Q?"
+    assert trial_rows(space) == [({"model.n_layer": 1}, ("a",)), ({"model.n_layer": 2}, ("a",))]
+    # an error in a file of the earlier spelling names the key the file uses
+    text = yaml.safe_dump({"base": BASE, "experiments": [{"name": "a", "grid": {}}]})
+    with pytest.warns(FutureWarning), pytest.raises(SpaceError, match=r"experiments\[0\]\.grid: empty grid"):
+        load_space(write_space(tmp_path, text))
+
+
+@pytest.mark.parametrize("space, fragment", [
+    ({"experiments": ONE_EXPERIMENT}, "experiments: the earlier spelling of hypotheses; give one of the two"),
+    ({"hypotheses": None}, "hypotheses: missing; expected a non-empty list of hypotheses"),
+], ids=["both", "neither"])
+def test_hypotheses_and_experiments_are_one_key(tmp_path, space, fragment):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"base": BASE, "hypotheses": ONE_EXPERIMENT, **space}))
+    if space.get("hypotheses", "") is None:
+        path.write_text(yaml.safe_dump({"base": BASE}))
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    assert str(err.value) == f"{path}: {fragment}"
+
+
+def test_an_experiment_recorded_before_the_rename_still_resumes(tmp_path):
+    from trainers.records import SPACE_RECORD
+    from tune_looped.run import check_resumable
+    from tune_looped.space import space_record
+
+    space = load_space("hypotheses", quick=True)
+    record = space_record(space, True).model_dump()
+    # the earlier runner's spelling and its shorter questions
+    record["experiments"] = [{**{k: v for k, v in h.items() if k != "question"}, "description": "old wording"}
+                             for h in record.pop("hypotheses")]
+    record["trials"] = [{"experiments": t["hypotheses"], "values": t["values"]} for t in record["trials"]]
+    experiment = tmp_path / "old"
+    experiment.mkdir()
+    (experiment / SPACE_RECORD).write_text(yaml.safe_dump(record, sort_keys=False))
+    for name in ("tuner.pkl", "experiment_state-2026-01-01_00-00-00.json"):
+        (experiment / name).write_text("")
+    check_resumable(experiment, space, quick=True)
+    record["trials"][0]["values"]["model.n_last_tokens"] = 9
+    (experiment / SPACE_RECORD).write_text(yaml.safe_dump(record, sort_keys=False))
+    with pytest.raises(SpaceError, match=r"--resume: trials differs"):
+        check_resumable(experiment, space, quick=True)
+
+
 @pytest.mark.parametrize("make_arg, fragment", [
     (lambda tmp_path: "no_such_space", "no_such_space: no such space file"),
     (lambda tmp_path: str(tmp_path / "missing.yaml"), "missing.yaml: no such space file"),

@@ -7,8 +7,8 @@ import pytest
 from ray.tune.search.variant_generator import generate_variants
 
 from analysis.experiment import AnalysisError, read_trials
-from sweeps import write_space
-from test_analysis_helpers import metric_row, ray_row
+from helpers.sweeps import write_space
+from helpers.experiments import metric_row, ray_row
 from tune_looped.space import load_space
 from tune_looped.trials import trial_record, trial_values
 from tune_looped.tune_space import param_space

@@ -1,24 +1,17 @@
-"""The verdict rule on synthetic per-trial errors, and the ranking frame built from them."""
+"""The verdict rule on synthetic per-trial errors."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.ranking import ranked, variant_frame
 from analysis.variants import variants_of
 from analysis.verdict import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, UNCLEAR, Hypothesis, bootstrap_difference,
                               did_not_learn, hypotheses_of, judge)
+from helpers.frames import errors_frame
 from trainers.records import SpaceRecord
 
 MASKS = Hypothesis("information_flow", {"model.n_last_tokens": -1}, "worse")
 LAYERS = Hypothesis("looped_n_layers", {"model.n_layer": 1}, "better")
 LSTM = Hypothesis("looped_lstm", {"model.use_lstm_layer": False}, "worse")
-
-
-def errors_frame(key: str, errors: dict, hypothesis: str = "h") -> pd.DataFrame:
-    """One row per trial: `errors` maps a value of `key` to its seeds' final errors."""
-    rows = [{"hypotheses": hypothesis, key: value, "training.seed": seed, "error": error}
-            for value, values in errors.items() for seed, error in enumerate(values)]
-    return pd.DataFrame(rows)
 
 
 def verdict_of(key, errors, hypothesis):
@@ -103,18 +96,6 @@ def test_bootstrap_difference_band_narrows_with_seeds():
     ([0.95, 0.91], True), ([0.95, 0.5], False), ([0.9], True), ([0.899], False), ([], False)])
 def test_did_not_learn_needs_every_seed_at_the_plateau(errors, expected):
     assert did_not_learn(errors) is expected
-
-
-def test_ranking_leaves_out_what_did_not_learn():
-    frame = errors_frame("model.n_layer", {1: [0.30, 0.34], 2: [0.92, 0.97], 3: [0.10, 0.12]})
-    frame = frame.assign(status="finished", last_step=99, wall_time_s=10.0, parameters=1000, step_flops=1e9,
-                         training_flops=1e12)
-    table = ranked(variant_frame(frame, variants_of(frame, "h")))
-    assert list(table["variant"]) == ["L=3", "L=1", "L=2"]
-    assert table["rank"].tolist()[:2] == [1, 2] and pd.isna(table["rank"].iloc[2])
-    assert table["learned"].tolist() == [True, True, False]
-    assert table["mean"].tolist() == pytest.approx([0.11, 0.32, 0.945])
-    assert table["seed_values"].iloc[1] == (0.30, 0.34) and table["n_seeds"].tolist() == [2, 2, 2]
 
 
 def test_hypotheses_come_from_the_space_record():

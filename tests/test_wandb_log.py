@@ -166,3 +166,44 @@ def test_flat_config_is_every_leaf_once():
     flat = flat_config(config_of(model__n_last_tokens=3))
     assert flat["model.n_last_tokens"] == 3 and flat["wandb.log_every_steps"] > 0
     assert not any(isinstance(v, dict) for v in flat.values())
+
+
+@pytest.mark.parametrize("config_wandb, space_wandb, flag, expected", [
+    # a config's W&B section is honoured: enabled, mode, project, entity, group
+    ({"enabled": True, "mode": "offline", "entity": "lab", "group": "g"}, {}, False,
+     {"mode": "offline", "project": "loop_tf", "entity": "lab", "group": "g"}),
+    # the space's block over the config's, the flag over both
+    ({"enabled": True, "entity": "lab"}, {"entity": "team", "project": "p"}, False,
+     {"mode": "auto", "project": "p", "entity": "team", "group": "tiny"}),
+    ({}, {}, True, {"mode": "auto", "project": "loop_tf", "group": "tiny"}),
+    ({"enabled": True}, {"enabled": False}, False, None),
+    ({}, {}, False, None),
+], ids=["config", "space-over-config", "flag", "space-disables", "off"])
+def test_the_runner_takes_w_and_b_settings_from_the_config_then_the_space(tmp_path, config_wandb, space_wandb, flag,
+                                                                          expected):
+    import argparse
+
+    from tune_looped.run import wandb_settings
+    from tune_looped.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "base": {"wandb": config_wandb}, "wandb": space_wandb,
+                                    "hypotheses": [{"name": "h", "grid": {"model.n_layer": [1]}}]}))
+    args = argparse.Namespace(wandb=flag, wandb_mode=None)
+    assert wandb_settings(load_space(path), args) == expected
+
+
+@pytest.mark.slow
+def test_a_single_run_with_wandb_enabled_logs_offline_to_its_folder(tiny_config_file, tmp_path, monkeypatch):
+    from trainers.train import main
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no netrc
+    args = ["--config", str(tiny_config_file), "--out_dir", str(tmp_path / "runs"), "--wandb.enabled", "true",
+            "--wandb.mode", "offline", "--wandb.group", "g"]
+    assert main(args) == 0
+    wandb_dir = tmp_path / "runs" / "tiny" / "wandb"
+    assert len(list(wandb_dir.glob("offline-run-*"))) == 1
+    assert main([*args, "--resume"]) == 0
+    # the resumed run is the same W&B run: its id comes from the run's folder
+    assert len({p.name.rsplit("-", 1)[-1] for p in wandb_dir.glob("offline-run-*")}) == 1

@@ -1,0 +1,66 @@
+"""The figures of each hypothesis from a tiny synthetic experiment: which are drawn, where they go, how they look."""
+import matplotlib.colors
+import pytest
+
+from analysis.experiment import read_trials
+from analysis.frames import frames_of
+from analysis.plots import FIGURES_PER_HYPOTHESIS, PLOTS_DIR, loss_figure, plot_experiment, plot_path, write_plots
+from analysis.variants import of_hypothesis, variants_of
+from helpers.experiments import write_experiment
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HYPOTHESES = ("information_flow", "looped_n_layers")
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    root = write_experiment(tmp_path_factory.mktemp("experiment"))
+    return frames_of(read_trials(root))
+
+
+def test_without_an_evaluation_only_the_training_figures_are_drawn(frames, tmp_path):
+    curves, summary = frames
+    calls = []
+    written = write_plots(tmp_path / PLOTS_DIR, curves, summary, progress=lambda: calls.append(1))
+    drawn = ("loss", "loss_zoom", "cost")
+    assert {p.name for p in written} == {f"{h}_{kind}.png" for h in HYPOTHESES for kind in drawn}
+    assert all(p.parent == tmp_path / PLOTS_DIR and p.read_bytes()[:8] == PNG_MAGIC for p in written)
+    # a figure left out for want of data still counts as a step of the progress bar
+    assert len(calls) == FIGURES_PER_HYPOTHESIS * len(HYPOTHESES)
+
+
+def test_the_loss_figure_draws_each_variant_in_its_colour_with_its_seed_count(frames):
+    curves, summary = frames
+    variants = variants_of(of_hypothesis(summary, "information_flow"), "information_flow")
+    figure = loss_figure(of_hypothesis(curves, "information_flow"), variants, zoom=False)
+    lines = figure.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["n_last_tokens=all (2 seeds)", "n_last_tokens=2 (2 seeds)"]
+    colours = [matplotlib.colors.to_hex(line.get_color()) for line in lines]
+    assert colours == [variants.colour(label) for label in variants.labels]
+    assert figure.axes[0].get_yscale() == "log"
+
+
+def test_the_zoomed_loss_figure_shows_the_last_quarter_of_training(frames):
+    curves, summary = frames
+    variants = variants_of(of_hypothesis(summary, "looped_n_layers"), "looped_n_layers")
+    figure = loss_figure(of_hypothesis(curves, "looped_n_layers"), variants, zoom=True)
+    last = curves["step"].max()
+    assert figure.axes[0].get_xlim() == pytest.approx((0.75 * last, last))
+
+
+def test_no_eval_loss_no_loss_figure(frames):
+    curves, summary = frames
+    variants = variants_of(summary, "h")
+    assert loss_figure(curves.drop(columns="eval/loss"), variants, zoom=False) is None
+    assert loss_figure(curves.assign(**{"eval/loss": float("nan")}), variants, zoom=True) is None
+
+
+def test_plot_experiment_writes_into_the_output_directory(tmp_path):
+    root = write_experiment(tmp_path / "experiment", with_model=False)
+    written = plot_experiment(root, out=tmp_path / "out")
+    assert written and all(p.parent == tmp_path / "out" / PLOTS_DIR and p.exists() for p in written)
+    assert not (root / PLOTS_DIR).exists()
+
+
+def test_a_hypothesis_name_becomes_a_safe_file_name(tmp_path):
+    assert plot_path(tmp_path, "loops vs. depth/2", "cost") == tmp_path / "loops_vs._depth_2_cost.png"

@@ -93,6 +93,23 @@ def test_an_error_is_one_line_naming_the_source_and_the_dotted_key(raw, message)
     assert str(err.value) == f"f.yaml: {message}"
 
 
+class Mappings(Section):
+    labels: dict[str, str] = {}
+    sections: dict[str, Inner] = {}
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"labels": {"a.b": 3}}, "labels.a.b: expected a string, got 3"),
+    ({"labels": 3}, "labels: expected a mapping, got 3"),
+    ({"sections": {"s": {"size": 0}}}, "sections.s.size: must be a positive integer, got 0"),
+    ({"sections": {"s": {"sise": 1}}}, "sections.s.sise: unknown key; allowed: size"),
+], ids=["value", "not-a-mapping", "value-section", "value-section-extra-key"])
+def test_a_value_inside_a_mapping_is_told_of_the_value_type(raw, message):
+    with pytest.raises(ConfigError) as err:
+        validate(Mappings, raw, "f.yaml")
+    assert str(err.value) == f"f.yaml: {message}"
+
+
 @pytest.mark.parametrize("dotted, message", [
     ("inner.sise", "arg: inner.sise: unknown key; inner has: size"),
     ("nam", "arg: nam: unknown key; top level has: name, inner, seeds, mode"),

@@ -7,6 +7,7 @@ told "must be <description>"; a value of the wrong type is told the type ("expec
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import typing
 from typing import Annotated, Any, Literal
@@ -59,11 +60,15 @@ def _describe_error(error: dict, schema: type[BaseModel], raw) -> str:
     for part in error["loc"]:
         if _is_model(cls) and part in cls.model_fields:
             field = cls.model_fields[part]
-            path, cls = f"{path}.{part}" if path else part, _inner(field.annotation)
+            # a mapping's next part is one of its keys, not a field of the model its values may be
+            nested = None if typing.get_origin(field.annotation) is dict else _inner(field.annotation)
+            path, cls = f"{path}.{part}" if path else part, nested
         elif _is_model(cls) and isinstance(part, int):
             path, field = f"{path}[{part}]", None
         elif cls is None and field is not None and typing.get_origin(field.annotation) is dict:
-            path = f"{path}.{part}"
+            # a value of the mapping: what is wrong is told of the mapping's value type, not of the mapping
+            path, field = f"{path}.{part}", _ValueOf(typing.get_args(field.annotation)[1])
+            cls = _inner(field.annotation)
         else:
             break
         value = value[part] if isinstance(value, dict) and part in value or isinstance(
@@ -102,6 +107,13 @@ def _type_phrase(annotation) -> str:
     if dict in (annotation, origin) or _is_model(annotation):
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(annotation, "a value")
+
+
+@dataclasses.dataclass(frozen=True)
+class _ValueOf:
+    """The part of a FieldInfo that `problem` reads, for a value inside a `dict[str, X]` field."""
+    annotation: Any
+    description: str | None = None
 
 
 def _is_model(cls) -> bool:

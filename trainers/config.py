@@ -142,6 +142,8 @@ IGNORED_KEYS = (
     "wandb.timestamp",
 )
 SECRET_KEYS = ("wandb.key",)
+
+
 def config_from_dict(raw: dict, source: str = "<config>", secrets: dict | None = None) -> Config:
     """Validate a nested dict (a loaded YAML) into a Config; `wandb.key` goes to `secrets`, never the Config."""
     cfg = validate(Config, strip_secrets(raw, secrets), source)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from trainers.config import (
     Config, ConfigError, PositiveInt, WandbMode, apply_overrides, coerce_value, config_from_dict, key_field,
     read_yaml, strip_secrets,
 )
+from trainers.dotted import get_dotted
 from trainers.records import EXPECTATIONS, SEED_KEY, HypothesisRecord, PlannedTrial, SpaceRecord, variant_label
 from trainers.schema import Section, allowed_if, validate
 from trainers.yaml_file import load_yaml, yaml11_float
@@ -200,11 +200,11 @@ def _grid(grid: dict, where: str) -> list[dict]:
 def _merge_trials(grids: list[tuple[str, list[dict]]], base: dict, seeds: list | None) -> list[PlannedTrial]:
     """Union of the grids: each variant is completed with base values for every grid key, then deduplicated."""
     keys = sorted({k for _, variants in grids for v in variants for k in v})
-    defaults = config_from_dict(base)
+    defaults = config_from_dict(base).model_dump()
     by_values: dict[tuple, list[str]] = {}
     for name, variants in grids:
         for variant in variants:
-            full = {k: variant.get(k, operator.attrgetter(k)(defaults)) for k in keys}
+            full = {k: variant.get(k, get_dotted(defaults, k)) for k in keys}
             tags = by_values.setdefault(tuple(full.items()), [])
             if name not in tags:
                 tags.append(name)

@@ -111,7 +111,7 @@ def space_record_of(text: str) -> Callable[[Path], None]:
 
         original = path.parents[2] / "original.yaml"  # beside base.yaml, which it names
         original.write_text(text)
-        path.write_text(yaml.safe_dump(space_record(load_space(original), False), sort_keys=False))
+        path.write_text(yaml.safe_dump(space_record(load_space(original), False).model_dump(), sort_keys=False))
         original.unlink()
         (path.parent / "tuner.pkl").write_bytes(b"")
         (path.parent / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")

@@ -22,13 +22,12 @@ from trainers.cli import OneLineArgumentParser
 from trainers.config import ConfigError
 from trainers.cpus import available_cpus
 from trainers.dotted import set_dotted
-from trainers.records import (INCOMPLETE, SPACE_RECORD, RecordError, SpaceRecord, read_space_record,
+from trainers.records import (INCOMPLETE, SPACE_RECORD, RecordError, SpaceRecord, read_space_record, variant_label,
                               write_space_record)
 from tune_looped.cluster import (check_address, check_storage, is_uri, start_ray, warn,
                                  warn_if_local_storage_on_cluster)
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, describe_cpu_time, gpu_share, trial_memory
-from tune_looped.space import (GPU_AUTO, Space, SpaceError, load_space, parse_resources, space_record, trial_config,
-                               trial_label)
+from tune_looped.space import GPU_AUTO, Space, SpaceError, load_space, parse_resources, space_record, trial_config
 from tune_looped.tables import print_summary, print_trial_table, summarise
 
 # what Tune writes into the experiment folder: Tuner.restore needs both (ray.tune.tuner / tune_controller)
@@ -159,7 +158,7 @@ def _check_pretrained_files(space: Space) -> None:
         if config.model.pretrained_path and config.model not in seen:
             seen.add(config.model)
             try:
-                check_pretrained(config, f"{space.path}: trial {trial_label(trial.values)}")
+                check_pretrained(config, f"{space.path}: trial {variant_label(trial.values)}")
             except ConfigError as err:
                 raise SpaceError(str(err)) from None
 

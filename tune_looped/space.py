@@ -268,7 +268,7 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
     trials = _merge_trials(grids, base, spec.seeds if seeds is None else seeds)
     for trial in trials:
         for values in _distribution_corners(sample):
-            trial_config(base, {**trial.values, **values}, f"{where}: trial {trial_label(trial.values)}")
+            trial_config(base, {**trial.values, **values}, f"{where}: trial {variant_label(trial.values)}")
     return Space(
         path=path, name=spec.name or path.stem, base=base, trials=tuple(trials), sample=sample,
         num_samples=spec.num_samples, resources=spec.resources.model_dump(),
@@ -343,11 +343,6 @@ def _parse_scheduler(raw, where: str) -> dict:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise SpaceError(f"{where}.{key}: expected a positive integer, got {value!r}")
     return {"type": kind, **spec}
-
-
-def trial_label(values: dict[str, Any]) -> str:
-    """A trial as error messages name it: every value that sets it apart, the seed included."""
-    return variant_label(values)
 
 
 def space_record(space: Space, quick: bool) -> SpaceRecord:

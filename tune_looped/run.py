@@ -121,7 +121,8 @@ def _check_fits_local_ray(resources: dict, args, space: Space) -> None:
     if args.address:
         return
     for kind, flag, size_flag in (("cpu", "--cpus-per-trial", "--num-cpus"), ("gpu", "--gpus-per-trial", "--num-gpus")):
-        if resources[kind] == GPU_AUTO or not resources[kind]:
+        unknown = kind == "gpu" and args.dry_run and args.num_gpus is None  # counted at start, by torch
+        if resources[kind] == GPU_AUTO or not resources[kind] or unknown:
             continue
         have = (args.num_cpus or available_cpus()) if kind == "cpu" else _local_gpus(args)
         if resources[kind] > have:

@@ -16,10 +16,12 @@ import pandas as pd
 from analysis.cost import trial_cost
 from analysis.experiment import AnalysisWarning, Trial, config_value, identities, read_trials
 from analysis.stats import bootstrap_mean
+from trainers.tasks import predict_zero_error
 
 log = logging.getLogger(__name__)
 
 SEED_KEY = "training.seed"
+PREDICT_ZERO_COLUMN = "predict_zero"  # the summary's column: the error of predicting 0 on the trial's task
 # Ray's bookkeeping; `time_total_s` and `node_id` stay because wall time and placement are worth a column
 RAY_COLUMNS = frozenset({
     "trial_id", "training_iteration", "timestamp", "date", "hostname", "node_ip", "pid", "done",
@@ -133,8 +135,20 @@ def trial_summary(trial: Trial, history: pd.DataFrame) -> dict:
         "best_eval_loss": float(losses.min()) if len(losses) else math.nan,
         "wall_time_s": _last(history, "elapsed_s") if pd.isna(wall) else wall,
         "node_id": _last(history, "node_id"),
+        PREDICT_ZERO_COLUMN: trial_predict_zero(trial.config),
         **trial_cost(trial.config),
     }
+
+
+def trial_predict_zero(config: dict) -> float:
+    """The error predicting 0 scores on the trial's final prompts, on the scale errors are reported in; NaN
+    without a config."""
+    task, dims, sparsity = (config_value(config, key) for key in
+                            ("training.task_name", "training.curriculum.dims.end", "training.sparsity"))
+    try:
+        return predict_zero_error(task, dims, sparsity)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def trial_status(trial: Trial, last_step, train_steps) -> str:

@@ -1,11 +1,14 @@
-"""REPORT.md: per hypothesis its question, a verdict by the stated rule, the variants ranked by their final
-error at the last position (mean and 5-95% band over seeds, beside least squares and predict-0), what each
-variant cost, the figures, and the evaluation's model and baseline errors at the same k.
+"""REPORT.md: per hypothesis its question, a verdict by the stated rule and its declared trend, the variants
+ranked by their final error at the last position (mean and 5-95% band over seeds, beside least squares and the
+task's predict-0 error) with each one's difference to its reference, simultaneous interval and smallest
+detectable difference, what each variant cost, the figures, and the evaluation's model and baseline errors at
+the same k.
 
 Every number is read from the frames (summary, evaluation); the only hand-written text is the questions.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -16,9 +19,10 @@ from analysis.experiment import read_space_record, read_trials
 from analysis.frames import SEED_KEY, config_columns, frames_of
 from analysis.plots import PLOTS_DIR, plot_path, read_evaluation
 from analysis.ranking import final_errors, least_squares_last, ranked, variant_frame
+from analysis.significance import POWER
 from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
-from analysis.verdict import (DID_NOT_LEARN, PREDICT_ZERO, RULE, Hypothesis, describe_reference, hypotheses_of,
-                              judge)
+from analysis.verdict import (DID_NOT_LEARN, RULE, TREND_RULE, UNCLEAR, Hypothesis, TrendTest,
+                              describe_reference, hypotheses_of, judge, predict_zero_level, trend_test)
 
 REPORT_FILE = "REPORT.md"
 QUESTIONS = {
@@ -35,7 +39,8 @@ QUESTIONS = {
 FIGURES = (("loss", "eval/loss vs step"), ("loss_zoom", "eval/loss, last part of training"),
            ("error_vs_k", "error vs in-context examples, with baselines"),
            ("error_vs_loop", "error vs loop iteration"),
-           ("cost", "final error at the last position vs training FLOPs"))
+           ("cost", "final error at the last position vs training FLOPs"),
+           ("differences", "each variant's difference to its reference, with its simultaneous interval"))
 
 
 def question(hypothesis: str) -> str:
@@ -74,19 +79,23 @@ def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
     errors, source = final_errors(summary, evaluation)
     lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}; {seed_range(summary)} per configuration.", "",
              "**How to read it.** Variants are ranked by their final error at the last position, measured on "
-             f"{source}: squared error / d, so that predicting 0 scores {PREDICT_ZERO:g}; mean over seeds with the "
-             f"bootstrap 5-95% band over seeds. Only finished trials count: the cost table's status says where the "
-             f"others stopped. A variant at >= {DID_NOT_LEARN:g} on every seed **did not learn**: it is marked, not "
-             "ranked.", "", f"**The verdict's rule.** {RULE}", ""]
-    references = reference_rows(evaluation)
+             f"{source}: squared error / the task's normaliser, on which predicting 0 scores the `predict 0` row "
+             "of each ranking (E[y^2] / normaliser: 1 for the normalised tasks, d for relu_2nn_regression); mean "
+             "over seeds with the bootstrap 5-95% band over seeds. Only finished trials count: the cost table's "
+             f"status says where the others stopped. A variant at >= {DID_NOT_LEARN:g} x predict-0's error on every "
+             "seed **did not learn**: it is marked, not ranked.", "", f"**The verdict's rule.** {RULE}", ""]
+    if any(h.trend is not None for h in declared.values()):
+        lines += [f"**The trend's rule.** {TREND_RULE}", ""]
     for hypothesis in hypotheses(summary):
         own = of_hypothesis(errors, hypothesis)
         variants = variants_of(own, hypothesis)
         lines += ["", f"## {hypothesis}", "", f"**Question.** {question(hypothesis)}", ""]
-        verdict = judge(own, variants, declared[hypothesis]) if hypothesis in declared else None
-        lines += verdict_lines(verdict, declared.get(hypothesis))
+        declaration = declared.get(hypothesis)
+        verdict = judge(own, variants, declaration) if declaration is not None and declaration.expect else None
+        lines += verdict_lines(verdict, declaration)
+        lines += trend_lines(trend_test(own, variants, declaration) if declaration is not None else None)
         frame = ranked(variant_frame(own, variants))
-        lines += ranking_table(frame, verdict, references) + cost_table(frame)
+        lines += ranking_table(frame, verdict, reference_rows(evaluation, predict_zero_level(own))) + cost_table(frame)
         lines += figure_links(hypothesis, plots_dir, report_dir)
         if evaluation is not None:
             lines += evaluation_section(of_hypothesis(evaluation, hypothesis), variants)
@@ -100,9 +109,9 @@ def seed_range(summary: pd.DataFrame) -> str:
     return f"{low} seed{'s' * (low != 1)}" if low == high else f"{low} to {high} seeds"
 
 
-def reference_rows(evaluation: pd.DataFrame | None) -> list[tuple[str, float]]:
+def reference_rows(evaluation: pd.DataFrame | None, predict_zero: float) -> list[tuple[str, float]]:
     """(name, error at the last position) of the reference rows every ranking ends with."""
-    return [("least squares", least_squares_last(evaluation)), ("predict 0", PREDICT_ZERO)]
+    return [("least squares", least_squares_last(evaluation)), ("predict 0", predict_zero)]
 
 
 def verdict_lines(verdict, hypothesis: Hypothesis | None) -> list[str]:
@@ -110,16 +119,27 @@ def verdict_lines(verdict, hypothesis: Hypothesis | None) -> list[str]:
         return ["**Verdict: none.** The search space declares no `reference` and `expect` for this hypothesis, "
                 "so there is no prediction to test.", ""]
     return [f"**Verdict: {verdict.word}.** {verdict.reason[0].upper()}{verdict.reason[1:]}. Reference: "
-            f"`{describe_reference(hypothesis)}`; prediction: every other variant is {hypothesis.expect}.", ""]
+            f"`{describe_reference(hypothesis)}`; prediction: every other variant is {hypothesis.expect}; "
+            f"smallest difference of interest: {verdict.smallest:.3g}.", ""]
 
 
-def difference(variant: str, verdict) -> str:
-    """The variant's comparison with its reference, as the verdict made it."""
+def trend_lines(result: TrendTest | None) -> list[str]:
+    if result is None:
+        return []
+    p = "" if math.isnan(result.p) else f", p = {result.p:.2g}"
+    return [f"**Trend (error {result.trend.error} in {result.trend.key.rsplit('.', 1)[-1]}): {result.word}**{p}; "
+            f"{result.reason}.", ""]
+
+
+def difference(variant: str, verdict) -> tuple[str, str]:
+    """The variant's comparison with its reference as the verdict made it, and its smallest detectable difference."""
     comparisons = verdict.comparisons if verdict is not None else ()
     for c in comparisons:
+        if c.variant == variant and math.isnan(c.lo):
+            return f"{number(c.difference)}: {UNCLEAR}, not tested ({c.test})", "–"
         if c.variant == variant:
-            return f"{c.difference:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}]: {c.outcome}"
-    return "reference" if any(c.reference == variant for c in comparisons) else "–"
+            return f"{c.difference:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}]: {c.outcome} ({c.test})", f"{c.detectable:.3g}"
+    return ("reference", "–") if any(c.reference == variant for c in comparisons) else ("–", "–")
 
 
 def ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
@@ -128,10 +148,11 @@ def ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
         rank = row["rank"] if not pd.isna(row["rank"]) else "did not learn" if row["n_seeds"] else "–"
         seeds = ", ".join(number(v) for v in row["seed_values"]) or "–"
         rows.append([rank, f"`{row['variant']}`", row["n_seeds"], number(row["mean"]), number(row["lo"]),
-                     number(row["hi"]), seeds, difference(row["variant"], verdict)])
-    rows += [["reference", name, "–", number(value), "–", "–", "–", "–"] for name, value in references]
+                     number(row["hi"]), seeds, *difference(row["variant"], verdict)])
+    rows += [["reference", name, "–", number(value), "–", "–", "–", "–", "–"] for name, value in references]
     header = ["rank", "variant", "seeds", "error at the last position", "5%", "95%", "per seed",
-              "difference to its reference [5%, 95%]"]
+              "difference to its reference [simultaneous 95% interval]",
+              f"smallest detectable difference ({POWER:.0%} power)"]
     return ["### Ranking", ""] + table(header, rows) + [""]
 
 

@@ -176,5 +176,7 @@ def test_the_space_record_brings_the_verdicts(tmp_path, entry):
         assert main(["report", str(root)]) == 0
     sections = dict(re.findall(r"^## (\w+)\n\n[^\n]*\n\n(\*\*Verdict: \w+\.\*\*)", (root / "REPORT.md").read_text(),
                                flags=re.M))
-    # the untrained models of the synthetic experiment sit at predict-0: the reference did not learn
-    assert sections == {"information_flow": "**Verdict: none.**", "looped_n_layers": "**Verdict: inconclusive.**"}
+    # on the evaluation's prompts the untrained models sit at predict-0: the reference did not learn. Without
+    # one, the training's own losses have the reference learning, and L=2's single seed cannot be tested
+    word = {"run_all": "inconclusive", "report": "underpowered"}[entry]
+    assert sections == {"information_flow": "**Verdict: none.**", "looped_n_layers": f"**Verdict: {word}.**"}

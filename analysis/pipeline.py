@@ -53,15 +53,15 @@ def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = 
     curves, summary = frames_of(trials)
     steps = (sum(t.checkpoint is not None and "model" in t.checkpoint for t in trials)
              + FIGURES_PER_HYPOTHESIS * len(hypotheses(summary)))
+    declared = hypotheses_of(read_space_record(experiment_dir))
     with tqdm(total=steps, desc="analysis", unit="step", dynamic_ncols=True,
               disable=None if progress is None else not progress) as bar:
         evaluation = evaluate_trials(trials, n_prompts=n_prompts, max_loops=max_loops, seed=seed, device=device,
                                      progress=bar.update)
-        plots = write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, progress=bar.update)
+        plots = write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, progress=bar.update, declared=declared)
     written = {"curves": write_frame(curves, out_dir / f"curves.{fmt}"),
                "summary": write_frame(summary, out_dir / f"summary.{fmt}"),
                "evaluation": write_frame(evaluation, out_dir / EVALUATION_FILE),
                "plots": plots}
-    written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation,
-                                     hypotheses_of(read_space_record(experiment_dir)))
+    written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation, declared)
     return written

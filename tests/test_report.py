@@ -1,10 +1,11 @@
 """REPORT.md from synthetic frames: verdicts with their rule, intervals and power, the trend line, the ranking
-with its reference rows, and the cost table."""
+with its reference rows, the cost table and the forest plot."""
 import math
 
 import pandas as pd
 import pytest
 
+from analysis.plots import write_plots
 from analysis.report import render_report
 from analysis.significance import t_quantile
 from analysis.verdict import RULE, TREND_RULE, Hypothesis, Trend
@@ -149,3 +150,13 @@ def test_report_uses_the_tasks_predict_zero_error(tmp_path):
     assert rows["predict 0"][3] == "4" and rows["`n_last_tokens=23`"][0] == "3"
     assert "smallest difference of interest: 0.4." in report
 
+
+def test_forest_plot_is_drawn_and_linked(tmp_path):
+    summary, declared = summary_frame(), {"information_flow": MASKS}
+    curves = pd.DataFrame({"experiments": pd.Series(dtype=str), "step": pd.Series(dtype=int)})
+    written = write_plots(tmp_path / "plots", curves, summary, declared=declared)
+    assert tmp_path / "plots" / "information_flow_differences.png" in written
+    assert "![each variant's difference to its reference, with its simultaneous interval]" \
+           "(plots/information_flow_differences.png)" in render(summary, declared=declared, tmp_path=tmp_path)
+    assert tmp_path / "plots" / "information_flow_differences.png" not in write_plots(
+        tmp_path / "undeclared", curves, summary)

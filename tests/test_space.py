@@ -10,8 +10,10 @@ import yaml
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.sample import Categorical, Float, Integer
 
+from analysis.verdict import Trend, hypotheses_of
 from trainers.curriculum import curriculum_at
-from tune_looped.space import SPACES_DIR, Distribution, SpaceError, load_space, parse_distribution, trial_config
+from tune_looped.space import (SPACES_DIR, Distribution, SpaceError, load_space, parse_distribution, space_record,
+                               trial_config)
 from tune_looped.tune_space import make_scheduler, param_space
 
 # A valid base that every table row can change one thing of; n_head 4 divides n_embd 32.
@@ -248,6 +250,16 @@ def test_hypotheses_share_the_one_layer_all_tokens_transformer():
             for s in seeds]
 
 
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_information_flow_trend_reaches_the_report(quick):
+    record = space_record(load_space("hypotheses", quick=quick), quick)
+    assert [e["trend"] for e in record["experiments"]] == [
+        {"key": "model.n_last_tokens", "error": "decreasing"}, None, None]
+    declared = hypotheses_of(yaml.safe_load(yaml.safe_dump(record)))
+    assert declared["information_flow"].trend == Trend("model.n_last_tokens", "decreasing")
+    assert declared["looped_n_layers"].trend is None
+
+
 def _bites_at(config, n_last_tokens: int) -> float:
     """The share of training after which a mask of n_last_tokens changes anything (prompt longer than N)."""
     steps = config.training.train_steps
@@ -431,6 +443,21 @@ BAD_SPACES = [
     pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layr": 1},
                                    "expect": "worse"}]},
                  False, ["reference.model.n_layr", "unknown key"], id="reference-unknown-key"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]},
+                                   "trend": {"key": "model.n_last_tokens", "error": "decreasing"}}]},
+                 False, ["experiments[0].trend.key", "'model.n_last_tokens' is not a key of the experiment's grid",
+                         "its keys: model.n_layer"], id="trend-key-not-in-grid"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]},
+                                   "trend": {"key": "model.n_layer", "error": "lower"}}]},
+                 False, ["experiments[0].trend.error", "one of increasing, decreasing", "'lower'"], id="trend-unknown"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "trend": {"key": "model.n_layer"}}]},
+                 False, ["experiments[0].trend.error", "missing"], id="trend-without-error"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.loop_func": ["z=f(x+z)", "z=f(x*z)"]},
+                                   "trend": {"key": "model.loop_func", "error": "increasing"}}]},
+                 False, ["experiments[0].trend.key", "numbers or true/false"], id="trend-key-not-sortable"),
+    pytest.param({"experiments": [{"name": "a", "grid": {"model.n_layer": [2], "model.n_last_tokens": [4, -1]},
+                                   "trend": {"key": "model.n_layer", "error": "increasing"}}]},
+                 False, ["experiments[0].trend.key", "at least 2 values"], id="trend-one-value"),
     pytest.param({"seeds": [0, "1"]}, False, ["seeds", "list of integers"], id="seeds-not-integers"),
     pytest.param({"seeds": [0, True]}, False, ["seeds", "list of integers"], id="seeds-bool"),
     pytest.param({"seeds": 3}, False, ["seeds", "list of integers"], id="seeds-not-list"),

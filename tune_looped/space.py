@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field
 
-from analysis.verdict import EXPECTATIONS
+from analysis.verdict import EXPECTATIONS, TREND_DIRECTIONS, trend_order
 from trainers.config import (
     Config, ConfigError, PositiveInt, WandbMode, apply_overrides, coerce_value, config_from_dict, key_field,
     read_yaml, strip_secrets,
@@ -46,12 +46,19 @@ class Resources(Section):
                    Field(description=f"a GPU fraction between 0 and 1 (a trial uses one GPU) or {GPU_AUTO}")] = 0
 
 
+class TrendSpec(Section):
+    """A predicted ordering: the error rises or falls as the grid key grows (REPORT.md tests it apart)."""
+    key: NonEmptyText
+    error: Literal[TREND_DIRECTIONS]
+
+
 class ExperimentSpec(Section):
     name: NonEmptyText
     grid: dict[str, Any]
     description: str = ""
     reference: dict[str, Any] = {}
     expect: Literal[EXPECTATIONS] | None = None
+    trend: TrendSpec | None = None
 
 
 class QuickSpec(Section):
@@ -104,11 +111,13 @@ class Trial:
 
 @dataclass(frozen=True)
 class Experiment:
-    """One hypothesis: its name and, for the report's verdict, its reference setting and predicted direction."""
+    """One hypothesis: its name and, for the report's verdict, its reference setting and predicted direction,
+    and its predicted trend ({key, error}), if any."""
     name: str
     description: str = ""
     reference: dict = field(default_factory=dict)
     expect: str | None = None
+    trend: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -304,7 +313,25 @@ def _experiment(exp: ExperimentSpec, grid: list[dict], where: str) -> Experiment
         if key not in grid[0] or typed not in {variant[key] for variant in grid}:
             raise SpaceError(f"{where}.reference.{key}: {value!r} is not a value of the experiment's grid")
         reference[key] = typed
-    return Experiment(exp.name, exp.description, reference, exp.expect)
+    return Experiment(exp.name, exp.description, reference, exp.expect, _trend(exp.trend, grid, where))
+
+
+def _trend(trend: TrendSpec | None, grid: list[dict], where: str) -> dict | None:
+    """The trend's key must be one the experiment's grid varies, with values that sort along a line."""
+    if trend is None:
+        return None
+    if trend.key not in grid[0]:
+        raise SpaceError(f"{where}.trend.key: {trend.key!r} is not a key of the experiment's grid; "
+                         f"its keys: {', '.join(grid[0])}")
+    values = list(dict.fromkeys(variant[trend.key] for variant in grid))
+    try:
+        [trend_order(trend.key, value) for value in values]
+    except (TypeError, ValueError):
+        raise SpaceError(f"{where}.trend.key: {trend.key} must take numbers or true/false to sort along, "
+                         f"got {values!r}") from None
+    if len(values) < 2:
+        raise SpaceError(f"{where}.trend.key: {trend.key} needs at least 2 values in the grid, got {values!r}")
+    return {"key": trend.key, "error": trend.error}
 
 
 def _distribution_corners(sample: dict[str, Distribution]) -> list[dict]:

@@ -136,7 +136,8 @@ def difference(variant: str, verdict) -> tuple[str, str]:
     comparisons = verdict.comparisons if verdict is not None else ()
     for c in comparisons:
         if c.variant == variant and math.isnan(c.lo):
-            return f"{number(c.difference)}: {UNCLEAR}, not tested ({c.test})", "–"
+            shown = "–" if math.isnan(c.difference) else f"{c.difference:+.3f}"
+            return f"{shown}: {UNCLEAR}, not tested ({c.test})", "–"
         if c.variant == variant:
             return f"{c.difference:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}]: {c.outcome} ({c.test})", f"{c.detectable:.3g}"
     return ("reference", "–") if any(c.reference == variant for c in comparisons) else ("–", "–")

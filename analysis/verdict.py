@@ -305,7 +305,7 @@ def trend_test(errors: pd.DataFrame, variants: Variants, hypothesis: Hypothesis)
     per_group = []
     for _, group in errors.groupby(others, dropna=False, sort=False) if others else [((), errors)]:
         order = sorted(group[trend.key].unique(), key=lambda v: trend_order(trend.key, v))
-        if len(order) < MIN_SEEDS:
+        if len(order) < 2:  # a group with one value of the key has no slope
             continue
         done = finished.loc[finished.index.intersection(group.index)]
         table = done.pivot_table(index=SEED_KEY, columns=trend.key, values="error", aggfunc="first")

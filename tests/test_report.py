@@ -119,7 +119,8 @@ def test_only_finished_trials_are_ranked(tmp_path):
     rows = {r[1]: r for r in table_rows(report, "rank")}
     assert rows["`n_last_tokens=8`"][2:4] == ["1", "0.7"] and rows["`n_last_tokens=all`"][2:4] == ["1", "0.12"]
     # one seed a side is not enough for a difference
-    assert rows["`n_last_tokens=8`"][7:] == ["0.58: no clear difference, not tested (fewer than 2 seeds a side)", "–"]
+    assert rows["`n_last_tokens=8`"][7:] == ["+0.580: no clear difference, not tested (fewer than 2 seeds a side)",
+                                                "–"]
     cost = {r[0]: r[-1] for r in table_rows(report, "variant | parameters")}
     assert cost["`n_last_tokens=8`"] == "1 finished, 1 diverged at step 41"
     assert cost["`n_last_tokens=all`"] == "1 incomplete at step 60, 1 finished"

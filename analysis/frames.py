@@ -17,9 +17,11 @@ from analysis.cost import trial_cost
 from analysis.experiment import AnalysisWarning, TrialFolder, config_value, identities, read_trials
 from analysis.stats import bootstrap_mean
 from trainers.records import SEED_KEY, trial_status
+from trainers.tasks import predict_zero_error
 
 log = logging.getLogger(__name__)
 
+PREDICT_ZERO_COLUMN = "predict_zero"  # the summary's column: the error of predicting 0 on the trial's task
 # Ray's bookkeeping; `time_total_s` and `node_id` stay because wall time and placement are worth a column
 RAY_COLUMNS = frozenset({
     "trial_id", "training_iteration", "timestamp", "date", "hostname", "node_ip", "pid", "done",
@@ -135,8 +137,20 @@ def trial_summary(trial: TrialFolder, history: pd.DataFrame) -> dict:
         "best_eval_loss": float(losses.min()) if len(losses) else math.nan,
         "wall_time_s": _last(history, "elapsed_s") if pd.isna(wall) else wall,
         "node_id": _last(history, "node_id"),
+        PREDICT_ZERO_COLUMN: _trial_predict_zero(trial.config),
         **trial_cost(trial.config),
     }
+
+
+def _trial_predict_zero(config: dict) -> float:
+    """The error predicting 0 scores on the trial's final prompts, on the scale errors are reported in; NaN
+    without a config."""
+    task, dims, sparsity = (config_value(config, key) for key in
+                            ("training.task_name", "training.curriculum.dims.end", "training.sparsity"))
+    try:
+        return predict_zero_error(task, dims, sparsity)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def aggregate_seeds(frame: pd.DataFrame, metric: str = "eval/loss", *, by=("step",),

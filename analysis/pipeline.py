@@ -16,6 +16,7 @@ from analysis.frames import frames_of
 from analysis.plots import FIGURES_PER_HYPOTHESIS, PLOTS_DIR, write_plots
 from analysis.report import REPORT_FILE, write_report
 from analysis.variants import hypotheses
+from analysis.verdict import hypotheses_of
 
 FORMATS = ("parquet", "csv")
 
@@ -52,15 +53,16 @@ def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = 
     curves, summary = frames_of(trials)
     steps = (sum(t.checkpoint is not None and "model" in t.checkpoint for t in trials)
              + FIGURES_PER_HYPOTHESIS * len(hypotheses(summary)))
+    record = space_record(experiment_dir)
+    declared = hypotheses_of(record)
     with tqdm(total=steps, desc="analysis", unit="step", dynamic_ncols=True,
               disable=None if progress is None else not progress) as bar:
         evaluation = evaluate_trials(trials, n_prompts=n_prompts, max_loops=max_loops, seed=seed, device=device,
                                      progress=bar.update)
-        plots = write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, progress=bar.update)
+        plots = write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, progress=bar.update, declared=declared)
     written = {"curves": _write_frame(curves, out_dir / f"curves.{fmt}"),
                "summary": _write_frame(summary, out_dir / f"summary.{fmt}"),
                "evaluation": _write_frame(evaluation, out_dir / EVALUATION_FILE),
                "plots": plots}
-    written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation,
-                                     space_record(experiment_dir))
+    written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation, record)
     return written

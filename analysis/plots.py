@@ -1,5 +1,7 @@
 """The figures of each hypothesis, as PNGs: training `eval/loss` vs step (and its last part zoomed), error vs
-in-context examples beside the baselines, error vs loop iteration, and final error vs training FLOPs.
+in-context examples beside the baselines, error vs loop iteration, final error vs training FLOPs, and each
+variant's difference to its reference with the verdict's simultaneous interval (a forest plot). Predicting 0
+is drawn at the task's own level (`trainers.tasks.predict_zero_error`), not at 1.
 
 Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so nothing global changes.
 """
@@ -14,11 +16,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis.evaluation import EVALUATION_FILE, aggregate_evaluation
-from analysis.experiment import read_trials
+from analysis.experiment import read_trials, space_record
 from analysis.frames import aggregate_seeds, frames_of
 from analysis.ranking import final_errors, least_squares_last, variant_frame
 from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
-from analysis.verdict import PREDICT_ZERO
+from analysis.verdict import Hypothesis, Verdict, hypotheses_of, judge, predict_zero_level
 
 PLOTS_DIR = "plots"
 ZOOM_FRACTION = 0.25  # the zoomed view: the last quarter of training, where variants separate
@@ -30,7 +32,8 @@ def plot_experiment(experiment_dir, out=None) -> list[Path]:
     """Write every figure into `<out>/plots` (default: the experiment directory); returns the files."""
     curves, summary = frames_of(read_trials(experiment_dir))
     out_dir = Path(out if out is not None else experiment_dir)
-    return write_plots(out_dir / PLOTS_DIR, curves, summary, read_evaluation(out_dir, experiment_dir))
+    return write_plots(out_dir / PLOTS_DIR, curves, summary, read_evaluation(out_dir, experiment_dir),
+                       declared=hypotheses_of(space_record(experiment_dir)))
 
 
 def read_evaluation(*directories) -> pd.DataFrame | None:
@@ -46,25 +49,32 @@ def plot_path(plots_dir: Path, hypothesis: str, kind: str) -> Path:
     return Path(plots_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', hypothesis)}_{kind}.png"
 
 
-FIGURES_PER_HYPOTHESIS = 5
+FIGURES_PER_HYPOTHESIS = 6
 
 
 def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
-                evaluation: pd.DataFrame | None = None, progress=None) -> list[Path]:
-    """`progress`: called once per figure (FIGURES_PER_HYPOTHESIS a hypothesis, drawn or left out for no data)."""
+                evaluation: pd.DataFrame | None = None, progress=None,
+                declared: dict[str, Hypothesis] | None = None) -> list[Path]:
+    """`progress`: called once per figure (FIGURES_PER_HYPOTHESIS a hypothesis, drawn or left out for no data).
+    `declared`: the space's hypotheses, whose verdicts the forest plots draw."""
     written = []
     errors, _ = final_errors(summary, evaluation)
     least_squares = least_squares_last(evaluation)
     for hypothesis in hypotheses(summary):
+        own_errors = of_hypothesis(errors, hypothesis)
         variants = variants_of(of_hypothesis(summary, hypothesis), hypothesis)
         own_curves = of_hypothesis(curves, hypothesis)
         own_evaluation = of_hypothesis(evaluation, hypothesis) if evaluation is not None else None
+        predict_zero = predict_zero_level(own_errors)
+        declaration = (declared or {}).get(hypothesis)
+        verdict = judge(own_errors, variants, declaration) if declaration is not None and declaration.expect else None
         figures = {
             "loss": loss_figure(own_curves, variants, zoom=False),
             "loss_zoom": loss_figure(own_curves, variants, zoom=True),
-            "error_vs_k": _error_vs_k_figure(own_evaluation, variants),
+            "error_vs_k": _error_vs_k_figure(own_evaluation, variants, predict_zero),
             "error_vs_loop": _error_vs_loop_figure(own_evaluation, variants),
-            "cost": _cost_figure(variant_frame(of_hypothesis(errors, hypothesis), variants), variants, least_squares),
+            "cost": _cost_figure(variant_frame(own_errors, variants), variants, least_squares, predict_zero),
+            "differences": _differences_figure(verdict, variants),
         }
         for kind, figure in figures.items():
             if figure is not None:
@@ -123,7 +133,7 @@ def _loop_counts(evaluation: pd.DataFrame, variants: Variants) -> dict:
             for label, rows in _by_label(evaluation, variants)}
 
 
-def _error_vs_k_figure(evaluation: pd.DataFrame | None, variants: Variants) -> Figure | None:
+def _error_vs_k_figure(evaluation: pd.DataFrame | None, variants: Variants, predict_zero: float) -> Figure | None:
     if evaluation is None or not (evaluation["kind"] == "model").any():
         return None
     loops = _loop_counts(evaluation[evaluation["kind"] == "model"], variants)
@@ -144,8 +154,9 @@ def _error_vs_k_figure(evaluation: pd.DataFrame | None, variants: Variants) -> F
     for style, (name, line) in zip(BASELINE_STYLES, baselines.groupby("name", sort=True)):
         line = line.sort_values("x")
         axes.plot(line["x"], line["mean"], linestyle=style, color="black", label=name)
-    # averaging's early errors dwarf everything; the models' range is what the figure is for
-    axes.set_ylim(0, max(1.25, 1.1 * models["mean"].max()))
+    axes.axhline(predict_zero, color="grey", linestyle=":", label="predict 0")
+    # averaging's early errors dwarf everything; the models' range, up to predicting 0, is what the figure is for
+    axes.set_ylim(0, max(1.25 * predict_zero, 1.1 * models["mean"].max()))
     axes.set_xlabel("in-context examples k")
     axes.set_ylabel(ERROR_LABEL)
     axes.legend(fontsize="small")
@@ -173,7 +184,7 @@ def _error_vs_loop_figure(evaluation: pd.DataFrame | None, variants: Variants) -
     return figure
 
 
-def _cost_figure(frame: pd.DataFrame, variants: Variants, least_squares: float) -> Figure | None:
+def _cost_figure(frame: pd.DataFrame, variants: Variants, least_squares: float, predict_zero: float) -> Figure | None:
     """Each variant at (training FLOPs, final error at the last position), with its seed band; a hollow
     marker for a variant that did not learn."""
     frame = frame.dropna(subset=["training_flops", "mean"])
@@ -185,7 +196,7 @@ def _cost_figure(frame: pd.DataFrame, variants: Variants, least_squares: float) 
         axes.errorbar(row["training_flops"], row["mean"], yerr=[[row["mean"] - row["lo"]], [row["hi"] - row["mean"]]],
                       fmt="o", color=colour, markerfacecolor=colour if row["learned"] else "none", capsize=3,
                       label=row["variant"] + ("" if row["learned"] else " (did not learn)"))
-    axes.axhline(PREDICT_ZERO, color="black", linestyle=":", label="predict 0")
+    axes.axhline(predict_zero, color="black", linestyle=":", label="predict 0")
     if not math.isnan(least_squares):
         axes.axhline(least_squares, color="black", linestyle="-.", label="least squares")
     axes.set_xscale("log")
@@ -193,4 +204,30 @@ def _cost_figure(frame: pd.DataFrame, variants: Variants, least_squares: float) 
     axes.set_xlabel("training FLOPs (matrix products, whole run)")
     axes.set_ylabel(f"{ERROR_LABEL} at the last position")
     axes.legend(fontsize="small")
+    return figure
+
+
+def _differences_figure(verdict: Verdict | None, variants: Variants) -> Figure | None:
+    """A forest plot: each variant's difference to its reference with the verdict's simultaneous interval, the
+    zero line, the band of differences smaller than the one of interest, and the verdict in the title. A hollow
+    marker without an interval is a comparison that was not tested."""
+    if verdict is None or not verdict.comparisons:
+        return None
+    figure, axes = _axes(f"{variants.hypothesis}: {verdict.word}")
+    rows = range(len(verdict.comparisons) - 1, -1, -1)  # the first comparison on top
+    for y, c in zip(rows, verdict.comparisons):
+        colour = variants.colour(c.variant)
+        if math.isnan(c.lo):
+            axes.plot(c.difference, y, "o", color=colour, markerfacecolor="none")
+        else:
+            axes.errorbar(c.difference, y, xerr=[[c.difference - c.lo], [c.hi - c.difference]], fmt="o",
+                          color=colour, capsize=4)
+    axes.axvline(0, color="black", linewidth=1)
+    axes.axvspan(-verdict.smallest, verdict.smallest, color="grey", alpha=0.15, linewidth=0,
+                 label=f"within +-{verdict.smallest:.3g}, the difference of interest")
+    axes.set_yticks(list(rows), [f"{c.variant}\nvs {c.reference}" + ("" if c.test in ("paired", "Welch") else
+                                                                   "\n(not tested)") for c in verdict.comparisons])
+    axes.set_xlabel("final error at the last position, variant - reference (simultaneous 95% intervals)")
+    axes.set_ylim(-1.2, len(verdict.comparisons) - 0.5)  # an empty row at the bottom holds the legend
+    axes.legend(fontsize="small", loc="lower right")
     return figure

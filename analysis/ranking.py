@@ -10,7 +10,7 @@ import pandas as pd
 from analysis.cost import COST_COLUMNS
 from analysis.stats import bootstrap_mean
 from analysis.variants import Variants
-from analysis.verdict import did_not_learn
+from analysis.verdict import did_not_learn, predict_zero_level
 
 LAST_POSITION_CURVES = ("model@b", "model")  # a looped model after its b training loops; a plain one
 
@@ -52,7 +52,8 @@ def variant_frame(errors: pd.DataFrame, variants: Variants) -> pd.DataFrame:
         mean, lo, hi = bootstrap_mean(values) if len(values) else (math.nan,) * 3
         rows.append({
             "variant": label, "n_seeds": len(values), "mean": float(mean), "lo": float(lo), "hi": float(hi),
-            "seed_values": tuple(values.round(4)), "learned": len(values) > 0 and not did_not_learn(values),
+            "seed_values": tuple(values.round(4)),
+            "learned": len(values) > 0 and not did_not_learn(values, predict_zero_level(trials)),
             **{column: trials[column].dropna().iloc[0] if trials[column].notna().any() else math.nan
                for column in COST_COLUMNS},
             "wall_time_s": trials["wall_time_s"].mean(),

@@ -1,12 +1,15 @@
-"""REPORT.md: per hypothesis its question, a verdict by the stated rule, the variants ranked by their final
-error at the last position (mean and 5-95% band over seeds, beside least squares and predict-0), what each
-variant cost, the figures, and the evaluation's model and baseline errors at the same k.
+"""REPORT.md: per hypothesis its question, a verdict by the stated rule and its declared trend, the variants
+ranked by their final error at the last position (mean and 5-95% band over seeds, beside least squares and the
+task's predict-0 error) with each one's difference to its reference, simultaneous interval and smallest
+detectable difference, what each variant cost, the figures, and the evaluation's model and baseline errors at
+the same k.
 
 Every number is read from the frames (summary, evaluation); each question is its hypothesis' `description:` in
 the space file, as the space record keeps it.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -17,17 +20,19 @@ from analysis.experiment import read_trials, space_record
 from analysis.frames import config_columns, frames_of
 from analysis.plots import PLOTS_DIR, plot_path, read_evaluation
 from analysis.ranking import final_errors, least_squares_last, ranked, variant_frame
+from analysis.significance import POWER
 from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
-from analysis.verdict import (DID_NOT_LEARN, PREDICT_ZERO, RULE, Hypothesis, describe_reference, hypotheses_of,
-                              judge)
-from trainers.records import SEED_KEY, STOPPED_EARLY, SpaceRecord
+from analysis.verdict import (DID_NOT_LEARN, RULE, TREND_RULE, UNCLEAR, Hypothesis, TrendTest,
+                              describe_reference, hypotheses_of, judge, predict_zero_level, trend_test)
+from trainers.records import SEED_KEY, STOPPED_EARLY, SpaceRecord, short_key
 from trainers.table import format_number, render
 
 REPORT_FILE = "REPORT.md"
 FIGURES = (("loss", "eval/loss vs step"), ("loss_zoom", "eval/loss, last part of training"),
            ("error_vs_k", "error vs in-context examples, with baselines"),
            ("error_vs_loop", "error vs loop iteration"),
-           ("cost", "final error at the last position vs training FLOPs"))
+           ("cost", "final error at the last position vs training FLOPs"),
+           ("differences", "each variant's difference to its reference, with its simultaneous interval"))
 
 
 def question(hypothesis: str, questions: dict[str, str]) -> str:
@@ -69,19 +74,24 @@ def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
     errors, source = final_errors(summary, evaluation)
     lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}; {_seed_range(summary)} per configuration.", "",
              "**How to read it.** Variants are ranked by their final error at the last position, measured on "
-             f"{source}: squared error / d, so that predicting 0 scores {PREDICT_ZERO:g}; mean over seeds with the "
-             f"bootstrap 5-95% band over seeds. Only finished trials count: the cost table's status says where the "
-             f"others stopped. A variant at >= {DID_NOT_LEARN:g} on every seed **did not learn**: it is marked, not "
-             "ranked.", "", f"**The verdict's rule.** {RULE}", ""]
-    references = _reference_rows(evaluation)
+             f"{source}: squared error / the task's normaliser, on which predicting 0 scores the `predict 0` row "
+             "of each ranking (E[y^2] / normaliser: 1 for the normalised tasks, d for relu_2nn_regression); mean "
+             "over seeds with the bootstrap 5-95% band over seeds. Only finished trials count: the cost table's "
+             f"status says where the others stopped. A variant at >= {DID_NOT_LEARN:g} x predict-0's error on every "
+             "seed **did not learn**: it is marked, not ranked.", "", f"**The verdict's rule.** {RULE}", ""]
+    if any(h.trend is not None for h in declared.values()):
+        lines += [f"**The trend's rule.** {TREND_RULE}", ""]
     for hypothesis in hypotheses(summary):
         own = of_hypothesis(errors, hypothesis)
         variants = variants_of(own, hypothesis)
         lines += ["", f"## {hypothesis}", "", f"**Question.** {question(hypothesis, questions or {})}", ""]
-        verdict = judge(own, variants, declared[hypothesis]) if hypothesis in declared else None
-        lines += _verdict_lines(verdict, declared.get(hypothesis))
+        declaration = declared.get(hypothesis)
+        verdict = judge(own, variants, declaration) if declaration is not None and declaration.expect else None
+        lines += _verdict_lines(verdict, declaration)
+        lines += _trend_lines(trend_test(own, variants, declaration) if declaration is not None else None)
         frame = ranked(variant_frame(own, variants))
-        lines += _ranking_table(frame, verdict, references) + _stopped_early_table(own, variants) + _cost_table(frame)
+        lines += (_ranking_table(frame, verdict, _reference_rows(evaluation, predict_zero_level(own)))
+                  + _stopped_early_table(own, variants) + _cost_table(frame))
         lines += _figure_links(hypothesis, plots_dir, report_dir)
         if evaluation is not None:
             lines += _evaluation_section(of_hypothesis(evaluation, hypothesis), variants)
@@ -95,9 +105,9 @@ def _seed_range(summary: pd.DataFrame) -> str:
     return f"{low} seed{'s' * (low != 1)}" if low == high else f"{low} to {high} seeds"
 
 
-def _reference_rows(evaluation: pd.DataFrame | None) -> list[tuple[str, float]]:
+def _reference_rows(evaluation: pd.DataFrame | None, predict_zero: float) -> list[tuple[str, float]]:
     """(name, error at the last position) of the reference rows every ranking ends with."""
-    return [("least squares", least_squares_last(evaluation)), ("predict 0", PREDICT_ZERO)]
+    return [("least squares", least_squares_last(evaluation)), ("predict 0", predict_zero)]
 
 
 def _verdict_lines(verdict, hypothesis: Hypothesis | None) -> list[str]:
@@ -105,16 +115,28 @@ def _verdict_lines(verdict, hypothesis: Hypothesis | None) -> list[str]:
         return ["**Verdict: none.** The search space declares no `reference` and `expect` for this hypothesis, "
                 "so there is no prediction to test.", ""]
     return [f"**Verdict: {verdict.word}.** {verdict.reason[0].upper()}{verdict.reason[1:]}. Reference: "
-            f"`{describe_reference(hypothesis)}`; prediction: every other variant is {hypothesis.expect}.", ""]
+            f"`{describe_reference(hypothesis)}`; prediction: every other variant is {hypothesis.expect}; "
+            f"smallest difference of interest: {verdict.smallest:.3g}.", ""]
 
 
-def difference(variant: str, verdict) -> str:
-    """The variant's comparison with its reference, as the verdict made it."""
+def _trend_lines(result: TrendTest | None) -> list[str]:
+    if result is None:
+        return []
+    p = "" if math.isnan(result.p) else f", p = {result.p:.2g}"
+    return [f"**Trend (error {result.trend.error} in {short_key(result.trend.key)}): {result.word}**{p}; "
+            f"{result.reason}.", ""]
+
+
+def _difference(variant: str, verdict) -> tuple[str, str]:
+    """The variant's comparison with its reference as the verdict made it, and its smallest detectable difference."""
     comparisons = verdict.comparisons if verdict is not None else ()
     for c in comparisons:
+        if c.variant == variant and math.isnan(c.lo):
+            shown = "–" if math.isnan(c.difference) else f"{c.difference:+.3f}"
+            return f"{shown}: {UNCLEAR}, not tested ({c.test})", "–"
         if c.variant == variant:
-            return f"{c.difference:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}]: {c.outcome}"
-    return "reference" if any(c.reference == variant for c in comparisons) else "–"
+            return f"{c.difference:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}]: {c.outcome} ({c.test})", f"{c.detectable:.3g}"
+    return ("reference", "–") if any(c.reference == variant for c in comparisons) else ("–", "–")
 
 
 def _ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
@@ -123,10 +145,11 @@ def _ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
         rank = row["rank"] if not pd.isna(row["rank"]) else "did not learn" if row["n_seeds"] else "–"
         seeds = ", ".join(number(v) for v in row["seed_values"]) or "–"
         rows.append([rank, f"`{row['variant']}`", row["n_seeds"], number(row["mean"]), number(row["lo"]),
-                     number(row["hi"]), seeds, difference(row["variant"], verdict)])
-    rows += [["reference", name, "–", number(value), "–", "–", "–", "–"] for name, value in references]
+                     number(row["hi"]), seeds, *_difference(row["variant"], verdict)])
+    rows += [["reference", name, "–", number(value), "–", "–", "–", "–", "–"] for name, value in references]
     header = ["rank", "variant", "seeds", "error at the last position", "5%", "95%", "per seed",
-              "difference to its reference [5%, 95%]"]
+              "difference to its reference [simultaneous 95% interval]",
+              f"smallest detectable difference ({POWER:.0%} power)"]
     return ["### Ranking", ""] + table(header, rows) + [""]
 
 

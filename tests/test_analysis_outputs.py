@@ -11,10 +11,11 @@ from analysis import aggregate_seeds, evaluation, load_summary, run_all
 from analysis.__main__ import main
 from analysis.evaluation import aggregate_evaluation
 from analysis.experiment import read_trials
-from trainers.records import SPACE_RECORD
+from analysis.plots import FIGURES_PER_HYPOTHESIS
 from analysis.variants import of_hypothesis, variants_of
 from helpers.experiments import write_experiment
 from helpers.markdown import table_rows
+from trainers.records import SPACE_RECORD
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 KINDS = ("loss", "loss_zoom", "error_vs_k", "error_vs_loop", "cost")
@@ -50,7 +51,7 @@ def test_run_all_shows_one_step_per_checkpoint_and_figure(tmp_path, capsys):
     n_trials = sum(t.checkpoint is not None for t in read_trials(root))
     run_all(root, n_prompts=32, max_loops=5, progress=True)
     bar = capsys.readouterr().err.split("\r")[-1]
-    steps = n_trials + 2 * len(KINDS)  # two hypotheses
+    steps = n_trials + 2 * FIGURES_PER_HYPOTHESIS  # two hypotheses; a figure left out for no data is a step too
     assert re.match(rf"analysis: 100%.*\b{steps}/{steps}\b", bar), bar
     run_all(root, n_prompts=32, max_loops=5)  # not a terminal: no bar
     assert "analysis:" not in capsys.readouterr().err
@@ -159,5 +160,7 @@ def test_the_space_record_brings_the_verdicts(tmp_path, entry):
         assert main(["report", str(root)]) == 0
     sections = dict(re.findall(r"^## (\w+)\n\n[^\n]*\n\n(\*\*Verdict: \w+\.\*\*)", (root / "REPORT.md").read_text(),
                                flags=re.M))
-    # the untrained models of the synthetic experiment sit at predict-0: the reference did not learn
-    assert sections == {"information_flow": "**Verdict: none.**", "looped_n_layers": "**Verdict: inconclusive.**"}
+    # on the evaluation's prompts the untrained models sit at predict-0: the reference did not learn. Without
+    # one, the training's own losses have the reference learning, and L=2's single seed cannot be tested
+    word = {"run_all": "inconclusive", "report": "underpowered"}[entry]
+    assert sections == {"information_flow": "**Verdict: none.**", "looped_n_layers": f"**Verdict: {word}.**"}

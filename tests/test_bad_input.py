@@ -248,6 +248,11 @@ CASES = [
          ("quick", "needs a quick: block"), SPACE),
     Case("space-gpu-above-1", "space", "resources.gpu above 1", "run", RUN, ("resources.gpu", "between 0 and 1"),
          {**BASE, "space.yaml": space(resources={"gpu": 1.5})}),
+    Case("space-trend-key", "space", "a trend on a key its grid does not vary", "run", RUN,
+         ("space.yaml", "hypotheses[0].trend.key", "not a key of the hypothesis' grid"),
+         {**BASE, "space.yaml": dump({"base": "base.yaml", "hypotheses": [
+             {"name": "e", "grid": {"model.n_layer": [1, 2]},
+              "trend": {"key": "model.n_last_tokens", "error": "decreasing"}}]})}),
     # runner flags
     Case("run-max-concurrent-0", "run flags", "--max-concurrent 0", "run", (*RUN, "--max-concurrent", "0"),
          ("--max-concurrent", "expected a positive integer"), SPACE),

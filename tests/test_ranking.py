@@ -21,6 +21,9 @@ def test_ranking_leaves_out_what_did_not_learn():
     assert table["learned"].tolist() == [True, True, False]
     assert table["mean"].tolist() == pytest.approx([0.11, 0.32, 0.945])
     assert table["seed_values"].iloc[1] == (0.30, 0.34) and table["n_seeds"].tolist() == [2, 2, 2]
+    # on a task whose predict-0 error is 4, 0.95 is far from the plateau
+    relu = ranked(variant_frame(frame.assign(predict_zero=4.0), variants_of(frame, "h")))
+    assert relu["learned"].all()
 
 
 def test_a_variant_without_errors_is_unranked_and_after_those_that_did_not_learn():

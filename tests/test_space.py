@@ -10,8 +10,11 @@ import yaml
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.sample import Categorical, Float, Integer
 
+from analysis.verdict import Trend, hypotheses_of
 from trainers.curriculum import curriculum_at
-from tune_looped.space import SPACES_DIR, Distribution, SpaceError, load_space, parse_distribution, trial_config
+from trainers.records import SpaceRecord
+from tune_looped.space import (SPACES_DIR, Distribution, SpaceError, load_space, parse_distribution, space_record,
+                               trial_config)
 from tune_looped.tune_space import make_scheduler, param_space
 
 # A valid base that every table row can change one thing of; n_head 4 divides n_embd 32.
@@ -226,12 +229,12 @@ def test_space_settings_and_defaults(tmp_path):
 @pytest.mark.parametrize("name, configurations", [
     ("hypotheses", 10), ("information_flow", 5), ("looped_n_layers", 3), ("looped_lstm", 6), ("baseline", 1),
 ])
-@pytest.mark.parametrize("quick, seeds, train_steps", [(False, [0, 1, 2], 20001), (True, [0, 1], 2400)],
+@pytest.mark.parametrize("quick, seeds, train_steps", [(False, [0, 1, 2], 20001), (True, [0, 1, 2], 2400)],
                          ids=["full", "quick"])
 def test_shipped_spaces(name, configurations, quick, seeds, train_steps):
     space = load_space(name, quick=quick)
     assert space.path == SPACES_DIR / f"{name}.yaml"
-    # every configuration once per seed: three at research scale, two in the quick study
+    # every configuration once per seed, three in the quick study too: the verdict's test decides nothing at two
     assert len(space.trials) == configurations * len(seeds)
     for values in {tuple((k, v) for k, v in t.values.items() if k != "training.seed") for t in space.trials}:
         assert sorted(t.values["training.seed"] for t in space.trials
@@ -240,12 +243,22 @@ def test_shipped_spaces(name, configurations, quick, seeds, train_steps):
 
 
 def test_hypotheses_share_the_one_layer_all_tokens_transformer():
-    for quick, seeds in ((False, [0, 1, 2]), (True, [0, 1])):
+    for quick, seeds in ((False, [0, 1, 2]), (True, [0, 1, 2])):
         space = load_space("hypotheses", quick=quick)
         shared = [t for t in space.trials if len(t.hypotheses) == 3]
         assert [t.values for t in shared] == [
             {"model.n_last_tokens": -1, "model.n_layer": 1, "model.use_lstm_layer": False, "training.seed": s}
             for s in seeds]
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_information_flow_trend_reaches_the_report(quick):
+    record = space_record(load_space("hypotheses", quick=quick), quick).model_dump()
+    assert [e["trend"] for e in record["hypotheses"]] == [
+        {"key": "model.n_last_tokens", "error": "decreasing"}, None, None]
+    declared = hypotheses_of(SpaceRecord.model_validate(yaml.safe_load(yaml.safe_dump(record))))
+    assert declared["information_flow"].trend == Trend("model.n_last_tokens", "decreasing")
+    assert declared["looped_n_layers"].trend is None
 
 
 def _bites_at(config, n_last_tokens: int) -> float:
@@ -431,6 +444,21 @@ BAD_SPACES = [
     pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layr": 1},
                                    "expect": "worse"}]},
                  False, ["reference.model.n_layr", "unknown key"], id="reference-unknown-key"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]},
+                                   "trend": {"key": "model.n_last_tokens", "error": "decreasing"}}]},
+                 False, ["hypotheses[0].trend.key", "'model.n_last_tokens' is not a key of the hypothesis' grid",
+                         "its keys: model.n_layer"], id="trend-key-not-in-grid"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]},
+                                   "trend": {"key": "model.n_layer", "error": "lower"}}]},
+                 False, ["hypotheses[0].trend.error", "one of increasing, decreasing", "'lower'"], id="trend-unknown"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "trend": {"key": "model.n_layer"}}]},
+                 False, ["hypotheses[0].trend.error", "missing"], id="trend-without-error"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.loop_func": ["z=f(x+z)", "z=f(x*z)"]},
+                                   "trend": {"key": "model.loop_func", "error": "increasing"}}]},
+                 False, ["hypotheses[0].trend.key", "numbers or true/false"], id="trend-key-not-sortable"),
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [2], "model.n_last_tokens": [4, -1]},
+                                   "trend": {"key": "model.n_layer", "error": "increasing"}}]},
+                 False, ["hypotheses[0].trend.key", "at least 2 values"], id="trend-one-value"),
     pytest.param({"seeds": [0, "1"]}, False, ["seeds", "list of integers"], id="seeds-not-integers"),
     pytest.param({"seeds": [0, True]}, False, ["seeds", "list of integers"], id="seeds-bool"),
     pytest.param({"seeds": 3}, False, ["seeds", "list of integers"], id="seeds-not-list"),
@@ -553,7 +581,7 @@ def run_cli(*args, cwd, timeout=60):
 @pytest.mark.slow
 @pytest.mark.parametrize("args, count, tags", [
     (["--space", "hypotheses"], 30, "information_flow,looped_n_layers,looped_lstm"),
-    (["--space", "hypotheses.yaml", "--quick"], 20, "information_flow,looped_n_layers,looped_lstm"),
+    (["--space", "hypotheses.yaml", "--quick"], 30, "information_flow,looped_n_layers,looped_lstm"),
     (["--space", str(SPACES_DIR / "baseline.yaml")], 3, "baseline"),
 ], ids=["hypotheses", "hypotheses-quick", "baseline-path"])
 def test_dry_run_prints_table_and_count(tmp_path, args, count, tags):

@@ -10,6 +10,7 @@ from trainers.tasks import (
     Relu2nnRegression,
     SparseLinearRegression,
     error_normaliser,
+    predict_zero_error,
     sample_batch,
     sample_xs,
 )
@@ -195,6 +196,17 @@ def test_decision_tree_matches_a_per_prompt_walk():
 def test_error_normaliser(task_name, n_dims_truncated, sparsity, expected):
     value = error_normaliser(task_name, n_dims_truncated, sparsity)
     assert isinstance(value, float) and value == expected
+
+
+@pytest.mark.parametrize("task_name", TASK_NAMES)
+@pytest.mark.parametrize("n_dims_truncated, sparsity", [(4, 3), (10, 3), (10, 12)])
+def test_predict_zero_error_is_the_sampled_second_moment_over_the_normaliser(task_name, n_dims_truncated, sparsity):
+    _, ys = batch(task_name, batch_size=8000, n_points=10, n_dims_truncated=n_dims_truncated, sparsity=sparsity)
+    sampled = ys.double().pow(2).mean().item() / error_normaliser(task_name, n_dims_truncated, sparsity)
+    level = predict_zero_error(task_name, n_dims_truncated, sparsity)
+    assert sampled == pytest.approx(level, rel=0.05)
+    # the relu task is the one reported unnormalised: predicting 0 scores d there, about 1 everywhere else
+    assert level == pytest.approx(n_dims_truncated if task_name == "relu_2nn_regression" else 1, rel=0.01)
 
 
 def test_unknown_task_lists_the_allowed_names():

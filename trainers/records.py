@@ -27,6 +27,8 @@ SEED_KEY = "training.seed"  # a variant is a configuration without its seed
 
 Expectation = Literal["worse", "better"]
 EXPECTATIONS: tuple[str, ...] = Expectation.__args__
+TrendDirection = Literal["increasing", "decreasing"]
+TREND_DIRECTIONS: tuple[str, ...] = TrendDirection.__args__
 
 
 class _Record(BaseModel):
@@ -40,12 +42,20 @@ def _renamed(raw, old: str, new: str):
     return raw
 
 
+class TrendRecord(_Record):
+    """A predicted ordering: the error rises or falls as the grid key grows (`trend_order` sorts its values)."""
+    key: str
+    error: TrendDirection
+
+
 class HypothesisRecord(_Record):
-    """One hypothesis of the space: the question it asks and, for the verdict, its reference and prediction."""
+    """One hypothesis of the space: the question it asks and, for the verdict, its reference and prediction, and
+    its predicted trend."""
     name: str
     question: str = ""
     reference: dict[str, Any] = {}
     expect: Expectation | None = None
+    trend: TrendRecord | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -165,6 +175,11 @@ def trial_status(*, last_step, train_steps, diverged: bool, stopped: bool, error
     if stopped:
         return STOPPED_EARLY
     return ERROR if errored else INCOMPLETE
+
+
+def trend_order(key: str, value) -> float:
+    """Where a value of `key` sorts along a trend: n_last_tokens=-1 keeps every token, the least masked, so last."""
+    return math.inf if key == "model.n_last_tokens" and value == -1 else float(value)
 
 
 def short_key(key: str) -> str:

@@ -2,9 +2,9 @@
 
 Every task draws fresh parameters per prompt. All randomness comes from the caller's CPU
 `torch.Generator`, so restoring its state resumes the exact same stream of batches.
-Each task is a class of two static methods so tests can inspect the true parameters:
-`sample_params(batch_size, n_dims, n_dims_truncated, generator, sparsity)` and
-`evaluate(xs, params, generator) -> ys`.
+Each task is a class of static methods so tests can inspect the true parameters:
+`sample_params(batch_size, n_dims, n_dims_truncated, generator, sparsity)`,
+`evaluate(xs, params, generator) -> ys` and `second_moment(n_dims_truncated, sparsity) -> E[y^2]`.
 """
 import math
 
@@ -27,6 +27,10 @@ class LinearRegression:
     def evaluate(xs, w, generator):
         return torch.einsum("bnd,bd->bn", xs, w)
 
+    @staticmethod
+    def second_moment(n_dims_truncated, sparsity):
+        return float(n_dims_truncated)  # a sum of n_dims_truncated products of independent N(0, 1)
+
 
 class NoisyLinearRegression(LinearRegression):
     noise_std = 0.1
@@ -35,6 +39,10 @@ class NoisyLinearRegression(LinearRegression):
     def evaluate(xs, w, generator):
         ys = LinearRegression.evaluate(xs, w, generator)
         return ys + NoisyLinearRegression.noise_std * torch.randn(ys.shape, generator=generator)
+
+    @staticmethod
+    def second_moment(n_dims_truncated, sparsity):
+        return n_dims_truncated + NoisyLinearRegression.noise_std**2
 
 
 class SparseLinearRegression(LinearRegression):
@@ -47,6 +55,10 @@ class SparseLinearRegression(LinearRegression):
         keep = torch.zeros(batch_size, n_dims, dtype=torch.bool)
         keep.scatter_(1, support, True)
         return w * keep
+
+    @staticmethod
+    def second_moment(n_dims_truncated, sparsity):
+        return float(min(sparsity, n_dims_truncated))
 
 
 class Relu2nnRegression:
@@ -65,6 +77,10 @@ class Relu2nnRegression:
         # sqrt(2 / hidden) is He scaling: keeps E[y^2] = n_dims_truncated whatever the hidden width
         scale = math.sqrt(2 / Relu2nnRegression.hidden_size)
         return (torch.relu(xs @ w1) @ w2).squeeze(-1) * scale  # [B, n, 1] -> [B, n]
+
+    @staticmethod
+    def second_moment(n_dims_truncated, sparsity):
+        return float(n_dims_truncated)
 
 
 class DecisionTree:
@@ -88,6 +104,10 @@ class DecisionTree:
             go_right = xs.gather(2, coord.unsqueeze(-1)).squeeze(-1) > 0
             node = 2 * node + 1 + go_right.long()
         return leaves.gather(1, node - n_internal)
+
+    @staticmethod
+    def second_moment(n_dims_truncated, sparsity):
+        return 1.0  # every prediction is a leaf, and the leaves are N(0, 1)
 
 
 TASKS = {
@@ -132,3 +152,10 @@ def error_normaliser(task_name, n_dims_truncated, sparsity):
     if task_name == "sparse_linear_regression":
         return float(min(sparsity, n_dims_truncated))
     return 1.0
+
+
+def predict_zero_error(task_name, n_dims_truncated, sparsity):
+    """The reported error of predicting 0, E[y^2] / error_normaliser: the score of a model that learned nothing.
+    About 1 for the normalised linear tasks and decision_tree; n_dims_truncated for relu_2nn_regression."""
+    return _get_task(task_name).second_moment(n_dims_truncated, sparsity) / error_normaliser(
+        task_name, n_dims_truncated, sparsity)

@@ -22,7 +22,8 @@ from trainers.config import (
     read_yaml, strip_secrets,
 )
 from trainers.dotted import get_dotted
-from trainers.records import EXPECTATIONS, SEED_KEY, HypothesisRecord, PlannedTrial, SpaceRecord, variant_label
+from trainers.records import (EXPECTATIONS, SEED_KEY, TREND_DIRECTIONS, HypothesisRecord, PlannedTrial, SpaceRecord,
+                              TrendRecord, trend_order, variant_label)
 from trainers.schema import Section, allowed_if, validate
 from trainers.yaml_file import load_yaml, yaml11_float
 
@@ -46,12 +47,19 @@ class Resources(Section):
                    Field(description=f"a GPU fraction between 0 and 1 (a trial uses one GPU) or {GPU_AUTO}")] = 0
 
 
+class TrendSpec(Section):
+    """A predicted ordering: the error rises or falls as the grid key grows (REPORT.md tests it apart)."""
+    key: NonEmptyText
+    error: Literal[TREND_DIRECTIONS]
+
+
 class HypothesisSpec(Section):
     name: NonEmptyText
     grid: dict[str, Any]
     description: str = ""
     reference: dict[str, Any] = {}
     expect: Literal[EXPECTATIONS] | None = None
+    trend: TrendSpec | None = None
 
 
 class QuickSpec(Section):
@@ -305,7 +313,26 @@ def _hypothesis(exp: HypothesisSpec, grid: list[dict], where: str) -> Hypothesis
         if key not in grid[0] or typed not in {variant[key] for variant in grid}:
             raise SpaceError(f"{where}.reference.{key}: {value!r} is not a value of the hypothesis' grid")
         reference[key] = typed
-    return HypothesisRecord(name=exp.name, question=exp.description, reference=reference, expect=exp.expect)
+    return HypothesisRecord(name=exp.name, question=exp.description, reference=reference, expect=exp.expect,
+                            trend=_trend(exp.trend, grid, where))
+
+
+def _trend(trend: TrendSpec | None, grid: list[dict], where: str) -> TrendRecord | None:
+    """The trend's key must be one the hypothesis' grid varies, with values that sort along a line."""
+    if trend is None:
+        return None
+    if trend.key not in grid[0]:
+        raise SpaceError(f"{where}.trend.key: {trend.key!r} is not a key of the hypothesis' grid; "
+                         f"its keys: {', '.join(grid[0])}")
+    values = list(dict.fromkeys(variant[trend.key] for variant in grid))
+    try:
+        [trend_order(trend.key, value) for value in values]
+    except (TypeError, ValueError):
+        raise SpaceError(f"{where}.trend.key: {trend.key} must take numbers or true/false to sort along, "
+                         f"got {values!r}") from None
+    if len(values) < 2:
+        raise SpaceError(f"{where}.trend.key: {trend.key} needs at least 2 values in the grid, got {values!r}")
+    return TrendRecord(key=trend.key, error=trend.error)
 
 
 def _distribution_corners(sample: dict[str, Distribution]) -> list[dict]:

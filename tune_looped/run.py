@@ -313,8 +313,9 @@ def main(argv=None) -> int:
         space, resources, name = resolve(args)
         if args.dry_run:
             print_trial_table(space)
-            gpu = "auto (resolved at start)" if resources["gpu"] == GPU_AUTO else f"{resources['gpu']:g}"
-            print(f"resources per trial: cpu {resources['cpu']:g}, gpu {gpu}")
+            if resources["gpu"] == GPU_AUTO:
+                print(f"{space.path}: resources.gpu: auto (resolved at start, from the GPUs Ray finds)",
+                      file=sys.stderr)
             return 0
         storage = check_storage(args.storage)
         experiment_dir = Path(storage) / name

@@ -97,6 +97,9 @@ BAD = [
     ("training.compile", "yes", "training.compile: expected true or false"),
     ("training.cuda_graphs", 1, "training.cuda_graphs: expected true or false"),
     ("training.onednn_linear", "on", "training.onednn_linear: expected true or false"),
+    # wandb.name names the single run's folder under out_dir
+    ("wandb.name", "../../x", "wandb.name: must be a folder name: 1 to 200 characters, no / or \\"),
+    ("wandb.name", "/tmp/x", "wandb.name: must be a folder name"),
 ]
 
 

@@ -360,6 +360,8 @@ def test_asha_max_t_follows_quick_base(tmp_path):
 BAD_SPACES = [
     pytest.param({"bogus": 1}, False, ["bogus", "unknown key", "allowed: name, description, base"],
                  id="unknown-top-level-key"),
+    # the space's name is the default experiment folder under --storage
+    pytest.param({"name": "../x"}, False, ["name: must be a folder name", "got '../x'"], id="name-leaves-storage"),
     pytest.param({"hypotheses": [{"name": "a", "grid": {"model.nope": [1]}}]}, False,
                  ["model.nope", "unknown key", "model has: family"], id="unknown-dotted-key"),
     pytest.param({"hypotheses": [{"name": "a", "grid": {"modle.n_layer": [1]}}]}, False,

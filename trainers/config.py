@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from trainers import schema
+from trainers.names import NAME_RULE, is_folder_name
 from trainers.schema import ConfigError, Section, allowed_if, rule, validate
 from trainers.yaml_file import load_yaml, yaml11_float
 
@@ -106,7 +107,9 @@ class WandbConfig(Section):
     entity: str | None = None
     group: str | None = None
     notes: str | None = None
-    name: str | None = None
+    # names a single run's folder under out_dir, and W&B runs
+    name: Annotated[str | None, allowed_if(lambda v: v is None or is_folder_name(v)),
+                    Field(description=NAME_RULE)] = None
     log_every_steps: PositiveInt = 100
     timestamp: str | None = None
     enabled: bool = False

@@ -22,6 +22,7 @@ from trainers.cli import OneLineArgumentParser
 from trainers.config import ConfigError
 from trainers.cpus import available_cpus
 from trainers.dotted import set_dotted
+from trainers.names import NAME_RULE, is_folder_name
 from trainers.records import (INCOMPLETE, SPACE_RECORD, RecordError, SpaceRecord, read_space_record, variant_label,
                               write_space_record)
 from tune_looped.cluster import (check_address, check_storage, is_uri, start_ray, warn,
@@ -82,6 +83,8 @@ def _check_flags(args) -> None:
     for flag, value, ok, expected in checks:
         if value is not None and not ok(value):
             raise SpaceError(f"{flag}: expected {expected}, got {value:g}")
+    if args.name is not None and not is_folder_name(args.name):
+        raise SpaceError(f"--name: expected {NAME_RULE}, got {args.name!r}")
     if args.resume and not args.name:
         raise SpaceError("--resume: needs --name of the experiment to continue")
 

@@ -22,6 +22,7 @@ from trainers.config import (
     read_yaml, strip_secrets,
 )
 from trainers.dotted import get_dotted
+from trainers.names import NAME_RULE, is_folder_name
 from trainers.records import EXPECTATIONS, SEED_KEY, HypothesisRecord, PlannedTrial, SpaceRecord, variant_label
 from trainers.schema import Section, allowed_if, validate
 from trainers.yaml_file import load_yaml, yaml11_float
@@ -73,7 +74,9 @@ class WandbSpace(Section):
 
 class SpaceFile(Section):
     """The file's schema; the grid keys and values are checked against the config schema by `_grid`."""
-    name: str | None = None
+    # the default experiment name, a folder under --storage
+    name: Annotated[str | None, allowed_if(lambda v: v is None or is_folder_name(v)),
+                    Field(description=NAME_RULE)] = None
     description: str = ""
     base: str | dict[str, Any] = Field(description="a config file path or a mapping of model:/training:/wandb:")
     # `experiments` is the earlier spelling; one of the two is required (`_hypotheses_key`)

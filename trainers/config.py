@@ -23,6 +23,9 @@ from trainers.yaml_file import load_yaml, yaml11_float
 
 PositiveInt = Annotated[int, Field(gt=0, description="a positive integer")]
 Number = Annotated[float, BeforeValidator(yaml11_float)]
+# torch.manual_seed takes -2**63 .. 2**64 - 1, but a negative seed wraps onto a positive one (-1 is 2**64 - 1),
+# which would count one stream twice among a configuration's seeds
+MAX_SEED = 2**64 - 1
 # The registries of trainers.models and trainers.tasks; a test checks that they hold exactly these names.
 ModelFamily = Literal["gpt2", "gpt2_loop"]
 TaskName = Literal["linear_regression", "noisy_linear_regression", "sparse_linear_regression",
@@ -73,8 +76,8 @@ class CurriculumConfig(Section):
 class TrainingConfig(Section):
     task_name: TaskName = "linear_regression"
     batch_size: PositiveInt = 64
-    learning_rate: Annotated[Number, Field(gt=0, description="a positive number")] = 1e-4
-    weight_decay: Annotated[Number, Field(ge=0, description="a number >= 0")] = 0.0
+    learning_rate: Annotated[Number, Field(gt=0, allow_inf_nan=False, description="a finite number > 0")] = 1e-4
+    weight_decay: Annotated[Number, Field(ge=0, allow_inf_nan=False, description="a finite number >= 0")] = 0.0
     train_steps: PositiveInt = 20001
     save_every_steps: PositiveInt = 1000
     keep_every_steps: Annotated[int, allowed_if(lambda v: v == -1 or v > 0),
@@ -82,7 +85,7 @@ class TrainingConfig(Section):
     eval_every_steps: PositiveInt = 1000
     eval_prompts: PositiveInt = 256
     n_loop_window: PositiveInt = 15
-    seed: int = 42
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED, description=f"an integer from 0 to 2**64 - 1 ({MAX_SEED})")] = 42
     sparsity: PositiveInt = 3
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Annotated[str, allowed_if(lambda v: v in ("auto", "cpu", "cuda") or v[:5] == "cuda:" and v[5:].isdigit()),

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from trainers.cli import OneLineArgumentParser
-from trainers.config import ConfigError
+from trainers.config import MAX_SEED, ConfigError
 from trainers.cpus import available_cpus
 from trainers.dotted import set_dotted
 from trainers.names import NAME_RULE, is_folder_name
@@ -67,6 +67,8 @@ def _seed_list(text: str) -> list[int]:
         seeds = []
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"expected distinct integers separated by commas, like 0,1,2, got {text!r}")
+    if not all(0 <= seed <= MAX_SEED for seed in seeds):
+        raise argparse.ArgumentTypeError(f"expected seeds from 0 to 2**64 - 1 ({MAX_SEED}), got {text!r}")
     return seeds
 
 

@@ -18,8 +18,8 @@ import yaml
 from pydantic import Field
 
 from trainers.config import (
-    Config, ConfigError, PositiveInt, WandbMode, apply_overrides, coerce_value, config_from_dict, key_field,
-    read_yaml, strip_secrets,
+    MAX_SEED, Config, ConfigError, PositiveInt, WandbMode, apply_overrides, coerce_value, config_from_dict,
+    key_field, read_yaml, strip_secrets,
 )
 from trainers.dotted import get_dotted
 from trainers.names import NAME_RULE, is_folder_name
@@ -39,6 +39,9 @@ class SpaceError(ValueError):
 
 
 NonEmptyText = Annotated[str, Field(min_length=1, description="a non-empty string")]
+Seeds = Annotated[list[int], Field(min_length=1),
+                  allowed_if(lambda seeds: all(0 <= seed <= MAX_SEED for seed in seeds))] | None
+SEEDS_RULE = f"a non-empty list of integers from 0 to 2**64 - 1 ({MAX_SEED})"
 
 
 class Resources(Section):
@@ -59,7 +62,7 @@ class QuickSpec(Section):
     """What `--quick` replaces: base keys (dotted, inline or in a file), grid values, seeds, samples, resources."""
     base: str | dict[str, Any] = Field({}, description="a file of dotted keys or a mapping of them")
     grid: dict[str, Any] = {}
-    seeds: Annotated[list[int], Field(min_length=1)] | None = Field(None, description="a non-empty list of integers")
+    seeds: Seeds = Field(None, description=SEEDS_RULE)
     num_samples: PositiveInt | None = Field(None, description="a positive integer")
     resources: Resources | None = None
 
@@ -84,7 +87,7 @@ class SpaceFile(Section):
     experiments: Annotated[list[HypothesisSpec], Field(min_length=1)] = None
     sample: dict[str, Any] = {}
     num_samples: PositiveInt = 1
-    seeds: Annotated[list[int], Field(min_length=1)] | None = Field(None, description="a non-empty list of integers")
+    seeds: Seeds = Field(None, description=SEEDS_RULE)
     resources: Resources = Resources()
     scheduler: str | dict[str, Any] = Field("fifo", description="fifo, asha or a mapping with a type")
     metric: NonEmptyText = "eval/loss"

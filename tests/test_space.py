@@ -473,6 +473,64 @@ BAD_SPACES = [
 ]
 
 
+@pytest.mark.parametrize("space, fragment", [
+    ({"hypotheses": [{"name": "a", "grid": {"training.learning_rate": [i / 1000 for i in range(1, 1001)],
+                                            "training.batch_size": list(range(1, 1001))}}]},
+     "hypotheses[0].grid: at most 6 trials a space, got 1000000 (1000 training.learning_rate x 1000 "
+     "training.batch_size)"),
+    ({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2, 3]}}], "seeds": [0, 1], "num_samples": 2},
+     "hypotheses[0].grid: at most 6 trials a space, got 12 (3 model.n_layer x 2 seeds x num_samples 2)"),
+    # each grid fits, their union does not; repeated values count once
+    ({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2, 2]}},
+                     {"name": "b", "grid": {"model.n_last_tokens": [3, 4]}}], "seeds": [0, 1]},
+     "hypotheses: at most 6 trials a space, got 8 (4 configurations x 2 seeds)"),
+], ids=["one-grid", "seeds-and-samples", "union"])
+def test_a_space_beyond_the_trial_cap_is_refused_before_its_trials_are_built(tmp_path, monkeypatch, space,
+                                                                              fragment):
+    monkeypatch.setattr("tune_looped.space.MAX_TRIALS", 6)
+    built = []
+    monkeypatch.setattr("tune_looped.space.trial_config", lambda *args: built.append(args))
+    path = write_space(tmp_path, space)
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    assert str(err.value) == f"{path}: {fragment}" and not built
+
+
+def test_a_space_at_the_trial_cap_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr("tune_looped.space.MAX_TRIALS", 6)
+    space = {"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2, 3]}}], "seeds": [0, 1]}
+    assert len(load_space(write_space(tmp_path, space)).trials) == 6
+
+
+def test_each_configuration_is_validated_once_whatever_its_seeds(tmp_path, monkeypatch):
+    import tune_looped.space as space_module
+
+    validated, real = [], space_module.trial_config
+
+    def counted(base, values, source):
+        validated.append(values)
+        return real(base, values, source)
+
+    monkeypatch.setattr(space_module, "trial_config", counted)
+    space = {"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2, 3]}}], "seeds": [0, 1, 2, 3],
+             "sample": {"training.learning_rate": "loguniform(1e-4, 1e-3)"}}
+    assert len(load_space(write_space(tmp_path, space)).trials) == 12
+    # one seed for each configuration, at both ends of the sampled learning rate
+    assert [(v["model.n_layer"], v["training.seed"], v["training.learning_rate"]) for v in validated] == [
+        (n, 0, lr) for n in (1, 2, 3) for lr in (1e-4, 1e-3)]
+
+
+def test_an_invalid_configuration_is_named_by_its_first_trial(tmp_path):
+    space = {"hypotheses": [{"name": "a", "grid": {"model.n_head": [4, 3]}}], "seeds": [5, 6]}
+    with pytest.raises(SpaceError, match=r"trial n_head=3 seed=5: model\.n_head: must be a positive divisor"):
+        load_space(write_space(tmp_path, space))
+
+
+def test_seeds_given_to_load_space_are_checked(tmp_path):
+    with pytest.raises(SpaceError, match=r"seeds: must be an integer from 0 to 2\*\*64 - 1"):
+        load_space(write_space(tmp_path, {}), seeds=[0, 2**64])
+
+
 @pytest.mark.parametrize("space, quick, fragments", BAD_SPACES)
 def test_bad_space(tmp_path, space, quick, fragments):
     path = write_space(tmp_path, space)

@@ -32,6 +32,8 @@ SCHEDULERS = {"fifo": (), "asha": ("max_t", "grace_period", "reduction_factor", 
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "choice": 1}
 # a share of a GPU chosen by the runner from the GPUs it finds (tune_looped.gpus)
 GPU_AUTO = "auto"
+# trials a space may ask for (grid points x seeds x num_samples), counted before any trial is built
+MAX_TRIALS = 10_000
 
 
 class SpaceError(ValueError):
@@ -190,35 +192,46 @@ def _read_base(raw, path: Path, secrets: dict) -> dict:
     return base
 
 
-def _grid(grid: dict, where: str) -> list[dict]:
-    """The cross-product of one experiment's grid, as a list of {dotted: value}."""
+def _grid(grid: dict, where: str) -> dict[str, list]:
+    """One hypothesis' grid as each key's distinct values, typed by the schema so that 1e-4 and 0.0001 are one
+    value, not two."""
     if not grid:
         raise SpaceError(f"{where}: empty grid; give at least one key with a list of values")
     for key, values in grid.items():
         key_field(key, f"{where}.{key}")
         if not isinstance(values, list) or not values:
             raise SpaceError(f"{where}.{key}: expected a non-empty list of values, got {values!r}")
-    # typed by the schema so that 1e-4 and 0.0001 are one configuration, not two
-    typed = {key: [coerce_value(key, v, f"{where}.{key}") for v in values] for key, values in grid.items()}
-    return [dict(zip(typed, combo)) for combo in itertools.product(*typed.values())]
+    return {key: list(dict.fromkeys(coerce_value(key, v, f"{where}.{key}") for v in values))
+            for key, values in grid.items()}
 
 
-def _merge_trials(grids: list[tuple[str, list[dict]]], base: dict, seeds: list | None) -> list[PlannedTrial]:
-    """Union of the grids: each variant is completed with base values for every grid key, then deduplicated."""
-    keys = sorted({k for _, variants in grids for v in variants for k in v})
+def _refuse_too_many(count: int, where: str, parts: list[str]) -> None:
+    if count > MAX_TRIALS:
+        raise SpaceError(f"{where}: at most {MAX_TRIALS} trials a space, got {count} ({' x '.join(parts)})")
+
+
+def _repeats(seeds: list | None, num_samples: int) -> tuple[int, list[str]]:
+    """How many trials each configuration makes, and its factors as a message shows them."""
+    n_seeds = 1 if seeds is None else len(seeds)
+    parts = [f"{n_seeds} seed{'s' * (n_seeds != 1)}"] if seeds is not None else []
+    parts += [f"num_samples {num_samples}"] if num_samples > 1 else []
+    return n_seeds * num_samples, parts
+
+
+def _merge_trials(grids: list[tuple[str, dict[str, list]]], base: dict) -> list[PlannedTrial]:
+    """Union of the grids' cross-products: each variant is completed with base values for every grid key, then
+    deduplicated."""
+    keys = sorted({k for _, grid in grids for k in grid})
     defaults = config_from_dict(base).model_dump()
     by_values: dict[tuple, list[str]] = {}
-    for name, variants in grids:
-        for variant in variants:
+    for name, grid in grids:
+        for combo in itertools.product(*grid.values()):
+            variant = dict(zip(grid, combo))
             full = {k: variant.get(k, get_dotted(defaults, k)) for k in keys}
             tags = by_values.setdefault(tuple(full.items()), [])
             if name not in tags:
                 tags.append(name)
-    trials = [PlannedTrial(hypotheses=tags, values=dict(values)) for values, tags in by_values.items()]
-    if seeds is not None:
-        trials = [PlannedTrial(hypotheses=t.hypotheses, values={**t.values, SEED_KEY: seed})
-                  for t in trials for seed in seeds]
-    return trials
+    return [PlannedTrial(hypotheses=tags, values=dict(values)) for values, tags in by_values.items()]
 
 
 def quick_overrides(raw, path: Path) -> dict:
@@ -263,18 +276,29 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
     base = _read_base(spec.base, path, secrets)
     if quick:
         spec, base = _apply_quick(spec, base, path)
+    if seeds is None:
+        seeds = spec.seeds
+    else:
+        for seed in seeds:
+            coerce_value(SEED_KEY, seed, "seeds")
+    repeats, repeated_by = _repeats(seeds, spec.num_samples)
     grids, declared = [], []
     for i, spec_i in enumerate(_declared_hypotheses(spec)):
-        grid = _grid(spec_i.grid, f"{where}: {section}[{i}].grid")
+        here = f"{where}: {section}[{i}]"
+        grid = _grid(spec_i.grid, f"{here}.grid")
+        _refuse_too_many(math.prod(map(len, grid.values())) * repeats, f"{here}.grid",
+                         [" x ".join(f"{len(v)} {k}" for k, v in grid.items()), *repeated_by])
         grids.append((spec_i.name, grid))
-        declared.append(_hypothesis(spec_i, grid, f"{where}: {section}[{i}]"))
+        declared.append(_hypothesis(spec_i, grid, here))
     sample = {k: parse_distribution(v, f"{where}: sample.{k}") for k, v in spec.sample.items()}
     for key in sample:
         key_field(key, f"{where}: sample.{key}")
-    trials = _merge_trials(grids, base, spec.seeds if seeds is None else seeds)
-    for trial in trials:
-        for values in _distribution_corners(sample):
-            trial_config(base, {**trial.values, **values}, f"{where}: trial {variant_label(trial.values)}")
+    trials = _merge_trials(grids, base)
+    _refuse_too_many(len(trials) * repeats, f"{where}: {section}", [f"{len(trials)} configurations", *repeated_by])
+    if seeds is not None:
+        trials = [PlannedTrial(hypotheses=t.hypotheses, values={**t.values, SEED_KEY: seed})
+                  for t in trials for seed in seeds]
+    configurations(base, trials, sample, where)
     return Space(
         path=path, name=spec.name or path.stem, base=base, trials=tuple(trials), sample=sample,
         num_samples=spec.num_samples, resources=spec.resources.model_dump(),
@@ -282,6 +306,23 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
         max_concurrent=spec.max_concurrent, hypotheses=tuple(declared),
         wandb=spec.wandb.model_dump(exclude_unset=True), secrets=secrets,
     )
+
+
+def configurations(base: dict, trials, sample: dict[str, Distribution],
+                   where: str) -> list[tuple[PlannedTrial, Config]]:
+    """(trial, validated config) for the first trial of each configuration, at each end of every sampled
+    distribution: every config the trials can have, up to the seed. A seed is checked where it is given (the
+    schema, `--seeds`) and no rule across keys involves it, so one seed of a configuration stands for all."""
+    seen, out = set(), []
+    corners = _distribution_corners(sample)
+    for trial in trials:
+        configuration = tuple((k, v) for k, v in trial.values.items() if k != SEED_KEY)
+        if configuration in seen:
+            continue
+        seen.add(configuration)
+        source = f"{where}: trial {variant_label(trial.values)}"
+        out += [(trial, trial_config(base, {**trial.values, **values}, source)) for values in corners]
+    return out
 
 
 def _hypotheses_key(spec: SpaceFile, where: str) -> str:
@@ -301,14 +342,14 @@ def _declared_hypotheses(spec: SpaceFile) -> list[HypothesisSpec]:
     return spec.hypotheses if spec.hypotheses is not None else spec.experiments or []
 
 
-def _hypothesis(exp: HypothesisSpec, grid: list[dict], where: str) -> HypothesisRecord:
+def _hypothesis(exp: HypothesisSpec, grid: dict[str, list], where: str) -> HypothesisRecord:
     """The hypothesis' declaration; its reference must be one of the grid's own settings."""
     if bool(exp.reference) != (exp.expect is not None):
         raise SpaceError(f"{where}: reference and expect go together; give both (expect: worse or better) or neither")
     reference = {}
     for key, value in exp.reference.items():
         typed = coerce_value(key, value, f"{where}.reference.{key}")
-        if key not in grid[0] or typed not in {variant[key] for variant in grid}:
+        if typed not in grid.get(key, ()):
             raise SpaceError(f"{where}.reference.{key}: {value!r} is not a value of the hypothesis' grid")
         reference[key] = typed
     return HypothesisRecord(name=exp.name, question=exp.description, reference=reference, expect=exp.expect)

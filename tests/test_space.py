@@ -137,8 +137,7 @@ LOAD_CASES = [
                          ({"model.n_last_tokens": -1, "model.n_layer": 2}, ("b", "c")),
                          ({"model.n_last_tokens": -1, "model.n_layer": 3}, ("b",))],
                  id="base-value-fills-absent-keys"),
-    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 1, 2]}},
-                                  {"name": "a", "grid": {"model.n_layer": [2]}}]},
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 1, 2]}}]},
                  False, [({"model.n_layer": 1}, ("a",)), ({"model.n_layer": 2}, ("a",))],
                  id="repeats-within-an-experiment-run-once"),
     pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]}}], "seeds": [0, 7]},
@@ -211,12 +210,13 @@ def test_space_settings_and_defaults(tmp_path):
     assert plain.resources == {"cpu": 1, "gpu": 0} and plain.name == "plain" and plain.sample == {}
     full = load_space(write_space(tmp_path, {
         "name": "study", "resources": {"gpu": 0.25}, "scheduler": {"type": "asha", "grace_period": 5},
-        "metric": "eval/err", "mode": "max", "max_concurrent": 3, "num_samples": 2,
+        "metric": "eval/loss_last", "mode": "max", "max_concurrent": 3, "num_samples": 2,
         "sample": {"training.learning_rate": "loguniform(1e-4, 1e-3)"},
         "wandb": {"enabled": True, "project": "p", "group": "g"},
     }, name="full.yaml"))
     assert full.name == "study" and full.resources == {"cpu": 1, "gpu": 0.25}
-    assert full.scheduler == {"type": "asha", "grace_period": 5} and (full.metric, full.mode) == ("eval/err", "max")
+    assert full.scheduler == {"type": "asha", "grace_period": 5}
+    assert (full.metric, full.mode) == ("eval/loss_last", "max")
     assert (full.max_concurrent, full.num_samples) == (3, 2) and full.wandb == {"enabled": True, "project": "p",
                                                                                  "group": "g"}
     assert full.sample == {"training.learning_rate": Distribution("loguniform", (1e-4, 1e-3))}
@@ -442,7 +442,15 @@ BAD_SPACES = [
     pytest.param({"num_samples": 0}, False, ["num_samples", "positive integer"], id="num_samples-0"),
     pytest.param({"max_concurrent": 0}, False, ["max_concurrent", "positive integer"], id="max_concurrent-0"),
     pytest.param({"mode": "median"}, False, ["mode", "min, max", "'median'"], id="mode-median"),
-    pytest.param({"metric": ""}, False, ["metric", "non-empty string"], id="metric-empty"),
+    pytest.param({"metric": ""}, False, ["metric", "must be one of step, overall_loss", "got ''"], id="metric-empty"),
+    # ASHA on a key no trial reports would silently stop nothing
+    pytest.param({"metric": "eval/los", "scheduler": "asha"}, False,
+                 ["metric: must be one of step, overall_loss", "eval/loss_last, got 'eval/los'"], id="metric-misspelt"),
+    # the verdict reads each hypothesis' reference and expect by its name
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 1},
+                                  "expect": "better"}, {"name": "a", "grid": {"model.n_last_tokens": [4, -1]}}]},
+                 False, ["hypotheses[1].name: must differ from every other hypothesis' name, got 'a' (the name of "
+                         "hypotheses[0])"], id="hypothesis-names-repeated"),
     pytest.param({"wandb": {"api_key": "x"}}, False, ["wandb.api_key", "allowed: enabled"], id="wandb-unknown-key"),
     # each resolved configuration is validated before Ray starts: 3 heads do not divide n_embd 32
     pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_head": [4, 3]}}]}, False,

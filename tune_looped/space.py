@@ -23,7 +23,8 @@ from trainers.config import (
 )
 from trainers.dotted import get_dotted
 from trainers.names import NAME_RULE, is_folder_name
-from trainers.records import EXPECTATIONS, SEED_KEY, HypothesisRecord, PlannedTrial, SpaceRecord, variant_label
+from trainers.records import (EXPECTATIONS, METRIC_KEYS, SEED_KEY, HypothesisRecord, PlannedTrial, SpaceRecord,
+                              variant_label)
 from trainers.schema import Section, allowed_if, validate
 from trainers.yaml_file import load_yaml, yaml11_float
 
@@ -92,7 +93,7 @@ class SpaceFile(Section):
     seeds: Seeds = Field(None, description=SEEDS_RULE)
     resources: Resources = Resources()
     scheduler: str | dict[str, Any] = Field("fifo", description="fifo, asha or a mapping with a type")
-    metric: NonEmptyText = "eval/loss"
+    metric: Literal[METRIC_KEYS] = "eval/loss"
     mode: Literal["min", "max"] = "min"
     max_concurrent: PositiveInt | None = Field(None, description="a positive integer")
     wandb: WandbSpace = WandbSpace()
@@ -282,9 +283,13 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
         for seed in seeds:
             coerce_value(SEED_KEY, seed, "seeds")
     repeats, repeated_by = _repeats(seeds, spec.num_samples)
-    grids, declared = [], []
+    grids, declared, names = [], [], {}
     for i, spec_i in enumerate(_declared_hypotheses(spec)):
         here = f"{where}: {section}[{i}]"
+        if spec_i.name in names:
+            raise SpaceError(f"{here}.name: must differ from every other hypothesis' name, got {spec_i.name!r} "
+                             f"(the name of {section}[{names[spec_i.name]}])")
+        names[spec_i.name] = i
         grid = _grid(spec_i.grid, f"{here}.grid")
         _refuse_too_many(math.prod(map(len, grid.values())) * repeats, f"{here}.grid",
                          [" x ".join(f"{len(v)} {k}" for k, v in grid.items()), *repeated_by])

@@ -282,6 +282,31 @@ def test_bare_name_resolves_in_the_package(text, tmp_path, monkeypatch):
     assert load_space(text).path.resolve() == (SPACES_DIR / "hypotheses.yaml").resolve()
 
 
+KEY = "fakekey" + "0123456789abcdef" * 2
+
+
+@pytest.mark.parametrize("quick_base, files", [
+    ({"wandb.key": KEY, "training.train_steps": 5}, {}),
+    ({"wandb": {"key": KEY}, "training.train_steps": 5}, {}),
+    ("quick.yaml", {"quick.yaml": f"wandb.key: {KEY}\ntraining.train_steps: 5\n"}),
+    # the quick block's key wins over the base's, as its other keys do
+    ({"wandb.key": KEY}, {"base.yaml": yaml.safe_dump({**BASE, "wandb": {"key": "the-base-key"}})}),
+], ids=["dotted", "nested", "file", "over-the-base-key"])
+def test_a_wandb_key_in_the_quick_block_is_the_key_used_and_in_no_file(tmp_path, quick_base, files):
+    from trainers.records import write_space_record
+    from tune_looped.space import space_record
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    base = "base.yaml" if "base.yaml" in files else BASE
+    space = load_space(write_space(tmp_path, {"base": base, "quick": {"base": quick_base}}), quick=True)
+    assert space.secrets == {"wandb.key": KEY}
+    experiment = tmp_path / "experiment"
+    experiment.mkdir()
+    write_space_record(experiment, space_record(space, True))
+    assert KEY not in repr(space.base) and KEY not in (experiment / "space.yaml").read_text()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 3. param_space / make_scheduler: the Space -> Ray Tune's param_space and scheduler.
 

@@ -162,14 +162,23 @@ def config_from_dict(raw: dict, source: str = "<config>", secrets: dict | None =
 
 
 def strip_secrets(raw, secrets: dict | None = None):
-    """`raw` without `wandb.key`; a real key (not the reference's placeholder) is put into `secrets`."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("wandb"), dict) or "key" not in raw["wandb"]:
+    """`raw` without `wandb.key`, nested (`wandb: {key: ...}`) or dotted (`wandb.key: ...`, as overrides give it);
+    a real key (not the reference's placeholder) is put into `secrets`, the dotted one winning as it would as an
+    override."""
+    if not isinstance(raw, dict):
         return raw
-    wandb_section = dict(raw["wandb"])
-    key = wandb_section.pop("key")
-    if secrets is not None and isinstance(key, str) and key and key != "your_api_key":
-        secrets["wandb.key"] = key
-    return {**raw, "wandb": wandb_section}
+    keys = []
+    if isinstance(raw.get("wandb"), dict) and "key" in raw["wandb"]:
+        wandb_section = dict(raw["wandb"])
+        keys.append(wandb_section.pop("key"))
+        raw = {**raw, "wandb": wandb_section}
+    if "wandb.key" in raw:
+        keys.append(raw["wandb.key"])
+        raw = {k: v for k, v in raw.items() if k != "wandb.key"}
+    for key in keys:
+        if secrets is not None and isinstance(key, str) and key and key != "your_api_key":
+            secrets["wandb.key"] = key
+    return raw
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -245,12 +245,16 @@ def quick_overrides(raw, path: Path) -> dict:
         raise SpaceError(f"{path}: quick.base: {err}") from None
 
 
-def _apply_quick(spec: SpaceFile, base: dict, path: Path) -> tuple[SpaceFile, dict]:
-    """The space and base with the `quick:` block applied: base keys, grid values and settings replaced."""
+def _apply_quick(spec: SpaceFile, base: dict, path: Path, secrets: dict) -> tuple[SpaceFile, dict]:
+    """The space and base with the `quick:` block applied: base keys, grid values and settings replaced. A W&B
+    key among the base keys goes to `secrets`, as the base's own does."""
     quick = spec.quick
     if quick is None:
         raise SpaceError(f"{path}: quick: --quick needs a quick: block in the space file")
-    base = apply_overrides(base, quick_overrides(quick.base, path), f"{path}: quick.base")
+    overrides = strip_secrets(quick_overrides(quick.base, path), secrets)
+    # `wandb: {key: ...}` leaves an empty section, which sets nothing
+    overrides = {k: v for k, v in overrides.items() if v != {}}
+    base = apply_overrides(base, overrides, f"{path}: quick.base")
     config_from_dict(base, f"{path}: quick.base")
     for key in quick.grid:
         key_field(key, f"{path}: quick.grid.{key}")
@@ -276,7 +280,7 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
     secrets: dict = {}
     base = _read_base(spec.base, path, secrets)
     if quick:
-        spec, base = _apply_quick(spec, base, path)
+        spec, base = _apply_quick(spec, base, path, secrets)
     if seeds is None:
         seeds = spec.seeds
     else:

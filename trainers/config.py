@@ -189,9 +189,10 @@ def config_to_dict(cfg: Config) -> dict:
 def read_yaml(path: Path, _seen: tuple = ()) -> dict:
     """Read a config YAML, merging the files it `inherit:`s (relative paths, in order) beneath it."""
     path = Path(path)
+    # read first: it refuses a loop of symbolic links, which resolve() would raise RuntimeError for
+    raw = load_yaml(path, "config file")
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: inherit: cycle through {' -> '.join(str(p) for p in (*_seen, path))}")
-    raw = load_yaml(path, "config file")
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level: expected a mapping of sections, got {type(raw).__name__}")

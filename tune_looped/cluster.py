@@ -43,6 +43,8 @@ def check_storage(storage: str) -> str:
     if is_uri(storage):
         return storage
     path = Path(storage).expanduser().absolute()
+    if path.is_symlink() and not path.exists():
+        raise SpaceError(f"--storage {storage}: a symbolic link to nothing, or a loop of them; give a folder")
     folder = path if path.exists() else path.parent
     if not folder.is_dir():
         where = "it" if folder == path else f"the parent {folder}"

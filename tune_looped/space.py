@@ -131,8 +131,9 @@ class Space:
 def resolve_space_path(text: str) -> Path:
     """A path as given, else a bare name (with or without .yaml) in the package's search_spaces folder."""
     path = Path(text)
-    if path.exists():
-        if not path.is_file():
+    # a link to nothing, or a loop of links, is the path given: load_yaml says which
+    if path.exists() or path.is_symlink():
+        if path.exists() and not path.is_file():
             raise SpaceError(f"{text}: not a file; give a space YAML file or a name from {SPACES_DIR}")
         return path
     for candidate in (SPACES_DIR / text, SPACES_DIR / f"{text}.yaml"):

@@ -25,7 +25,7 @@ from trainers.dotted import set_dotted
 from trainers.names import NAME_RULE, is_folder_name
 from trainers.records import (INCOMPLETE, SPACE_RECORD, RecordError, SpaceRecord, read_space_record, variant_label,
                               write_space_record)
-from tune_looped.cluster import (check_address, check_storage, is_uri, start_ray, warn,
+from tune_looped.cluster import (check_address, check_dashboard_host, check_storage, is_uri, start_ray, warn,
                                  warn_if_local_storage_on_cluster)
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, describe_cpu_time, gpu_share, trial_memory
 from tune_looped.space import GPU_AUTO, Space, SpaceError, load_space, parse_resources, space_record, trial_config
@@ -77,7 +77,7 @@ def _check_flags(args) -> None:
         ("--max-concurrent", args.max_concurrent, lambda v: v > 0, "a positive integer"),
         ("--max-failures", args.max_failures, lambda v: v >= 0, "an integer >= 0"),
         ("--num-cpus", args.num_cpus, lambda v: v > 0, "a positive integer"),
-        ("--num-gpus", args.num_gpus, lambda v: v >= 0, "a number >= 0"),
+        ("--num-gpus", args.num_gpus, lambda v: v >= 0 and v.is_integer(), "a whole number >= 0"),
         ("--cpus-per-trial", args.cpus_per_trial, lambda v: v > 0, "a number of CPUs > 0"),
         ("--gpus-per-trial", args.gpus_per_trial, lambda v: 0 <= v <= 1,
          "a GPU fraction between 0 and 1 (a trial uses at most one GPU)"),
@@ -89,6 +89,7 @@ def _check_flags(args) -> None:
         raise SpaceError(f"--name: expected {NAME_RULE}, got {args.name!r}")
     if args.resume and not args.name:
         raise SpaceError("--resume: needs --name of the experiment to continue")
+    check_dashboard_host(args.dashboard_host)
 
 
 def _local_gpus(args) -> float:

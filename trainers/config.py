@@ -148,14 +148,16 @@ IGNORED_KEYS = (
     "wandb.timestamp",
 )
 SECRET_KEYS = ("wandb.key",)
-_DEFAULT = Config()  # frozen: one instance serves every comparison
+# built once: a space validates thousands of configs
+_DEFAULT = Config()
+_IGNORED_GETTERS = [(key, attrgetter(key)) for key in IGNORED_KEYS]
 
 
 def config_from_dict(raw: dict, source: str = "<config>", secrets: dict | None = None) -> Config:
     """Validate a nested dict (a loaded YAML) into a Config; `wandb.key` goes to `secrets`, never the Config."""
     cfg = validate(Config, strip_secrets(raw, secrets), source)
-    for key in IGNORED_KEYS:
-        if attrgetter(key)(cfg) != attrgetter(key)(_DEFAULT):
+    for key, get in _IGNORED_GETTERS:
+        if get(cfg) != get(_DEFAULT):
             warnings.warn(f"{source}: {key}: accepted for compatibility with the reference code and ignored",
                           stacklevel=2)
     return cfg

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 from trainers.cli import OneLineArgumentParser
@@ -34,6 +35,8 @@ from tune_looped.tables import print_summary, print_trial_table, summarise
 # what Tune writes into the experiment folder: Tuner.restore needs both (ray.tune.tuner / tune_controller)
 TUNE_STATE_FILES = ("tuner.pkl", "experiment_state-*.json")
 PRETRAINED = "model.pretrained_path"
+# a trial whose estimated memory is beyond this many times the machine's is refused, not merely warned of
+ABSURD_MEMORY = 10
 
 
 def parse_args(argv):
@@ -137,6 +140,23 @@ def _check_fits_local_ray(resources: dict, args, space: Space) -> None:
                              f"{have:g} (set {size_flag}, or lower the request); no trial could ever start")
 
 
+def _check_memory(space: Space, resources: dict, args) -> None:
+    """A trial that cannot fit this machine's memory: refused when its estimate (tune_looped/gpus.py: the
+    activations of its batch, parameters and Adam's state) is beyond ABSURD_MEMORY times the memory, else a
+    warning for trials on the CPU. A cluster's nodes (`--address`) are Ray's to know."""
+    if args.address:
+        return
+    total = psutil.virtual_memory().total
+    needed, trial, config = max(((trial_memory(c), t, c) for t, c in space.configurations), key=lambda x: x[0])
+    where = f"{space.path}: trial {variant_label(trial.values)}"
+    estimate = f"an estimated {needed / 2**30:.3g} GiB (training.batch_size {config.training.batch_size})"
+    if needed > ABSURD_MEMORY * total:
+        raise SpaceError(f"{where}: training.batch_size: a trial must fit in {ABSURD_MEMORY} times this machine's "
+                         f"memory ({total / 2**30:.1f} GiB), got {estimate}")
+    if needed > total and resources["gpu"] == 0:
+        warn(f"{where}: a trial needs {estimate}, more than this machine's {total / 2**30:.1f} GiB of memory")
+
+
 def _with_absolute_pretrained(space: Space) -> Space:
     """Trials run in their own folders, so a relative `model.pretrained_path` is fixed against the folder the
     runner starts in, as a single run reads it."""
@@ -148,6 +168,8 @@ def _with_absolute_pretrained(space: Space) -> Space:
         base = set_dotted(base, PRETRAINED, absolute(base["model"]["pretrained_path"]))
     trials = tuple(t.model_copy(update={"values": {**t.values, PRETRAINED: absolute(t.values[PRETRAINED])}})
                    if PRETRAINED in t.values else t for t in space.trials)
+    if (base, trials) == (space.base, space.trials):
+        return space  # which keeps the configs it has built
     return dataclasses.replace(space, base=base, trials=trials)
 
 
@@ -184,6 +206,7 @@ def resolve(args):
     if resources["gpu"] == GPU_AUTO and not (args.dry_run and args.num_gpus is None):
         resources["gpu"] = _auto_gpu_share(space, args)
     _check_fits_local_ray(resources, args, space)
+    _check_memory(space, resources, args)
     _check_pretrained_files(space)
     check_address(args.address)
     name = args.name or f"{space.name}{'-quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -6,6 +6,7 @@ once, tagged with all of them. Grid, sample and `quick.base` keys are dotted key
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -126,6 +127,22 @@ class Space:
     @property
     def varying_keys(self) -> list[str]:
         return sorted({k for t in self.trials for k in t.values} | set(self.sample))
+
+    @functools.cached_property
+    def configurations(self) -> list[tuple[PlannedTrial, Config]]:
+        """(trial, validated config) for the first trial of each configuration, at each end of every sampled
+        distribution: every config the trials can have, up to the seed. A seed is checked where it is given (the
+        schema, `--seeds`) and no rule across keys involves it, so one seed of a configuration stands for all."""
+        seen, out = set(), []
+        corners = _distribution_corners(self.sample)
+        for trial in self.trials:
+            configuration = tuple((k, v) for k, v in trial.values.items() if k != SEED_KEY)
+            if configuration in seen:
+                continue
+            seen.add(configuration)
+            source = f"{self.path}: trial {variant_label(trial.values)}"
+            out += [(trial, trial_config(self.base, {**trial.values, **values}, source)) for values in corners]
+        return out
 
 
 def resolve_space_path(text: str) -> Path:
@@ -308,31 +325,16 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
     if seeds is not None:
         trials = [PlannedTrial(hypotheses=t.hypotheses, values={**t.values, SEED_KEY: seed})
                   for t in trials for seed in seeds]
-    configurations(base, trials, sample, where)
-    return Space(
+    space = Space(
         path=path, name=spec.name or path.stem, base=base, trials=tuple(trials), sample=sample,
         num_samples=spec.num_samples, resources=spec.resources.model_dump(),
         scheduler=_parse_scheduler(spec.scheduler, f"{where}: scheduler"), metric=spec.metric, mode=spec.mode,
         max_concurrent=spec.max_concurrent, hypotheses=tuple(declared),
         wandb=spec.wandb.model_dump(exclude_unset=True), secrets=secrets,
     )
-
-
-def configurations(base: dict, trials, sample: dict[str, Distribution],
-                   where: str) -> list[tuple[PlannedTrial, Config]]:
-    """(trial, validated config) for the first trial of each configuration, at each end of every sampled
-    distribution: every config the trials can have, up to the seed. A seed is checked where it is given (the
-    schema, `--seeds`) and no rule across keys involves it, so one seed of a configuration stands for all."""
-    seen, out = set(), []
-    corners = _distribution_corners(sample)
-    for trial in trials:
-        configuration = tuple((k, v) for k, v in trial.values.items() if k != SEED_KEY)
-        if configuration in seen:
-            continue
-        seen.add(configuration)
-        source = f"{where}: trial {variant_label(trial.values)}"
-        out += [(trial, trial_config(base, {**trial.values, **values}, source)) for values in corners]
-    return out
+    # builds, and so validates, every trial's config; the runner's later checks reuse them
+    space.configurations
+    return space
 
 
 def _hypotheses_key(spec: SpaceFile, where: str) -> str:

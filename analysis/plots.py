@@ -7,6 +7,7 @@ Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so nothin
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
 from analysis.verdict import Hypothesis, Verdict, hypotheses_of, judge, predict_zero_level
 
 PLOTS_DIR = "plots"
+SLUG_LENGTH = 100  # of a hypothesis' name in its figures' file names, well within a filesystem's 255 bytes
 ZOOM_FRACTION = 0.25  # the zoomed view: the last quarter of training, where variants separate
 BASELINE_STYLES = (":", "-.", (0, (5, 2)), (0, (1, 3)), (0, (3, 1, 1, 1)))
 ERROR_LABEL = "squared error / normaliser"
@@ -46,7 +48,13 @@ def read_evaluation(*directories) -> pd.DataFrame | None:
 
 
 def plot_path(plots_dir: Path, hypothesis: str, kind: str) -> Path:
-    return Path(plots_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', hypothesis)}_{kind}.png"
+    """A file of the hypothesis' own: its name where that is a safe file name of at most SLUG_LENGTH characters,
+    else a slug of it (`[A-Za-z0-9_.-]`) and a short hash of the whole name, so that `a/b` and `a:b` (or two
+    emoji) do not share a file. REPORT.md links its figures by this same path."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", hypothesis)[:SLUG_LENGTH]
+    if slug != hypothesis:
+        slug += "-" + hashlib.sha256(hypothesis.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return Path(plots_dir) / f"{slug}_{kind}.png"
 
 
 FIGURES_PER_HYPOTHESIS = 6

@@ -42,6 +42,7 @@ SURFACES = {
     "override": "dotted overrides (`--model.n_layer 2`)",
     "train flags": "single-run flags",
     "checkpoint": "checkpoint files as `model.pretrained_path` (single run and runner)",
+    "names": "names that become folders (`--name`, a space's `name:`, `wandb.name`)",
     "space": "space YAML (`--space`)",
     "run flags": "runner flags",
     "resume": "`--resume`",
@@ -127,6 +128,22 @@ def folder(path: Path) -> None:
     path.mkdir()
 
 
+def fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def symlink_loop(path: Path) -> None:
+    other = path.with_name(f"{path.name}.loop")
+    path.symlink_to(other.name)
+    other.symlink_to(path.name)
+
+
+# 9 lists of nine aliases to the list before: 9**9 strings in 410 bytes
+ALIAS_BOMB = "a0: &a0 [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n" + "".join(
+    f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))
+MILLION = {"training.learning_rate": [i / 1e5 for i in range(1, 1001)], "training.batch_size": list(range(1, 1001))}
+
+
 BASE = {"base.yaml": config()}
 SPACE = {**BASE, "space.yaml": space()}
 TRAIN = ("--config", "base.yaml", "--out_dir", "runs")
@@ -171,6 +188,23 @@ CASES = [
          {"base.yaml": b"\x89PNG\r\n\x1a\n\x00\xff"}),
     Case("space-base-unknown-key", "config", "unknown key in a space's base file", "run", RUN,
          ("base.yaml", "model.n_layr", "unknown key"), {"base.yaml": config(model__n_layr=2), "space.yaml": space()}),
+    Case("config-alias-bomb", "config", "an alias bomb (410 bytes, 9**9 values)", "train", TRAIN,
+         ("base.yaml", "at most 100000 values", "aliases expanded"), {"base.yaml": ALIAS_BOMB}),
+    Case("config-alias-in-itself", "config", "an alias inside the value it names", "train", TRAIN,
+         ("base.yaml", "model.x: an alias to a value that holds it"),
+         {"base.yaml": "model: &m {n_layer: 1, x: *m}\n"}),
+    Case("config-nested-500", "config", "nesting 500 deep", "train", TRAIN,
+         ("base.yaml", "at most 64 levels of nesting"), {"base.yaml": "[" * 500 + "]" * 500 + "\n"}),
+    Case("config-over-1-mib", "config", "a file over 1 MiB", "train", TRAIN, ("base.yaml", "at most 1 MiB"),
+         {"base.yaml": config() + "#" + "x" * 2**20 + "\n"}),
+    Case("config-dev-zero", "config", "`/dev/zero`", "train", ("--config", "/dev/zero", "--out_dir", "runs"),
+         ("/dev/zero", "a character device, not a regular file")),
+    Case("config-inherit-symlink-loop", "config", "`inherit:` of a loop of symbolic links", "train", TRAIN,
+         ("loop.yaml", "a loop of symbolic links"),
+         {"base.yaml": "inherit: [loop.yaml]\n", "loop.yaml": symlink_loop}),
+    Case("config-learning-rate-inf", "config", "an infinite learning rate", "train", TRAIN,
+         ("training.learning_rate", "a finite number > 0, got inf"),
+         {"base.yaml": config(training__learning_rate=float("inf"))}),
     # dotted overrides
     Case("override-unknown", "override", "unknown key", "train", (*TRAIN, "--model.n_layr", "2"),
          ("model.n_layr", "unknown key"), BASE),
@@ -184,6 +218,10 @@ CASES = [
          ("training.curriculum", "is a section"), BASE),
     Case("override-not-dotted", "override", "not a --section.key flag", "train", (*TRAIN, "--layers", "2"),
          ("--layers", "expected --section.key VALUE"), BASE),
+    Case("override-seed-2-64", "override", "a seed of 2**64, beyond torch's", "train",
+         (*TRAIN, "--training.seed", str(2**64)), ("training.seed", "an integer from 0 to 2**64 - 1"), BASE),
+    Case("override-weight-decay-nan", "override", "weight decay nan", "train",
+         (*TRAIN, "--training.weight_decay", "nan"), ("training.weight_decay", "a finite number >= 0"), BASE),
     # single-run flags
     Case("train-no-config", "train flags", "--config missing", "train", ("--out_dir", "runs"),
          ("--config", "required")),
@@ -217,6 +255,20 @@ CASES = [
     Case("run-pretrained-code", "checkpoint", "runner: a pickle that would run code", "run", RUN,
          ("ref.pt", "only tensors and containers are accepted"),
          {"base.yaml": config(model__pretrained_path="ref.pt"), "ref.pt": code_pickle, "space.yaml": space()}),
+    # names that become folders
+    Case("run-name-parent", "names", "`--name ../x`", "run", (*RUN, "--name", "../x"),
+         ("--name: expected a folder name", "no / or \\", "got '../x'"), SPACE),
+    Case("run-name-absolute", "names", "an absolute `--name`", "run", (*RUN, "--name", "/tmp/x"),
+         ("--name: expected a folder name", "got '/tmp/x'"), SPACE),
+    Case("run-name-300", "names", "a 300-character `--name`", "run", (*RUN, "--name", "n" * 300),
+         ("--name: expected a folder name: 1 to 200 characters",), SPACE),
+    Case("space-name-parent", "names", "a space file's `name: ../x`", "run", RUN,
+         ("space.yaml", "name: must be a folder name", "got '../x'"), {**BASE, "space.yaml": space(name="../x")}),
+    Case("train-wandb-name-parent", "names", "`--wandb.name ../../x`", "train", (*TRAIN, "--wandb.name", "../../x"),
+         ("base.yaml", "wandb.name: must be a folder name", "got '../../x'"), BASE),
+    Case("train-wandb-name-absolute", "names", "an absolute `wandb.name`", "train", TRAIN,
+         ("base.yaml", "wandb.name: must be a folder name", "got '/tmp/x'"),
+         {"base.yaml": config(wandb__name="/tmp/x")}),
     # space YAML
     Case("space-missing", "space", "missing file", "run", ("--space", "nope.yaml"), ("nope.yaml", "no such space file")),
     Case("space-not-yaml", "space", "not YAML", "run", RUN, ("space.yaml", "not valid YAML"),
@@ -253,6 +305,30 @@ CASES = [
          {**BASE, "space.yaml": dump({"base": "base.yaml", "hypotheses": [
              {"name": "e", "grid": {"model.n_layer": [1, 2]},
               "trend": {"key": "model.n_last_tokens", "error": "decreasing"}}]})}),
+    Case("space-alias-bomb", "space", "an alias bomb", "run", RUN, ("space.yaml", "at most 100000 values"),
+         {**BASE, "space.yaml": space() + ALIAS_BOMB}),
+    Case("space-base-fifo", "space", "a FIFO as `base:`", "run", RUN, ("space.yaml: base", "fifo.yaml", "a FIFO"),
+         {"fifo.yaml": fifo, "space.yaml": space(base="fifo.yaml")}),
+    Case("space-base-folder", "space", "a folder as `base:`", "run", RUN, ("space.yaml: base", "a folder"),
+         {"configs": folder, "space.yaml": space(base="configs")}),
+    Case("space-symlink-loop", "space", "a loop of symbolic links as `--space`", "run",
+         ("--space", "loop.yaml", "--storage", "results"), ("loop.yaml", "a loop of symbolic links"),
+         {"loop.yaml": symlink_loop}),
+    Case("space-million-trials", "space", "`--dry-run` of a grid of 10**6 trials", "run", (*RUN, "--dry-run"),
+         ("space.yaml", "hypotheses[0].grid: at most 10000 trials a space, got 1000000"),
+         {**BASE, "space.yaml": space(grid=MILLION)}),
+    Case("space-seeds-2-64", "space", "a seed of 2**64", "run", RUN, ("space.yaml", "seeds", "from 0 to 2**64 - 1"),
+         {**BASE, "space.yaml": space(seeds=[0, 2**64])}),
+    Case("space-batch-absurd", "space", "a batch of 10**11 (beyond 10 times the machine's memory)", "run", RUN,
+         ("trial batch_size=100000000000", "training.batch_size", "10 times this machine's memory"),
+         {**BASE, "space.yaml": space(grid={"training.batch_size": [10**11]})}),
+    Case("space-metric-misspelt", "space", "a misspelt `metric` under ASHA", "run", RUN,
+         ("space.yaml", "metric: must be one of step", "got 'eval/los'"),
+         {**BASE, "space.yaml": space(metric="eval/los", scheduler="asha")}),
+    Case("space-hypotheses-same-name", "space", "two hypotheses of one name", "run", RUN,
+         ("space.yaml", "hypotheses[1].name: must differ"),
+         {**BASE, "space.yaml": dump({"base": "base.yaml", "hypotheses": [
+             {"name": "e", "grid": {"training.seed": [0]}}, {"name": "e", "grid": {"training.seed": [1]}}]})}),
     # runner flags
     Case("run-max-concurrent-0", "run flags", "--max-concurrent 0", "run", (*RUN, "--max-concurrent", "0"),
          ("--max-concurrent", "expected a positive integer"), SPACE),
@@ -275,6 +351,14 @@ CASES = [
     Case("run-not-a-number", "run flags", "not a number", "run", (*RUN, "--max-concurrent", "two"),
          ("--max-concurrent", "invalid int value"), SPACE),
     Case("run-no-space", "run flags", "--space missing", "run", ("--storage", "results"), ("--space", "required")),
+    Case("run-seeds-2-64", "run flags", "--seeds beyond 2**64 - 1", "run", (*RUN, "--seeds", f"0,{2**64}"),
+         ("--seeds", "from 0 to 2**64 - 1"), SPACE),
+    Case("run-num-gpus-half", "run flags", "--num-gpus 0.5", "run", (*RUN, "--num-gpus", "0.5"),
+         ("--num-gpus: expected a whole number >= 0, got 0.5",), SPACE),
+    Case("run-num-gpus-inf", "run flags", "--num-gpus inf", "run", (*RUN, "--num-gpus", "inf"),
+         ("--num-gpus: expected a whole number >= 0, got inf",), SPACE),
+    Case("run-dashboard-host", "run flags", "--dashboard-host neither an address nor a host name", "run",
+         (*RUN, "--dashboard-host", "not a host"), ("--dashboard-host", "an IP address or a host name"), SPACE),
     # --resume
     Case("resume-no-name", "resume", "without --name", "run", (*RUN, "--resume"), ("--resume", "--name"), SPACE),
     Case("resume-missing", "resume", "an experiment that does not exist", "run", (*RUN, "--name", "x", "--resume"),
@@ -299,6 +383,12 @@ CASES = [
          ("--storage /proc/ray_results", "cannot write in /proc"), SPACE),
     Case("storage-full", "storage", "disk full (less free than the runner needs)", "run, disk full", RUN,
          ("--storage", "MiB free", "less than"), SPACE),
+    Case("storage-unknown-scheme", "storage", "a URI of a scheme pyarrow does not know", "run",
+         ("--space", "space.yaml", "--storage", "foo://bucket/results"),
+         ("--storage foo://bucket/results", "a filesystem pyarrow knows", "got foo://"), SPACE),
+    Case("storage-symlink-loop", "storage", "a loop of symbolic links", "run",
+         ("--space", "space.yaml", "--storage", "results"), ("--storage results", "a loop of them"),
+         {**SPACE, "results": symlink_loop}),
     # experiment folders given to the analysis
     Case("analysis-missing", "analysis", "missing folder", "analysis", ("all", "nope"),
          ("nope", "no such experiment directory")),
@@ -325,9 +415,15 @@ CASES = [
 
 
 def snapshot(root: Path) -> dict:
-    """Every path under `root`: folders as None, files by their content's hash."""
-    return {str(p.relative_to(root)): None if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
+    """Every path under `root`: folders as None, links by their target, files by their content's hash, and
+    anything else (a FIFO, which a read would block on) by its kind."""
+    def entry(path: Path):
+        if path.is_symlink():
+            return f"link to {os.readlink(path)}"
+        if path.is_dir():
+            return None
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "not a regular file"
+    return {str(p.relative_to(root)): entry(p) for p in sorted(root.rglob("*"))}
 
 
 def run_case(case: Case, sandbox: Path, mpl_cache: Path) -> dict:

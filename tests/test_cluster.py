@@ -188,3 +188,47 @@ def test_available_cpus_prefers_process_cpu_count(monkeypatch):
     monkeypatch.setattr(os, "process_cpu_count", lambda: 2, raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert available_cpus() == 2
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "node-1.cluster.local", "x."])
+def test_a_dashboard_host_is_an_address_or_a_host_name(host):
+    cluster.check_dashboard_host(host)
+
+
+@pytest.mark.parametrize("host", ["", "not a host", "bad_host!", "999.1.1.1", "-node", "node-", "a" * 64, "[::1]",
+                                  "http://node", "a..b"])
+def test_a_dashboard_host_that_is_neither_is_one_line(host):
+    with pytest.raises(cluster.SpaceError) as err:
+        cluster.check_dashboard_host(host)
+    assert str(err.value) == f"--dashboard-host: expected an IP address or a host name, got {host!r}"
+
+
+def test_storage_uris_are_checked_by_their_scheme_only():
+    assert cluster.check_storage("s3://bucket/results") == "s3://bucket/results"
+    assert cluster.check_storage("gs://bucket/results") == "gs://bucket/results"
+    with pytest.raises(cluster.SpaceError) as err:
+        cluster.check_storage("foo://bucket/results")
+    assert str(err.value).startswith("--storage foo://bucket/results: expected a local path or a URI of a filesystem "
+                                     "pyarrow knows (file://, local://, s3://")
+    assert str(err.value).endswith("), got foo://")
+
+
+def test_the_schemes_are_those_pyarrow_reads():
+    import pyarrow.fs
+
+    assert {"s3", "gs"} <= set(cluster.storage_schemes())
+    # s3:// and gs:// could go looking for credentials or a region on the network; the others fail locally
+    for scheme in set(cluster.storage_schemes()) - {"s3", "gs", "gcs"}:
+        try:
+            pyarrow.fs.FileSystem.from_uri(f"{scheme}://")
+        except Exception as err:  # a scheme pyarrow knows fails on its missing bucket, account or JVM instead
+            assert "Unrecognized filesystem type" not in str(err), scheme
+    with pytest.raises(pyarrow.ArrowInvalid, match="Unrecognized filesystem type"):
+        pyarrow.fs.FileSystem.from_uri("foo://bucket")
+
+
+def test_a_symlink_loop_as_storage_is_one_line(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(cluster.SpaceError, match=r"--storage .*/a: a symbolic link to nothing, or a loop of them"):
+        cluster.check_storage(str(tmp_path / "a"))

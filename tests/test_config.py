@@ -97,6 +97,16 @@ BAD = [
     ("training.compile", "yes", "training.compile: expected true or false"),
     ("training.cuda_graphs", 1, "training.cuda_graphs: expected true or false"),
     ("training.onednn_linear", "on", "training.onednn_linear: expected true or false"),
+    # a value torch or Adam would take, to train on nan from the first step
+    ("training.learning_rate", float("inf"), "training.learning_rate: must be a finite number > 0, got inf"),
+    ("training.learning_rate", "nan", "training.learning_rate: must be a finite number > 0, got 'nan'"),
+    ("training.weight_decay", float("inf"), "training.weight_decay: must be a finite number >= 0, got inf"),
+    # torch.manual_seed takes at most 2**64 - 1; a negative seed is another seed's alias
+    ("training.seed", 2**64, "training.seed: must be an integer from 0 to 2**64 - 1"),
+    ("training.seed", -1, "training.seed: must be an integer from 0 to 2**64 - 1"),
+    # wandb.name names the single run's folder under out_dir
+    ("wandb.name", "../../x", "wandb.name: must be a folder name: 1 to 200 characters, no / or \\"),
+    ("wandb.name", "/tmp/x", "wandb.name: must be a folder name"),
 ]
 
 
@@ -136,6 +146,10 @@ def test_curriculum_is_a_pure_function_of_the_step(step, expected):
     state = curriculum_at(curriculum, step)
     assert (state.n_dims, state.n_points, state.n_loops) == expected
     assert final_state(curriculum) == curriculum_at(curriculum, 10**9)
+
+
+def test_the_largest_seed_torch_takes_is_valid():
+    assert config_from_dict({"training": {"seed": 2**64 - 1}}).training.seed == 2**64 - 1
 
 
 def test_defaults_are_valid():

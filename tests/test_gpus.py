@@ -49,6 +49,25 @@ def test_the_quick_study_and_an_explicit_share_take_no_estimate(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_batch_beyond_ten_times_the_memory_is_refused(tmp_path, capsys):
+    space = write_space(tmp_path / "space.yaml", [{"name": "b", "grid": {"training.batch_size": [8, 10**9]}}])
+    assert main(["--space", str(space), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {space}: trial batch_size=1000000000: training.batch_size: a trial "
+                                        "must fit in 10 times this machine's memory (")
+    assert err.endswith(" GiB (training.batch_size 1000000000)\n") and len(err.splitlines()) == 1
+
+
+def test_a_batch_beyond_the_memory_is_warned_of(tmp_path, capsys, monkeypatch):
+    space = write_space(tmp_path / "space.yaml", [{"name": "b", "grid": {"training.batch_size": [8, 64]}}])
+    needed = trial_memory(trial_config(load_space(space).base, {"training.batch_size": 64}))
+    monkeypatch.setattr("psutil.virtual_memory", lambda: type("Memory", (), {"total": needed - 1})())
+    assert main(["--space", str(space), "--dry-run"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: {space}: trial batch_size=64: a trial needs an estimated ")
+    assert "(training.batch_size 64), more than this machine's" in err[0]
+
+
 @pytest.mark.slow
 def test_auto_packs_trials_onto_a_gpu_ray_is_told_of(tmp_path, capsys, monkeypatch):
     """Tiny trials need little memory: the smallest share, so 4 trials (one per CPU) run together on one GPU."""

@@ -1,4 +1,6 @@
 """The figures of each hypothesis from a tiny synthetic experiment: which are drawn, where they go, how they look."""
+import re
+
 import matplotlib.colors
 import pytest
 
@@ -63,4 +65,14 @@ def test_plot_experiment_writes_into_the_output_directory(tmp_path):
 
 
 def test_a_hypothesis_name_becomes_a_safe_file_name(tmp_path):
-    assert plot_path(tmp_path, "loops vs. depth/2", "cost") == tmp_path / "loops_vs._depth_2_cost.png"
+    assert plot_path(tmp_path, "looped_n_layers", "cost") == tmp_path / "looped_n_layers_cost.png"
+    path = plot_path(tmp_path, "loops vs. depth/2", "cost")
+    assert path.parent == tmp_path and re.fullmatch(r"loops_vs\._depth_2-[0-9a-f]{8}_cost\.png", path.name)
+
+
+@pytest.mark.parametrize("names", [("a/b", "a:b", "a_b"), ("🙂", "🙃", "_"), ("x" * 150 + "1", "x" * 150 + "2")],
+                         ids=["separators", "emoji", "long"])
+def test_names_that_differ_only_outside_the_slug_get_files_of_their_own(tmp_path, names):
+    paths = [plot_path(tmp_path, name, "loss") for name in names]
+    assert len(set(paths)) == len(names)
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", p.name) and len(p.name) < 255 for p in paths)

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.plots import write_plots
+from analysis.plots import plot_path, write_plots
 from analysis.report import render_report
 from analysis.significance import t_quantile
 from analysis.verdict import RULE, TREND_RULE, Hypothesis, Trend
@@ -70,6 +70,23 @@ def test_report_gives_the_verdict_the_ranking_and_the_reference_rows(tmp_path):
     assert rows[1][8] == f"{(critical + power) * se:.3g}"
     assert rows[3][3] == "–" and rows[4][3] == "1"
     assert "on the training's held-out prompts" in report
+
+
+def test_each_section_links_its_own_figures_when_names_differ_only_outside_the_slug(tmp_path):
+    names = ("a/b", "a:b")
+    summary = pd.concat([summary_frame(hypotheses=name).assign(trial_id=lambda f, i=i: f["trial_id"] + f"-{i}")
+                         for i, name in enumerate(names)], ignore_index=True)
+    links = {}
+    for name in names:
+        path = plot_path(tmp_path / "plots", name, "loss")
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+        links[name] = f"]({path.relative_to(tmp_path).as_posix()})"
+    assert len(set(links.values())) == 2
+    report = render(summary, tmp_path=tmp_path)
+    for name, other in (names, names[::-1]):
+        section = report.split(f"\n## {name}\n")[1].split("\n## ")[0]
+        assert links[name] in section and links[other] not in section
 
 
 def test_report_cost_table(tmp_path):

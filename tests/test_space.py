@@ -140,8 +140,7 @@ LOAD_CASES = [
                          ({"model.n_last_tokens": -1, "model.n_layer": 2}, ("b", "c")),
                          ({"model.n_last_tokens": -1, "model.n_layer": 3}, ("b",))],
                  id="base-value-fills-absent-keys"),
-    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 1, 2]}},
-                                  {"name": "a", "grid": {"model.n_layer": [2]}}]},
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 1, 2]}}]},
                  False, [({"model.n_layer": 1}, ("a",)), ({"model.n_layer": 2}, ("a",))],
                  id="repeats-within-an-experiment-run-once"),
     pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]}}], "seeds": [0, 7]},
@@ -214,12 +213,13 @@ def test_space_settings_and_defaults(tmp_path):
     assert plain.resources == {"cpu": 1, "gpu": 0} and plain.name == "plain" and plain.sample == {}
     full = load_space(write_space(tmp_path, {
         "name": "study", "resources": {"gpu": 0.25}, "scheduler": {"type": "asha", "grace_period": 5},
-        "metric": "eval/err", "mode": "max", "max_concurrent": 3, "num_samples": 2,
+        "metric": "eval/loss_last", "mode": "max", "max_concurrent": 3, "num_samples": 2,
         "sample": {"training.learning_rate": "loguniform(1e-4, 1e-3)"},
         "wandb": {"enabled": True, "project": "p", "group": "g"},
     }, name="full.yaml"))
     assert full.name == "study" and full.resources == {"cpu": 1, "gpu": 0.25}
-    assert full.scheduler == {"type": "asha", "grace_period": 5} and (full.metric, full.mode) == ("eval/err", "max")
+    assert full.scheduler == {"type": "asha", "grace_period": 5}
+    assert (full.metric, full.mode) == ("eval/loss_last", "max")
     assert (full.max_concurrent, full.num_samples) == (3, 2) and full.wandb == {"enabled": True, "project": "p",
                                                                                  "group": "g"}
     assert full.sample == {"training.learning_rate": Distribution("loguniform", (1e-4, 1e-3))}
@@ -293,6 +293,31 @@ def test_quick_study_keeps_the_research_ratios():
 def test_bare_name_resolves_in_the_package(text, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a bare name is found from any working directory
     assert load_space(text).path.resolve() == (SPACES_DIR / "hypotheses.yaml").resolve()
+
+
+KEY = "fakekey" + "0123456789abcdef" * 2
+
+
+@pytest.mark.parametrize("quick_base, files", [
+    ({"wandb.key": KEY, "training.train_steps": 5}, {}),
+    ({"wandb": {"key": KEY}, "training.train_steps": 5}, {}),
+    ("quick.yaml", {"quick.yaml": f"wandb.key: {KEY}\ntraining.train_steps: 5\n"}),
+    # the quick block's key wins over the base's, as its other keys do
+    ({"wandb.key": KEY}, {"base.yaml": yaml.safe_dump({**BASE, "wandb": {"key": "the-base-key"}})}),
+], ids=["dotted", "nested", "file", "over-the-base-key"])
+def test_a_wandb_key_in_the_quick_block_is_the_key_used_and_in_no_file(tmp_path, quick_base, files):
+    from trainers.records import write_space_record
+    from tune_looped.space import space_record
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    base = "base.yaml" if "base.yaml" in files else BASE
+    space = load_space(write_space(tmp_path, {"base": base, "quick": {"base": quick_base}}), quick=True)
+    assert space.secrets == {"wandb.key": KEY}
+    experiment = tmp_path / "experiment"
+    experiment.mkdir()
+    write_space_record(experiment, space_record(space, True))
+    assert KEY not in repr(space.base) and KEY not in (experiment / "space.yaml").read_text()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -373,6 +398,8 @@ def test_asha_max_t_follows_quick_base(tmp_path):
 BAD_SPACES = [
     pytest.param({"bogus": 1}, False, ["bogus", "unknown key", "allowed: name, description, base"],
                  id="unknown-top-level-key"),
+    # the space's name is the default experiment folder under --storage
+    pytest.param({"name": "../x"}, False, ["name: must be a folder name", "got '../x'"], id="name-leaves-storage"),
     pytest.param({"hypotheses": [{"name": "a", "grid": {"model.nope": [1]}}]}, False,
                  ["model.nope", "unknown key", "model has: family"], id="unknown-dotted-key"),
     pytest.param({"hypotheses": [{"name": "a", "grid": {"modle.n_layer": [1]}}]}, False,
@@ -462,10 +489,21 @@ BAD_SPACES = [
     pytest.param({"seeds": [0, "1"]}, False, ["seeds", "list of integers"], id="seeds-not-integers"),
     pytest.param({"seeds": [0, True]}, False, ["seeds", "list of integers"], id="seeds-bool"),
     pytest.param({"seeds": 3}, False, ["seeds", "list of integers"], id="seeds-not-list"),
+    pytest.param({"seeds": [0, 2**64]}, False, ["seeds: must be a non-empty list of integers from 0 to 2**64 - 1",
+                                                 "got [0, 18446744073709551616]"], id="seeds-beyond-torch"),
+    pytest.param({"quick": {"seeds": [-1]}}, False, ["quick.seeds", "from 0 to 2**64 - 1"], id="quick-seeds-negative"),
     pytest.param({"num_samples": 0}, False, ["num_samples", "positive integer"], id="num_samples-0"),
     pytest.param({"max_concurrent": 0}, False, ["max_concurrent", "positive integer"], id="max_concurrent-0"),
     pytest.param({"mode": "median"}, False, ["mode", "min, max", "'median'"], id="mode-median"),
-    pytest.param({"metric": ""}, False, ["metric", "non-empty string"], id="metric-empty"),
+    pytest.param({"metric": ""}, False, ["metric", "must be one of step, overall_loss", "got ''"], id="metric-empty"),
+    # ASHA on a key no trial reports would silently stop nothing
+    pytest.param({"metric": "eval/los", "scheduler": "asha"}, False,
+                 ["metric: must be one of step, overall_loss", "eval/loss_last, got 'eval/los'"], id="metric-misspelt"),
+    # the verdict reads each hypothesis' reference and expect by its name
+    pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2]}, "reference": {"model.n_layer": 1},
+                                  "expect": "better"}, {"name": "a", "grid": {"model.n_last_tokens": [4, -1]}}]},
+                 False, ["hypotheses[1].name: must differ from every other hypothesis' name, got 'a' (the name of "
+                         "hypotheses[0])"], id="hypothesis-names-repeated"),
     pytest.param({"wandb": {"api_key": "x"}}, False, ["wandb.api_key", "allowed: enabled"], id="wandb-unknown-key"),
     # each resolved configuration is validated before Ray starts: 3 heads do not divide n_embd 32
     pytest.param({"hypotheses": [{"name": "a", "grid": {"model.n_head": [4, 3]}}]}, False,
@@ -494,6 +532,64 @@ BAD_SPACES = [
                  ["seeds: key given twice (lines 3 and 4)"], id="duplicate-key"),
     pytest.param("- base\n", False, ["expected a mapping"], id="top-level-list"),
 ]
+
+
+@pytest.mark.parametrize("space, fragment", [
+    ({"hypotheses": [{"name": "a", "grid": {"training.learning_rate": [i / 1000 for i in range(1, 1001)],
+                                            "training.batch_size": list(range(1, 1001))}}]},
+     "hypotheses[0].grid: at most 6 trials a space, got 1000000 (1000 training.learning_rate x 1000 "
+     "training.batch_size)"),
+    ({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2, 3]}}], "seeds": [0, 1], "num_samples": 2},
+     "hypotheses[0].grid: at most 6 trials a space, got 12 (3 model.n_layer x 2 seeds x num_samples 2)"),
+    # each grid fits, their union does not; repeated values count once
+    ({"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2, 2]}},
+                     {"name": "b", "grid": {"model.n_last_tokens": [3, 4]}}], "seeds": [0, 1]},
+     "hypotheses: at most 6 trials a space, got 8 (4 configurations x 2 seeds)"),
+], ids=["one-grid", "seeds-and-samples", "union"])
+def test_a_space_beyond_the_trial_cap_is_refused_before_its_trials_are_built(tmp_path, monkeypatch, space,
+                                                                              fragment):
+    monkeypatch.setattr("tune_looped.space.MAX_TRIALS", 6)
+    built = []
+    monkeypatch.setattr("tune_looped.space.trial_config", lambda *args: built.append(args))
+    path = write_space(tmp_path, space)
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    assert str(err.value) == f"{path}: {fragment}" and not built
+
+
+def test_a_space_at_the_trial_cap_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr("tune_looped.space.MAX_TRIALS", 6)
+    space = {"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2, 3]}}], "seeds": [0, 1]}
+    assert len(load_space(write_space(tmp_path, space)).trials) == 6
+
+
+def test_each_configuration_is_validated_once_whatever_its_seeds(tmp_path, monkeypatch):
+    import tune_looped.space as space_module
+
+    validated, real = [], space_module.trial_config
+
+    def counted(base, values, source):
+        validated.append(values)
+        return real(base, values, source)
+
+    monkeypatch.setattr(space_module, "trial_config", counted)
+    space = {"hypotheses": [{"name": "a", "grid": {"model.n_layer": [1, 2, 3]}}], "seeds": [0, 1, 2, 3],
+             "sample": {"training.learning_rate": "loguniform(1e-4, 1e-3)"}}
+    assert len(load_space(write_space(tmp_path, space)).trials) == 12
+    # one seed for each configuration, at both ends of the sampled learning rate
+    assert [(v["model.n_layer"], v["training.seed"], v["training.learning_rate"]) for v in validated] == [
+        (n, 0, lr) for n in (1, 2, 3) for lr in (1e-4, 1e-3)]
+
+
+def test_an_invalid_configuration_is_named_by_its_first_trial(tmp_path):
+    space = {"hypotheses": [{"name": "a", "grid": {"model.n_head": [4, 3]}}], "seeds": [5, 6]}
+    with pytest.raises(SpaceError, match=r"trial n_head=3 seed=5: model\.n_head: must be a positive divisor"):
+        load_space(write_space(tmp_path, space))
+
+
+def test_seeds_given_to_load_space_are_checked(tmp_path):
+    with pytest.raises(SpaceError, match=r"seeds: must be an integer from 0 to 2\*\*64 - 1"):
+        load_space(write_space(tmp_path, {}), seeds=[0, 2**64])
 
 
 @pytest.mark.parametrize("space, quick, fragments", BAD_SPACES)

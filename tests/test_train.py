@@ -15,6 +15,7 @@ from trainers.config import config_from_dict
 from trainers.curriculum import CurriculumState
 from trainers.models import build_model
 from trainers.onednn import ONEDNN, Linear
+from trainers.records import METRIC_KEYS
 from trainers.dotted import set_dotted
 from trainers.training import (CUDA_GRAPH_WARMUP_STEPS, StepRunner, make_optimizer, prepare_model,
                                resolve_device, train, uses_cuda_graphs)
@@ -44,6 +45,14 @@ def test_rows_checkpoints_and_eval(tmp_path, tiny_raw):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000039"]
     state = load_checkpoint(tmp_path / "checkpoints" / "step_000039")
     assert state["step"] == 40 and state["metrics"] == rows and state["config"]["model"]["n_embd"] == 32
+
+
+def test_rows_hold_exactly_the_keys_a_space_may_name_as_metric(tmp_path, tiny_raw):
+    rows = []
+    train(_config(tiny_raw, training__train_steps=12), out_dir=tmp_path, reporter=lambda r, c: rows.append(r))
+    assert [r["step"] for r in rows] == [0, 10, 11]
+    assert list(rows[0]) == list(METRIC_KEYS)  # an evaluation step
+    assert list(rows[1]) == [k for k in METRIC_KEYS if not k.startswith("eval/")]
 
 
 def test_keep_every_steps_keeps_permanent_copies(tmp_path, tiny_raw):

@@ -16,12 +16,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from trainers import schema
+from trainers.names import NAME_RULE, is_folder_name
 from trainers.schema import ConfigError, Section, allowed_if, rule, validate
 from trainers.yaml_file import load_yaml, yaml11_float
 
 
 PositiveInt = Annotated[int, Field(gt=0, description="a positive integer")]
 Number = Annotated[float, BeforeValidator(yaml11_float)]
+# torch.manual_seed takes -2**63 .. 2**64 - 1, but a negative seed wraps onto a positive one (-1 is 2**64 - 1),
+# which would count one stream twice among a configuration's seeds
+MAX_SEED = 2**64 - 1
 # The registries of trainers.models and trainers.tasks; a test checks that they hold exactly these names.
 ModelFamily = Literal["gpt2", "gpt2_loop"]
 TaskName = Literal["linear_regression", "noisy_linear_regression", "sparse_linear_regression",
@@ -72,8 +76,8 @@ class CurriculumConfig(Section):
 class TrainingConfig(Section):
     task_name: TaskName = "linear_regression"
     batch_size: PositiveInt = 64
-    learning_rate: Annotated[Number, Field(gt=0, description="a positive number")] = 1e-4
-    weight_decay: Annotated[Number, Field(ge=0, description="a number >= 0")] = 0.0
+    learning_rate: Annotated[Number, Field(gt=0, allow_inf_nan=False, description="a finite number > 0")] = 1e-4
+    weight_decay: Annotated[Number, Field(ge=0, allow_inf_nan=False, description="a finite number >= 0")] = 0.0
     train_steps: PositiveInt = 20001
     save_every_steps: PositiveInt = 1000
     keep_every_steps: Annotated[int, allowed_if(lambda v: v == -1 or v > 0),
@@ -81,7 +85,7 @@ class TrainingConfig(Section):
     eval_every_steps: PositiveInt = 1000
     eval_prompts: PositiveInt = 256
     n_loop_window: PositiveInt = 15
-    seed: int = 42
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED, description=f"an integer from 0 to 2**64 - 1 ({MAX_SEED})")] = 42
     sparsity: PositiveInt = 3
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Annotated[str, allowed_if(lambda v: v in ("auto", "cpu", "cuda") or v[:5] == "cuda:" and v[5:].isdigit()),
@@ -106,7 +110,9 @@ class WandbConfig(Section):
     entity: str | None = None
     group: str | None = None
     notes: str | None = None
-    name: str | None = None
+    # names a single run's folder under out_dir, and W&B runs
+    name: Annotated[str | None, allowed_if(lambda v: v is None or is_folder_name(v)),
+                    Field(description=NAME_RULE)] = None
     log_every_steps: PositiveInt = 100
     timestamp: str | None = None
     enabled: bool = False
@@ -142,28 +148,39 @@ IGNORED_KEYS = (
     "wandb.timestamp",
 )
 SECRET_KEYS = ("wandb.key",)
+# built once: a space validates thousands of configs
+_DEFAULT = Config()
+_IGNORED_GETTERS = [(key, attrgetter(key)) for key in IGNORED_KEYS]
 
 
 def config_from_dict(raw: dict, source: str = "<config>", secrets: dict | None = None) -> Config:
     """Validate a nested dict (a loaded YAML) into a Config; `wandb.key` goes to `secrets`, never the Config."""
     cfg = validate(Config, strip_secrets(raw, secrets), source)
-    default = Config()
-    for key in IGNORED_KEYS:
-        if attrgetter(key)(cfg) != attrgetter(key)(default):
+    for key, get in _IGNORED_GETTERS:
+        if get(cfg) != get(_DEFAULT):
             warnings.warn(f"{source}: {key}: accepted for compatibility with the reference code and ignored",
                           stacklevel=2)
     return cfg
 
 
 def strip_secrets(raw, secrets: dict | None = None):
-    """`raw` without `wandb.key`; a real key (not the reference's placeholder) is put into `secrets`."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("wandb"), dict) or "key" not in raw["wandb"]:
+    """`raw` without `wandb.key`, nested (`wandb: {key: ...}`) or dotted (`wandb.key: ...`, as overrides give it);
+    a real key (not the reference's placeholder) is put into `secrets`, the dotted one winning as it would as an
+    override."""
+    if not isinstance(raw, dict):
         return raw
-    wandb_section = dict(raw["wandb"])
-    key = wandb_section.pop("key")
-    if secrets is not None and isinstance(key, str) and key and key != "your_api_key":
-        secrets["wandb.key"] = key
-    return {**raw, "wandb": wandb_section}
+    keys = []
+    if isinstance(raw.get("wandb"), dict) and "key" in raw["wandb"]:
+        wandb_section = dict(raw["wandb"])
+        keys.append(wandb_section.pop("key"))
+        raw = {**raw, "wandb": wandb_section}
+    if "wandb.key" in raw:
+        keys.append(raw["wandb.key"])
+        raw = {k: v for k, v in raw.items() if k != "wandb.key"}
+    for key in keys:
+        if secrets is not None and isinstance(key, str) and key and key != "your_api_key":
+            secrets["wandb.key"] = key
+    return raw
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -174,9 +191,10 @@ def config_to_dict(cfg: Config) -> dict:
 def read_yaml(path: Path, _seen: tuple = ()) -> dict:
     """Read a config YAML, merging the files it `inherit:`s (relative paths, in order) beneath it."""
     path = Path(path)
+    # read first: it refuses a loop of symbolic links, which resolve() would raise RuntimeError for
+    raw = load_yaml(path, "config file")
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: inherit: cycle through {' -> '.join(str(p) for p in (*_seen, path))}")
-    raw = load_yaml(path, "config file")
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level: expected a mapping of sections, got {type(raw).__name__}")

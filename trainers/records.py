@@ -29,6 +29,10 @@ Expectation = Literal["worse", "better"]
 EXPECTATIONS: tuple[str, ...] = Expectation.__args__
 TrendDirection = Literal["increasing", "decreasing"]
 TREND_DIRECTIONS: tuple[str, ...] = TrendDirection.__args__
+# the keys of the rows a trial reports (`trainers.training.train`; the evaluation keys on evaluation steps only):
+# what a space's `metric` may name for the scheduler and Tune's results
+METRIC_KEYS = ("step", "overall_loss", "n_loops", "n_points", "n_dims", "lr", "grad_norm", "elapsed_s",
+               "steps_per_s", "prompts_per_s", "eval/loss", "eval/loss_last")
 
 
 class _Record(BaseModel):

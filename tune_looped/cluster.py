@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import ipaddress
 import os
+import re
 import shutil
 import socket
 import sys
@@ -15,6 +18,11 @@ import psutil
 from tune_looped.space import SpaceError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# the URI schemes of pyarrow.fs.FileSystem.from_uri, which Ray reads --storage with, by the pyarrow module each
+# needs; asking from_uri itself could connect (s3:// looks up a bucket's region)
+PYARROW_SCHEMES = (("pyarrow.fs", ("file", "local")), ("pyarrow._s3fs", ("s3",)), ("pyarrow._gcsfs", ("gs", "gcs")),
+                   ("pyarrow._hdfs", ("hdfs", "viewfs")), ("pyarrow._azurefs", ("abfs", "abfss")))
 MIN_FREE_BYTES = 200 * 2**20
 CONNECT_TIMEOUT_S = 5.0
 # written into the session folder of every local Ray the runner starts, holding the runner's process_identity
@@ -34,15 +42,34 @@ def is_uri(storage: str) -> bool:
     return "://" in storage
 
 
+def storage_schemes() -> list[str]:
+    """The URI schemes this installation's pyarrow reads, without connecting anywhere."""
+    schemes = []
+    for module, names in PYARROW_SCHEMES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        schemes += names
+    return schemes
+
+
 def check_storage(storage: str) -> str:
-    """Fail before anything starts when a local storage path cannot take results; URIs are Ray's to check.
+    """Fail before anything starts when a local storage path cannot take results; of a URI only the scheme is
+    checked, against those pyarrow knows: whether its bucket answers is Ray's to find out.
 
     Only the last folder of the path may be missing (Ray creates it): a mistyped parent fails here instead of
     growing a tree in an unexpected place. Nothing is left behind: the write check's file is deleted at once.
     """
     if is_uri(storage):
+        scheme, schemes = storage.split("://", 1)[0], storage_schemes()
+        if scheme not in schemes:
+            raise SpaceError(f"--storage {storage}: expected a local path or a URI of a filesystem pyarrow knows "
+                             f"({', '.join(f'{s}://' for s in schemes)}), got {scheme}://")
         return storage
     path = Path(storage).expanduser().absolute()
+    if path.is_symlink() and not path.exists():
+        raise SpaceError(f"--storage {storage}: a symbolic link to nothing, or a loop of them; give a folder")
     folder = path if path.exists() else path.parent
     if not folder.is_dir():
         where = "it" if folder == path else f"the parent {folder}"
@@ -58,6 +85,18 @@ def check_storage(storage: str) -> str:
         raise SpaceError(f"--storage {storage}: {free / 2**20:.0f} MiB free on that disk, less than the "
                          f"{MIN_FREE_BYTES // 2**20} MiB a sweep needs for its checkpoints and results")
     return str(path.resolve())
+
+
+def check_dashboard_host(host: str) -> None:
+    """An IP address or a host name (RFC 1123), as the dashboard binds to it; it is not looked up here."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(HOST_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        raise SpaceError(f"--dashboard-host: expected an IP address or a host name, got {host!r}")
 
 
 def check_address(address: str | None) -> None:

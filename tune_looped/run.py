@@ -16,15 +16,17 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 from trainers.cli import OneLineArgumentParser
-from trainers.config import ConfigError
+from trainers.config import MAX_SEED, ConfigError
 from trainers.cpus import available_cpus
 from trainers.dotted import set_dotted
+from trainers.names import NAME_RULE, is_folder_name
 from trainers.records import (INCOMPLETE, SPACE_RECORD, RecordError, SpaceRecord, read_space_record, variant_label,
                               write_space_record)
-from tune_looped.cluster import (check_address, check_storage, is_uri, start_ray, warn,
+from tune_looped.cluster import (check_address, check_dashboard_host, check_storage, is_uri, start_ray, warn,
                                  warn_if_local_storage_on_cluster)
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, describe_cpu_time, gpu_share, trial_memory
 from tune_looped.space import GPU_AUTO, Space, SpaceError, load_space, parse_resources, space_record, trial_config
@@ -33,6 +35,8 @@ from tune_looped.tables import print_summary, print_trial_table, summarise
 # what Tune writes into the experiment folder: Tuner.restore needs both (ray.tune.tuner / tune_controller)
 TUNE_STATE_FILES = ("tuner.pkl", "experiment_state-*.json")
 PRETRAINED = "model.pretrained_path"
+# a trial whose estimated memory is beyond this many times the machine's is refused, not merely warned of
+ABSURD_MEMORY = 10
 
 
 def parse_args(argv):
@@ -66,6 +70,8 @@ def _seed_list(text: str) -> list[int]:
         seeds = []
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"expected distinct integers separated by commas, like 0,1,2, got {text!r}")
+    if not all(0 <= seed <= MAX_SEED for seed in seeds):
+        raise argparse.ArgumentTypeError(f"expected seeds from 0 to 2**64 - 1 ({MAX_SEED}), got {text!r}")
     return seeds
 
 
@@ -74,7 +80,7 @@ def _check_flags(args) -> None:
         ("--max-concurrent", args.max_concurrent, lambda v: v > 0, "a positive integer"),
         ("--max-failures", args.max_failures, lambda v: v >= 0, "an integer >= 0"),
         ("--num-cpus", args.num_cpus, lambda v: v > 0, "a positive integer"),
-        ("--num-gpus", args.num_gpus, lambda v: v >= 0, "a number >= 0"),
+        ("--num-gpus", args.num_gpus, lambda v: v >= 0 and v.is_integer(), "a whole number >= 0"),
         ("--cpus-per-trial", args.cpus_per_trial, lambda v: v > 0, "a number of CPUs > 0"),
         ("--gpus-per-trial", args.gpus_per_trial, lambda v: 0 <= v <= 1,
          "a GPU fraction between 0 and 1 (a trial uses at most one GPU)"),
@@ -82,8 +88,11 @@ def _check_flags(args) -> None:
     for flag, value, ok, expected in checks:
         if value is not None and not ok(value):
             raise SpaceError(f"{flag}: expected {expected}, got {value:g}")
+    if args.name is not None and not is_folder_name(args.name):
+        raise SpaceError(f"--name: expected {NAME_RULE}, got {args.name!r}")
     if args.resume and not args.name:
         raise SpaceError("--resume: needs --name of the experiment to continue")
+    check_dashboard_host(args.dashboard_host)
 
 
 def _local_gpus(args) -> float:
@@ -131,6 +140,23 @@ def _check_fits_local_ray(resources: dict, args, space: Space) -> None:
                              f"{have:g} (set {size_flag}, or lower the request); no trial could ever start")
 
 
+def _check_memory(space: Space, resources: dict, args) -> None:
+    """A trial that cannot fit this machine's memory: refused when its estimate (tune_looped/gpus.py: the
+    activations of its batch, parameters and Adam's state) is beyond ABSURD_MEMORY times the memory, else a
+    warning for trials on the CPU. A cluster's nodes (`--address`) are Ray's to know."""
+    if args.address:
+        return
+    total = psutil.virtual_memory().total
+    needed, trial, config = max(((trial_memory(c), t, c) for t, c in space.configurations), key=lambda x: x[0])
+    where = f"{space.path}: trial {variant_label(trial.values)}"
+    estimate = f"an estimated {needed / 2**30:.3g} GiB (training.batch_size {config.training.batch_size})"
+    if needed > ABSURD_MEMORY * total:
+        raise SpaceError(f"{where}: training.batch_size: a trial must fit in {ABSURD_MEMORY} times this machine's "
+                         f"memory ({total / 2**30:.1f} GiB), got {estimate}")
+    if needed > total and resources["gpu"] == 0:
+        warn(f"{where}: a trial needs {estimate}, more than this machine's {total / 2**30:.1f} GiB of memory")
+
+
 def _with_absolute_pretrained(space: Space) -> Space:
     """Trials run in their own folders, so a relative `model.pretrained_path` is fixed against the folder the
     runner starts in, as a single run reads it."""
@@ -142,6 +168,8 @@ def _with_absolute_pretrained(space: Space) -> Space:
         base = set_dotted(base, PRETRAINED, absolute(base["model"]["pretrained_path"]))
     trials = tuple(t.model_copy(update={"values": {**t.values, PRETRAINED: absolute(t.values[PRETRAINED])}})
                    if PRETRAINED in t.values else t for t in space.trials)
+    if (base, trials) == (space.base, space.trials):
+        return space  # which keeps the configs it has built
     return dataclasses.replace(space, base=base, trials=trials)
 
 
@@ -178,6 +206,7 @@ def resolve(args):
     if resources["gpu"] == GPU_AUTO and not (args.dry_run and args.num_gpus is None):
         resources["gpu"] = _auto_gpu_share(space, args)
     _check_fits_local_ray(resources, args, space)
+    _check_memory(space, resources, args)
     _check_pretrained_files(space)
     check_address(args.address)
     name = args.name or f"{space.name}{'-quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -6,6 +6,7 @@ once, tagged with all of them. Grid, sample and `quick.base` keys are dotted key
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -18,12 +19,13 @@ import yaml
 from pydantic import Field
 
 from trainers.config import (
-    Config, ConfigError, PositiveInt, WandbMode, apply_overrides, coerce_value, config_from_dict, key_field,
-    read_yaml, strip_secrets,
+    MAX_SEED, Config, ConfigError, PositiveInt, WandbMode, apply_overrides, coerce_value, config_from_dict,
+    key_field, read_yaml, strip_secrets,
 )
 from trainers.dotted import get_dotted
-from trainers.records import (EXPECTATIONS, SEED_KEY, TREND_DIRECTIONS, HypothesisRecord, PlannedTrial, SpaceRecord,
-                              TrendRecord, trend_order, variant_label)
+from trainers.names import NAME_RULE, is_folder_name
+from trainers.records import (EXPECTATIONS, METRIC_KEYS, SEED_KEY, TREND_DIRECTIONS, HypothesisRecord, PlannedTrial,
+                              SpaceRecord, TrendRecord, trend_order, variant_label)
 from trainers.schema import Section, allowed_if, validate
 from trainers.yaml_file import load_yaml, yaml11_float
 
@@ -32,6 +34,8 @@ SCHEDULERS = {"fifo": (), "asha": ("max_t", "grace_period", "reduction_factor", 
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "choice": 1}
 # a share of a GPU chosen by the runner from the GPUs it finds (tune_looped.gpus)
 GPU_AUTO = "auto"
+# trials a space may ask for (grid points x seeds x num_samples), counted before any trial is built
+MAX_TRIALS = 10_000
 
 
 class SpaceError(ValueError):
@@ -39,6 +43,9 @@ class SpaceError(ValueError):
 
 
 NonEmptyText = Annotated[str, Field(min_length=1, description="a non-empty string")]
+Seeds = Annotated[list[int], Field(min_length=1),
+                  allowed_if(lambda seeds: all(0 <= seed <= MAX_SEED for seed in seeds))] | None
+SEEDS_RULE = f"a non-empty list of integers from 0 to 2**64 - 1 ({MAX_SEED})"
 
 
 class Resources(Section):
@@ -66,7 +73,7 @@ class QuickSpec(Section):
     """What `--quick` replaces: base keys (dotted, inline or in a file), grid values, seeds, samples, resources."""
     base: str | dict[str, Any] = Field({}, description="a file of dotted keys or a mapping of them")
     grid: dict[str, Any] = {}
-    seeds: Annotated[list[int], Field(min_length=1)] | None = Field(None, description="a non-empty list of integers")
+    seeds: Seeds = Field(None, description=SEEDS_RULE)
     num_samples: PositiveInt | None = Field(None, description="a positive integer")
     resources: Resources | None = None
 
@@ -81,7 +88,9 @@ class WandbSpace(Section):
 
 class SpaceFile(Section):
     """The file's schema; the grid keys and values are checked against the config schema by `_grid`."""
-    name: str | None = None
+    # the default experiment name, a folder under --storage
+    name: Annotated[str | None, allowed_if(lambda v: v is None or is_folder_name(v)),
+                    Field(description=NAME_RULE)] = None
     description: str = ""
     base: str | dict[str, Any] = Field(description="a config file path or a mapping of model:/training:/wandb:")
     # `experiments` is the earlier spelling; one of the two is required (`_hypotheses_key`)
@@ -89,10 +98,10 @@ class SpaceFile(Section):
     experiments: Annotated[list[HypothesisSpec], Field(min_length=1)] = None
     sample: dict[str, Any] = {}
     num_samples: PositiveInt = 1
-    seeds: Annotated[list[int], Field(min_length=1)] | None = Field(None, description="a non-empty list of integers")
+    seeds: Seeds = Field(None, description=SEEDS_RULE)
     resources: Resources = Resources()
     scheduler: str | dict[str, Any] = Field("fifo", description="fifo, asha or a mapping with a type")
-    metric: NonEmptyText = "eval/loss"
+    metric: Literal[METRIC_KEYS] = "eval/loss"
     mode: Literal["min", "max"] = "min"
     max_concurrent: PositiveInt | None = Field(None, description="a positive integer")
     wandb: WandbSpace = WandbSpace()
@@ -126,12 +135,29 @@ class Space:
     def varying_keys(self) -> list[str]:
         return sorted({k for t in self.trials for k in t.values} | set(self.sample))
 
+    @functools.cached_property
+    def configurations(self) -> list[tuple[PlannedTrial, Config]]:
+        """(trial, validated config) for the first trial of each configuration, at each end of every sampled
+        distribution: every config the trials can have, up to the seed. A seed is checked where it is given (the
+        schema, `--seeds`) and no rule across keys involves it, so one seed of a configuration stands for all."""
+        seen, out = set(), []
+        corners = _distribution_corners(self.sample)
+        for trial in self.trials:
+            configuration = tuple((k, v) for k, v in trial.values.items() if k != SEED_KEY)
+            if configuration in seen:
+                continue
+            seen.add(configuration)
+            source = f"{self.path}: trial {variant_label(trial.values)}"
+            out += [(trial, trial_config(self.base, {**trial.values, **values}, source)) for values in corners]
+        return out
+
 
 def resolve_space_path(text: str) -> Path:
     """A path as given, else a bare name (with or without .yaml) in the package's search_spaces folder."""
     path = Path(text)
-    if path.exists():
-        if not path.is_file():
+    # a link to nothing, or a loop of links, is the path given: load_yaml says which
+    if path.exists() or path.is_symlink():
+        if path.exists() and not path.is_file():
             raise SpaceError(f"{text}: not a file; give a space YAML file or a name from {SPACES_DIR}")
         return path
     for candidate in (SPACES_DIR / text, SPACES_DIR / f"{text}.yaml"):
@@ -192,35 +218,46 @@ def _read_base(raw, path: Path, secrets: dict) -> dict:
     return base
 
 
-def _grid(grid: dict, where: str) -> list[dict]:
-    """The cross-product of one experiment's grid, as a list of {dotted: value}."""
+def _grid(grid: dict, where: str) -> dict[str, list]:
+    """One hypothesis' grid as each key's distinct values, typed by the schema so that 1e-4 and 0.0001 are one
+    value, not two."""
     if not grid:
         raise SpaceError(f"{where}: empty grid; give at least one key with a list of values")
     for key, values in grid.items():
         key_field(key, f"{where}.{key}")
         if not isinstance(values, list) or not values:
             raise SpaceError(f"{where}.{key}: expected a non-empty list of values, got {values!r}")
-    # typed by the schema so that 1e-4 and 0.0001 are one configuration, not two
-    typed = {key: [coerce_value(key, v, f"{where}.{key}") for v in values] for key, values in grid.items()}
-    return [dict(zip(typed, combo)) for combo in itertools.product(*typed.values())]
+    return {key: list(dict.fromkeys(coerce_value(key, v, f"{where}.{key}") for v in values))
+            for key, values in grid.items()}
 
 
-def _merge_trials(grids: list[tuple[str, list[dict]]], base: dict, seeds: list | None) -> list[PlannedTrial]:
-    """Union of the grids: each variant is completed with base values for every grid key, then deduplicated."""
-    keys = sorted({k for _, variants in grids for v in variants for k in v})
+def _refuse_too_many(count: int, where: str, parts: list[str]) -> None:
+    if count > MAX_TRIALS:
+        raise SpaceError(f"{where}: at most {MAX_TRIALS} trials a space, got {count} ({' x '.join(parts)})")
+
+
+def _repeats(seeds: list | None, num_samples: int) -> tuple[int, list[str]]:
+    """How many trials each configuration makes, and its factors as a message shows them."""
+    n_seeds = 1 if seeds is None else len(seeds)
+    parts = [f"{n_seeds} seed{'s' * (n_seeds != 1)}"] if seeds is not None else []
+    parts += [f"num_samples {num_samples}"] if num_samples > 1 else []
+    return n_seeds * num_samples, parts
+
+
+def _merge_trials(grids: list[tuple[str, dict[str, list]]], base: dict) -> list[PlannedTrial]:
+    """Union of the grids' cross-products: each variant is completed with base values for every grid key, then
+    deduplicated."""
+    keys = sorted({k for _, grid in grids for k in grid})
     defaults = config_from_dict(base).model_dump()
     by_values: dict[tuple, list[str]] = {}
-    for name, variants in grids:
-        for variant in variants:
+    for name, grid in grids:
+        for combo in itertools.product(*grid.values()):
+            variant = dict(zip(grid, combo))
             full = {k: variant.get(k, get_dotted(defaults, k)) for k in keys}
             tags = by_values.setdefault(tuple(full.items()), [])
             if name not in tags:
                 tags.append(name)
-    trials = [PlannedTrial(hypotheses=tags, values=dict(values)) for values, tags in by_values.items()]
-    if seeds is not None:
-        trials = [PlannedTrial(hypotheses=t.hypotheses, values={**t.values, SEED_KEY: seed})
-                  for t in trials for seed in seeds]
-    return trials
+    return [PlannedTrial(hypotheses=tags, values=dict(values)) for values, tags in by_values.items()]
 
 
 def quick_overrides(raw, path: Path) -> dict:
@@ -233,12 +270,16 @@ def quick_overrides(raw, path: Path) -> dict:
         raise SpaceError(f"{path}: quick.base: {err}") from None
 
 
-def _apply_quick(spec: SpaceFile, base: dict, path: Path) -> tuple[SpaceFile, dict]:
-    """The space and base with the `quick:` block applied: base keys, grid values and settings replaced."""
+def _apply_quick(spec: SpaceFile, base: dict, path: Path, secrets: dict) -> tuple[SpaceFile, dict]:
+    """The space and base with the `quick:` block applied: base keys, grid values and settings replaced. A W&B
+    key among the base keys goes to `secrets`, as the base's own does."""
     quick = spec.quick
     if quick is None:
         raise SpaceError(f"{path}: quick: --quick needs a quick: block in the space file")
-    base = apply_overrides(base, quick_overrides(quick.base, path), f"{path}: quick.base")
+    overrides = strip_secrets(quick_overrides(quick.base, path), secrets)
+    # `wandb: {key: ...}` leaves an empty section, which sets nothing
+    overrides = {k: v for k, v in overrides.items() if v != {}}
+    base = apply_overrides(base, overrides, f"{path}: quick.base")
     config_from_dict(base, f"{path}: quick.base")
     for key in quick.grid:
         key_field(key, f"{path}: quick.grid.{key}")
@@ -264,26 +305,43 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
     secrets: dict = {}
     base = _read_base(spec.base, path, secrets)
     if quick:
-        spec, base = _apply_quick(spec, base, path)
-    grids, declared = [], []
+        spec, base = _apply_quick(spec, base, path, secrets)
+    if seeds is None:
+        seeds = spec.seeds
+    else:
+        for seed in seeds:
+            coerce_value(SEED_KEY, seed, "seeds")
+    repeats, repeated_by = _repeats(seeds, spec.num_samples)
+    grids, declared, names = [], [], {}
     for i, spec_i in enumerate(_declared_hypotheses(spec)):
-        grid = _grid(spec_i.grid, f"{where}: {section}[{i}].grid")
+        here = f"{where}: {section}[{i}]"
+        if spec_i.name in names:
+            raise SpaceError(f"{here}.name: must differ from every other hypothesis' name, got {spec_i.name!r} "
+                             f"(the name of {section}[{names[spec_i.name]}])")
+        names[spec_i.name] = i
+        grid = _grid(spec_i.grid, f"{here}.grid")
+        _refuse_too_many(math.prod(map(len, grid.values())) * repeats, f"{here}.grid",
+                         [" x ".join(f"{len(v)} {k}" for k, v in grid.items()), *repeated_by])
         grids.append((spec_i.name, grid))
-        declared.append(_hypothesis(spec_i, grid, f"{where}: {section}[{i}]"))
+        declared.append(_hypothesis(spec_i, grid, here))
     sample = {k: parse_distribution(v, f"{where}: sample.{k}") for k, v in spec.sample.items()}
     for key in sample:
         key_field(key, f"{where}: sample.{key}")
-    trials = _merge_trials(grids, base, spec.seeds if seeds is None else seeds)
-    for trial in trials:
-        for values in _distribution_corners(sample):
-            trial_config(base, {**trial.values, **values}, f"{where}: trial {variant_label(trial.values)}")
-    return Space(
+    trials = _merge_trials(grids, base)
+    _refuse_too_many(len(trials) * repeats, f"{where}: {section}", [f"{len(trials)} configurations", *repeated_by])
+    if seeds is not None:
+        trials = [PlannedTrial(hypotheses=t.hypotheses, values={**t.values, SEED_KEY: seed})
+                  for t in trials for seed in seeds]
+    space = Space(
         path=path, name=spec.name or path.stem, base=base, trials=tuple(trials), sample=sample,
         num_samples=spec.num_samples, resources=spec.resources.model_dump(),
         scheduler=_parse_scheduler(spec.scheduler, f"{where}: scheduler"), metric=spec.metric, mode=spec.mode,
         max_concurrent=spec.max_concurrent, hypotheses=tuple(declared),
         wandb=spec.wandb.model_dump(exclude_unset=True), secrets=secrets,
     )
+    # builds, and so validates, every trial's config; the runner's later checks reuse them
+    space.configurations
+    return space
 
 
 def _hypotheses_key(spec: SpaceFile, where: str) -> str:
@@ -303,28 +361,28 @@ def _declared_hypotheses(spec: SpaceFile) -> list[HypothesisSpec]:
     return spec.hypotheses if spec.hypotheses is not None else spec.experiments or []
 
 
-def _hypothesis(exp: HypothesisSpec, grid: list[dict], where: str) -> HypothesisRecord:
+def _hypothesis(exp: HypothesisSpec, grid: dict[str, list], where: str) -> HypothesisRecord:
     """The hypothesis' declaration; its reference must be one of the grid's own settings."""
     if bool(exp.reference) != (exp.expect is not None):
         raise SpaceError(f"{where}: reference and expect go together; give both (expect: worse or better) or neither")
     reference = {}
     for key, value in exp.reference.items():
         typed = coerce_value(key, value, f"{where}.reference.{key}")
-        if key not in grid[0] or typed not in {variant[key] for variant in grid}:
+        if typed not in grid.get(key, ()):
             raise SpaceError(f"{where}.reference.{key}: {value!r} is not a value of the hypothesis' grid")
         reference[key] = typed
     return HypothesisRecord(name=exp.name, question=exp.description, reference=reference, expect=exp.expect,
                             trend=_trend(exp.trend, grid, where))
 
 
-def _trend(trend: TrendSpec | None, grid: list[dict], where: str) -> TrendRecord | None:
+def _trend(trend: TrendSpec | None, grid: dict[str, list], where: str) -> TrendRecord | None:
     """The trend's key must be one the hypothesis' grid varies, with values that sort along a line."""
     if trend is None:
         return None
-    if trend.key not in grid[0]:
+    if trend.key not in grid:
         raise SpaceError(f"{where}.trend.key: {trend.key!r} is not a key of the hypothesis' grid; "
-                         f"its keys: {', '.join(grid[0])}")
-    values = list(dict.fromkeys(variant[trend.key] for variant in grid))
+                         f"its keys: {', '.join(grid)}")
+    values = grid[trend.key]
     try:
         [trend_order(trend.key, value) for value in values]
     except (TypeError, ValueError):

@@ -87,9 +87,9 @@ def test_three_hypotheses_dedup_and_report(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stderr", terminal)
     rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "h", "--num-cpus", "2"])
     out = capsys.readouterr().out
-    # the analysis' bar: one step per trial's checkpoint evaluated (4) and per figure (5 for each of 3 hypotheses)
+    # the analysis' bar: one step per trial's checkpoint evaluated (4) and per figure (6 for each of 3 hypotheses)
     bar = [part for part in terminal.getvalue().split("\r") if part.startswith("analysis:")]
-    assert bar and re.match(r"analysis: 100%.*\b19/19\b", bar[-1]), bar[-1:]
+    assert bar and re.match(r"analysis: 100%.*\b22/22\b", bar[-1]), bar[-1:]
     assert rc == 0
     experiment = tmp_path / "results" / "h"
     trials = trial_dirs(experiment)

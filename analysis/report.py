@@ -20,6 +20,7 @@ from analysis.ranking import final_errors, least_squares_last, ranked, variant_f
 from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
 from analysis.verdict import (DID_NOT_LEARN, PREDICT_ZERO, RULE, Hypothesis, describe_reference, hypotheses_of,
                               judge)
+from trainers import atomic
 from trainers.records import SEED_KEY, STOPPED_EARLY, SpaceRecord
 from trainers.table import format_number, render
 
@@ -56,10 +57,9 @@ def write_report(path: Path, title: str, summary: pd.DataFrame, evaluation: pd.D
                  record: SpaceRecord | None = None) -> Path:
     """`record`: the space record, whose hypotheses give each section its question and verdict."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     questions = {h.name: h.question for h in record.hypotheses} if record is not None else {}
-    path.write_text(render_report(title, summary, evaluation, path.parent / PLOTS_DIR, path.parent,
-                                  hypotheses_of(record), questions))
+    atomic.write_text(path, render_report(title, summary, evaluation, path.parent / PLOTS_DIR, path.parent,
+                                          hypotheses_of(record), questions))
     return path
 
 

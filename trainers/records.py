@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from trainers import atomic
 from trainers.config import Config
 
 SPACE_RECORD = "space.yaml"
@@ -106,9 +107,7 @@ class RecordError(ValueError):
 
 
 def write_space_record(experiment_dir, record: SpaceRecord) -> Path:
-    path = Path(experiment_dir) / SPACE_RECORD
-    path.write_text(yaml.safe_dump(record.model_dump(), sort_keys=False))
-    return path
+    return atomic.write_text(Path(experiment_dir) / SPACE_RECORD, yaml.safe_dump(record.model_dump(), sort_keys=False))
 
 
 def read_space_record(experiment_dir) -> SpaceRecord:
@@ -126,9 +125,8 @@ def read_space_record(experiment_dir) -> SpaceRecord:
 
 
 def write_trial_record(folder, record: TrialRecord) -> Path:
-    path = Path(folder) / TRIAL_RECORD
-    path.write_text(json.dumps(record.model_dump(), indent=2, sort_keys=True) + "\n")
-    return path
+    text = json.dumps(record.model_dump(), indent=2, sort_keys=True) + "\n"
+    return atomic.write_text(Path(folder) / TRIAL_RECORD, text)
 
 
 def read_trial_record(folder) -> TrialRecord:

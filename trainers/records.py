@@ -24,6 +24,9 @@ from trainers.config import Config
 
 SPACE_RECORD = "space.yaml"
 TRIAL_RECORD = "trial.json"
+# the runner's own files in an experiment folder (its lock, copies of Tune's state, trials a rebuild replaced):
+# never a trial folder, so readers of the trial folders pass it by
+RUNNER_DIR = ".tune_looped"
 SEED_KEY = "training.seed"  # a variant is a configuration without its seed
 
 Expectation = Literal["worse", "better"]

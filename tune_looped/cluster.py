@@ -19,7 +19,7 @@ MIN_FREE_BYTES = 200 * 2**20
 CONNECT_TIMEOUT_S = 5.0
 # written into the session folder of every local Ray the runner starts, holding the runner's process_identity
 RUNNER_MARK = "tune_looped_runner.pid"
-# how far apart two reads of one process's create time may be (see _runner_alive)
+# how far apart two reads of one process's create time may be (see runner_alive)
 SAME_START_S = 1.5
 # what an orphaned Ray process gets to exit after TERM, then after KILL
 TERM_GRACE_S = 5.0
@@ -147,8 +147,8 @@ def process_identity(pid: int) -> str | None:
     return None
 
 
-def _runner_alive(mark: str) -> bool:
-    """Whether the runner whose identity `mark` holds still runs; ValueError for a mark that holds none.
+def runner_alive(mark: str) -> bool:
+    """Whether the runner whose identity `mark` (a `process_identity` of this host) holds still runs; ValueError for a mark that holds none.
 
     Doubt counts as alive, as ending a live runner's Ray is the worse mistake: a process we may not inspect, and
     a live pid under an older runner's mark, whose start ticks cannot be compared with a create time."""
@@ -210,7 +210,7 @@ def end_orphaned_sessions(root: Path, keep: Path) -> int:
     for mark in root.glob(f"session_*/{RUNNER_MARK}"):
         session = mark.parent
         try:
-            if session == keep or _runner_alive(mark.read_text().strip()):
+            if session == keep or runner_alive(mark.read_text().strip()):
                 continue
         except (OSError, ValueError):
             continue

@@ -60,6 +60,28 @@ def check_storage(storage: str) -> str:
     return str(path.resolve())
 
 
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def full_filesystems(places: dict[str, Path]) -> list[str]:
+    """Of the places a sweep writes to (the storage, the temporary folder, Ray's folder), those whose filesystem
+    has less than MIN_FREE_BYTES free, each filesystem once: `the storage /x (the filesystem at /m): 0 MiB free`."""
+    seen, full = set(), []
+    for role, path in places.items():
+        try:
+            device, free = path.stat().st_dev, shutil.disk_usage(path).free
+        except OSError:
+            continue
+        if device not in seen and free < MIN_FREE_BYTES:
+            full.append(f"{role} {path} (the filesystem at {_mount_point(path)}): {free / 2**20:.0f} MiB free")
+        seen.add(device)
+    return full
+
+
 def check_address(address: str | None) -> None:
     """A HOST:PORT nobody listens on fails here in seconds; Ray itself retries it for minutes before saying so."""
     if not address or address == "auto":
@@ -148,7 +170,8 @@ def process_identity(pid: int) -> str | None:
 
 
 def runner_alive(mark: str) -> bool:
-    """Whether the runner whose identity `mark` (a `process_identity` of this host) holds still runs; ValueError for a mark that holds none.
+    """Whether the runner whose identity `mark` (a `process_identity` of this host) holds still runs; ValueError
+    for a mark that holds none.
 
     Doubt counts as alive, as ending a live runner's Ray is the worse mistake: a process we may not inspect, and
     a live pid under an older runner's mark, whose start ticks cannot be compared with a create time."""

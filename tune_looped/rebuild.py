@@ -9,18 +9,16 @@ the remaining trials, each from step 0, beside the kept folders.
 """
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from trainers.records import (DIVERGED, FINISHED, RUNNER_DIR, SPACE_RECORD, STOPPED_EARLY, PlannedTrial,
                               SpaceRecord)
 from tune_looped.space import Space, SpaceError
+from tune_looped.state import set_aside
 from tune_looped.tables import against_space, folder_row, trial_folders
 
 KEPT = (FINISHED, STOPPED_EARLY, DIVERGED)
-REPLACED_DIR = "replaced"
 # what Tune keeps of an experiment beside the trial folders: its state, the search's and the callbacks' state
 TUNE_FILES = ("tuner.pkl", "experiment_state-*.json", "basic-variant-state-*.json", "search_gen_state-*.json",
               "searcher-state-*.pkl", "callback-states-*.pkl")
@@ -37,11 +35,7 @@ class Rebuild:
         return replace(space, trials=self.remaining, num_samples=1)
 
     def set_aside(self, experiment_dir: Path) -> Path:
-        aside = experiment_dir / RUNNER_DIR / REPLACED_DIR / time.strftime("%Y%m%d-%H%M%S")
-        aside.mkdir(parents=True)
-        for path in self.replaced:
-            shutil.move(path, aside / path.name)
-        return aside
+        return set_aside(experiment_dir, self.replaced)
 
 
 def plan(experiment_dir: Path, space: Space, record: SpaceRecord) -> Rebuild:

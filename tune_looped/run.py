@@ -30,9 +30,9 @@ from tune_looped.cluster import (MIN_FREE_BYTES, check_address, check_storage, f
                                  warn, warn_if_local_storage_on_cluster)
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, describe_cpu_time, gpu_share, trial_memory
 from tune_looped.lock import ExperimentLock
-from tune_looped.rebuild import plan as plan_rebuild
+from tune_looped.rebuild import Rebuild, plan as plan_rebuild
 from tune_looped.space import GPU_AUTO, Space, SpaceError, load_space, parse_resources, space_record, trial_config
-from tune_looped.state import StateKeeper, check_state, restore
+from tune_looped.state import Repair, StateKeeper, apply_repair, plan_repair
 from tune_looped.tables import print_summary, print_trial_table, summarise
 
 # what Tune writes into the experiment folder: Tuner.restore needs both (ray.tune.tuner / tune_controller)
@@ -319,21 +319,38 @@ def _build_tuner(space, resources, name, storage, args, experiment_dir: Path):
     )
 
 
-def _check_state(experiment_dir: Path) -> None:
-    """Tune's state files a resume restores from: each damaged one is replaced by the good copy the runner kept
-    (one line on stderr says so), or the resume is refused with the folder left as it is."""
-    damaged = check_state(experiment_dir)
-    for file, problem, copy in damaged:
-        if copy is None:
-            raise SpaceError(f"--resume: {file} is {problem} and no good copy of it was kept, so Tune cannot restore "
-                             "the experiment (it would start a new one in its place); the folder is left as it is; "
-                             "--resume --rebuild-state runs the trials that did not end, from the trial folders")
-    for line in restore(damaged):
-        warn(line)
+def _check_state(experiment_dir: Path) -> Repair:
+    """What the resume does about Tune's damaged state files; refused, the folder left as it is, when one of them
+    has no good copy."""
+    repair = plan_repair(experiment_dir)
+    if repair.unrepairable:
+        damaged = " and ".join(f"{file} is {problem}" for file, problem in repair.unrepairable)
+        raise SpaceError(f"--resume: {damaged}, and no good copy was kept, so Tune cannot restore the experiment (it "
+                         "would start a new one in its place); the folder is left as it is; --resume --rebuild-state "
+                         "runs the trials that did not end, from the trial folders")
+    return repair
 
 
 def _experiment_location(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}" if is_uri(storage) else str(Path(storage) / name)
+
+
+def _check_experiment(args, space: Space, name: str, storage: str,
+                      lock: ExperimentLock) -> tuple[Repair, Rebuild | None]:
+    """The experiment folder as the command needs it, read before the lock is taken so that a refusal writes
+    nothing: (Tune's damaged state files with their good copies, the rebuild's plan)."""
+    experiment_dir = Path(storage) / name
+    if not args.resume:
+        if experiment_dir.exists():
+            lock.check_free()
+            raise SpaceError(f"--name {name}: {experiment_dir} exists; add --resume or choose another name")
+        return Repair(), None
+    check_resumable(experiment_dir, space, args.quick, rebuild=args.rebuild_state)
+    # a live runner first: its state may be half written this very moment
+    lock.check_free()
+    if args.rebuild_state:
+        return Repair(), plan_rebuild(experiment_dir, space, space_record(space, args.quick))
+    return (Repair() if is_uri(storage) else _check_state(experiment_dir)), None
 
 
 def main(argv=None) -> int:
@@ -349,18 +366,16 @@ def main(argv=None) -> int:
         storage = check_storage(args.storage)
         experiment_dir = Path(storage) / name
         lock = ExperimentLock(_experiment_location(storage, name), RUNNER_COMMAND)
-        if args.resume:
-            check_resumable(experiment_dir, space, args.quick, rebuild=args.rebuild_state)
-        elif experiment_dir.exists():
-            lock.check_free()
-            raise SpaceError(f"--name {name}: {experiment_dir} exists; add --resume or choose another name")
+        repair, rebuild = _check_experiment(args, space, name, storage, lock)
         created = not experiment_dir.exists()
         lock.acquire()
     except SpaceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        return _run(args, argv, space, resources, name, storage, experiment_dir)
+        for line in apply_repair(experiment_dir, repair):
+            warn(line)
+        return _run(args, argv, space, resources, name, storage, experiment_dir, rebuild)
     finally:
         lock.release()
         if created:
@@ -369,18 +384,10 @@ def main(argv=None) -> int:
                 experiment_dir.rmdir()
 
 
-def _run(args, argv, space: Space, resources: dict, name: str, storage: str, experiment_dir: Path) -> int:
+def _run(args, argv, space: Space, resources: dict, name: str, storage: str, experiment_dir: Path,
+         rebuild: Rebuild | None) -> int:
     """The sweep, its summary and its analysis, with the experiment's lock held."""
     record = space_record(space, args.quick)
-    rebuild = None
-    try:
-        if args.rebuild_state:
-            rebuild = plan_rebuild(experiment_dir, space, record)
-        elif args.resume and not is_uri(storage):
-            _check_state(experiment_dir)
-    except SpaceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     import ray
 
     if space.secrets.get("wandb.key") and wandb_settings(space, args):
@@ -392,9 +399,10 @@ def _run(args, argv, space: Space, resources: dict, name: str, storage: str, exp
     except SpaceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    session = Path(context.address_info["session_dir"])
     written_to = {"the storage": Path(storage), "the temporary folder": Path(tempfile.gettempdir()),
-                  "Ray's folder": Path(context.address_info["session_dir"]).parent}
-    keeper = None if is_uri(storage) else StateKeeper(experiment_dir)
+                  "Ray's folder": session.parent}
+    keeper = None if is_uri(storage) else StateKeeper(experiment_dir, session)
     failure = None
     try:
         warn_if_local_storage_on_cluster(storage)

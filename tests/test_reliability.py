@@ -59,6 +59,40 @@ FAULTS = [
           "`test_reliability.py::test_interrupted_driver_resumes` (3 signals)"),
     Fault("driver killed before Tune saved its state", "an experiment folder without Tune's state files",
           "`--resume` says there is nothing to resume: one line, exit 2", "`test_bad_input.py`, `resume-no-state`"),
+    Fault("two runners", "a second runner, and a `--resume`, of an experiment while its runner runs; a lock whose "
+          "holder's pid is gone (SIGKILL), one of another host with a heartbeat 61 s old, one cut short 120 s ago",
+          "the second and the resume refused with one line naming the holder's pid, host and command, exit 2, the "
+          "first runs on; a lock of a holder that is gone taken over with a warning; `upgrade` refused likewise",
+          "`test_reliability.py::test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint`, "
+          "`test_lock.py`, `test_trials.py::test_upgrade_waits_for_no_runner_and_skips_the_runners_folder`"),
+    Fault("damaged state and checkpoint", "after SIGINT, the newest `experiment_state-*.json` and the running "
+          "trial's latest `checkpoint.pt` each cut to half its size",
+          "`--resume` puts the runner's copy of the state back (one warning line) and the trial falls back to its "
+          "previous checkpoint (a line of its log); exit 0, the finished trial untouched, the curves and summary "
+          "equal an uninterrupted sweep's",
+          "`test_reliability.py::test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint`"),
+    Fault("damaged state, no copy", "after SIGKILL, the newest state file cut to half and the runner's copy deleted",
+          "`--resume` refused with one line naming the file, exit 2, the folder byte for byte as it was; then "
+          "`--resume --rebuild-state` keeps the finished trial's folder untouched, sets the other aside, runs the 2 "
+          "remaining trials from step 0, exit 0, curves and summary equal an uninterrupted sweep's",
+          "`test_reliability.py::test_a_damaged_state_without_a_copy_is_refused_then_rebuilt`, "
+          "`resume-state-damaged`"),
+    Fault("damaged files", "checkpoints cut short, emptied, with a flipped byte or an empty checksum; a restored "
+          "checkpoint damaged and the one before it missing; state files and pickles cut short, a copy's save "
+          "under way; a trial restarted from step 0",
+          "each refused with one line; the trainable takes the newest checkpoint that loads, else step 0; the "
+          "keeper copies only one save's whole pair; one curve row per step",
+          "`test_checkpoint.py`, `test_trainable.py`, `test_state.py`, "
+          "`test_analysis_frames.py::test_a_trial_restarted_from_step_0_has_one_history`"),
+    Fault("disk full", "the storage on a 230 MiB tmpfs the test mounts (as root; skipped otherwise), filled once "
+          "the first trial has checkpointed; then enlarged to 600 MiB with `mount -o remount`",
+          "exit 1: one `error: disk full:` line naming the filesystem, its free space and the 200 MiB needed, the "
+          "summary so far and the resume command; the resume, as printed, exits 0 with every trial finished and "
+          "every logged step once",
+          "`test_reliability.py::test_a_full_disk_is_one_line_and_the_resume_completes`"),
+    Fault("trials not asked for", "results of a bare trial (no hypotheses, no values), a trial run twice, a trial "
+          "missing", "each a line of the runner's summary (not asked for, missing); the runner exits 1 and writes "
+          "no report", "`test_summary.py`"),
     Fault("divergence", "`training.learning_rate` 10 beside 1e-3 in one grid, both starting from a relative "
           "`model.pretrained_path`",
           "the diverging trial stops at its first non-finite loss, is not retried, and shows as diverged with its step "
@@ -317,7 +351,7 @@ def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path):
     disk = tmp_path / "disk"
     mount_tmpfs(disk, "230m")
     try:
-        base = apply_overrides(TINY_BASE, {"training.train_steps": 100, "training.save_every_steps": 10,
+        base = apply_overrides(TINY_BASE, {"training.train_steps": 60, "training.save_every_steps": 10,
                                            "wandb.log_every_steps": 10})
         space = write_space(tmp_path / "space.yaml", [{"name": "d", "grid": {"training.seed": [0, 1, 2]}}], base,
                             resources={"cpu": 1}, max_concurrent=1)
@@ -344,7 +378,7 @@ def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path):
         assert "3 finished" in resumed.stdout
         warnings = [line for line in resumed.stderr.splitlines() if line.startswith("warning: ")]
         print(f"\ndisk full: {errors[0]}\nthe resume: {warnings}")
-        logged = list(range(0, 100, 10)) + [99]
+        logged = list(range(0, 60, 10)) + [59]
         curves = load_curves(experiment)
         assert all(group["step"].tolist() == logged for _, group in curves.groupby("training.seed"))
     finally:

@@ -228,12 +228,13 @@ class ExperimentLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            if not self._owned():
-                warn(f"{self.location}: another runner took this experiment's lock over; its heartbeat stops")
-                return
-            self._holder = Holder(**{**asdict(self._holder), "heartbeat": time.time()})
-            # a full disk fails a beat; the lock stays, with its older heartbeat, and the next beat tries again
+            # a full disk or a storage that does not answer fails a beat; the lock keeps its older heartbeat, and
+            # the next beat tries again
             with contextlib.suppress(OSError):
+                if not self._owned():
+                    warn(f"{self.location}: another runner took this experiment's lock over; its heartbeat stops")
+                    return
+                self._holder = Holder(**{**asdict(self._holder), "heartbeat": time.time()})
                 self._store.replace(json.dumps(asdict(self._holder)))
 
     def _owned(self) -> bool:

@@ -207,7 +207,7 @@ def _first_difference(saved, current, prefix: str = "") -> str | None:
 
 def check_resumable(experiment_dir: Path, space: Space, quick: bool, rebuild: bool = False) -> None:
     """What a resume needs that no runner changes: the experiment, Tune's state files (unless rebuilding without
-    them), a space that resolves as it did at the start. Tune's state itself is checked under the lock."""
+    them), a space that resolves as it did at the start. Whether Tune's state is whole is `_check_state`'s."""
     if not (experiment_dir / SPACE_RECORD).exists():
         raise SpaceError(f"--resume: no experiment at {experiment_dir}")
     if not rebuild and not all(any(experiment_dir.glob(pattern)) for pattern in TUNE_STATE_FILES):

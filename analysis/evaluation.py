@@ -22,6 +22,7 @@ from analysis.baselines import baselines_for
 from analysis.experiment import AnalysisWarning, TrialFolder, identities, read_trials
 from analysis.frames import aggregate_seeds
 from analysis.stats import bootstrap_mean
+from trainers.atomic import replacing
 from trainers.cpus import available_cpus
 from trainers.models import LoopedTransformerModel, build_model
 from trainers.tasks import error_normaliser, sample_batch
@@ -68,9 +69,8 @@ def evaluate_experiment(experiment_dir, *, n_prompts: int = N_PROMPTS, max_loops
     experiment directory) and returns the frame."""
     frame = evaluate_trials(read_trials(experiment_dir), n_prompts=n_prompts, max_loops=max_loops, seed=seed,
                             device=device, batch_size=batch_size)
-    path = Path(out if out is not None else experiment_dir) / EVALUATION_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
+    with replacing(Path(out if out is not None else experiment_dir) / EVALUATION_FILE) as temporary:
+        frame.to_parquet(temporary, index=False)
     return frame
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from trainers.checkpoint import CHECKPOINT_FILE, read_weights, reason
 from trainers.dotted import flatten, get_dotted
-from trainers.records import TRIAL_RECORD, RecordError, SpaceRecord, read_space_record, read_trial_record
+from trainers.records import RUNNER_DIR, TRIAL_RECORD, RecordError, SpaceRecord, read_space_record, read_trial_record
 
 
 class AnalysisError(ValueError):
@@ -52,7 +52,8 @@ def read_trials(experiment_dir) -> list[TrialFolder]:
     if not root.is_dir():
         raise AnalysisError(f"{root}: no such experiment directory")
     # one walk of the tree, which holds every checkpoint of every trial
-    found = [p for p in root.rglob("*.json") if p.name in (TRIAL_RECORD, "params.json")]
+    found = [p for p in root.rglob("*.json") if p.name in (TRIAL_RECORD, "params.json")
+             and RUNNER_DIR not in p.relative_to(root).parts]
     recorded = {p.parent for p in found if p.name == TRIAL_RECORD}
     unrecorded = sorted({p.parent for p in found} - recorded)
     if unrecorded and not recorded:

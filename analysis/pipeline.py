@@ -17,16 +17,17 @@ from analysis.plots import FIGURES_PER_HYPOTHESIS, PLOTS_DIR, write_plots
 from analysis.report import REPORT_FILE, write_report
 from analysis.variants import hypotheses
 from analysis.verdict import hypotheses_of
+from trainers.atomic import replacing
 
 FORMATS = ("parquet", "csv")
 
 
 def _write_frame(frame: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_parquet(path, index=False)
+    with replacing(path) as temporary:
+        if path.suffix == ".csv":
+            frame.to_csv(temporary, index=False)
+        else:
+            frame.to_parquet(temporary, index=False)
     return path
 
 

@@ -22,6 +22,7 @@ from analysis.frames import aggregate_seeds, frames_of
 from analysis.ranking import final_errors, least_squares_last, variant_frame
 from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
 from analysis.verdict import Hypothesis, Verdict, hypotheses_of, judge, predict_zero_level
+from trainers.atomic import replacing
 
 PLOTS_DIR = "plots"
 SLUG_LENGTH = 100  # of a hypothesis' name in its figures' file names, well within a filesystem's 255 bytes
@@ -87,8 +88,8 @@ def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
         for kind, figure in figures.items():
             if figure is not None:
                 path = plot_path(plots_dir, hypothesis, kind)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                figure.savefig(path, dpi=120)
+                with replacing(path) as temporary:
+                    figure.savefig(temporary, dpi=120)
                 written.append(path)
             if progress is not None:
                 progress()

@@ -24,6 +24,7 @@ from analysis.significance import POWER
 from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
 from analysis.verdict import (DID_NOT_LEARN, RULE, TREND_RULE, UNCLEAR, Hypothesis, TrendTest,
                               describe_reference, hypotheses_of, judge, predict_zero_level, trend_test)
+from trainers import atomic
 from trainers.records import SEED_KEY, STOPPED_EARLY, SpaceRecord, short_key
 from trainers.table import format_number, render
 
@@ -61,10 +62,9 @@ def write_report(path: Path, title: str, summary: pd.DataFrame, evaluation: pd.D
                  record: SpaceRecord | None = None) -> Path:
     """`record`: the space record, whose hypotheses give each section its question and verdict."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     questions = {h.name: h.question for h in record.hypotheses} if record is not None else {}
-    path.write_text(render_report(title, summary, evaluation, path.parent / PLOTS_DIR, path.parent,
-                                  hypotheses_of(record), questions))
+    atomic.write_text(path, render_report(title, summary, evaluation, path.parent / PLOTS_DIR, path.parent,
+                                          hypotheses_of(record), questions))
     return path
 
 

@@ -84,6 +84,20 @@ def test_retried_trial_history_is_rebuilt_from_checkpoint_and_result_rows(tmp_pa
     assert load_summary(tmp_path)["status"].iloc[0] == "finished"
 
 
+def test_a_trial_restarted_from_step_0_has_one_history(tmp_path):
+    """No checkpoint of the first attempt loaded, so the retry started again from step 0: result.json holds the
+    first attempt's 0..40, then the retry's 0..90; the curves hold each step once, the retry's."""
+    first = [metric_row(s, 1.0, eval_loss=2.0) for s in range(0, 50, 10)]
+    retry = [metric_row(s, 0.5, eval_loss=1.0 - s / 100) for s in range(0, 100, 10)]
+    result = [ray_row(r, "tr", i) for i, r in enumerate([*first, *retry])]
+    checkpoint = checkpoint_state(config_dict(train_steps=91), step=91, metrics=retry)
+    write_trial(tmp_path, "trial_tr", **_trial(), rows=result, checkpoint=checkpoint)
+    curves = load_curves(tmp_path)
+    assert curves["step"].tolist() == list(range(0, 100, 10))
+    assert curves["eval/loss"].tolist() == pytest.approx([1.0 - s / 100 for s in range(0, 100, 10)])
+    assert load_summary(tmp_path)["status"].iloc[0] == "finished"
+
+
 def test_steps_no_source_has_are_reported(tmp_path):
     rows = [ray_row(metric_row(s, 1.0), "gappy", i) for i, s in enumerate(range(0, 100, 10)) if s not in (60, 70)]
     write_trial(tmp_path, "trial_gappy", **_trial(), rows=rows)

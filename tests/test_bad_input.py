@@ -10,6 +10,7 @@ file and folder in it must be the same after the command as before. The table is
 import hashlib
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -105,7 +106,7 @@ def code_pickle(path: Path) -> None:
     torch.save({"model": RunsCode()}, path)
 
 
-def space_record_of(text: str) -> Callable[[Path], None]:
+def space_record_of(text: str, state: str = "{}", tuner: bytes = b"") -> Callable[[Path], None]:
     """An experiment folder as the runner leaves it, started from the space `text`, with Tune's state files."""
     def write(path: Path) -> None:
         from tune_looped.space import load_space, space_record
@@ -114,8 +115,8 @@ def space_record_of(text: str) -> Callable[[Path], None]:
         original.write_text(text)
         path.write_text(yaml.safe_dump(space_record(load_space(original), False).model_dump(), sort_keys=False))
         original.unlink()
-        (path.parent / "tuner.pkl").write_bytes(b"")
-        (path.parent / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+        (path.parent / "tuner.pkl").write_bytes(tuner)
+        (path.parent / "experiment_state-2026-01-01_00-00-00.json").write_text(state)
     return write
 
 
@@ -369,6 +370,13 @@ CASES = [
     Case("resume-space-changed", "resume", "the space file changed since the start", "run",
          (*RUN, "--name", "x", "--resume"), ("--resume", "differs"),
          {**SPACE, "results/x/space.yaml": space_record_of(space(grid={"training.seed": [1]}))}),
+    Case("resume-state-damaged", "resume", "Tune's state file cut short, no good copy kept", "run",
+         (*RUN, "--name", "x", "--resume"),
+         ("--resume", "experiment_state-2026-01-01_00-00-00.json is cut short or not JSON (19 bytes)",
+          "no good copy was kept", "the folder is left as it is", "--rebuild-state"),
+         {**SPACE, "results/x/space.yaml": space_record_of(space(), '{"trial_data": [["{', pickle.dumps({}))}),
+    Case("resume-rebuild-alone", "resume", "--rebuild-state without --resume", "run",
+         (*RUN, "--name", "x", "--rebuild-state"), ("--rebuild-state", "only with --resume"), SPACE),
     Case("resume-name-exists", "resume", "--name of an existing experiment, without --resume", "run",
          (*RUN, "--name", "x"), ("--name x", "exists"), {**SPACE, "results/x/space.yaml": "name: tiny\n"}),
     # --storage

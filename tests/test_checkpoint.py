@@ -1,14 +1,16 @@
-"""Checkpoint files: written whole or not at all, read without running code, and loaded into a model whether this
-code or the reference code wrote them."""
+"""Checkpoint files: written whole or not at all with their checksum, refused when damaged, read without running
+code, and loaded into a model whether this code or the reference code wrote them."""
+import hashlib
 import os
 import re
+import subprocess
 
 import pytest
 import torch
 
 from helpers.models import prompts, run, tiny
-from trainers.checkpoint import (CHECKPOINT_FILE, checkpoint_dir_of, latest_checkpoint, load_checkpoint,
-                                 load_reference_checkpoint, read_weights, save_checkpoint)
+from trainers.checkpoint import (CHECKPOINT_FILE, checkpoint_dir_of, checksum_file, latest_checkpoint,
+                                 load_checkpoint, load_reference_checkpoint, read_weights, save_checkpoint)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -85,8 +87,13 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 def test_save_and_load_round_trip(tmp_path):
     state = tune_looped_state()
     directory = save_checkpoint(tmp_path / "checkpoints" / "step_000007", state)
-    # the write goes through a temporary file; only the finished file is left
-    assert sorted(p.name for p in directory.iterdir()) == [CHECKPOINT_FILE]
+    # the writes go through temporary files; only the finished file and its checksum are left
+    assert sorted(p.name for p in directory.iterdir()) == [CHECKPOINT_FILE, CHECKPOINT_FILE + ".sha256"]
+    data = (directory / CHECKPOINT_FILE).read_bytes()
+    assert checksum_file(directory / CHECKPOINT_FILE).read_text() == \
+        f"{hashlib.sha256(data).hexdigest()}  {CHECKPOINT_FILE}\n"
+    check = ["sha256sum", "--check", "--quiet", CHECKPOINT_FILE + ".sha256"]
+    assert subprocess.run(check, cwd=directory).returncode == 0
     for where in (directory, directory / CHECKPOINT_FILE):
         loaded = load_checkpoint(where)
         assert loaded.keys() == state.keys() and loaded["step"] == 7 and loaded["metrics"] == state["metrics"]
@@ -100,9 +107,36 @@ def test_a_truncated_file_is_refused_with_a_one_line_reason(tmp_path):
     file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
     with pytest.raises(ValueError) as err:
         load_checkpoint(tmp_path)
+    assert str(err.value) == (f"{file}: damaged checkpoint: {file.stat().st_size} bytes whose sha256 differs from "
+                              "the one saved with it (checkpoint.pt.sha256)")
+    # without its checksum (a checkpoint of an earlier version), the unpickler's own reason
+    checksum_file(file).unlink()
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(tmp_path)
     message = str(err.value)
     assert message.startswith(f"{file}: not a loadable checkpoint, only tensors and containers are accepted (")
     assert message.endswith(")") and "\n" not in message
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "empty", "empty checksum"])
+def test_damage_that_still_unpickles_is_refused_by_its_checksum(tmp_path, damage):
+    file = save_checkpoint(tmp_path, tune_looped_state()) / CHECKPOINT_FILE
+    if damage == "flipped byte":
+        # a byte of a tensor's storage: the zip archive and the pickle still read, the weights are wrong
+        data = bytearray(file.read_bytes())
+        data[-200] ^= 0xFF
+        file.write_bytes(bytes(data))
+    elif damage == "empty":
+        file.write_bytes(b"")
+    else:
+        checksum_file(file).write_text("")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(file))}: damaged checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_an_earlier_checkpoint_without_a_checksum_loads(tmp_path):
+    torch.save(tune_looped_state(), tmp_path / CHECKPOINT_FILE)
+    assert load_checkpoint(tmp_path)["step"] == 7
 
 
 def test_a_missing_file_and_a_foreign_file_are_named(tmp_path):

@@ -4,11 +4,13 @@ interrupted (SIGINT, SIGTERM, SIGKILL) and resumed, a diverging trial, 64 trials
 The tables of docs/RELIABILITY.md are rendered from FAULTS here and CASES in test_bad_input.py, and a test checks
 that the file holds exactly that rendering; `python tests/test_reliability.py` prints it.
 """
+import contextlib
 import json
 import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -24,7 +26,7 @@ from analysis import load_curves, load_summary
 from helpers.sweeps import (REPO, TIMING_COLUMNS, TINY_BASE, alive, auth_token, descendants, finish, finished_trials,
                     process_name, processes_naming, ray_session_of, rss_mib, rows, start_sweep, sweep_command,
                     trial_dirs, wait_for, write_space)
-from test_bad_input import CASES, render_bad_input
+from test_bad_input import CASES, render_bad_input, snapshot
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides
 from trainers.models import build_model
@@ -57,6 +59,40 @@ FAULTS = [
           "`test_reliability.py::test_interrupted_driver_resumes` (3 signals)"),
     Fault("driver killed before Tune saved its state", "an experiment folder without Tune's state files",
           "`--resume` says there is nothing to resume: one line, exit 2", "`test_bad_input.py`, `resume-no-state`"),
+    Fault("two runners", "a second runner, and a `--resume`, of an experiment while its runner runs; a lock whose "
+          "holder's pid is gone (SIGKILL), one of another host with a heartbeat 61 s old, one cut short 120 s ago",
+          "the second and the resume refused with one line naming the holder's pid, host and command, exit 2, the "
+          "first runs on; a lock of a holder that is gone taken over with a warning; `upgrade` refused likewise",
+          "`test_reliability.py::test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint`, "
+          "`test_lock.py`, `test_trials.py::test_upgrade_waits_for_no_runner_and_skips_the_runners_folder`"),
+    Fault("damaged state and checkpoint", "after SIGINT, the newest `experiment_state-*.json` and the running "
+          "trial's latest `checkpoint.pt` each cut to half its size",
+          "`--resume` puts the runner's copy of the state back (one warning line) and the trial falls back to its "
+          "previous checkpoint (a line of its log); exit 0, the finished trial untouched, the curves and summary "
+          "equal an uninterrupted sweep's",
+          "`test_reliability.py::test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint`"),
+    Fault("damaged state, no copy", "after SIGKILL, the newest state file cut to half and the runner's copy deleted",
+          "`--resume` refused with one line naming the file, exit 2, the folder byte for byte as it was; then "
+          "`--resume --rebuild-state` keeps the finished trial's folder untouched, sets the other aside, runs the 2 "
+          "remaining trials from step 0, exit 0, curves and summary equal an uninterrupted sweep's",
+          "`test_reliability.py::test_a_damaged_state_without_a_copy_is_refused_then_rebuilt`, "
+          "`resume-state-damaged`"),
+    Fault("damaged files", "checkpoints cut short, emptied, with a flipped byte or an empty checksum; a restored "
+          "checkpoint damaged and the one before it missing; state files and pickles cut short, a copy's save "
+          "under way; a trial restarted from step 0",
+          "each refused with one line; the trainable takes the newest checkpoint that loads, else step 0; the "
+          "keeper copies only one save's whole pair; one curve row per step",
+          "`test_checkpoint.py`, `test_trainable.py`, `test_state.py`, "
+          "`test_analysis_frames.py::test_a_trial_restarted_from_step_0_has_one_history`"),
+    Fault("disk full", "the storage on a 230 MiB tmpfs the test mounts (as root; skipped otherwise), filled once "
+          "the first trial has checkpointed; then enlarged to 600 MiB with `mount -o remount`",
+          "exit 1: one `error: disk full:` line naming the filesystem, its free space and the 200 MiB needed, the "
+          "summary so far and the resume command; the resume, as printed, exits 0 with every trial finished and "
+          "every logged step once",
+          "`test_reliability.py::test_a_full_disk_is_one_line_and_the_resume_completes`"),
+    Fault("trials not asked for", "results of a bare trial (no hypotheses, no values), a trial run twice, a trial "
+          "missing", "each a line of the runner's summary (not asked for, missing); the runner exits 1 and writes "
+          "no report", "`test_summary.py`"),
     Fault("divergence", "`training.learning_rate` 10 beside 1e-3 in one grid, both starting from a relative "
           "`model.pretrained_path`",
           "the diverging trial stops at its first non-finite loss, is not retried, and shows as diverged with its step "
@@ -128,11 +164,12 @@ def saved_statuses(experiment_dir: Path) -> list[str]:
     return [json.loads(trial)["status"] for trial, _ in state.get("trial_data", [])]
 
 
-def interruptible(experiment_dir: Path):
-    """(finished trial, running trial) once one trial has finished and Tune saved that, and the next one has a
-    checkpoint; else None."""
+def interruptible(experiment_dir: Path, checkpoints: int = 1):
+    """(finished trial, running trial) once one trial has finished and Tune saved that, and the next one has
+    `checkpoints` checkpoints; else None."""
     done = finished_trials(experiment_dir, INTERRUPT_LAST)
-    running = [t for t in trial_dirs(experiment_dir) if t not in done and list(t.glob("checkpoint_*"))]
+    running = [t for t in trial_dirs(experiment_dir)
+               if t not in done and len(list(t.glob("checkpoint_*"))) >= checkpoints]
     if done and running and "TERMINATED" in saved_statuses(experiment_dir):
         return done[0], running[0]
     return None
@@ -195,6 +232,157 @@ def test_interrupted_driver_resumes(tmp_path, uninterrupted, sig):
     assert all(group["step"].tolist() == logged for _, group in curves.groupby("training.seed"))
     pd.testing.assert_frame_equal(curves, uninterrupted[0], check_exact=True)
     pd.testing.assert_frame_equal(summary, uninterrupted[1], check_exact=True)
+
+
+def second_runner(tmp_path: Path, space: Path, *extra, storage: Path | None = None):
+    command = sweep_command(space, storage or tmp_path / "r", "s", *extra)
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def truncate(file: Path) -> int:
+    """Cut `file` to half its size, as a copy a full disk or a kill stopped; the size it had."""
+    size = file.stat().st_size
+    file.write_bytes(file.read_bytes()[: size // 2])
+    return size
+
+
+def trial_log(out: str) -> list[str]:
+    """The trials' own lines, as the driver echoes them (`(run_trial pid=N) ...`), without the prefix."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    return [line.split(") ", 1)[1] for line in plain.splitlines() if line.startswith("(run_trial pid=")]
+
+
+@pytest.mark.slow
+def test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint(tmp_path, uninterrupted):
+    space = interrupt_space(tmp_path)
+    sweep = start_sweep(tmp_path, space)
+    experiment = tmp_path / "r" / "s"
+    wait_for(lambda: list(experiment.glob("experiment_state-*.json")), 120)
+    for extra in ((), ("--resume",)):
+        refused = second_runner(tmp_path, space, *extra)
+        assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert refused.stderr.startswith(f"error: {experiment / '.tune_looped' / 'lock'}: the experiment is in use "
+                                         f"by pid {sweep.pid} on {socket.gethostname()} (python -m tune_looped.run")
+    assert sweep.poll() is None, "the first runner stopped"
+    done, running = wait_for(lambda: interruptible(experiment, checkpoints=2), 240)
+    os.kill(sweep.pid, signal.SIGINT)
+    out, err = finish(sweep, tmp_path, timeout=120)
+    assert sweep.returncode == 130, err
+    done_files = files_of(done)
+    state = max(experiment.glob("experiment_state-*.json"))
+    truncate(state)
+    latest = max(running.glob("checkpoint_*"))
+    truncate(latest / "checkpoint.pt")
+    resumed = second_runner(tmp_path, space, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    restored = [line for line in resumed.stderr.splitlines() if "restored the copy" in line]
+    assert len(restored) == 1 and restored[0].startswith(f"warning: {state} was cut short or not JSON ("), restored
+    log = trial_log(resumed.stdout)
+    assert any(line.startswith(f"checkpoint {latest} does not load (damaged checkpoint: ") and
+               line.endswith("; trying the one before it") for line in log), log
+    print(f"\ndamaged state and checkpoint: {restored[0]}\n{next(line for line in log if 'does not load' in line)}")
+    assert "3 finished" in resumed.stdout and files_of(done) == done_files
+    # the fallback trained again from the checkpoint before: the same numbers, every logged step once
+    curves, summary = comparable_frames(experiment)
+    pd.testing.assert_frame_equal(curves, uninterrupted[0], check_exact=True)
+    pd.testing.assert_frame_equal(summary, uninterrupted[1], check_exact=True)
+
+
+@pytest.mark.slow
+def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt(tmp_path, uninterrupted):
+    space = interrupt_space(tmp_path)
+    sweep = start_sweep(tmp_path, space)
+    experiment = tmp_path / "r" / "s"
+    done, running = wait_for(lambda: interruptible(experiment), 240)
+    processes = descendants(sweep.pid)
+    os.kill(sweep.pid, signal.SIGKILL)
+    finish(sweep, tmp_path, timeout=60)
+    try:
+        state = max(experiment.glob("experiment_state-*.json"))
+        size = truncate(state)
+        # a runner of an earlier version kept no copy
+        for copy in (experiment / ".tune_looped").glob("experiment_state-*.json"):
+            copy.unlink()
+        before, done_files = snapshot(experiment), files_of(done)
+        refused = second_runner(tmp_path, space, "--resume")
+        assert refused.returncode == 2 and refused.stderr.splitlines() == [
+            f"error: --resume: {state} is cut short or not JSON ({size // 2} bytes), and no good copy was kept, so "
+            "Tune cannot restore the experiment (it would start a new one in its place); the folder is left as it "
+            "is; --resume --rebuild-state runs the trials that did not end, from the trial folders"]
+        assert snapshot(experiment) == before, "the refused resume changed the experiment"
+        rebuilt = second_runner(tmp_path, space, "--resume", "--rebuild-state")
+    finally:
+        for pid in alive(processes):
+            os.kill(pid, signal.SIGKILL)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    # the killed runner's lock: its pid is gone, so the resume took it over
+    assert f"took over the lock of pid {sweep.pid} on {socket.gethostname()}" in rebuilt.stderr
+    assert "--rebuild-state: kept 1 ended trial(s)" in rebuilt.stderr
+    assert "running 2 trial(s) from step 0" in rebuilt.stderr
+    assert "3 finished" in rebuilt.stdout and files_of(done) == done_files
+    aside = experiment / ".tune_looped" / "replaced"
+    assert [p.name for p in aside.glob(f"*/{running.name}")] == [running.name] and not running.exists()
+    curves, summary = comparable_frames(experiment)
+    pd.testing.assert_frame_equal(curves, uninterrupted[0], check_exact=True)
+    pd.testing.assert_frame_equal(summary, uninterrupted[1], check_exact=True)
+
+
+def mount_tmpfs(folder: Path, size: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("a full disk needs a tmpfs of its own, which only root can mount")
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount -t tmpfs failed ({mounted.stderr.strip()}): no privilege to mount here")
+
+
+def fill(folder: Path) -> None:
+    """Write into `folder` until its filesystem is full."""
+    with open(folder / "filler", "wb") as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 2**20)
+                f.flush()
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path):
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, "230m")
+    try:
+        base = apply_overrides(TINY_BASE, {"training.train_steps": 60, "training.save_every_steps": 10,
+                                           "wandb.log_every_steps": 10})
+        space = write_space(tmp_path / "space.yaml", [{"name": "d", "grid": {"training.seed": [0, 1, 2]}}], base,
+                            resources={"cpu": 1}, max_concurrent=1)
+        command = sweep_command(space, disk, "s", "--max-failures", "0")
+        with open(tmp_path / "s.out", "w") as out, open(tmp_path / "s.err", "w") as err:
+            sweep = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=err, text=True)
+        experiment = disk / "s"
+        # once the runner keeps a good copy of Tune's state and the first trial has checkpointed, the disk fills
+        wait_for(lambda: list((experiment / ".tune_looped").glob("experiment_state-*.json"))
+                 and list(experiment.glob("*/checkpoint_000001")), 120)
+        fill(disk)
+        out, err = finish(sweep, tmp_path, timeout=300)
+        assert sweep.returncode == 1, err[-3000:]
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: disk full: the storage {disk} (the filesystem at {disk}): 0 MiB free; a sweep "
+                          "needs at least 200 MiB free there for its checkpoints and results; free some space, then "
+                          "resume with the command below"], errors
+        assert f"results: {experiment}" in out
+        resume = shlex.split(err.split("resume with:")[1].strip().splitlines()[0])
+        assert resume[-3:] == ["--name", "s", "--resume"]
+        assert subprocess.run(["mount", "-o", "remount,size=600m", str(disk)]).returncode == 0
+        resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "3 finished" in resumed.stdout
+        warnings = [line for line in resumed.stderr.splitlines() if line.startswith("warning: ")]
+        print(f"\ndisk full: {errors[0]}\nthe resume: {warnings}")
+        logged = list(range(0, 60, 10)) + [59]
+        curves = load_curves(experiment)
+        assert all(group["step"].tolist() == logged for _, group in curves.groupby("training.seed"))
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], capture_output=True)
 
 
 @pytest.mark.slow

@@ -92,3 +92,21 @@ def test_upgrade_writes_the_records_of_an_earlier_runners_experiment(tmp_path, c
 def test_upgrade_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert upgrade_main([str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: no such experiment directory\n"
+
+
+def test_upgrade_waits_for_no_runner_and_skips_the_runners_folder(tmp_path, capsys):
+    """It takes the experiment's lock: refused in one line while a runner holds it, and writes nothing."""
+    from tune_looped.lock import ExperimentLock
+
+    root = tmp_path / "exp"
+    _earlier_runners_trial(root, "train_a_00000", {"variant": {"hypotheses": ["e"], "model.n_layer": 2}})
+    # a trial a rebuild replaced lies in the runner's folder: not a trial of the experiment
+    _earlier_runners_trial(root / ".tune_looped" / "replaced", "train_b_00001", {"variant": {"hypotheses": ["e"]}})
+    with ExperimentLock(root, "python -m tune_looped.run"):
+        assert upgrade_main([str(root)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {root / '.tune_looped' / 'lock'}: the experiment is in use by pid ")
+        assert err.count("\n") == 1 and not (root / "train_a_00000" / "trial.json").exists()
+    assert upgrade_main([str(root)]) == 0
+    assert capsys.readouterr().out == f"1 trial record(s) written under {root}\n"
+    assert not (root / ".tune_looped" / "replaced" / "train_b_00001" / "trial.json").exists()

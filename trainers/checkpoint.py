@@ -1,16 +1,21 @@
-"""Checkpoint files: one `checkpoint.pt` per directory, written atomically, read without unpickling code;
-and checkpoints of this code or of the paper's reference code loaded into a model."""
+"""Checkpoint files: one `checkpoint.pt` per directory, written atomically with its sha256 beside it, read
+without unpickling code and refused when damaged; and checkpoints of this code or of the paper's reference code
+loaded into a model."""
 from __future__ import annotations
 
-import os
+import hashlib
+import io
 from pathlib import Path
 
 import torch
 
+from trainers import atomic
 from trainers.config import ConfigError
 from trainers.models import build_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# `sha256sum -c checkpoint.pt.sha256` checks a file by hand; Ray copies it with the checkpoint's folder
+CHECKSUM_SUFFIX = ".sha256"
 
 
 def checkpoint_dir_of(path) -> Path:
@@ -18,23 +23,52 @@ def checkpoint_dir_of(path) -> Path:
     return path.parent if path.name == CHECKPOINT_FILE else path
 
 
+def checksum_file(file) -> Path:
+    file = Path(file)
+    return file.with_name(file.name + CHECKSUM_SUFFIX)
+
+
 def save_checkpoint(directory: Path, state: dict) -> Path:
-    """Write `directory/checkpoint.pt` through a temporary file so a crash never leaves half a checkpoint."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / CHECKPOINT_FILE
-    partial = directory / (CHECKPOINT_FILE + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, target)
+    """Write `directory/checkpoint.pt`, then its checksum, each whole or not at all (`trainers.atomic`).
+
+    The checksum guards the copies others make (Ray copies every reported checkpoint into the storage, not
+    atomically): a copy cut short by a full disk or a kill is refused on load instead of half read."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    target = atomic.write_bytes(directory / CHECKPOINT_FILE, data)
+    atomic.write_text(checksum_file(target), f"{hashlib.sha256(data).hexdigest()}  {CHECKPOINT_FILE}\n")
     return directory
 
 
+def verify_checksum(file) -> None:
+    """A ValueError naming `file` when it differs from the sha256 saved beside it. A file without one (written
+    before checkpoints carried it, or by other code) is not checked."""
+    try:
+        expected = checksum_file(file).read_text().split()[0]
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError, IndexError):
+        raise ValueError(f"{file}: damaged checkpoint: its checksum file {checksum_file(file).name} is "
+                         "unreadable") from None
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise ValueError(f"{file}: damaged checkpoint: {Path(file).stat().st_size} bytes whose sha256 differs from "
+                         f"the one saved with it ({checksum_file(file).name})")
+
+
 def read_weights(file, **options):
-    """`torch.load(file, weights_only=True)`: every `.pt` file is read here, so none can run code.
+    """`torch.load(file, weights_only=True)`: every `.pt` file is read here, so none can run code; a file with a
+    checksum beside it is verified first.
 
     A missing or unreadable file raises its own OSError. Anything else that goes wrong is a ValueError naming
-    the file: besides UnpicklingError for a pickle that would run code, the weights-only unpickler fails on
-    damaged bytes with whatever they lead to (RuntimeError, OSError, EOFError, IndexError...).
+    the file: a checksum that differs, or, besides UnpicklingError for a pickle that would run code, whatever
+    damaged bytes lead the weights-only unpickler to (RuntimeError, OSError, EOFError, IndexError...).
     """
+    verify_checksum(file)
     try:
         return torch.load(file, map_location="cpu", weights_only=True, **options)
     except (FileNotFoundError, PermissionError, IsADirectoryError):

@@ -19,10 +19,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from trainers import atomic
 from trainers.config import Config
 
 SPACE_RECORD = "space.yaml"
 TRIAL_RECORD = "trial.json"
+# the runner's own files in an experiment folder (its lock, copies of Tune's state, trials a rebuild replaced):
+# never a trial folder, so readers of the trial folders pass it by
+RUNNER_DIR = ".tune_looped"
 SEED_KEY = "training.seed"  # a variant is a configuration without its seed
 
 Expectation = Literal["worse", "better"]
@@ -120,9 +124,7 @@ class RecordError(ValueError):
 
 
 def write_space_record(experiment_dir, record: SpaceRecord) -> Path:
-    path = Path(experiment_dir) / SPACE_RECORD
-    path.write_text(yaml.safe_dump(record.model_dump(), sort_keys=False))
-    return path
+    return atomic.write_text(Path(experiment_dir) / SPACE_RECORD, yaml.safe_dump(record.model_dump(), sort_keys=False))
 
 
 def read_space_record(experiment_dir) -> SpaceRecord:
@@ -140,9 +142,8 @@ def read_space_record(experiment_dir) -> SpaceRecord:
 
 
 def write_trial_record(folder, record: TrialRecord) -> Path:
-    path = Path(folder) / TRIAL_RECORD
-    path.write_text(json.dumps(record.model_dump(), indent=2, sort_keys=True) + "\n")
-    return path
+    text = json.dumps(record.model_dump(), indent=2, sort_keys=True) + "\n"
+    return atomic.write_text(Path(folder) / TRIAL_RECORD, text)
 
 
 def read_trial_record(folder) -> TrialRecord:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from trainers import atomic
 from trainers.checkpoint import check_pretrained, latest_checkpoint, load_checkpoint
 from trainers.cli import OneLineArgumentParser
 from trainers.config import ConfigError, config_to_dict, load_config, parse_override_args
@@ -42,7 +43,8 @@ class RunLog:
         from tqdm import tqdm
 
         self.path = run_dir / "metrics.jsonl"
-        self.path.write_text("".join(json.dumps(row) + "\n" for row in history))
+        # the history a resume starts from, whole; the rows after it are appended as they come
+        atomic.write_text(self.path, "".join(json.dumps(row) + "\n" for row in history))
         done = history[-1]["step"] + 1 if history else 0
         self.bar = tqdm(total=total_steps, initial=done, unit="step", dynamic_ncols=True, disable=None)
 
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     log = RunLog(run_dir, config.training.train_steps, history)
     wandb_run = _open_wandb_run(config, run_dir, history) if config.wandb.enabled else None
 

@@ -27,7 +27,7 @@ MIN_FREE_BYTES = 200 * 2**20
 CONNECT_TIMEOUT_S = 5.0
 # written into the session folder of every local Ray the runner starts, holding the runner's process_identity
 RUNNER_MARK = "tune_looped_runner.pid"
-# how far apart two reads of one process's create time may be (see _runner_alive)
+# how far apart two reads of one process's create time may be (see runner_alive)
 SAME_START_S = 1.5
 # what an orphaned Ray process gets to exit after TERM, then after KILL
 TERM_GRACE_S = 5.0
@@ -97,6 +97,28 @@ def check_dashboard_host(host: str) -> None:
     labels = host.removesuffix(".").split(".")
     if len(host) > 253 or not all(HOST_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
         raise SpaceError(f"--dashboard-host: expected an IP address or a host name, got {host!r}")
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def full_filesystems(places: dict[str, Path]) -> list[str]:
+    """Of the places a sweep writes to (the storage, the temporary folder, Ray's folder), those whose filesystem
+    has less than MIN_FREE_BYTES free, each filesystem once: `the storage /x (the filesystem at /m): 0 MiB free`."""
+    seen, full = set(), []
+    for role, path in places.items():
+        try:
+            device, free = path.stat().st_dev, shutil.disk_usage(path).free
+        except OSError:
+            continue
+        if device not in seen and free < MIN_FREE_BYTES:
+            full.append(f"{role} {path} (the filesystem at {_mount_point(path)}): {free / 2**20:.0f} MiB free")
+        seen.add(device)
+    return full
 
 
 def check_address(address: str | None) -> None:
@@ -186,8 +208,9 @@ def process_identity(pid: int) -> str | None:
     return None
 
 
-def _runner_alive(mark: str) -> bool:
-    """Whether the runner whose identity `mark` holds still runs; ValueError for a mark that holds none.
+def runner_alive(mark: str) -> bool:
+    """Whether the runner whose identity `mark` (a `process_identity` of this host) holds still runs; ValueError
+    for a mark that holds none.
 
     Doubt counts as alive, as ending a live runner's Ray is the worse mistake: a process we may not inspect, and
     a live pid under an older runner's mark, whose start ticks cannot be compared with a create time."""
@@ -249,7 +272,7 @@ def end_orphaned_sessions(root: Path, keep: Path) -> int:
     for mark in root.glob(f"session_*/{RUNNER_MARK}"):
         session = mark.parent
         try:
-            if session == keep or _runner_alive(mark.read_text().strip()):
+            if session == keep or runner_alive(mark.read_text().strip()):
                 continue
         except (OSError, ValueError):
             continue

@@ -7,11 +7,13 @@ summary and ends with the analysis' frames, plots and report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shlex
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,12 +26,15 @@ from trainers.config import MAX_SEED, ConfigError
 from trainers.cpus import available_cpus
 from trainers.dotted import set_dotted
 from trainers.names import NAME_RULE, is_folder_name
-from trainers.records import (INCOMPLETE, SPACE_RECORD, RecordError, SpaceRecord, read_space_record, variant_label,
-                              write_space_record)
-from tune_looped.cluster import (check_address, check_dashboard_host, check_storage, is_uri, start_ray, warn,
-                                 warn_if_local_storage_on_cluster)
+from trainers.records import (ERROR, INCOMPLETE, SPACE_RECORD, RecordError, SpaceRecord, read_space_record,
+                              variant_label, write_space_record)
+from tune_looped.cluster import (MIN_FREE_BYTES, check_address, check_dashboard_host, check_storage, full_filesystems,
+                                 is_uri, start_ray, warn, warn_if_local_storage_on_cluster)
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, describe_cpu_time, gpu_share, trial_memory
+from tune_looped.lock import ExperimentLock
+from tune_looped.rebuild import Rebuild, plan as plan_rebuild
 from tune_looped.space import GPU_AUTO, Space, SpaceError, load_space, parse_resources, space_record, trial_config
+from tune_looped.state import Repair, StateKeeper, apply_repair, plan_repair
 from tune_looped.tables import print_summary, print_trial_table, summarise
 
 # what Tune writes into the experiment folder: Tuner.restore needs both (ray.tune.tuner / tune_controller)
@@ -37,6 +42,7 @@ TUNE_STATE_FILES = ("tuner.pkl", "experiment_state-*.json")
 PRETRAINED = "model.pretrained_path"
 # a trial whose estimated memory is beyond this many times the machine's is refused, not merely warned of
 ABSURD_MEMORY = 10
+RUNNER_COMMAND = "python -m tune_looped.run"
 
 
 def parse_args(argv):
@@ -50,6 +56,8 @@ def parse_args(argv):
     p.add_argument("--storage", default="~/ray_results", help="results root: a path or a URI (default %(default)s)")
     p.add_argument("--name", help="experiment name (default: <space>[-quick]-<date-time>)")
     p.add_argument("--resume", action="store_true", help="continue the experiment --name under --storage")
+    p.add_argument("--rebuild-state", action="store_true",
+                   help="with --resume: Tune's state aside, run the trials whose folders show they did not end")
     p.add_argument("--cpus-per-trial", type=float, help="override the space's resources.cpu")
     p.add_argument("--gpus-per-trial", type=float, help="override the space's resources.gpu (0 < g <= 1)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
@@ -93,6 +101,8 @@ def _check_flags(args) -> None:
     if args.resume and not args.name:
         raise SpaceError("--resume: needs --name of the experiment to continue")
     check_dashboard_host(args.dashboard_host)
+    if args.rebuild_state and not args.resume:
+        raise SpaceError("--rebuild-state: only with --resume, which names the experiment to rebuild")
 
 
 def _local_gpus(args) -> float:
@@ -224,12 +234,15 @@ def _first_difference(saved, current, prefix: str = "") -> str | None:
     return None if saved == current else prefix.rstrip(".") or "top level"
 
 
-def check_resumable(experiment_dir: Path, space: Space, quick: bool) -> None:
+def check_resumable(experiment_dir: Path, space: Space, quick: bool, rebuild: bool = False) -> None:
+    """What a resume needs that no runner changes: the experiment, Tune's state files (unless rebuilding without
+    them), a space that resolves as it did at the start. Whether Tune's state is whole is `_check_state`'s."""
     if not (experiment_dir / SPACE_RECORD).exists():
         raise SpaceError(f"--resume: no experiment at {experiment_dir}")
-    if not all(any(experiment_dir.glob(pattern)) for pattern in TUNE_STATE_FILES):
+    if not rebuild and not all(any(experiment_dir.glob(pattern)) for pattern in TUNE_STATE_FILES):
         raise SpaceError(f"--resume: {experiment_dir} holds no saved Tune state (the sweep was stopped before Tune "
-                         "first saved it), so there is nothing to resume; delete that folder and start again")
+                         "first saved it), so there is nothing to resume; delete that folder and start again, or "
+                         "add --rebuild-state to run the trials that did not end")
     try:
         saved = read_space_record(experiment_dir)
     except RecordError:
@@ -270,7 +283,7 @@ def _resume_command(argv: list[str], name: str) -> str:
     """The command line that continues this sweep: the same flags, with the experiment's --name and --resume."""
     kept, skip = [], False
     for token in argv:
-        if skip or token in ("--resume", "--dry-run") or token.startswith("--name="):
+        if skip or token in ("--resume", "--rebuild-state", "--dry-run") or token.startswith("--name="):
             skip = False
             continue
         skip = token == "--name"
@@ -316,7 +329,7 @@ def _build_tuner(space, resources, name, storage, args, experiment_dir: Path):
                              results_dir=None if is_uri(storage) else str(experiment_dir)),
         resources=resources,
     )
-    if args.resume:
+    if args.resume and not args.rebuild_state:
         return tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
     return tune.Tuner(
@@ -335,6 +348,40 @@ def _build_tuner(space, resources, name, storage, args, experiment_dir: Path):
     )
 
 
+def _check_state(experiment_dir: Path) -> Repair:
+    """What the resume does about Tune's damaged state files; refused, the folder left as it is, when one of them
+    has no good copy."""
+    repair = plan_repair(experiment_dir)
+    if repair.unrepairable:
+        damaged = " and ".join(f"{file} is {problem}" for file, problem in repair.unrepairable)
+        raise SpaceError(f"--resume: {damaged}, and no good copy was kept, so Tune cannot restore the experiment (it "
+                         "would start a new one in its place); the folder is left as it is; --resume --rebuild-state "
+                         "runs the trials that did not end, from the trial folders")
+    return repair
+
+
+def _experiment_location(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}" if is_uri(storage) else str(Path(storage) / name)
+
+
+def _check_experiment(args, space: Space, name: str, storage: str,
+                      lock: ExperimentLock) -> tuple[Repair, Rebuild | None]:
+    """The experiment folder as the command needs it, read before the lock is taken so that a refusal writes
+    nothing: (Tune's damaged state files with their good copies, the rebuild's plan)."""
+    experiment_dir = Path(storage) / name
+    if not args.resume:
+        if experiment_dir.exists():
+            lock.check_free()
+            raise SpaceError(f"--name {name}: {experiment_dir} exists; add --resume or choose another name")
+        return Repair(), None
+    check_resumable(experiment_dir, space, args.quick, rebuild=args.rebuild_state)
+    # a live runner first: its state may be half written this very moment
+    lock.check_free()
+    if args.rebuild_state:
+        return Repair(), plan_rebuild(experiment_dir, space, space_record(space, args.quick))
+    return (Repair() if is_uri(storage) else _check_state(experiment_dir)), None
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -348,38 +395,90 @@ def main(argv=None) -> int:
             return 0
         storage = check_storage(args.storage)
         experiment_dir = Path(storage) / name
-        if args.resume:
-            check_resumable(experiment_dir, space, args.quick)
-        elif experiment_dir.exists():
-            raise SpaceError(f"--name {name}: {experiment_dir} exists; add --resume or choose another name")
+        lock = ExperimentLock(_experiment_location(storage, name), RUNNER_COMMAND)
+        repair, rebuild = _check_experiment(args, space, name, storage, lock)
+        created = not experiment_dir.exists()
+        lock.acquire()
     except SpaceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        for line in apply_repair(experiment_dir, repair):
+            warn(line)
+        return _run(args, argv, space, resources, name, storage, experiment_dir, rebuild)
+    finally:
+        lock.release()
+        if created:
+            # a sweep that failed before Tune wrote anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                experiment_dir.rmdir()
+
+
+def _run(args, argv, space: Space, resources: dict, name: str, storage: str, experiment_dir: Path,
+         rebuild: Rebuild | None) -> int:
+    """The sweep, its summary and its analysis, with the experiment's lock held."""
+    record = space_record(space, args.quick)
     import ray
 
     if space.secrets.get("wandb.key") and wandb_settings(space, args):
         # workers inherit the driver's environment: the key never travels in a config or runtime_env
         os.environ.setdefault("WANDB_API_KEY", space.secrets["wandb.key"])
     try:
-        start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus, dashboard_host=args.dashboard_host)
+        context = start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                            dashboard_host=args.dashboard_host)
     except SpaceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    session = Path(context.address_info["session_dir"])
+    written_to = {"the storage": Path(storage), "the temporary folder": Path(tempfile.gettempdir()),
+                  "Ray's folder": session.parent}
+    keeper = None if is_uri(storage) else StateKeeper(experiment_dir, session)
+    failure = None
     try:
         warn_if_local_storage_on_cluster(storage)
-        tuner = _build_tuner(space, resources, name, storage, args, experiment_dir)
+        if rebuild is not None:
+            aside = rebuild.set_aside(experiment_dir)
+            warn(f"--rebuild-state: kept {len(rebuild.kept)} ended trial(s); set aside {len(rebuild.replaced)} "
+                 f"folder(s) and file(s) of the earlier Tune state in {aside}; running {len(rebuild.remaining)} "
+                 "trial(s) from step 0")
+        tuner = _build_tuner(rebuild.space(space) if rebuild else space, resources, name, storage, args,
+                             experiment_dir)
         if not args.resume:
             experiment_dir.mkdir(parents=True, exist_ok=True)
-            write_space_record(experiment_dir, space_record(space, args.quick))
-        results = _fit_stopping_on_sigterm(tuner)
+            write_space_record(experiment_dir, record)
+        if keeper is not None:
+            keeper.start()
+        try:
+            results = _fit_stopping_on_sigterm(tuner)
+        except Exception as err:  # a full disk fails Tune on its own files: the error is told below
+            failure, results = err, []
     finally:
+        if keeper is not None:
+            keeper.stop()
         ray.shutdown()
-    rows = summarise(results, space)
-    print_summary(rows, experiment_dir)
+    rows = summarise(results, space, None if is_uri(storage) else experiment_dir)
+    full = full_filesystems(written_to) if failure or any(r["status"] == ERROR for r in rows) else []
+    if failure is not None and not full:
+        raise failure
+    if full:
+        print_summary(rows, experiment_dir)
+        print(f"error: disk full: {'; '.join(full)}; a sweep needs at least {MIN_FREE_BYTES // 2**20} MiB free "
+              "there for its checkpoints and results; free some space, then resume with the command below",
+              file=sys.stderr)
+        print(f"resume with:\n  {_resume_command(argv, name)}", file=sys.stderr)
+        return 1
+    unasked, missing = print_summary(rows, experiment_dir, record)
     _print_wandb_sync(experiment_dir)
     if any(r["status"] == INCOMPLETE for r in rows):
         print(f"interrupted; resume with:\n  {_resume_command(argv, name)}", file=sys.stderr)
         return 130
+    if unasked or missing:
+        # an analysis of other trials than those asked for would answer another question
+        print(f"the trials that ran are not those {SPACE_RECORD} asks for (above); no report is written",
+              file=sys.stderr)
+        if missing:
+            print(f"run the missing ones with:\n  {_resume_command(argv, name)} --rebuild-state", file=sys.stderr)
+        return 1
     if not args.no_report:
         from analysis import run_all
 
@@ -388,7 +487,7 @@ def main(argv=None) -> int:
         for label, path in written.items():
             print(f"{label}: {path}")
         print(f"plots: {len(plots)} figures in {plots[0].parent if plots else experiment_dir}")
-    return 1 if any(r["status"] == "error" for r in rows) else 0
+    return 1 if any(r["status"] == ERROR for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainers.records import STATUSES, STOPPED_EARLY, trial_status
+from trainers.records import (SPACE_RECORD, STATUSES, STOPPED_EARLY, TRIAL_RECORD, PlannedTrial,
+                              RecordError, SpaceRecord, read_trial_record, trial_status, variant_label)
 from trainers.table import render
 from tune_looped.space import Space, trial_config
 
@@ -18,8 +19,20 @@ def print_trial_table(space: Space) -> None:
     print(f"{count} trials")
 
 
-def summarise(results, space: Space) -> list[dict]:
-    """One row per trial of a finished (or interrupted) `tuner.fit()`."""
+def _row(trial_id, hypotheses, values: dict, last: dict, eval_loss: float, status: str) -> dict:
+    return {"trial_id": trial_id, "hypotheses": tuple(hypotheses), **values, "step": last.get("step"),
+            "eval/loss": eval_loss, "status": status}
+
+
+def _status(space: Space, values: dict, last: dict, errored: bool) -> str:
+    return trial_status(last_step=last.get("step"), train_steps=trial_config(space.base, values).training.train_steps,
+                        diverged=bool(last.get("diverged")), stopped=bool(last.get("done")), errored=errored)
+
+
+def summarise(results, space: Space, experiment_dir: Path | None = None) -> list[dict]:
+    """One row per trial of a finished (or interrupted) `tuner.fit()`, then, given the local experiment folder,
+    one per trial folder that Tune's results leave out: trials an earlier Tune state ran (before a rebuild),
+    or another runner."""
     # here, not at the top: the dry run prints its table from this module without importing Ray
     from tune_looped.trials import trial_values
 
@@ -29,22 +42,78 @@ def summarise(results, space: Space) -> list[dict]:
         metrics = result.metrics or {}
         frame = result.metrics_dataframe
         evals = frame["eval/loss"].dropna() if frame is not None and "eval/loss" in frame else []
-        status = trial_status(last_step=metrics.get("step"),
-                              train_steps=trial_config(space.base, values).training.train_steps,
-                              diverged=bool(metrics.get("diverged")), stopped=bool(metrics.get("done")),
-                              errored=result.error is not None)
-        rows.append({"trial_id": metrics.get("trial_id", Path(result.path).name), "hypotheses": ",".join(hypotheses),
-                     **values, "step": metrics.get("step"), "eval/loss": float(evals.iloc[-1]) if len(evals) else
-                     float("nan"), "status": status})
+        rows.append(_row(metrics.get("trial_id", Path(result.path).name), hypotheses, values, metrics,
+                         float(evals.iloc[-1]) if len(evals) else float("nan"),
+                         _status(space, values, metrics, result.error is not None)))
+    if experiment_dir is not None:
+        reported = {Path(result.path).name for result in results}
+        rows += [row for folder in trial_folders(experiment_dir)
+                 if folder.name not in reported and (row := folder_row(folder, space)) is not None]
     return rows
 
 
-def print_summary(rows: list[dict], experiment_dir: Path) -> None:
+def folder_row(folder: Path, space: Space) -> dict | None:
+    """A trial's row of the summary read from its folder, for when Tune's results are not at hand (a sweep that
+    failed, trials of an earlier Tune state); None for a folder whose record does not read."""
+    # the analysis' reader of result.json imports torch, which a dry run must not
+    from analysis.experiment import read_result_rows
+
+    try:
+        record = read_trial_record(folder)
+    except RecordError:
+        return None
+    results = read_result_rows(folder / "result.json")
+    last = results[-1] if results else {}
+    evals = [r["eval/loss"] for r in results if isinstance(r.get("eval/loss"), float)]
+    errored = (folder / "error.txt").exists() or (folder / "error.pkl").exists()
+    return _row(record.trial_id, record.hypotheses, record.values, last, evals[-1] if evals else float("nan"),
+                _status(space, record.values, last, errored))
+
+
+def trial_folders(experiment_dir: Path) -> list[Path]:
+    """The experiment's trial folders: those holding a trial record (Tune puts them right below it)."""
+    return sorted(p.parent for p in Path(experiment_dir).glob(f"*/{TRIAL_RECORD}"))
+
+
+def _key(hypotheses, values: dict, sampled) -> tuple:
+    """What makes two trials the same trial of the space: their hypotheses and their grid values (a trial's
+    sampled values differ from run to run). Numbers compare by value, so 55 from YAML is 55.0 from JSON."""
+    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k not in sampled))
+    return tuple(sorted(hypotheses)), frozen
+
+
+def against_space(rows: list[dict], record: SpaceRecord) -> tuple[list[dict], list[PlannedTrial]]:
+    """(the rows of trials the space record did not ask for, the asked-for trials without a row).
+
+    The record asks for each of its trials `num_samples` times; a trial run more often than that (two runners
+    of one experiment) is, from its second run on, not asked for either."""
+    wanted: dict[tuple, list] = {}
+    for planned in record.trials:
+        wanted.setdefault(_key(planned.hypotheses, planned.values, ()), []).extend([planned] * record.num_samples)
+    unasked = []
+    for row in rows:
+        values = {k: v for k, v in row.items() if k not in SUMMARY_COLUMNS}
+        slots = wanted.get(_key(row["hypotheses"], values, record.sample))
+        if slots:
+            slots.pop()
+        else:
+            unasked.append(row)
+    return unasked, [planned for slots in wanted.values() for planned in slots]
+
+
+SUMMARY_COLUMNS = ("trial_id", "hypotheses", "step", "eval/loss", "status")
+
+
+def print_summary(rows: list[dict], experiment_dir: Path,
+                  record: SpaceRecord | None = None) -> tuple[list[dict], list[PlannedTrial]]:
+    """The summary table, the counts, and, given the space record, each trial that it did not ask for and each
+    it asked for that has no result; returns those two lists (`against_space`)."""
     if rows:
         header = list(rows[0])
         for row in rows[1:]:
             header += [k for k in row if k not in header]
-        print("\n".join(render(header, [[row.get(k, "") for k in header] for row in rows])))
+        shown = [{**row, "hypotheses": ",".join(row["hypotheses"])} for row in rows]
+        print("\n".join(render(header, [[row.get(k, "") for k in header] for row in shown])))
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trials")
     for row in rows:
@@ -54,4 +123,14 @@ def print_summary(rows: list[dict], experiment_dir: Path) -> None:
     if counts[STOPPED_EARLY]:
         print(f"stopped early: {counts[STOPPED_EARLY]} trial(s) stopped by the scheduler before their last step; "
               "the report ranks only the trials that ran their full length")
+    unasked, missing = against_space(rows, record) if record is not None else ([], [])
+    for row in unasked:
+        values = {k: v for k, v in row.items() if k not in SUMMARY_COLUMNS}
+        print(f"not asked for: trial {row['trial_id']} ({variant_label(values)}, hypotheses "
+              f"{','.join(row['hypotheses']) or 'none'}) is not one of the trials {SPACE_RECORD} asks for, or "
+              "repeats one")
+    for planned in missing:
+        print(f"missing: {variant_label(planned.values)} ({','.join(planned.hypotheses)}), asked for by "
+              f"{SPACE_RECORD}, has no result")
     print(f"results: {experiment_dir}")
+    return unasked, missing

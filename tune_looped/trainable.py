@@ -1,22 +1,25 @@
 """The Ray Tune trainable: a thin adapter that runs `trainers.training.train` for one trial.
 
 It merges the trial's values into the base config, reports every logged row with `ray.tune.report`
-(with a `ray.tune.Checkpoint` when one was written), resumes from `ray.tune.get_checkpoint()`, and runs on the
-GPU Ray gave the trial, with as many torch threads as the trial has CPUs.
+(with a `ray.tune.Checkpoint` when one was written), resumes from `ray.tune.get_checkpoint()` or, when that one
+is damaged, the newest of the trial's other checkpoints that loads, and runs on the GPU Ray gave the trial, with
+as many torch threads as the trial has CPUs.
 """
 from __future__ import annotations
 
 import json
+import posixpath
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
 
-from trainers.checkpoint import load_checkpoint
+from trainers.checkpoint import CHECKPOINT_FILE, load_checkpoint, reason
 from trainers.config import apply_overrides, config_from_dict
 from trainers.training import train
 from trainers.records import run_name
@@ -27,6 +30,33 @@ def _trial_device_and_threads() -> tuple[str, int]:
     resources = tune.get_context().get_trial_resources().required_resources
     use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
     return ("cuda" if use_gpu else "cpu"), max(1, int(resources.get("CPU", 1)))
+
+
+def _trial_checkpoints(restored: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The checkpoint Tune restores, then the trial's other `checkpoint_NNNNNN` folders beside it (Ray keeps
+    `num_to_keep` of them), newest first. Listed on the checkpoint's own filesystem: the storage may be a URI."""
+    own = restored.path.rstrip("/")
+    entries = restored.filesystem.get_file_info(pyarrow.fs.FileSelector(posixpath.dirname(own), allow_not_found=True))
+    others = sorted((e.path for e in entries if e.type == pyarrow.fs.FileType.Directory
+                     and posixpath.basename(e.path).startswith("checkpoint_") and e.path != own), reverse=True)
+    return [restored, *(tune.Checkpoint(path, filesystem=restored.filesystem) for path in others)]
+
+
+def _resume_point(restored: tune.Checkpoint, work: Path) -> Path | None:
+    """A local copy of the newest of the trial's checkpoints that loads; None, starting again from step 0, when
+    none does. Each one passed over is a line of the trial's log."""
+    for number, checkpoint in enumerate(_trial_checkpoints(restored)):
+        local = work / f"restored_{number}"
+        try:
+            load_checkpoint(checkpoint.to_directory(str(local)))
+            return local
+        except (OSError, ValueError) as err:
+            # the copy's path says nothing to the reader of the log; the checkpoint's own path comes first
+            why = str(err).removeprefix(f"{local / CHECKPOINT_FILE}: ") if isinstance(err, ValueError) \
+                else reason(err)
+            print(f"checkpoint {checkpoint.path} does not load ({why}); trying the one before it", flush=True)
+    print("no checkpoint of this trial loads; starting again from step 0", flush=True)
+    return None
 
 
 def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
@@ -43,10 +73,8 @@ def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
     work = Path(tempfile.mkdtemp(prefix="tune_looped_"))
     logger = None
     try:
-        resume_from = None
         restored = tune.get_checkpoint()
-        if restored is not None:
-            resume_from = Path(restored.to_directory(str(work / "restored")))
+        resume_from = _resume_point(restored, work) if restored is not None else None
         if wandb_settings:
             from trainers.wandb_log import WandbRun
 

@@ -2,7 +2,8 @@
 
 Runners before the trial record left each trial's hypotheses and values only in Ray's params.json. This writes
 the `trial.json` the analysis reads, decoded from params.json, into every trial folder that lacks one, so that
-results from before the change are not lost. Folders that have a record are left as they are.
+results from before the change are not lost. Folders that have a record are left as they are. It holds the
+experiment's lock (`tune_looped.lock`) while it writes, so it never writes beside a runner.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 
 from analysis.experiment import read_result_rows
 from trainers.cli import OneLineArgumentParser
-from trainers.records import TRIAL_RECORD, write_trial_record
+from trainers.records import RUNNER_DIR, TRIAL_RECORD, write_trial_record
+from tune_looped.lock import ExperimentLock
+from tune_looped.space import SpaceError
 from tune_looped.trials import trial_record
 
 
@@ -21,7 +24,7 @@ def upgrade(experiment_dir: Path) -> tuple[int, list[str]]:
     written, skipped = 0, []
     for params_file in sorted(Path(experiment_dir).rglob("params.json")):
         folder = params_file.parent
-        if (folder / TRIAL_RECORD).exists():
+        if (folder / TRIAL_RECORD).exists() or RUNNER_DIR in params_file.relative_to(experiment_dir).parts:
             continue
         try:
             params = json.loads(params_file.read_text())
@@ -43,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.experiment_dir.is_dir():
         print(f"error: {args.experiment_dir}: no such experiment directory", file=sys.stderr)
         return 2
-    written, skipped = upgrade(args.experiment_dir)
+    try:
+        with ExperimentLock(args.experiment_dir, "python -m tune_looped.upgrade"):
+            written, skipped = upgrade(args.experiment_dir)
+    except SpaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for line in skipped:
         print(f"warning: {line}", file=sys.stderr)
     print(f"{written} trial record(s) written under {args.experiment_dir}")

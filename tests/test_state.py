@@ -1,0 +1,115 @@
+"""Tune's saved state before a resume: a damaged state file or pickle is found without running it, the runner
+keeps a copy of the last whole state (the trials' and the search's of one save) and of tuner.pkl, and a resume
+puts the copies back in place of damaged files, setting aside the trial folders the copy does not know."""
+import json
+import os
+import pickle
+
+import pytest
+
+from helpers.sweeps import wait_for
+from tune_looped.state import StateKeeper, apply_repair, damage, plan_repair
+
+SESSION = "2026-01-01_00-00-00"
+
+
+def state_text(*trials):
+    data = [[json.dumps({"trial_id": t, "relative_logdir": t}), "{}"] for t in trials]
+    return json.dumps({"trial_data": data, "runner_data": {"_session_str": "x"}, "stats": {}})
+
+
+def save(folder, *trials, session=SESSION, search=b"search"):
+    """One save of Tune's as its staging folder holds it: the trials' state, then the search's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = folder / f"experiment_state-{session}.json"
+    state.write_text(state_text(*trials))
+    (folder / f"basic-variant-state-{session}.json").write_bytes(pickle.dumps(search))
+    return state
+
+
+def staging(session_dir, name="s"):
+    return session_dir / "artifacts" / "2026-01-01_00-00-00" / name / "driver_artifacts"
+
+
+@pytest.mark.parametrize("text, problem", [
+    (state_text("t0"), None),
+    (state_text("t0")[:40], "cut short or not JSON (40 bytes)"),
+    ("", "empty (0 bytes)"),
+    ("{}", "not Tune's experiment state (no trial_data and runner_data)"),
+])
+def test_a_state_file_that_tune_cannot_restore(tmp_path, text, problem):
+    (tmp_path / "experiment_state-x.json").write_text(text)
+    assert damage(tmp_path / "experiment_state-x.json") == problem
+
+
+def test_a_pickle_cut_short_is_found_without_unpickling_it(tmp_path):
+    data = pickle.dumps({"run_config": list(range(100))})
+    (tmp_path / "tuner.pkl").write_bytes(data)
+    assert damage(tmp_path / "tuner.pkl") is None
+    (tmp_path / "tuner.pkl").write_bytes(data[:50])
+    assert damage(tmp_path / "tuner.pkl") == "cut short (50 bytes, not a whole pickle)"
+
+
+def test_the_keeper_copies_whole_pairs_from_the_staging_folder(tmp_path):
+    experiment, session = tmp_path / "r" / "s", tmp_path / "session"
+    experiment.mkdir(parents=True)
+    (experiment / "tuner.pkl").write_bytes(pickle.dumps({}))
+    keeper = StateKeeper(experiment, session)
+    first = save(staging(session), "t0")
+    keeper.keep()
+    kept = experiment / ".tune_looped"
+    assert sorted(p.name for p in kept.iterdir()) == [f"basic-variant-state-{SESSION}.json", first.name, "tuner.pkl"]
+    # a save under way: the trials' state is cut short, or written after the search's; neither is kept
+    first.write_text(state_text("t0", "t1")[:30])
+    keeper.keep()
+    assert json.loads((kept / first.name).read_text())["trial_data"][0][0] == json.dumps(
+        {"trial_id": "t0", "relative_logdir": "t0"})
+    first.write_text(state_text("t0", "t1"))
+    search = staging(session) / f"basic-variant-state-{SESSION}.json"
+    os.utime(search, ns=(first.stat().st_mtime_ns - 10**9,) * 2)
+    keeper.keep()
+    assert len(json.loads((kept / first.name).read_text())["trial_data"]) == 1
+    # a resume's save, under a newer session: its pair replaces the older one
+    second = save(staging(session), "t0", "t1", session="2026-01-02_00-00-00")
+    keeper.keep()
+    assert sorted(p.name for p in kept.iterdir()) == ["basic-variant-state-2026-01-02_00-00-00.json", second.name,
+                                                      "tuner.pkl"]
+
+
+def test_the_keeper_runs_beside_the_sweep_and_takes_a_last_look(tmp_path):
+    experiment, session = tmp_path / "r" / "s", tmp_path / "session"
+    experiment.mkdir(parents=True)
+    keeper = StateKeeper(experiment, session, every=0.05).start()
+    first = save(staging(session), "t0")
+    wait_for(lambda: (experiment / ".tune_looped" / first.name).exists(), timeout=5, every=0.02)
+    second = save(staging(session), "t0", session="2026-01-02_00-00-00")
+    keeper.stop()
+    assert (experiment / ".tune_looped" / second.name).exists()
+
+
+def test_a_damaged_state_is_restored_from_its_copy_and_strangers_are_set_aside(tmp_path):
+    experiment = tmp_path / "s"
+    (experiment / "t0").mkdir(parents=True)
+    (experiment / "t1").mkdir()  # started after the copy was kept
+    state = save(experiment, "t0", "t1")
+    save(experiment / ".tune_looped", "t0", search=b"older search")
+    assert plan_repair(experiment).damaged == []
+    state.write_text(state.read_text()[:25])
+    repair = plan_repair(experiment)
+    assert repair.damaged == [(state, "cut short or not JSON (25 bytes)")] and not repair.unrepairable
+    lines = apply_repair(experiment, repair)
+    assert lines[0].startswith(f"{state} was cut short or not JSON (25 bytes); restored the copy of {state.name} "
+                               "kept at ")
+    assert lines[1].startswith("set aside 1 trial folder(s) that the restored state does not know, in ")
+    assert json.loads(state.read_text()) == json.loads(state_text("t0"))
+    # the search's state goes back with it: alone, the search would not generate t1 again
+    assert pickle.loads((experiment / f"basic-variant-state-{SESSION}.json").read_bytes()) == b"older search"
+    assert not (experiment / "t1").exists() and list((experiment / ".tune_looped" / "replaced").glob("*/t1"))
+
+
+def test_without_a_copy_a_damaged_file_is_unrepairable(tmp_path):
+    (tmp_path / "tuner.pkl").write_bytes(b"")
+    state = save(tmp_path, "t0")
+    state.write_text("")
+    repair = plan_repair(tmp_path)
+    assert repair.unrepairable == [(tmp_path / "tuner.pkl", "empty (0 bytes)"), (state, "empty (0 bytes)")]

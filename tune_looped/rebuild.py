@@ -1,0 +1,56 @@
+"""`--resume --rebuild-state`: an experiment whose Tune state cannot be used, continued from its trial folders.
+
+The trial folders say what ran: each holds the runner's record (`trial.json`: hypotheses and values) and Tune's
+result rows, which give each trial its status by `trainers.records.trial_status`. A trial the space record asks
+for whose folder shows it ended (finished, stopped early or diverged) is kept, its folder untouched. Everything
+else of the earlier Tune experiment (the folders of trials that did not end, Tune's state files, the runner's
+copies of them) moves to `.tune_looped/replaced/<time>/`, and a fresh Tune experiment under the same name runs
+the remaining trials, each from step 0, beside the kept folders.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from trainers.records import (DIVERGED, FINISHED, RUNNER_DIR, SPACE_RECORD, STOPPED_EARLY, PlannedTrial,
+                              SpaceRecord)
+from tune_looped.space import Space, SpaceError
+from tune_looped.state import set_aside
+from tune_looped.tables import against_space, folder_row, trial_folders
+
+KEPT = (FINISHED, STOPPED_EARLY, DIVERGED)
+# what Tune keeps of an experiment beside the trial folders: its state, the search's and the callbacks' state
+TUNE_FILES = ("tuner.pkl", "experiment_state-*.json", "basic-variant-state-*.json", "search_gen_state-*.json",
+              "searcher-state-*.pkl", "callback-states-*.pkl")
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    kept: tuple[Path, ...]  # the folders of ended trials, left as they are
+    replaced: tuple[Path, ...]  # what moves aside: folders of trials that did not end, Tune's files
+    remaining: tuple[PlannedTrial, ...]  # the trials the fresh experiment runs, one entry per run
+
+    def space(self, space: Space) -> Space:
+        """The space of the fresh experiment: the remaining trials, each entry once."""
+        return replace(space, trials=self.remaining, num_samples=1)
+
+    def set_aside(self, experiment_dir: Path) -> Path:
+        return set_aside(experiment_dir, self.replaced)
+
+
+def plan(experiment_dir: Path, space: Space, record: SpaceRecord) -> Rebuild:
+    """What a rebuild keeps, sets aside and runs; a SpaceError when every trial asked for has ended."""
+    folders = trial_folders(experiment_dir)
+    # a folder whose record does not read has no row: nothing says which trial it was, so it is set aside
+    found = [(folder, row) for folder in folders if (row := folder_row(folder, space)) is not None]
+    ended = [(folder, row) for folder, row in found if row["status"] in KEPT]
+    unasked, remaining = against_space([row for _, row in ended], record)
+    kept = [(folder, row) for folder, row in ended if not any(row is other for other in unasked)]
+    if not remaining:
+        raise SpaceError(f"--rebuild-state: every trial {experiment_dir / SPACE_RECORD} asks for has ended; "
+                         "there is nothing to run")
+    tune_files = sorted(p for pattern in TUNE_FILES for p in experiment_dir.glob(pattern))
+    copies = sorted(p for pattern in TUNE_FILES for p in (experiment_dir / RUNNER_DIR).glob(pattern))
+    replaced = sorted(set(folders) - {folder for folder, _ in kept})
+    return Rebuild(kept=tuple(folder for folder, _ in kept), replaced=(*replaced, *tune_files, *copies),
+                   remaining=tuple(remaining))

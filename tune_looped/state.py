@@ -1,0 +1,235 @@
+"""Tune's saved state of an experiment, checked before `--resume` hands it to Tune, and a good copy kept.
+
+Tune restores an experiment from three files in its folder: `experiment_state-<session>.json` (the trials),
+`basic-variant-state-<session>.json` (how far the search got: which trials it has generated) and `tuner.pkl`.
+It saves them into a staging folder of the Ray session and copies them into the experiment folder every 10 s or
+so, without an atomic rename; a kill or a full disk can leave them cut short, and Tune, which restores from the
+newest, then starts the experiment again as a new one with a bare trial.
+
+So while a sweep runs, `StateKeeper` copies into `<experiment>/.tune_looped/` (whole or not at all) each state
+that parses, taken from the staging folder as a pair written by one save (the trials and the search that
+generated them), and tuner.pkl. A resume that finds the folder's files damaged puts the copies in their place,
+setting aside the folders of trials the restored state does not know (they started after the copy, and the
+search generates them again); without a copy it is refused. Only a local experiment folder is checked and kept.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickletools
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainers import atomic
+from trainers.records import RUNNER_DIR
+
+STATE_PREFIX, SEARCH_PREFIX = "experiment_state-", "basic-variant-state-"
+STATE_PATTERN = f"{STATE_PREFIX}*.json"
+TUNER_FILE = "tuner.pkl"
+REPLACED_DIR = "replaced"
+KEEP_EVERY_S = 2.0
+
+
+def newest_state(folder: Path) -> Path | None:
+    """The state file Tune restores from: the greatest name, as Tune picks it (the names hold a date)."""
+    return max(folder.glob(STATE_PATTERN), default=None)
+
+
+def search_state_of(state: Path) -> Path:
+    """The search's state saved with the trials' state `state` (the same session in its name)."""
+    return state.with_name(SEARCH_PREFIX + state.name.removeprefix(STATE_PREFIX))
+
+
+def damage(file: Path, data: bytes | None = None) -> str | None:
+    """Why Tune could not restore from `file` (a state file, the search's state or tuner.pkl), or None when it can.
+
+    The pickles are walked opcode by opcode (pickletools), which finds one cut short without running it."""
+    try:
+        data = file.read_bytes() if data is None else data
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    if not data:
+        return "empty (0 bytes)"
+    if not file.name.startswith(STATE_PREFIX):
+        try:
+            for _ in pickletools.genops(data):
+                pass
+        except ValueError:
+            return f"cut short ({len(data)} bytes, not a whole pickle)"
+        return None
+    try:
+        state = json.loads(data)
+    except ValueError:
+        return f"cut short or not JSON ({len(data)} bytes)"
+    if not (isinstance(state, dict) and {"trial_data", "runner_data"} <= state.keys()):
+        return "not Tune's experiment state (no trial_data and runner_data)"
+    return None
+
+
+def copies_of(experiment_dir: Path) -> Path:
+    return Path(experiment_dir) / RUNNER_DIR
+
+
+def set_aside(experiment_dir: Path, paths) -> Path:
+    """Move `paths` of the experiment into `.tune_looped/replaced/<time>/`, where no reader of trials looks, each
+    at its place relative to the experiment folder."""
+    aside = copies_of(experiment_dir) / REPLACED_DIR / time.strftime("%Y%m%d-%H%M%S")
+    for path in paths:
+        target = aside / Path(path).relative_to(experiment_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, target)
+    return aside
+
+
+def _read_pair(state: Path) -> tuple[bytes, bytes | None] | None:
+    """The trials' state and the search's state of one save in Tune's staging folder, or None while a save is
+    under way. A save writes the trials' state (not atomically), then the search's (atomically): a pair is one
+    save's when the trials' file parses and was not written after the search's."""
+    search = search_state_of(state)
+    try:
+        with open(search, "rb") as f:
+            search_status, search_data = os.fstat(f.fileno()), f.read()
+    except FileNotFoundError:
+        search_status = search_data = None  # a search too large to save (Tune's lazy grids)
+    with open(state, "rb") as f:
+        data = f.read()
+        written = os.fstat(f.fileno()).st_mtime_ns
+    if damage(state, data) is not None:
+        return None
+    if search_status is not None and (written > search_status.st_mtime_ns
+                                      or search.stat().st_ino != search_status.st_ino):
+        return None
+    return data, search_data
+
+
+class StateKeeper:
+    """While a sweep runs, a daemon thread keeps in `.tune_looped/` the newest whole pair of Tune's state files
+    from its staging folder (under `session/artifacts/`) and a copy of tuner.pkl; `stop` takes a last look,
+    after Tune's final save."""
+
+    def __init__(self, experiment_dir: Path, session: Path, every: float = KEEP_EVERY_S):
+        self.experiment_dir = Path(experiment_dir)
+        self._staging = f"artifacts/*/{self.experiment_dir.name}/driver_artifacts"
+        self._session = Path(session)
+        self._every = every
+        self._seen: dict[str, tuple] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tune-state-keeper", daemon=True)
+
+    def start(self) -> StateKeeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.keep()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self.keep()
+
+    def keep(self) -> None:
+        """Copy what changed since the last look and reads whole now; a full disk keeps the earlier copies."""
+        with contextlib.suppress(OSError):
+            staging = max(self._session.glob(self._staging), default=None)
+            state = newest_state(staging) if staging is not None else None
+            if state is not None and self._changed(state):
+                self._keep_pair(state)
+        with contextlib.suppress(OSError):
+            tuner = self.experiment_dir / TUNER_FILE
+            if self._changed(tuner):
+                data = tuner.read_bytes()
+                if damage(tuner, data) is None:
+                    atomic.write_bytes(copies_of(self.experiment_dir) / TUNER_FILE, data)
+                    self._seen[tuner.name] = self._status(tuner)
+
+    @staticmethod
+    def _status(file: Path) -> tuple:
+        status = file.stat()
+        return file.name, status.st_mtime_ns, status.st_size
+
+    def _changed(self, file: Path) -> bool:
+        return self._seen.get(file.name) != self._status(file)
+
+    def _keep_pair(self, state: Path) -> None:
+        status = self._status(state)
+        pair = _read_pair(state)
+        if pair is None:
+            return
+        data, search_data = pair
+        folder = copies_of(self.experiment_dir)
+        # the search's state first: a trials' state kept without it would pair with an older search
+        if search_data is not None:
+            atomic.write_bytes(folder / search_state_of(state).name, search_data)
+        atomic.write_bytes(folder / state.name, data)
+        for older in [*folder.glob(STATE_PATTERN), *folder.glob(f"{SEARCH_PREFIX}*.json")]:
+            if older.name not in (state.name, search_state_of(state).name):
+                older.unlink()
+        self._seen[state.name] = status
+
+
+@dataclass
+class Repair:
+    """What a resume does about Tune's state: the damaged files, what stands in for each, the trial folders set
+    aside; `unrepairable`, the damaged files that have no good copy."""
+    damaged: list[tuple[Path, str]] = field(default_factory=list)
+    copies: dict[Path, Path] = field(default_factory=dict)  # damaged or stale file -> good copy
+    strangers: list[Path] = field(default_factory=list)  # trial folders the restored state does not know
+    unrepairable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def plan_repair(experiment_dir: Path) -> Repair:
+    """Check the files Tune restores from (the newest state and its search's state, tuner.pkl) and find a good
+    copy for each damaged one; reads only."""
+    experiment_dir, kept = Path(experiment_dir), copies_of(experiment_dir)
+    repair = Repair()
+    state = newest_state(experiment_dir)
+    tuner = experiment_dir / TUNER_FILE
+    if tuner.exists() and (problem := damage(tuner)):
+        repair.damaged.append((tuner, problem))
+        good = kept / TUNER_FILE
+        if good.is_file() and damage(good) is None:
+            repair.copies[tuner] = good
+        else:
+            repair.unrepairable.append((tuner, problem))
+    if state is None:
+        return repair
+    search = search_state_of(state)
+    problems = [(f, p) for f in (state, search) if f.exists() and (p := damage(f))]
+    if not problems:
+        return repair
+    repair.damaged += problems
+    good = newest_state(kept)
+    good_search = search_state_of(good) if good is not None else None
+    if good is None or damage(good) is not None or (search.exists() and not good_search.exists()):
+        repair.unrepairable += problems
+        return repair
+    # the pair goes back under the names Tune restores from, which may be of a later session than the copy's
+    repair.copies[state] = good
+    if good_search.exists():
+        repair.copies[search] = good_search
+    known = {json.loads(trial)["relative_logdir"] for trial, _ in json.loads(good.read_bytes())["trial_data"]}
+    repair.strangers = sorted(p for p in experiment_dir.iterdir()
+                              if p.is_dir() and p.name != RUNNER_DIR and p.name not in known)
+    return repair
+
+
+def apply_repair(experiment_dir: Path, repair: Repair) -> list[str]:
+    """Put each good copy in place and set the strangers aside; one line per damaged file, saying what was done."""
+    lines = []
+    for file, problem in repair.damaged:
+        copy = repair.copies[file]
+        kept = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(copy.stat().st_mtime))
+        lines.append(f"{file} was {problem}; restored the copy of {copy.name} kept at {kept}")
+    for file, copy in repair.copies.items():
+        atomic.write_bytes(file, copy.read_bytes())
+    if repair.strangers:
+        aside = set_aside(experiment_dir, repair.strangers)
+        lines.append(f"set aside {len(repair.strangers)} trial folder(s) that the restored state does not know, in "
+                     f"{aside}: their trials run again")
+    return lines

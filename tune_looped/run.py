@@ -212,8 +212,9 @@ def resolve(args):
     if args.gpus_per_trial is not None:
         resources["gpu"] = args.gpus_per_trial
     resources = parse_resources(resources, "--cpus-per-trial/--gpus-per-trial")
-    # a dry run counts GPUs only when --num-gpus says how many: counting them here would import torch
-    if resources["gpu"] == GPU_AUTO and not (args.dry_run and args.num_gpus is None):
+    # a dry run counts GPUs only when --num-gpus says how many (a quick study needs none): counting them here
+    # would import torch
+    if resources["gpu"] == GPU_AUTO and not (args.dry_run and args.num_gpus is None and not args.quick):
         resources["gpu"] = _auto_gpu_share(space, args)
     _check_fits_local_ray(resources, args, space)
     _check_memory(space, resources, args)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from trainers.checkpoint import CHECKPOINT_FILE, read_weights, reason
 from trainers.dotted import flatten, get_dotted
-from trainers.records import RUNNER_DIR, TRIAL_RECORD, RecordError, SpaceRecord, read_space_record, read_trial_record
+from trainers.records import (RUNNER_DIR, TRIAL_RECORD, RecordError, SpaceRecord, read_space_record, read_trial_record,
+                              trial_failed)
 
 
 class AnalysisError(ValueError):
@@ -87,7 +88,7 @@ def _read_trial(folder: Path) -> TrialFolder | None:
         warnings.warn(f"{err}; trial skipped", AnalysisWarning, stacklevel=2)
         return None
     params = {key: cell(value) for key, value in flatten(record.values).items()}
-    errored = (folder / "error.txt").exists() or (folder / "error.pkl").exists()
+    errored = trial_failed(folder)
     return TrialFolder(record.trial_id, folder, tuple(sorted(set(record.hypotheses))), params,
                        read_result_rows(folder / "result.json"), load_latest_checkpoint(folder), errored)
 

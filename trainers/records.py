@@ -187,6 +187,12 @@ def trend_order(key: str, value) -> float:
     return math.inf if key == "model.n_last_tokens" and value == -1 else float(value)
 
 
+def trial_failed(folder) -> bool:
+    """Whether Ray left a failure of the trial in its folder (an attempt that raised); a retry that then ran on
+    leaves the file in place, which is why `trial_status` weighs the steps reached first."""
+    return any((Path(folder) / name).exists() for name in ("error.txt", "error.pkl"))
+
+
 def short_key(key: str) -> str:
     """`model.n_layer` -> `n_layer`: a dotted key as tables and labels show it."""
     return key.rsplit(".", 1)[-1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainers.records import (SPACE_RECORD, STATUSES, STOPPED_EARLY, TRIAL_RECORD, PlannedTrial,
-                              RecordError, SpaceRecord, read_trial_record, trial_status, variant_label)
+                              RecordError, SpaceRecord, read_trial_record, trial_failed, trial_status, variant_label)
 from trainers.table import render
 from tune_looped.space import Space, trial_config
 
@@ -65,7 +65,7 @@ def folder_row(folder: Path, space: Space) -> dict | None:
     results = read_result_rows(folder / "result.json")
     last = results[-1] if results else {}
     evals = [r["eval/loss"] for r in results if isinstance(r.get("eval/loss"), float)]
-    errored = (folder / "error.txt").exists() or (folder / "error.pkl").exists()
+    errored = trial_failed(folder)
     return _row(record.trial_id, record.hypotheses, record.values, last, evals[-1] if evals else float("nan"),
                 _status(space, record.values, last, errored))
 

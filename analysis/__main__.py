@@ -1,4 +1,5 @@
-"""`python -m analysis export|evaluate|plot|report|all EXPERIMENT_DIR`: the analysis from the shell.
+"""`python -m analysis export|evaluate|plot|report|all EXPERIMENT_DIR`: the analysis from the shell;
+`python -m analysis compare DIR_A DIR_B [...]`: several experiments' shared hypotheses side by side.
 
 A directory that is missing or holds no trials gives one line on stderr and exit status 2, and nothing is
 written.
@@ -9,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from analysis.compare import compare
 from analysis.evaluation import EVALUATION_FILE, N_PROMPTS, evaluate_experiment
 from analysis.experiment import AnalysisError
 from analysis.pipeline import FORMATS, export_frames, run_all
@@ -33,10 +35,17 @@ def parser() -> OneLineArgumentParser:
             command.add_argument("--max-loops", type=int, help="loops to run looped models to (default 10 b)")
             command.add_argument("--seed", type=int, default=0, help="seed of the prompts")
             command.add_argument("--device", help="torch device (default: cuda when present)")
+    command = commands.add_parser("compare", help="several experiments' shared hypotheses side by side")
+    command.add_argument("experiment_dirs", nargs="+", metavar="experiment_dir", help="two experiment directories "
+                                                                                    "or more")
+    command.add_argument("--out", default="comparison", help="write here (default: ./%(default)s)")
     return cli
 
 
 def run(args) -> list:
+    if args.command == "compare":
+        written = compare(args.experiment_dirs, args.out)
+        return [written["comparison"], written["report"], *written["plots"]]
     directory, out = args.experiment_dir, args.out
     if args.command == "export":
         return list(export_frames(directory, out, args.format).values())

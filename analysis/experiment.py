@@ -15,7 +15,7 @@ from pathlib import Path
 
 from trainers.checkpoint import CHECKPOINT_FILE, read_weights, reason
 from trainers.dotted import flatten, get_dotted
-from trainers.records import (RUNNER_DIR, TRIAL_RECORD, RecordError, SpaceRecord, read_space_record, read_trial_record,
+from trainers.records import (RUNNER_DIR, SPACE_RECORD, TRIAL_RECORD, RecordError, SpaceRecord, read_space_record, read_trial_record,
                               trial_failed)
 
 
@@ -52,6 +52,7 @@ def read_trials(experiment_dir) -> list[TrialFolder]:
     root = Path(experiment_dir)
     if not root.is_dir():
         raise AnalysisError(f"{root}: no such experiment directory")
+    _refuse_several(root)
     # one walk of the tree, which holds every checkpoint of every trial
     found = [p for p in root.rglob("*.json") if p.name in (TRIAL_RECORD, "params.json")
              and RUNNER_DIR not in p.relative_to(root).parts]
@@ -70,6 +71,23 @@ def read_trials(experiment_dir) -> list[TrialFolder]:
         raise AnalysisError(f"{root}: no trial has reported a result yet ({len(trials)} trial folder(s), none with "
                             "a result.json row or a checkpoint)")
     return trials
+
+
+def experiments_in(folder) -> list[Path]:
+    """The experiments in `folder` and below it: the folders that hold a space record."""
+    root = Path(folder)
+    return sorted(p.parent for p in root.rglob(SPACE_RECORD) if RUNNER_DIR not in p.relative_to(root).parts)
+
+
+def _refuse_several(root: Path) -> None:
+    """A folder of several experiments (a storage root such as ~/ray_results) is not one experiment: its trials
+    would be ranked together although they answer different spaces."""
+    inside = [p for p in experiments_in(root) if p != root]
+    if inside:
+        names = ", ".join(str(p.relative_to(root)) for p in inside[:5]) + (", ..." if len(inside) > 5 else "")
+        what = "another experiment" if (root / SPACE_RECORD).exists() else f"{len(inside)} experiment(s)"
+        raise AnalysisError(f"{root}: holds {what} ({names}), not one experiment; give one experiment's folder, "
+                            f"e.g. {inside[0]}")
 
 
 def space_record(experiment_dir) -> SpaceRecord | None:

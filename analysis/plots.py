@@ -96,7 +96,7 @@ def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
     return written
 
 
-def _axes(title: str):
+def new_axes(title: str):
     figure = Figure(figsize=(7, 4.5), layout="tight")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -119,7 +119,7 @@ def loss_figure(curves: pd.DataFrame, variants: Variants, *, zoom: bool) -> Figu
         return None
     mean = aggregate_seeds(curves, "eval/loss")
     title = f"{variants.hypothesis}: eval/loss" + (" (last part of training)" if zoom else "")
-    figure, axes = _axes(title)
+    figure, axes = new_axes(title)
     for label, rows in _by_label(mean, variants):
         colour, seeds = variants.colour(label), int(rows["n_seeds"].max())
         axes.plot(rows["step"], rows["mean"], color=colour, label=f"{label} ({seeds} seed{'s' * (seeds > 1)})")
@@ -148,7 +148,7 @@ def _error_vs_k_figure(evaluation: pd.DataFrame | None, variants: Variants, pred
     loops = _loop_counts(evaluation[evaluation["kind"] == "model"], variants)
     mean = aggregate_evaluation(evaluation)
     mean = mean[mean["axis"] == "k"]
-    figure, axes = _axes(f"{variants.hypothesis}: error vs in-context examples")
+    figure, axes = new_axes(f"{variants.hypothesis}: error vs in-context examples")
     models = mean[mean["kind"] == "model"]
     for label, rows in _by_label(models, variants):
         b, max_loops = loops[label]
@@ -180,7 +180,7 @@ def _error_vs_loop_figure(evaluation: pd.DataFrame | None, variants: Variants) -
         return None
     loops = _loop_counts(models, variants)
     mean = aggregate_evaluation(models)
-    figure, axes = _axes(f"{variants.hypothesis}: error vs loop iteration (last position)")
+    figure, axes = new_axes(f"{variants.hypothesis}: error vs loop iteration (last position)")
     for label, rows in _by_label(mean, variants):
         colour, rows = variants.colour(label), rows.sort_values("x")
         axes.plot(rows["x"], rows["mean"], color=colour, label=label)
@@ -199,7 +199,7 @@ def _cost_figure(frame: pd.DataFrame, variants: Variants, least_squares: float, 
     frame = frame.dropna(subset=["training_flops", "mean"])
     if frame.empty:
         return None
-    figure, axes = _axes(f"{variants.hypothesis}: final error vs training cost")
+    figure, axes = new_axes(f"{variants.hypothesis}: final error vs training cost")
     for _, row in frame.iterrows():
         colour = variants.colour(row["variant"])
         axes.errorbar(row["training_flops"], row["mean"], yerr=[[row["mean"] - row["lo"]], [row["hi"] - row["mean"]]],
@@ -222,7 +222,7 @@ def _differences_figure(verdict: Verdict | None, variants: Variants) -> Figure |
     marker without an interval is a comparison that was not tested."""
     if verdict is None or not verdict.comparisons:
         return None
-    figure, axes = _axes(f"{variants.hypothesis}: {verdict.word}")
+    figure, axes = new_axes(f"{variants.hypothesis}: {verdict.word}")
     rows = range(len(verdict.comparisons) - 1, -1, -1)  # the first comparison on top
     for y, c in zip(rows, verdict.comparisons):
         colour = variants.colour(c.variant)

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from analysis import AnalysisWarning, load_curves
-from helpers.sweeps import TINY_BASE, finish, record, rows, start_sweep, trial_dirs, wait_for, write_space
+from helpers.sweeps import TINY_BASE, TrialEvents, finish, record, rows, start_sweep, trial_dirs, wait_for, write_space
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
 from trainers.training import train
@@ -28,49 +28,6 @@ HYPOTHESES = [
     {"name": "looped_n_layers", "grid": {"model.n_layer": [1, 2]}},
     {"name": "looped_lstm", "grid": {"model.use_lstm_layer": [True, False], "model.n_layer": [1]}},
 ]
-
-
-class TrialEvents:
-    """A Tune callback, added to the runner's RunConfig, that records the controller's trial starts and ends in
-    the order the controller saw them: the concurrency Ray allowed, read without wall clocks."""
-
-    def __init__(self):
-        from ray import tune
-
-        events = self.events = []
-
-        class Recorder(tune.Callback):
-            def on_trial_start(self, iteration, trials, trial, **info):
-                events.append(("start", trial.trial_id))
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                events.append(("end", trial.trial_id))
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                events.append(("end", trial.trial_id))
-
-        self.callback = Recorder()
-
-    def install(self, monkeypatch):
-        """The runner's `tune.RunConfig(...)` gets the recorder among its callbacks; a subclass, because Tune
-        checks that the run config is a RunConfig."""
-        from ray import tune
-
-        recorder = self.callback
-
-        class RecordingRunConfig(tune.RunConfig):
-            def __init__(self, **kwargs):
-                callbacks = list(kwargs.pop("callbacks", None) or [])
-                super().__init__(**kwargs, callbacks=callbacks + [recorder] * (recorder not in callbacks))
-
-        monkeypatch.setattr(tune, "RunConfig", RecordingRunConfig)
-
-    def max_running(self) -> int:
-        running = best = 0
-        for kind, _ in self.events:
-            running += 1 if kind == "start" else -1
-            best = max(best, running)
-        return best
 
 
 class Terminal(io.StringIO):

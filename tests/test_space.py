@@ -633,7 +633,7 @@ def test_hypotheses_and_experiments_are_one_key(tmp_path, space, fragment):
 
 def test_an_experiment_recorded_before_the_rename_still_resumes(tmp_path):
     from trainers.records import SPACE_RECORD
-    from tune_looped.run import check_resumable
+    from tune_looped.inputs import check_resumable
     from tune_looped.space import space_record
 
     space = load_space("hypotheses", quick=True)
@@ -685,7 +685,7 @@ def test_dry_run_prints_table_and_count(tmp_path, args, count, tags):
     proc = run_cli(*args, "--dry-run", "--storage", str(storage), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split()[:2] == ["#", "hypotheses"] and lines[-1] == f"{count} trials"
+    assert lines[0].split()[:2] == ["#", "hypotheses"] and lines[-1].startswith(f"{count} trials, ")
     assert len(lines) == count + 2 and any(tags in line for line in lines)
     # nothing started or written: no storage folder (that Ray is never imported is test_dry_run_does_not_import_ray)
     assert not storage.exists()
@@ -698,7 +698,8 @@ def test_dry_run_does_not_import_ray(tmp_path):
             "print('ray imported:', any(m == 'ray' or m.startswith('ray.') for m in sys.modules)); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-2:] == ["30 trials", "ray imported: False"]
+    assert proc.stdout.splitlines()[-2].startswith("30 trials, ") and proc.stdout.splitlines()[-1] == \
+        "ray imported: False"
 
 
 @pytest.mark.slow
@@ -715,8 +716,10 @@ def test_bad_seeds_flag(tmp_path, text):
 def test_seeds_flag_replaces_the_spaces_seeds(tmp_path):
     proc = run_cli("--space", "hypotheses", "--quick", "--seeds", "7,9,11", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == "30 trials"
-    assert {line.split()[-1] for line in proc.stdout.splitlines()[1:-1]} == {"7", "9", "11"}
+    lines = proc.stdout.splitlines()
+    assert lines[-1].startswith("30 trials, ")
+    column = lines[0].split().index("training.seed")
+    assert {line.split()[column] for line in lines[1:-1]} == {"7", "9", "11"}
 
 
 def test_experiment_declares_its_reference(tmp_path):

@@ -183,7 +183,7 @@ def test_the_runner_takes_w_and_b_settings_from_the_config_then_the_space(tmp_pa
                                                                           expected):
     import argparse
 
-    from tune_looped.run import wandb_settings
+    from tune_looped.inputs import wandb_settings
     from tune_looped.space import load_space
 
     path = tmp_path / "space.yaml"

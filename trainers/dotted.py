@@ -1,7 +1,7 @@
 """Dotted keys (`model.n_layer`) over nested dicts: the one place a config section path is split or joined.
 
 Configs are nested (`{"model": {"n_layer": 2}}`); overrides, grids, trial records, dataframe columns and W&B's
-config are flat. Everything converts through these three functions.
+config are flat. Everything converts through these functions.
 """
 from __future__ import annotations
 
@@ -37,3 +37,14 @@ def set_dotted(raw: dict, dotted: str, value) -> dict:
         return {**raw, head: value}
     section = raw.get(head)
     return {**raw, head: set_dotted(section if isinstance(section, dict) else {}, rest, value)}
+
+
+def first_difference(saved, current, prefix: str = "") -> str | None:
+    """The dotted key where two nested values first differ (`prefix` before it), or None when they are equal."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in [*saved, *(k for k in current if k not in saved)]:
+            found = first_difference(saved.get(key), current.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return None if saved == current else prefix.rstrip(".") or "top level"

@@ -82,6 +82,19 @@ class PlannedTrial(_Record):
         return _renamed(raw, "experiments", "hypotheses")
 
 
+# an experiment's first Tune run is at its root; each `--extend` is a Tune experiment of its own in a folder
+# `extend-N` beside the first run's trial folders (Tune keeps one experiment's state at that experiment's root)
+FIRST_RUN = "."
+EXTENSION_PREFIX = "extend-"
+
+
+class RunRecord(_Record):
+    """One Tune run of the experiment: where its Tune experiment is, when it started, the trials it added."""
+    folder: str = FIRST_RUN
+    started: str = ""  # local time, ISO 8601
+    trials: list[PlannedTrial] = []
+
+
 class SpaceRecord(_Record):
     name: str = ""
     source: str = ""
@@ -97,15 +110,18 @@ class SpaceRecord(_Record):
     mode: str = "min"
     max_concurrent: int | None = None
     wandb: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}  # the runner's `--set`: dotted keys set in the base (which holds them too)
+    # the history: the first run, then each extension; a record of a runner before extensions has none
+    runs: list[RunRecord] = []
 
     @model_validator(mode="before")
     @classmethod
     def _legacy(cls, raw):
         return _renamed(raw, "experiments", "hypotheses")
 
-    def comparable(self) -> dict:
-        """The record as plain data, less the path the space was given as (which differs between two shells)."""
-        return self.model_dump(exclude={"source"})
+    def run_list(self) -> list[RunRecord]:
+        """The experiment's Tune runs, first to last; one at the root for a record that lists none."""
+        return self.runs or [RunRecord(trials=self.trials)]
 
 
 class TrialRecord(_Record):

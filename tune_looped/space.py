@@ -19,10 +19,11 @@ import yaml
 from pydantic import Field
 
 from trainers.config import (
-    MAX_SEED, Config, ConfigError, PositiveInt, WandbMode, apply_overrides, coerce_value, config_from_dict,
-    key_field, read_yaml, strip_secrets,
+    MAX_SEED, SECRET_KEYS, Config, ConfigError, PositiveInt, WandbMode, apply_overrides, coerce_value,
+    config_from_dict, key_field, parse_override_args, read_yaml, strip_secrets,
 )
 from trainers.dotted import get_dotted
+from trainers.flops import training_flops
 from trainers.names import NAME_RULE, is_folder_name
 from trainers.records import (EXPECTATIONS, METRIC_KEYS, SEED_KEY, TREND_DIRECTIONS, HypothesisRecord, PlannedTrial,
                               SpaceRecord, TrendRecord, trend_order, variant_label)
@@ -129,6 +130,7 @@ class Space:
     max_concurrent: int | None
     hypotheses: tuple[HypothesisRecord, ...] = ()
     wandb: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)  # `--set`'s dotted keys, already in the base
     secrets: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -289,16 +291,67 @@ def _apply_quick(spec: SpaceFile, base: dict, path: Path, secrets: dict) -> tupl
     return spec.model_copy(update={"hypotheses": hypotheses, "experiments": None, **replaced}), base
 
 
-def load_space(path, *, quick: bool = False, seeds: list[int] | None = None) -> Space:
-    """The parsed, validated space; `seeds` replaces the space's own (and its quick block's) seeds."""
+def parse_set(texts: list[str]) -> dict[str, Any]:
+    """`--set training.train_steps=50 --set model.n_embd=16` -> {dotted key: value}, each value read as on the
+    single run's command line (`--training.train_steps=50`); `check_overrides` types them."""
+    overrides: dict[str, Any] = {}
+    for text in texts:
+        key, equals, value = text.partition("=")
+        if not equals or "." not in key:
+            raise SpaceError(f"--set {text}: expected KEY=VALUE with a dotted config key, like training.train_steps=50")
+        if key in overrides:
+            raise SpaceError(f"--set {key}: given twice; give each key once")
+        try:
+            overrides |= parse_override_args([f"--{key}={value}"])
+        except ConfigError as err:
+            raise _set_error(err, key, f"argument --{key}") from None
+    return overrides
+
+
+def _set_error(err: ConfigError, key: str, source: str) -> SpaceError:
+    """The schema's message about `key` (given as from `source`), as `--set KEY: what is wrong`: an unknown key's
+    message names the key after the source once more."""
+    return SpaceError(str(err).replace(f"{source}: {key}:", f"--set {key}:", 1).replace(source, f"--set {key}", 1))
+
+
+def check_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Dotted config keys and their values, typed by the config schema; no secret, which would reach the record."""
+    if not isinstance(overrides, dict):
+        raise SpaceError(f"overrides: expected a mapping of dotted config keys to values, got {overrides!r}")
+    checked = {}
+    for key, value in overrides.items():
+        if key in SECRET_KEYS:
+            raise SpaceError(f"--set {key}: a secret never goes into the space record; set WANDB_API_KEY instead")
+        try:
+            checked[key] = coerce_value(key, value, f"--set {key}")
+        except ConfigError as err:
+            raise _set_error(err, key, f"--set {key}") from None
+    return checked
+
+
+def load_space(path, *, quick: bool = False, seeds: list[int] | None = None,
+               overrides: dict[str, Any] | None = None) -> Space:
+    """The parsed, validated space; `seeds` replaces the space's own (and its quick block's) seeds; `overrides`
+    (dotted keys, `parse_set`) are set in the base of every trial, after the quick block."""
     path = resolve_space_path(str(path))
     try:
-        return _load_space(path, quick, seeds)
+        return _load_space(path, quick, seeds, overrides or {})
     except ConfigError as err:
         raise SpaceError(str(err)) from None
 
 
-def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
+def _apply_overrides(base: dict, overrides: dict[str, Any], swept: set[str], where: str) -> dict:
+    """The base with `--set`'s keys; a key a trial sets itself would be overridden by the trial, so it is refused."""
+    for key in overrides:
+        if key in swept:
+            raise SpaceError(f"--set {key}: {where} sweeps this key (a grid, sample or seed key), so every trial sets "
+                             "it; change it in the space file instead")
+    base = apply_overrides(base, overrides, "--set")
+    config_from_dict(base, "--set")
+    return base
+
+
+def _load_space(path: Path, quick: bool, seeds: list[int] | None, overrides: dict[str, Any]) -> Space:
     where = str(path)
     spec = validate(SpaceFile, load_yaml(path, "space file"), where)
     section = _hypotheses_key(spec, where)
@@ -306,6 +359,11 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
     base = _read_base(spec.base, path, secrets)
     if quick:
         spec, base = _apply_quick(spec, base, path, secrets)
+    if overrides:
+        swept = {k for h in _declared_hypotheses(spec) for k in h.grid} | set(spec.sample)
+        if seeds is not None or spec.seeds is not None:
+            swept.add(SEED_KEY)
+        base = _apply_overrides(base, overrides, swept, where)
     if seeds is None:
         seeds = spec.seeds
     else:
@@ -337,7 +395,7 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None) -> Space:
         num_samples=spec.num_samples, resources=spec.resources.model_dump(),
         scheduler=_parse_scheduler(spec.scheduler, f"{where}: scheduler"), metric=spec.metric, mode=spec.mode,
         max_concurrent=spec.max_concurrent, hypotheses=tuple(declared),
-        wandb=spec.wandb.model_dump(exclude_unset=True), secrets=secrets,
+        wandb=spec.wandb.model_dump(exclude_unset=True), secrets=secrets, overrides=dict(overrides),
     )
     # builds, and so validates, every trial's config; the runner's later checks reuse them
     space.configurations
@@ -410,6 +468,12 @@ def trial_config(base: dict, values: dict[str, Any], source: str = "trial") -> C
         raise SpaceError(str(err)) from None
 
 
+def run_order(space: Space) -> list[PlannedTrial]:
+    """The trials by training FLOPs, most first (ties keep the space's order): Tune starts grid trials in
+    order, so the longest ones no longer run alone at the end of a sweep while the other slots stand idle."""
+    return sorted(space.trials, key=lambda t: -training_flops(trial_config(space.base, t.values)))
+
+
 def parse_resources(raw, where: str) -> dict:
     try:
         return validate(Resources, raw, where).model_dump()
@@ -438,5 +502,5 @@ def space_record(space: Space, quick: bool) -> SpaceRecord:
         sample={k: f"{d.kind}({list(d.args) if d.kind == 'choice' else ', '.join(map(str, d.args))})"
                 for k, d in space.sample.items()},
         num_samples=space.num_samples, resources=space.resources, scheduler=space.scheduler, metric=space.metric,
-        mode=space.mode, max_concurrent=space.max_concurrent, wandb=space.wandb,
+        mode=space.mode, max_concurrent=space.max_concurrent, wandb=space.wandb, overrides=space.overrides,
     )

@@ -1,22 +1,28 @@
 """What the runner prints: the trial table of a dry run and the summary after a sweep."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
-from trainers.records import (SPACE_RECORD, STATUSES, STOPPED_EARLY, TRIAL_RECORD, PlannedTrial,
+from trainers.records import (EXTENSION_PREFIX, SPACE_RECORD, STATUSES, STOPPED_EARLY, TRIAL_RECORD, PlannedTrial,
                               RecordError, SpaceRecord, read_trial_record, trial_failed, trial_status, variant_label)
 from trainers.table import render
+from tune_looped.cost import Cost, Throughput, duration
 from tune_looped.space import Space, trial_config
 
 
-def print_trial_table(space: Space) -> None:
+def print_trial_table(space: Space, cost: Cost, throughput: Throughput) -> None:
+    """The trials in run order with their training FLOPs and estimated time, then the sampled keys and the total."""
     keys = sorted({k for t in space.trials for k in t.values})
-    rows = [[i, ",".join(t.hypotheses), *(t.values.get(k, "") for k in keys)] for i, t in enumerate(space.trials)]
-    print("\n".join(render(["#", "hypotheses", *keys], rows)))
+    rows = [[i, ",".join(t.hypotheses), *(t.values.get(k, "") for k in keys), f"{flops / 1e12:.3g}", duration(s)]
+            for i, (t, flops, s) in enumerate(cost.rows)]
+    print("\n".join(render(["#", "hypotheses", *keys, "TFLOP", "est. time"], rows)))
     for key, dist in space.sample.items():
         print(f"sampled: {key} ~ {dist.kind}{dist.args}")
     count = len(space.trials) * space.num_samples
-    print(f"{count} trials")
+    total = sum(flops for _, flops, _ in cost.rows) * space.num_samples
+    print(f"{count} trials, {total / 1e12:.3g} TFLOP, about {duration(cost.total_s)} with {cost.at_once} at once on "
+          f"this machine (estimated from {throughput.source})")
 
 
 def _row(trial_id, hypotheses, values: dict, last: dict, eval_loss: float, status: str) -> dict:
@@ -39,6 +45,10 @@ def summarise(results, space: Space, experiment_dir: Path | None = None) -> list
     rows = []
     for result in results:
         hypotheses, values = trial_values(result.config or {})
+        with contextlib.suppress(RecordError, TypeError):
+            # the trial's own record, which an extension may have tagged since Tune saved its params
+            record = read_trial_record(result.path)
+            hypotheses, values = record.hypotheses, record.values
         metrics = result.metrics or {}
         frame = result.metrics_dataframe
         evals = frame["eval/loss"].dropna() if frame is not None and "eval/loss" in frame else []
@@ -71,8 +81,11 @@ def folder_row(folder: Path, space: Space) -> dict | None:
 
 
 def trial_folders(experiment_dir: Path) -> list[Path]:
-    """The experiment's trial folders: those holding a trial record (Tune puts them right below it)."""
-    return sorted(p.parent for p in Path(experiment_dir).glob(f"*/{TRIAL_RECORD}"))
+    """The experiment's trial folders: those holding a trial record, right below it (where Tune puts them) or
+    below an extension's folder."""
+    root = Path(experiment_dir)
+    return sorted(p.parent for pattern in (f"*/{TRIAL_RECORD}", f"{EXTENSION_PREFIX}*/*/{TRIAL_RECORD}")
+                  for p in root.glob(pattern))
 
 
 def _key(hypotheses, values: dict, sampled) -> tuple:

@@ -11,10 +11,12 @@ params.
 """
 from __future__ import annotations
 
+import contextlib
+
 from ray import tune
 from ray.tune.logger import LoggerCallback
 
-from trainers.records import PlannedTrial, TrialRecord, write_trial_record
+from trainers.records import PlannedTrial, RecordError, TrialRecord, read_trial_record, write_trial_record
 
 _VARIANT = "variant"
 _TAGS = "hypotheses"
@@ -45,9 +47,18 @@ class TrialRecorder(LoggerCallback):
     """Writes the trial's record into its folder on the driver (`RunConfig(callbacks=[TrialRecorder()])`).
 
     The folder is Tune's staging copy of the trial's folder, which Tune syncs to the storage with params.json;
-    a restarted or resumed trial writes the same record again."""
+    a restarted or resumed trial keeps the record it has, which an extension may have given a new hypothesis
+    (`tune_looped.extend`) that Tune's saved params do not know."""
 
     def log_trial_start(self, trial) -> None:
         # Tune's own loggers run after the run config's callbacks: the folder may not exist yet
         trial.init_local_path()
-        write_trial_record(trial.local_path, trial_record(trial.trial_id, trial.config))
+        record = trial_record(trial.trial_id, trial.config)
+        # the staging folder of a new Ray session starts empty: the record kept is the one in the storage
+        for folder in (trial.local_path, trial.path):
+            with contextlib.suppress(RecordError, TypeError):
+                kept = read_trial_record(folder)
+                if kept.trial_id == trial.trial_id:
+                    record = kept
+                    break
+        write_trial_record(trial.local_path, record)

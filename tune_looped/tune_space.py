@@ -4,9 +4,7 @@ from __future__ import annotations
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from trainers.flops import training_flops
-from trainers.records import PlannedTrial
-from tune_looped.space import Space, trial_config
+from tune_looped.space import Space, run_order, trial_config
 from tune_looped.trials import encode
 
 SAMPLERS = {
@@ -17,17 +15,11 @@ SAMPLERS = {
 }
 
 
-def _run_order(space: Space) -> list[PlannedTrial]:
-    """The trials by training FLOPs, most first (ties keep the space's order): Tune starts grid trials in
-    order, so the longest ones no longer run alone at the end of a sweep while the other slots stand idle."""
-    return sorted(space.trials, key=lambda t: -training_flops(trial_config(space.base, t.values)))
-
-
 def param_space(space: Space) -> dict:
     """The trials in run order, as `tune_looped.trials` encodes them, with the sampled keys' Tune domains."""
     sampled = {key: tune.choice(list(dist.args)) if dist.kind == "choice" else SAMPLERS[dist.kind](*dist.args)
                for key, dist in space.sample.items()}
-    return encode(_run_order(space), sampled)
+    return encode(run_order(space), sampled)
 
 
 def make_scheduler(space: Space):

@@ -166,3 +166,46 @@ def rss_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+class TrialEvents:
+    """A Tune callback, added to the runner's RunConfig, that records the controller's trial starts and ends in
+    the order the controller saw them: the concurrency Ray allowed, read without wall clocks."""
+
+    def __init__(self):
+        from ray import tune
+
+        events = self.events = []
+
+        class Recorder(tune.Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):
+                events.append(("start", trial.trial_id))
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                events.append(("end", trial.trial_id))
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                events.append(("end", trial.trial_id))
+
+        self.callback = Recorder()
+
+    def install(self, monkeypatch):
+        """The runner's `tune.RunConfig(...)` gets the recorder among its callbacks; a subclass, because Tune
+        checks that the run config is a RunConfig."""
+        from ray import tune
+
+        recorder = self.callback
+
+        class RecordingRunConfig(tune.RunConfig):
+            def __init__(self, **kwargs):
+                callbacks = list(kwargs.pop("callbacks", None) or [])
+                super().__init__(**kwargs, callbacks=callbacks + [recorder] * (recorder not in callbacks))
+
+        monkeypatch.setattr(tune, "RunConfig", RecordingRunConfig)
+
+    def max_running(self) -> int:
+        running = best = 0
+        for kind, _ in self.events:
+            running += 1 if kind == "start" else -1
+            best = max(best, running)
+        return best

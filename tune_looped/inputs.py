@@ -1,0 +1,406 @@
+"""Everything that can be wrong with a sweep's input, checked before Ray starts or anything is written.
+
+`Options` are the runner's settings, as `python -m tune_looped.run`'s flags or `tune_looped.run_space`'s keywords
+give them; `resolve` turns them and the space file into the space to run, its resources and the experiment's name;
+`check_experiment` reads the experiment folder a resume or an extension continues.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from trainers.config import MAX_SEED, ConfigError
+from trainers.cpus import available_cpus
+from trainers.dotted import first_difference, set_dotted
+from trainers.names import NAME_RULE, is_folder_name
+from trainers.records import (FIRST_RUN, SEED_KEY, SPACE_RECORD, RecordError, RunRecord, SpaceRecord, read_space_record,
+                              variant_label)
+from tune_looped import extend
+from tune_looped.cluster import check_address, check_dashboard_host, is_uri, warn
+from tune_looped.gpus import ASSUMED_GPU_MEMORY, describe_cpu_time, gpu_share, trial_memory
+from tune_looped.lock import ExperimentLock
+from tune_looped.rebuild import Rebuild, plan as plan_rebuild
+from tune_looped.space import (GPU_AUTO, Space, SpaceError, check_overrides, load_space, parse_resources,
+                               space_record, trial_config)
+from tune_looped.state import Repair, plan_repair
+
+# what Tune writes into the experiment folder: Tuner.restore needs both (ray.tune.tuner / tune_controller)
+TUNE_STATE_FILES = ("tuner.pkl", "experiment_state-*.json")
+PRETRAINED = "model.pretrained_path"
+# a trial whose estimated memory is beyond this many times the machine's is refused, not merely warned of
+ABSURD_MEMORY = 10
+DEFAULT_STORAGE = "~/ray_results"
+DEFAULT_MAX_FAILURES = 2
+DEFAULT_DASHBOARD_HOST = "127.0.0.1"
+WANDB_MODES = ("online", "offline")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The runner's settings; the flags of `python -m tune_looped.run` by their names (`--max-concurrent` is
+    `max_concurrent`), with `overrides` for `--set` and `report` for the opposite of `--no-report`."""
+    space: str
+    quick: bool = False
+    seeds: list[int] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    address: str | None = None
+    storage: str = DEFAULT_STORAGE
+    name: str | None = None
+    resume: bool = False
+    rebuild_state: bool = False
+    extend: bool = False
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    max_failures: int = DEFAULT_MAX_FAILURES
+    num_cpus: int | None = None
+    num_gpus: float | None = None
+    dashboard_host: str = DEFAULT_DASHBOARD_HOST
+    wandb: bool = False
+    wandb_mode: str | None = None
+    report: bool = True
+    dry_run: bool = False
+
+
+def check_seeds(seeds, where: str = "--seeds") -> list[int]:
+    """Distinct integers from 0 to 2**64 - 1, at least one."""
+    if not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds) \
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SpaceError(f"{where}: expected distinct integers, like 0,1,2, got {seeds!r}")
+    if not all(0 <= seed <= MAX_SEED for seed in seeds):
+        raise SpaceError(f"{where}: expected seeds from 0 to 2**64 - 1 ({MAX_SEED}), got {seeds!r}")
+    return list(seeds)
+
+
+def _check_flags(args: Options) -> None:
+    checks = [
+        ("--max-concurrent", args.max_concurrent, lambda v: v > 0, "a positive integer"),
+        ("--max-failures", args.max_failures, lambda v: v >= 0, "an integer >= 0"),
+        ("--num-cpus", args.num_cpus, lambda v: v > 0, "a positive integer"),
+        ("--num-gpus", args.num_gpus, lambda v: v >= 0 and v.is_integer(), "a whole number >= 0"),
+        ("--cpus-per-trial", args.cpus_per_trial, lambda v: v > 0, "a number of CPUs > 0"),
+        ("--gpus-per-trial", args.gpus_per_trial, lambda v: 0 <= v <= 1,
+         "a GPU fraction between 0 and 1 (a trial uses at most one GPU)"),
+    ]
+    for flag, value, ok, expected in checks:
+        if value is not None and not ok(value):
+            raise SpaceError(f"{flag}: expected {expected}, got {value:g}")
+    if args.name is not None and not is_folder_name(args.name):
+        raise SpaceError(f"--name: expected {NAME_RULE}, got {args.name!r}")
+    if args.resume and not args.name:
+        raise SpaceError("--resume: needs --name of the experiment to continue")
+    check_dashboard_host(args.dashboard_host)
+    if args.rebuild_state and not args.resume:
+        raise SpaceError("--rebuild-state: only with --resume, which names the experiment to rebuild")
+    if args.extend and args.resume:
+        raise SpaceError("--extend: not with --resume; --extend resumes the experiment's unfinished trials too")
+    if args.extend and not args.name:
+        raise SpaceError("--extend: needs --name of the experiment to add trials to")
+    if args.extend and is_uri(args.storage):
+        raise SpaceError(f"--extend: needs a local --storage (a path), got {args.storage}")
+    if args.wandb_mode is not None and args.wandb_mode not in WANDB_MODES:
+        raise SpaceError(f"--wandb-mode: expected one of {', '.join(WANDB_MODES)}, got {args.wandb_mode!r}")
+
+
+def _local_gpus(args) -> float:
+    """The GPUs of the embedded local Ray: `--num-gpus`, else the ones torch sees here."""
+    if args.num_gpus is not None:
+        return args.num_gpus
+    # torch is imported only for a run that needs GPUs counted, never for a dry run
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _auto_gpu_share(space: Space, args) -> float:
+    """`resources.gpu: auto`: a share of a GPU from the trials' estimated memory, or the CPU with a warning of the
+    projected time. The GPUs counted are this machine's (or `--num-gpus`); a quick study stays on the CPU."""
+    if args.quick:
+        return 0.0
+    gpus = _local_gpus(args)
+    configs = [trial_config(space.base, t.values) for t in space.trials]
+    if not gpus:
+        warn(describe_cpu_time(configs))
+        return 0.0
+    import torch
+
+    memory = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else ASSUMED_GPU_MEMORY
+    needed = max(trial_memory(c) for c in configs)
+    share = gpu_share(needed, memory)
+    print(f"resources.gpu auto: each trial gets {share:g} of a GPU: the largest trial needs about "
+          f"{needed / 2**30:.1f} GiB (estimated) of its {memory / 2**30:.0f} GiB", file=sys.stderr)
+    return share
+
+
+def _check_fits_local_ray(resources: dict, args, space: Space) -> None:
+    """A trial that asks for more than the embedded Ray has would wait forever; a cluster's size is Ray's to know."""
+    if args.address:
+        return
+    for kind, flag, size_flag in (("cpu", "--cpus-per-trial", "--num-cpus"), ("gpu", "--gpus-per-trial", "--num-gpus")):
+        unknown = kind == "gpu" and args.dry_run and args.num_gpus is None  # counted at start, by torch
+        if resources[kind] == GPU_AUTO or not resources[kind] or unknown:
+            continue
+        have = (args.num_cpus or available_cpus()) if kind == "cpu" else _local_gpus(args)
+        if resources[kind] > have:
+            asked = flag if getattr(args, flag[2:].replace("-", "_")) is not None else f"{space.path}: resources.{kind}"
+            raise SpaceError(f"{asked}: a trial needs {resources[kind]:g} {kind.upper()}(s) but the local Ray has "
+                             f"{have:g} (set {size_flag}, or lower the request); no trial could ever start")
+
+
+def _check_memory(space: Space, resources: dict, args) -> None:
+    """A trial that cannot fit this machine's memory: refused when its estimate (tune_looped/gpus.py: the
+    activations of its batch, parameters and Adam's state) is beyond ABSURD_MEMORY times the memory, else a
+    warning for trials on the CPU. A cluster's nodes (`--address`) are Ray's to know."""
+    if args.address:
+        return
+    total = psutil.virtual_memory().total
+    needed, trial, config = max(((trial_memory(c), t, c) for t, c in space.configurations), key=lambda x: x[0])
+    where = f"{space.path}: trial {variant_label(trial.values)}"
+    estimate = f"an estimated {needed / 2**30:.3g} GiB (training.batch_size {config.training.batch_size})"
+    if needed > ABSURD_MEMORY * total:
+        raise SpaceError(f"{where}: training.batch_size: a trial must fit in {ABSURD_MEMORY} times this machine's "
+                         f"memory ({total / 2**30:.1f} GiB), got {estimate}")
+    if needed > total and resources["gpu"] == 0:
+        warn(f"{where}: a trial needs {estimate}, more than this machine's {total / 2**30:.1f} GiB of memory")
+
+
+def _with_absolute_pretrained(space: Space) -> Space:
+    """Trials run in their own folders, so a relative `model.pretrained_path` is fixed against the folder the
+    runner starts in, as a single run reads it."""
+    def absolute(value):
+        return str(Path(value).absolute()) if isinstance(value, str) and value else value
+
+    base = space.base
+    if isinstance(base.get("model"), dict) and base["model"].get("pretrained_path"):
+        base = set_dotted(base, PRETRAINED, absolute(base["model"]["pretrained_path"]))
+    trials = tuple(t.model_copy(update={"values": {**t.values, PRETRAINED: absolute(t.values[PRETRAINED])}})
+                   if PRETRAINED in t.values else t for t in space.trials)
+    if (base, trials) == (space.base, space.trials):
+        return space  # which keeps the configs it has built
+    return dataclasses.replace(space, base=base, trials=trials)
+
+
+def _check_pretrained_files(space: Space) -> None:
+    """Each distinct (file, model section) of the grid loads before Ray starts, instead of failing in every trial."""
+    if not space.base.get("model", {}).get("pretrained_path") and not any(PRETRAINED in t.values
+                                                                          for t in space.trials):
+        return
+    # torch, for a space that names a pretrained model only
+    from trainers.checkpoint import check_pretrained
+
+    seen = set()
+    for trial in space.trials:
+        config = trial_config(space.base, trial.values)
+        if config.model.pretrained_path and config.model not in seen:
+            seen.add(config.model)
+            try:
+                check_pretrained(config, f"{space.path}: trial {variant_label(trial.values)}")
+            except ConfigError as err:
+                raise SpaceError(str(err)) from None
+
+
+def _load(args: Options) -> Space:
+    """The space of the options. An extension's seeds are the recorded ones, then the new ones: a new grid value
+    runs with every seed the experiment has."""
+    overrides = check_overrides(args.overrides)
+    space = load_space(args.space, quick=args.quick, seeds=args.seeds, overrides=overrides)
+    saved = _saved_record(args) if args.extend else None
+    recorded = extend.recorded_seeds(saved) if saved is not None else []
+    given = list(dict.fromkeys(t.values[SEED_KEY] for t in space.trials if SEED_KEY in t.values))
+    seeds = [*recorded, *(s for s in given if s not in recorded)]
+    if recorded and given and seeds != given:
+        space = load_space(args.space, quick=args.quick, seeds=seeds, overrides=overrides)
+    return _with_absolute_pretrained(space)
+
+
+def _saved_record(args: Options) -> SpaceRecord | None:
+    """The space record of the experiment `--name` names, None where it has none (`check_experiment` says so)."""
+    try:
+        return read_space_record(Path(args.storage).expanduser() / args.name)
+    except RecordError:
+        return None
+
+
+def resolve(args: Options):
+    """Everything that can be wrong with the input, checked before Ray starts or anything is written."""
+    _check_flags(args)
+    space = _load(args)
+    resources = dict(space.resources)
+    if args.cpus_per_trial is not None:
+        resources["cpu"] = args.cpus_per_trial
+    if args.gpus_per_trial is not None:
+        resources["gpu"] = args.gpus_per_trial
+    resources = parse_resources(resources, "--cpus-per-trial/--gpus-per-trial")
+    # a dry run counts GPUs only when --num-gpus says how many (a quick study needs none): counting them here
+    # would import torch
+    if resources["gpu"] == GPU_AUTO and not (args.dry_run and args.num_gpus is None and not args.quick):
+        resources["gpu"] = _auto_gpu_share(space, args)
+    _check_fits_local_ray(resources, args, space)
+    _check_memory(space, resources, args)
+    _check_pretrained_files(space)
+    check_address(args.address)
+    name = args.name or f"{space.name}{'-quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return space, resources, name
+
+
+def check_resumable(experiment_dir: Path, space: Space, quick: bool, rebuild: bool = False) -> SpaceRecord:
+    """What a resume needs that no runner changes: the experiment, Tune's state files (unless rebuilding without
+    them), a space that resolves as it did at the start, with trials among the recorded ones (an extension's
+    command names only the seeds it added). Whether Tune's state is whole is `_check_state`'s."""
+    saved = _read_record(experiment_dir, "--resume")
+    runs = saved.run_list()
+    if len(runs) > 1 and not extend.saved_state(experiment_dir / runs[-1].folder):
+        raise SpaceError(f"--resume: {runs[-1].folder} was stopped before Tune first saved its state; run its "
+                         "--extend command again, which starts it afresh")
+    folders = [experiment_dir / run.folder for run in runs]
+    if not rebuild and not all(any(folder.glob(pattern)) for folder in folders for pattern in TUNE_STATE_FILES):
+        raise SpaceError(f"--resume: {experiment_dir} holds no saved Tune state (the sweep was stopped before Tune "
+                         "first saved it), so there is nothing to resume; delete that folder and start again, or "
+                         "add --rebuild-state to run the trials that did not end")
+    # the base and grid come from the space file now, the trials' list from Tune's saved state: they must agree.
+    # The current record goes through YAML as the saved one did, so that tuples and lists compare equal.
+    current = SpaceRecord.model_validate(yaml.safe_load(yaml.safe_dump(space_record(space, quick).model_dump())))
+    key = first_difference(_resume_relevant(saved), _resume_relevant(current))
+    recorded = {_trial_key(t) for t in saved.trials}
+    if key is None and not all(_trial_key(t) in recorded for t in current.trials):
+        key = "trials"
+    if key:
+        raise SpaceError(f"--resume: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; resume "
+                         "with the space (and --quick) it started with, or add trials with --extend")
+    return saved
+
+
+def _read_record(experiment_dir: Path, flag: str) -> SpaceRecord:
+    if not (experiment_dir / SPACE_RECORD).exists():
+        raise SpaceError(f"{flag}: no experiment at {experiment_dir}")
+    try:
+        return read_space_record(experiment_dir)
+    except RecordError:
+        raise SpaceError(f"{flag}: {experiment_dir / SPACE_RECORD} is not the space record the runner writes"
+                         ) from None
+
+
+def _trial_key(trial) -> str:
+    return json.dumps([sorted(trial.hypotheses), trial.values], sort_keys=True, default=str)
+
+
+def _resume_relevant(record: SpaceRecord) -> dict:
+    """The record less what does not change a trial: the path the space was given as (which may differ between
+    two shells), the hypotheses' questions, and the trials and runs, which `check_resumable` compares apart."""
+    return record.model_dump(exclude={"source": True, "hypotheses": {"__all__": {"question"}}, "trials": True,
+                                      "runs": True})
+
+
+def wandb_settings(space, args) -> dict | None:
+    """The trials' W&B settings, or None when W&B is off: the base config's `wandb:` section, then the space's
+    `wandb:` block, then the flags, each over the one before."""
+    config = trial_config(space.base, {}, f"{space.path}: base").wandb
+    settings = {key: getattr(config, key) for key in ("enabled", "mode", "project", "entity", "group")
+                if getattr(config, key) is not None}
+    settings.update(space.wandb)
+    enabled = settings.pop("enabled")
+    if not (args.wandb or enabled):
+        return None
+    if args.wandb_mode:
+        settings["mode"] = args.wandb_mode
+    settings.setdefault("group", space.name)
+    return settings
+
+
+def _check_state(experiment_dir: Path) -> Repair:
+    """What the resume does about Tune's damaged state files; refused, the folder left as it is, when one of them
+    has no good copy."""
+    repair = plan_repair(experiment_dir)
+    if repair.unrepairable:
+        damaged = " and ".join(f"{file} is {problem}" for file, problem in repair.unrepairable)
+        raise SpaceError(f"--resume: {damaged}, and no good copy was kept, so Tune cannot restore the experiment (it "
+                         "would start a new one in its place); the folder is left as it is; --resume --rebuild-state "
+                         "runs the trials that did not end, from the trial folders")
+    return repair
+
+
+def experiment_location(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}" if is_uri(storage) else str(Path(storage) / name)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the sweep does in the experiment folder, in order: put good copies of Tune's state in place
+    (`repairs`, per run folder), restore the unfinished Tune runs (`restore`), then start the Tune run `start`
+    (a folder of the experiment) with the trials of `start_space`. `space` holds every trial of the experiment,
+    which the summary covers, against `record`, which is written before any run starts when `write_record`."""
+    space: Space
+    record: SpaceRecord
+    restore: tuple[str, ...] = ()
+    start: str | None = FIRST_RUN
+    start_space: Space | None = None
+    write_record: bool = False
+    repairs: dict[str, Repair] = field(default_factory=dict)
+    rebuild: Rebuild | None = None
+    extension: extend.Extension | None = None
+
+
+def check_experiment(args: Options, space: Space, name: str, storage: str, lock: ExperimentLock) -> Plan:
+    """The experiment folder as the command needs it, read before the lock is taken so that a refusal writes
+    nothing."""
+    experiment_dir = Path(storage) / name
+    if args.extend:
+        return _plan_extension(args, space, experiment_dir, lock)
+    if not args.resume:
+        if experiment_dir.exists():
+            lock.check_free()
+            raise SpaceError(f"--name {name}: {experiment_dir} exists; add --resume or choose another name")
+        record = space_record(space, args.quick)
+        first = RunRecord(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trials=record.trials)
+        return Plan(space, record.model_copy(update={"runs": [first]}), start_space=space, write_record=True)
+    saved = check_resumable(experiment_dir, space, args.quick, rebuild=args.rebuild_state)
+    # a live runner first: its state may be half written this very moment
+    lock.check_free()
+    everything = dataclasses.replace(space, trials=tuple(saved.trials), hypotheses=tuple(saved.hypotheses))
+    if args.rebuild_state:
+        if len(saved.run_list()) > 1:
+            raise SpaceError(f"--rebuild-state: {experiment_dir} was extended (--extend); a rebuild covers only an "
+                             "experiment of one Tune run")
+        rebuild = plan_rebuild(experiment_dir, space, saved)
+        return Plan(everything, saved, start_space=rebuild.space(space), rebuild=rebuild)
+    # a resume of an experiment that ended restores its last run, which ends at once and is summarised again
+    restore = extend.unfinished_runs(experiment_dir, everything, saved) or [saved.run_list()[-1].folder]
+    return Plan(everything, saved, restore=tuple(restore), start=None,
+                repairs=_repairs(experiment_dir, restore, storage))
+
+
+def _plan_extension(args: Options, space: Space, experiment_dir: Path, lock: ExperimentLock) -> Plan:
+    saved = _read_record(experiment_dir, "--extend")
+    lock.check_free()
+    extension = extend.plan(experiment_dir, space, saved, args.quick)
+    restore = extend.unfinished_runs(experiment_dir, extension.space, extension.earlier)
+    missing = [folder for folder in restore
+               if not all(any((experiment_dir / folder).glob(p)) for p in TUNE_STATE_FILES)]
+    if missing:
+        raise SpaceError(f"--extend: {experiment_dir / missing[0]} has unfinished trials but no saved Tune state to "
+                         "resume them from; resume it with --resume --rebuild-state first")
+    if not extension.added and not restore:
+        raise SpaceError(f"--extend: nothing to add: every trial the space asks for is in {experiment_dir} and has "
+                         "ended; add seeds (--seeds), grid values or hypotheses")
+    return Plan(extension.space, extension.record, restore=tuple(restore),
+                start=extension.folder if extension.added else None,
+                start_space=extension.extension_space() if extension.added else None, write_record=True,
+                repairs=_repairs(experiment_dir, restore, args.storage), extension=extension)
+
+
+def extension_trials(args: Options, space: Space) -> Space:
+    """What `--extend --dry-run` shows: the trials the extension would add, read from the experiment's record."""
+    experiment_dir = Path(args.storage).expanduser() / args.name
+    return extend.plan(experiment_dir, space, _read_record(experiment_dir, "--extend"), args.quick).extension_space()
+
+
+def _repairs(experiment_dir: Path, folders, storage: str) -> dict[str, Repair]:
+    return {} if is_uri(storage) else {folder: _check_state(experiment_dir / folder) for folder in folders}

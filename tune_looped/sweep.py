@@ -1,0 +1,251 @@
+"""A sweep: every trial of a search space run with Ray Tune, summarised, then analysed.
+
+`run_space` is the Python API and what `python -m tune_looped.run` calls. It validates the whole space before
+Ray starts (`tune_looped.inputs`), runs on an embedded local Ray (or `address=` a cluster), retries crashed trials
+from their last checkpoint, resumes interrupted sweeps, adds trials to one that ran (`extend=True`,
+`tune_looped.extend`), prints a summary and ends with the analysis' frames, plots and report.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from trainers.records import ERROR, EXTENSION_PREFIX, FIRST_RUN, INCOMPLETE, SPACE_RECORD, write_space_record
+from tune_looped import extend
+from tune_looped.cluster import MIN_FREE_BYTES, check_storage, full_filesystems, is_uri, start_ray, warn, \
+    warn_if_local_storage_on_cluster
+from tune_looped.inputs import (DEFAULT_STORAGE, Options, Plan, check_experiment, check_seeds, experiment_location,
+                                resolve, wandb_settings)
+from tune_looped.lock import ExperimentLock
+from tune_looped.space import Space
+from tune_looped.state import StateKeeper, apply_repair
+from tune_looped.tables import print_summary, summarise
+
+if TYPE_CHECKING:
+    from ray.tune import ResultGrid
+
+RUNNER_COMMAND = "python -m tune_looped.run"
+# how a sweep that ran can fail (`SweepError.kind`)
+INTERRUPTED, DISK_FULL, NOT_ASKED, MISSING, FAILED = "interrupted", "disk full", "not asked", "missing", "failed"
+
+
+class Sweep(NamedTuple):
+    experiment_dir: Path
+    results: ResultGrid  # of the last Tune run: the new trials of an extension, the restored ones of a resume
+
+
+class SweepError(RuntimeError):
+    """A sweep that ran but did not end with every trial asked for: interrupted, a full disk, trials that failed,
+    or trials that are not those the space record asks for (`kind`). The summary has been printed; `exit_status`
+    is the command line's. An interrupted sweep, or one stopped by the disk, continues with `resume=True`; missing
+    trials with `resume=True, rebuild_state=True`."""
+
+    def __init__(self, kind: str, message: str, exit_status: int, sweep: Sweep):
+        super().__init__(message)
+        self.kind, self.exit_status, self.sweep = kind, exit_status, sweep
+
+
+def run_space(space, *, quick: bool = False, seeds: list[int] | None = None, storage: str = DEFAULT_STORAGE,
+              name: str | None = None, extend: bool = False, resume: bool = False,
+              overrides: dict[str, Any] | None = None, report: bool = True, **options) -> Sweep:
+    """Run the space file `space` (a path, or a name in the package's search_spaces/); returns the experiment
+    folder and Tune's ResultGrid. The keywords are the command line's flags (`max_concurrent=2` for
+    `--max-concurrent 2`, `overrides={"training.train_steps": 50}` for `--set`, `report=False` for `--no-report`).
+
+    Raises SpaceError on bad input, before Ray starts or anything is written, and SweepError when the sweep ran
+    but not every trial ended well (`resume=True` with the same arguments and `name` continues it)."""
+    unknown = sorted(set(options) - (set(Options.__dataclass_fields__) - {"dry_run"}))
+    if unknown:
+        raise TypeError(f"run_space() got unexpected keyword argument(s): {', '.join(unknown)}")
+    if seeds is not None:
+        seeds = check_seeds(seeds, "seeds")
+    return sweep(Options(space=str(space), quick=quick, seeds=seeds, storage=storage, name=name, extend=extend,
+                         resume=resume, overrides=dict(overrides or {}), report=report, **options))
+
+
+def sweep(args: Options) -> Sweep:
+    """`run_space` of checked options; what the command line calls."""
+    space, resources, name = resolve(args)
+    storage = check_storage(args.storage)
+    experiment_dir = Path(storage) / name
+    lock = ExperimentLock(experiment_location(storage, name), RUNNER_COMMAND)
+    plan = check_experiment(args, space, name, storage, lock)
+    created = not experiment_dir.exists()
+    lock.acquire()
+    try:
+        for folder, repair in plan.repairs.items():
+            for line in apply_repair(experiment_dir / folder, repair):
+                warn(line)
+        return _run(args, plan, resources, name, storage, experiment_dir)
+    finally:
+        lock.release()
+        if created:
+            # a sweep that failed before Tune wrote anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                experiment_dir.rmdir()
+
+
+def _print_wandb_sync(experiment_dir: Path) -> None:
+    patterns = [p for p in ("*/wandb/offline-run-*", f"{EXTENSION_PREFIX}*/*/wandb/offline-run-*")
+                if any(experiment_dir.glob(p))]
+    if patterns:
+        count = sum(1 for p in patterns for _ in experiment_dir.glob(p))
+        folder = shlex.quote(str(experiment_dir))
+        print(f"W&B: {count} offline runs; upload them with:\n  wandb sync "
+              + " ".join(f"{folder}/{p}" for p in patterns))
+
+
+def _fit_stopping_on_sigterm(tuner):
+    """`tuner.fit()`, where SIGTERM (`kill PID`, a job scheduler) stops the sweep as Ctrl-C does: Tune saves its
+    state and the resume command is printed. Tune itself catches only SIGINT, and only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        return tuner.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _build_tuner(space: Space, resources, name: str, storage: str, args: Options, run_dir: Path, restore: bool):
+    """The Tuner of one Tune run of the experiment: restored from `run_dir`, or new there (`name` in `storage`)."""
+    from ray import tune
+
+    from tune_looped.trainable import run_trial
+
+    # evaluation runs every eval_every_steps, not on every logged row; Tune must accept rows without it
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Tune's default output ignores a progress reporter; the classic one prints ours
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    from tune_looped.live import LiveTable
+    from tune_looped.trials import TrialRecorder
+    from tune_looped.tune_space import make_scheduler, param_space
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=space.base, wandb_settings=wandb_settings(space, args),
+                             results_dir=None if is_uri(storage) else str(run_dir)),
+        resources=resources,
+    )
+    if restore:
+        return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(space),
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, scheduler=make_scheduler(space), num_samples=space.num_samples,
+            max_concurrent_trials=args.max_concurrent or space.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), progress_reporter=LiveTable(space), verbose=1,
+            # Tune keeps the run config in tuner.pkl, so a resumed sweep records its trials too
+            callbacks=[TrialRecorder()],
+        ),
+    )
+
+
+def _tune_runs(plan: Plan, name: str, storage: str):
+    """(folder, Tune name, Tune storage, restore?, space) of each Tune run the plan makes, in order."""
+    for folder in plan.restore:
+        yield folder, None, None, True, plan.space
+    if plan.start is not None:
+        if plan.start == FIRST_RUN:
+            yield FIRST_RUN, name, storage, False, plan.start_space
+        else:
+            yield plan.start, plan.start, experiment_location(storage, name), False, plan.start_space
+
+
+def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, experiment_dir: Path) -> Sweep:
+    """The sweep's Tune runs, its summary and its analysis, with the experiment's lock held."""
+    import ray
+
+    space = plan.space
+    if space.secrets.get("wandb.key") and wandb_settings(space, args):
+        # workers inherit the driver's environment: the key never travels in a config or runtime_env
+        os.environ.setdefault("WANDB_API_KEY", space.secrets["wandb.key"])
+    context = start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                        dashboard_host=args.dashboard_host)
+    session = Path(context.address_info["session_dir"])
+    written_to = {"the storage": Path(storage), "the temporary folder": Path(tempfile.gettempdir()),
+                  "Ray's folder": session.parent}
+    failure, results, last, to_write = None, [], [], plan.write_record
+    try:
+        warn_if_local_storage_on_cluster(storage)
+        if plan.rebuild is not None:
+            aside = plan.rebuild.set_aside(experiment_dir)
+            warn(f"--rebuild-state: kept {len(plan.rebuild.kept)} ended trial(s); set aside "
+                 f"{len(plan.rebuild.replaced)} folder(s) and file(s) of the earlier Tune state in {aside}; running "
+                 f"{len(plan.rebuild.remaining)} trial(s) from step 0")
+        if plan.extension is not None:
+            extend.set_aside_stale(plan.extension, experiment_dir)
+        for folder, tune_name, tune_storage, restore, trials in _tune_runs(plan, name, storage):
+            run_dir = experiment_dir / folder
+            tuner = _build_tuner(trials, resources, tune_name, tune_storage, args, run_dir, restore)
+            # the record and the retags once the new run's Tuner was built (a Tune run refused at its start leaves
+            # them as they were), or before the restores when there is no new run: earlier runs resume as recorded
+            if to_write and (not restore or plan.start is None):
+                experiment_dir.mkdir(parents=True, exist_ok=True)
+                write_space_record(experiment_dir, plan.record)
+                if plan.extension is not None:
+                    extend.retag(plan.extension)
+                    _announce(plan)
+                to_write = False
+            keeper = None if is_uri(storage) else StateKeeper(run_dir, session).start()
+            try:
+                last = _fit_stopping_on_sigterm(tuner)
+            except Exception as err:  # a full disk fails Tune on its own files: the error is told below
+                failure, last = err, []
+            finally:
+                if keeper is not None:
+                    keeper.stop()
+            results += list(last)
+            if failure is not None or any(row["status"] == INCOMPLETE for row in summarise(last, space)):
+                break  # interrupted, or the disk: the runs after this one wait for the resume
+    finally:
+        ray.shutdown()
+    outcome = Sweep(experiment_dir, last)
+    rows = summarise(results, space, None if is_uri(storage) else experiment_dir)
+    full = full_filesystems(written_to) if failure or any(r["status"] == ERROR for r in rows) else []
+    if failure is not None and not full:
+        raise failure
+    if full:
+        print_summary(rows, experiment_dir)
+        raise SweepError(DISK_FULL, f"disk full: {'; '.join(full)}; a sweep needs at least "
+                         f"{MIN_FREE_BYTES // 2**20} MiB free there for its checkpoints and results; free some space, "
+                         "then resume", 1, outcome)
+    unasked, missing = print_summary(rows, experiment_dir, plan.record)
+    _print_wandb_sync(experiment_dir)
+    if any(r["status"] == INCOMPLETE for r in rows):
+        raise SweepError(INTERRUPTED, "interrupted", 130, outcome)
+    if unasked or missing:
+        # an analysis of other trials than those asked for would answer another question
+        raise SweepError(MISSING if missing else NOT_ASKED,
+                         f"the trials that ran are not those {SPACE_RECORD} asks for (above); no report is written", 1,
+                         outcome)
+    if args.report:
+        from analysis import run_all
+
+        written = run_all(experiment_dir)
+        plots = written.pop("plots")
+        for label, path in written.items():
+            print(f"{label}: {path}")
+        print(f"plots: {len(plots)} figures in {plots[0].parent if plots else experiment_dir}")
+    if any(r["status"] == ERROR for r in rows):
+        raise SweepError(FAILED, "trials failed (above)", 1, outcome)
+    return outcome
+
+
+def _announce(plan: Plan) -> None:
+    extension = plan.extension
+    seeds = extend.recorded_seeds(plan.record)
+    print(f"--extend: {len(extension.added)} new trial(s) in {extension.folder}/"
+          f"{f', {len(plan.restore)} earlier run(s) resumed' if plan.restore else ''}"
+          f"{f', {len(extension.retagged)} trial record(s) given a new hypothesis or key' if extension.retagged else ''}"
+          f"; seeds now {','.join(map(str, seeds)) or 'none'}", file=sys.stderr)

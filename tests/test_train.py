@@ -1,6 +1,7 @@
 """The training loop: learning, determinism, bit-exact resume, checkpoints and the single-run CLI."""
 import json
 import math
+import re
 import subprocess
 import sys
 import warnings
@@ -329,3 +330,44 @@ def test_cuda_graphs_train_like_eager_cuda_across_curriculum_changes(tmp_path, t
             if key in eager:
                 assert graphed[key] == pytest.approx(eager[key], rel=1e-3, abs=1e-5), (eager["step"], key)
     assert len({r["overall_loss"] for r in rows["graphs"]}) == len(rows["graphs"])
+
+
+def documented_keys() -> list[str]:
+    """The dotted keys of docs/CONFIG.md's table: `model.n_embd`, `n_layer` (a key after the first of a row is of
+    its section), `training.curriculum.{dims,points,loops}`."""
+    keys = []
+    table = (REPO / "docs" / "CONFIG.md").read_text().split("## Keys")[1].split("\n\n")[1]
+    for line in table.splitlines()[2:]:
+        names = re.findall(r"`([^`]+)`", line.split("|")[1])
+        section = names[0].rsplit(".", 1)[0]
+        for name in names:
+            dotted = name if "." in name else f"{section}.{name}"
+            head, _, options = dotted.partition("{")
+            keys += [head + option for option in options.rstrip("}").split(",")] if options else [dotted]
+    return keys
+
+
+def test_help_lists_every_config_key_with_its_default(capsys):
+    from trainers.train import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    listed = re.findall(r"^\s+--((?:model|training|wandb|gpu)\.\S+)\s+(\S+)", text, re.M)
+    assert ("model.n_embd", "256") in listed and ("training.curriculum.loops.end", "30") in listed
+    missing = [key for key in documented_keys() if not any(k == key or k.startswith(f"{key}.") for k, _ in listed)]
+    assert not missing and len(documented_keys()) > 30, missing
+
+
+def test_print_config_prints_the_resolved_config_and_trains_nothing(tmp_path, capsys):
+    from trainers.train import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"inherit": [str(REPO / "search_spaces/configs/base_loop.yaml")],
+                                      "wandb": {"key": "0123456789abcdef0123456789abcdef01234567"}}))
+    assert main(["--config", str(config), "--model.n_layer=2", "--print-config", "--out_dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    printed = yaml.safe_load(out)
+    assert printed["model"]["n_layer"] == 2 and printed["training"]["train_steps"] == 20001
+    assert "0123456789abcdef" not in out and not (tmp_path / "runs").exists()

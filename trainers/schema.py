@@ -125,6 +125,20 @@ def _inner(annotation):
     return next((a for a in (annotation, *typing.get_args(annotation)) if _is_model(a)), None)
 
 
+def describe_keys(root: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None) -> list[tuple]:
+    """Every leaf key of `root` as (dotted key, default, what it allows), in the schema's order: what a
+    command line's `--help` lists. A section's default (`defaults`) gives its keys theirs."""
+    out = []
+    for name, field in root.model_fields.items():
+        dotted = f"{prefix}{name}"
+        default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
+        if _is_model(field.annotation):
+            out += describe_keys(field.annotation, f"{dotted}.", default if isinstance(default, BaseModel) else None)
+        else:
+            out.append((dotted, default, field.description or _type_phrase(field.annotation)))
+    return out
+
+
 def key_field(root: type[BaseModel], dotted: str, source: str):
     """The field (a FieldInfo, or the model of a section) of a dotted key, or ConfigError naming the key."""
     cls, parts = root, dotted.split(".")

@@ -9,6 +9,7 @@ The entry point only: the training loop is `trainers.training`, and no module im
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import sys
@@ -20,15 +21,30 @@ import yaml
 from trainers import atomic
 from trainers.checkpoint import check_pretrained, latest_checkpoint, load_checkpoint
 from trainers.cli import OneLineArgumentParser
-from trainers.config import ConfigError, config_to_dict, load_config, parse_override_args
+from trainers.config import SECRET_KEYS, Config, ConfigError, config_to_dict, load_config, parse_override_args
+from trainers.schema import describe_keys
+from trainers.table import render
 from trainers.training import train
 
 DEFAULT_OUT_DIR = "runs"
 
 
+def _keys_help() -> str:
+    """The config keys, their defaults and what they allow, from the schema: the epilog of `--help`."""
+    rows = [[f"--{key}", "-" if default is None else yaml.safe_dump(default).strip().removesuffix("\n..."),
+             allowed] for key, default, allowed in describe_keys(Config)]
+    rows += [[f"--{key}", "-", "a W&B API key, read as a secret and never written (WANDB_API_KEY serves too)"]
+             for key in SECRET_KEYS]
+    return "config keys (--section.key VALUE or --section.key=VALUE; docs/CONFIG.md says what each does):\n" + \
+        "\n".join("  " + line for line in render(["key", "default", "allowed"], rows))
+
+
 def parse_args(argv):
-    parser = OneLineArgumentParser(prog="python -m trainers.train", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="python -m trainers.train", description=__doc__.splitlines()[0],
+                                   epilog=_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="config YAML (the research's schema)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (the file, its inherits and the overrides) and exit")
     parser.add_argument("--out_dir", "--out-dir", dest="out_dir", help=f"where runs go (default: config out_dir or {DEFAULT_OUT_DIR})")
     parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: training.device)")
@@ -103,6 +119,9 @@ def main(argv=None) -> int:
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         config = load_config(args.config, overrides)
+        if args.print_config:
+            print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+            return 0
         _check_device(config, args.device, args.config)
         check_pretrained(config, args.config)
         run_dir, checkpoint = _prepare_run_dir(args, config, Path(args.config))

@@ -63,6 +63,11 @@ def test_three_hypotheses_dedup_and_report(tmp_path, capsys, monkeypatch):
         steps = [r["step"] for r in rows(trial)]
         assert steps == [0, 5, 10, 15, 20, 25, 29]
     assert "4 finished" in out and str(experiment) in out
+    # the progress line above each table: the share of the training FLOPs only grows, and ends the sweep at 100%
+    shares = [int(m) for m in re.findall(r"^progress: (\d+)% of the training FLOPs; ", out, re.M)]
+    assert len(shares) >= 2 and shares == sorted(shares) and shares[-1] == 100, shares
+    assert re.search(r"^progress: 100% of the training FLOPs; 4 done, 0 running, 0 pending; elapsed [^;]+; ended$",
+                     out, re.M)
     # Tune's live table: the swept keys under their short names, the hypotheses, the metrics, in 120 columns
     live = out.split("== 4 trials: 4 done")[-1].splitlines()
     assert live[1].startswith("hypotheses: 1 information_flow, 2 looped_n_layers, 3 looped_lstm")

@@ -52,10 +52,11 @@ def step_flops(config: Config, state: CurriculumState) -> StepFlops:
     return StepFlops(backbone, io, forward_passes, window, formula)
 
 
-def training_flops(config: Config) -> int:
-    """The sum of `step_flops` over all `train_steps` steps; the curriculum only changes at multiples of its
-    intervals, so each stretch between two such steps is counted once."""
-    curriculum, steps = config.training.curriculum, config.training.train_steps
+def training_flops(config: Config, steps: int | None = None) -> int:
+    """The sum of `step_flops` over the first `steps` steps (all `train_steps` by default); the curriculum only
+    changes at multiples of its intervals, so each stretch between two such steps is counted once."""
+    curriculum = config.training.curriculum
+    steps = config.training.train_steps if steps is None else max(0, min(steps, config.training.train_steps))
     changes = {0, steps}
     for schedule in (curriculum.dims, curriculum.points, curriculum.loops):
         changes.update(range(schedule.interval, steps, schedule.interval))

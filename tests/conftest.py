@@ -13,6 +13,8 @@ TINY = {
     "training": {
         "batch_size": 16, "learning_rate": 0.001, "train_steps": 40, "save_every_steps": 20,
         "eval_every_steps": 20, "eval_prompts": 32, "n_loop_window": 3,
+        # fixed, not auto: two runs compared bit for bit must not each probe its own choice
+        "onednn_linear": True,
         "curriculum": {
             "dims": {"start": 5, "end": 5, "inc": 1, "interval": 100},
             "points": {"start": 6, "end": 11, "inc": 1, "interval": 10},

@@ -157,7 +157,7 @@ def test_defaults_are_valid():
 
 
 def test_performance_option_defaults_and_overrides(tiny_config_file):
-    assert Config().training.onednn_linear is True
+    assert Config().training.onednn_linear == "auto"
     assert Config().training.compile is False and Config().training.cuda_graphs is False
     cfg = load_config(tiny_config_file, parse_override_args(["--training.compile", "true",
                                                              "--training.cuda_graphs", "true"]))

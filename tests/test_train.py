@@ -371,3 +371,36 @@ def test_print_config_prints_the_resolved_config_and_trains_nothing(tmp_path, ca
     printed = yaml.safe_load(out)
     assert printed["model"]["n_layer"] == 2 and printed["training"]["train_steps"] == 20001
     assert "0123456789abcdef" not in out and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this torch has no oneDNN")
+def test_onednn_auto_keeps_the_faster_library_logs_it_and_trains_as_that_one_does(tmp_path, tiny_raw, capsys):
+    auto = _config(tiny_raw, training__onednn_linear="auto", training__train_steps=25)
+    train(auto, out_dir=tmp_path / "auto")
+    line = capsys.readouterr().out.strip().splitlines()[0]
+    match = re.fullmatch(r"training\.onednn_linear auto: (oneDNN|MKL), ([\d.]+) ms a step against (MKL|oneDNN)'s "
+                         r"([\d.]+) ms on this CPU", line)
+    assert match and match[1] != match[3] and float(match[2]) <= float(match[4]), line
+    chosen = match[1] == "oneDNN"
+    state = load_checkpoint(latest_checkpoint(tmp_path / "auto"))
+    assert state["onednn_linear"] is chosen
+    for name, onednn in (("same", chosen), ("other", not chosen)):
+        train(_config(tiny_raw, training__onednn_linear=onednn, training__train_steps=25), out_dir=tmp_path / name)
+    a, same, other = (_params(tmp_path / n) for n in ("auto", "same", "other"))
+    # the probe leaves the run as the chosen library alone would train it; the other differs only by rounding
+    assert all(torch.equal(a[k], same[k]) for k in a)
+    assert all(torch.allclose(a[k], other[k], rtol=1e-3, atol=1e-4) for k in a)
+
+
+def test_a_resumed_run_keeps_the_library_its_checkpoint_records(tmp_path, tiny_raw, capsys):
+    config = _config(tiny_raw, training__onednn_linear="auto", training__train_steps=40)
+    train(config, out_dir=tmp_path / "whole")
+    first = latest_checkpoint(tmp_path / "whole")
+    chosen = load_checkpoint(first)["onednn_linear"]
+    capsys.readouterr()
+    half = _config(tiny_raw, training__onednn_linear="auto", training__train_steps=40)
+    train(half, out_dir=tmp_path / "resumed", resume_from=tmp_path / "whole" / "checkpoints" / "step_000020")
+    assert "training.onednn_linear auto" not in capsys.readouterr().out
+    assert load_checkpoint(latest_checkpoint(tmp_path / "resumed"))["onednn_linear"] is chosen
+    whole, resumed = _params(tmp_path / "whole"), _params(tmp_path / "resumed")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -5,6 +5,7 @@ trainable call. It never imports Ray, so a single run starts fast.
 """
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import time
@@ -18,6 +19,7 @@ from trainers.checkpoint import checkpoint_dir_of, load_checkpoint, load_referen
 from trainers.config import Config, config_to_dict
 from trainers.curriculum import CurriculumState, curriculum_at, final_state, loop_window_start
 from trainers.models import LoopedTransformerModel, build_model
+from trainers.onednn import ONEDNN
 from trainers.tasks import error_normaliser, sample_batch
 
 EVAL_SEED = 20240101
@@ -89,12 +91,50 @@ def _train_step(model, optimizer, xs, ys, state: CurriculumState, config: Config
     return loss.detach(), grad_norm
 
 
-def prepare_model(model, config: Config):
-    """The performance options that change how the model computes, not what."""
-    model.use_onednn(config.training.onednn_linear)
+def prepare_model(model, config: Config, onednn: bool | None = None):
+    """The performance options that change how the model computes, not what. `onednn`: the products' library
+    as `choose_onednn` decided it (default: the config's, oneDNN for `auto`)."""
+    model.use_onednn(config.training.onednn_linear is not False if onednn is None else onednn)
     if config.training.compile:
         model.compile_backbone()
     return model
+
+
+ONEDNN_KEY = "onednn_linear"  # the checkpoint's record of the products' library the run chose
+ONEDNN_PROBE_ROUNDS = 3  # each times one step with each library; the first round is the warm-up
+
+
+def choose_onednn(model, config: Config, device: torch.device) -> tuple[bool, str]:
+    """`training.onednn_linear` as set, or for `auto` on the CPU whichever of oneDNN and MKL ran the run's first
+    curriculum step faster here, and the line that says so. The probe trains a copy of the model on a batch of
+    its own, and puts torch's random state back, so the run itself is as with that library set."""
+    setting = config.training.onednn_linear
+    if setting != "auto":
+        return setting, ""
+    if device.type != "cpu" or not ONEDNN:
+        return False, ""  # the products never reach oneDNN there
+    t = config.training
+    state = curriculum_at(t.curriculum, 0)
+    xs, ys = sample_batch(t.task_name, batch_size=t.batch_size, n_points=state.n_points, n_dims=config.model.n_dims,
+                          n_dims_truncated=state.n_dims, generator=torch.Generator().manual_seed(0),
+                          sparsity=t.sparsity)
+    random_state = torch.get_rng_state()
+    probe = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=t.learning_rate)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for round_ in range(ONEDNN_PROBE_ROUNDS):
+        for onednn in (True, False):
+            probe.use_onednn(onednn)
+            started = time.perf_counter()
+            _train_step(probe, optimizer, xs, ys, state, config, device)
+            if round_:
+                times[onednn].append(time.perf_counter() - started)
+    torch.set_rng_state(random_state)
+    best = {choice: min(seconds) for choice, seconds in times.items()}
+    choice = best[True] <= best[False]
+    names = {True: "oneDNN", False: "MKL"}
+    return choice, (f"training.onednn_linear auto: {names[choice]}, {best[choice] * 1e3:.1f} ms a step against "
+                    f"{names[not choice]}'s {best[not choice] * 1e3:.1f} ms on this CPU")
 
 
 CUDA_GRAPH_WARMUP_STEPS = 3
@@ -187,19 +227,25 @@ def train(config: Config, *, out_dir: Path, reporter: Reporter | None = None, re
     model = build_model(config.model).to(dev)
     if config.model.pretrained_path:
         load_reference_checkpoint(model, config.model.pretrained_path)
-    prepare_model(model, config)
+    state = load_checkpoint(resume_from) if resume_from is not None else None
+    if state is not None and isinstance(state.get(ONEDNN_KEY), bool):
+        onednn = state[ONEDNN_KEY]  # what the run chose at its start, so that it resumes bit for bit
+    else:
+        onednn, line = choose_onednn(model, config, dev)
+        if line:
+            print(line, flush=True)
+    prepare_model(model, config, onednn)
     optimizer = make_optimizer(model, config, dev)
     generator = torch.Generator().manual_seed(config.training.seed)
     history: list[dict] = []
     first_step = 0
-    if resume_from is not None:
-        state = load_checkpoint(resume_from)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["rng"]["data"])
         torch.set_rng_state(state["rng"]["torch"])
         history, first_step = list(state["metrics"]), state["step"]
-    loop = TrainingLoop(config, model, optimizer, generator, dev, out_dir, reporter, history)
+    loop = TrainingLoop(config, model, optimizer, generator, dev, out_dir, reporter, history, onednn)
     if resume_from is not None and Path(resume_from).resolve().is_relative_to(loop.checkpoints.resolve()):
         loop.previous_checkpoint = checkpoint_dir_of(resume_from)
     return loop.run(first_step)
@@ -208,8 +254,9 @@ def train(config: Config, *, out_dir: Path, reporter: Reporter | None = None, re
 class TrainingLoop:
     """The state one run carries between steps; `run` is the loop itself."""
 
-    def __init__(self, config, model, optimizer, generator, device, out_dir, reporter, history):
+    def __init__(self, config, model, optimizer, generator, device, out_dir, reporter, history, onednn: bool):
         self.config, self.model, self.optimizer, self.generator = config, model, optimizer, generator
+        self.onednn = onednn
         self.device, self.out_dir, self.reporter, self.history = device, Path(out_dir), reporter, history
         self.eval_set = make_eval_set(config)
         self.step_fn = StepRunner(model, optimizer, config, device)
@@ -259,7 +306,7 @@ class TrainingLoop:
         save_checkpoint(path, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": step + 1,
             "rng": {"data": self.generator.get_state(), "torch": torch.get_rng_state()},
-            "metrics": self.history, "config": config_to_dict(self.config),
+            "metrics": self.history, "config": config_to_dict(self.config), ONEDNN_KEY: self.onednn,
         })
         previous, self.previous_checkpoint = self.previous_checkpoint, path
         keep_every = self.config.training.keep_every_steps

@@ -4,8 +4,7 @@ import re
 
 import pytest
 
-from helpers.sweeps import TINY_BASE, write_space
-from test_runner import TrialEvents
+from helpers.sweeps import TINY_BASE, TrialEvents, rows, trial_dirs, write_space
 from trainers.config import apply_overrides
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, CPU_FLOPS, cpu_hours, gpu_share, trial_memory
 from tune_looped.run import main
@@ -81,3 +80,38 @@ def test_auto_packs_trials_onto_a_gpu_ray_is_told_of(tmp_path, capsys, monkeypat
     assert rc == 0
     assert re.search(r"resources.gpu auto: each trial gets 0.125 of a GPU", capsys.readouterr().err)
     assert recorder.max_running() == 4, recorder.events
+
+
+@pytest.mark.slow
+def test_auto_counts_the_gpus_of_the_cluster_not_of_its_cpu_only_head(tmp_path, capsys):
+    """A head node without GPUs and a worker node with a logical GPU: the trials get a share of the worker's."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    try:
+        worker = cluster.add_node(num_cpus=2, num_gpus=1)
+        cluster.wait_for_nodes()
+        base = apply_overrides(TINY_BASE, {"training.train_steps": 40})
+        space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1]}}], base,
+                            resources={"cpu": 1, "gpu": "auto"})
+        rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--address",
+                   cluster.address, "--no-report"])
+    finally:
+        cluster.shutdown()
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "resources.gpu auto: each trial gets 0.125 of a GPU" in err and "of its 24 GiB" in err
+    trials = trial_dirs(tmp_path / "r" / "g")
+    assert len(trials) == 2 and {rows(t)[-1]["node_id"] for t in trials} == {worker.node_id}
+
+
+@pytest.mark.slow
+def test_auto_on_a_cluster_without_gpus_says_so_in_one_line(tmp_path, capsys):
+    base = apply_overrides(TINY_BASE, {"training.train_steps": 20})
+    space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0]}}], base,
+                        resources={"cpu": 1, "gpu": "auto"})
+    rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "2",
+               "--num-gpus", "0", "--no-report"])
+    assert rc == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "no GPU" in line or "resources.gpu" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: no GPU found: the 1 trials train on the CPU")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from trainers.records import (FIRST_RUN, SEED_KEY, SPACE_RECORD, RecordError, Ru
                               variant_label)
 from tune_looped import extend
 from tune_looped.cluster import check_address, check_dashboard_host, is_uri, warn
-from tune_looped.gpus import ASSUMED_GPU_MEMORY, describe_cpu_time, gpu_share, trial_memory
+from tune_looped.gpus import ASSUMED_GPU_MEMORY, auto_share, cluster_gpus, trial_memory
 from tune_looped.lock import ExperimentLock
 from tune_looped.rebuild import Rebuild, plan as plan_rebuild
 from tune_looped.space import (GPU_AUTO, Space, SpaceError, check_overrides, load_space, parse_resources,
@@ -120,24 +119,15 @@ def _local_gpus(args) -> float:
     return torch.cuda.device_count()
 
 
-def _auto_gpu_share(space: Space, args) -> float:
-    """`resources.gpu: auto`: a share of a GPU from the trials' estimated memory, or the CPU with a warning of the
-    projected time. The GPUs counted are this machine's (or `--num-gpus`); a quick study stays on the CPU."""
-    if args.quick:
-        return 0.0
-    gpus = _local_gpus(args)
-    configs = [trial_config(space.base, t.values) for t in space.trials]
-    if not gpus:
-        warn(describe_cpu_time(configs))
-        return 0.0
-    import torch
+def _configs(space: Space) -> list:
+    return [trial_config(space.base, t.values) for t in space.trials]
 
-    memory = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else ASSUMED_GPU_MEMORY
-    needed = max(trial_memory(c) for c in configs)
-    share = gpu_share(needed, memory)
-    print(f"resources.gpu auto: each trial gets {share:g} of a GPU: the largest trial needs about "
-          f"{needed / 2**30:.1f} GiB (estimated) of its {memory / 2**30:.0f} GiB", file=sys.stderr)
-    return share
+
+def resolve_gpu_share(space: Space, resources: dict) -> dict:
+    """The resources with `gpu: auto` sized from the GPUs of the nodes the running Ray can schedule on."""
+    if resources["gpu"] != GPU_AUTO:
+        return resources
+    return {**resources, "gpu": auto_share(_configs(space), *cluster_gpus())}
 
 
 def _check_fits_local_ray(resources: dict, args, space: Space) -> None:
@@ -239,10 +229,11 @@ def resolve(args: Options):
     if args.gpus_per_trial is not None:
         resources["gpu"] = args.gpus_per_trial
     resources = parse_resources(resources, "--cpus-per-trial/--gpus-per-trial")
-    # a dry run counts GPUs only when --num-gpus says how many (a quick study needs none): counting them here
-    # would import torch
-    if resources["gpu"] == GPU_AUTO and not (args.dry_run and args.num_gpus is None and not args.quick):
-        resources["gpu"] = _auto_gpu_share(space, args)
+    # a quick study stays on the CPU; a dry run of the embedded Ray that --num-gpus sizes is resolved here; any
+    # other `auto` once Ray runs, from the GPUs of the nodes it can schedule on (`tune_looped.gpus.auto_share`)
+    if resources["gpu"] == GPU_AUTO and (args.quick or args.dry_run and args.num_gpus is not None
+                                         and not args.address):
+        resources["gpu"] = 0.0 if args.quick else auto_share(_configs(space), args.num_gpus, ASSUMED_GPU_MEMORY)
     _check_fits_local_ray(resources, args, space)
     _check_memory(space, resources, args)
     _check_pretrained_files(space)

@@ -22,7 +22,7 @@ from tune_looped import extend
 from tune_looped.cluster import MIN_FREE_BYTES, check_storage, full_filesystems, is_uri, start_ray, warn, \
     warn_if_local_storage_on_cluster
 from tune_looped.inputs import (DEFAULT_STORAGE, Options, Plan, check_experiment, check_seeds, experiment_location,
-                                resolve, wandb_settings)
+                                resolve, resolve_gpu_share, wandb_settings)
 from tune_looped.lock import ExperimentLock
 from tune_looped.space import Space
 from tune_looped.state import StateKeeper, apply_repair
@@ -172,6 +172,7 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
         os.environ.setdefault("WANDB_API_KEY", space.secrets["wandb.key"])
     context = start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                         dashboard_host=args.dashboard_host)
+    resources = resolve_gpu_share(space, resources)
     session = Path(context.address_info["session_dir"])
     written_to = {"the storage": Path(storage), "the temporary folder": Path(tempfile.gettempdir()),
                   "Ray's folder": session.parent}

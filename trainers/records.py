@@ -81,6 +81,12 @@ class PlannedTrial(_Record):
     def _legacy(cls, raw):
         return _renamed(raw, "experiments", "hypotheses")
 
+    def key(self) -> str:
+        """What makes two entries the same trial asked for: the hypotheses (in any order) and the values, numbers
+        by value (55 from one file is 55.0 from another)."""
+        values = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in self.values.items()}
+        return json.dumps([sorted(self.hypotheses), values], sort_keys=True, default=str)
+
 
 # an experiment's first Tune run is at its root; each `--extend` is a Tune experiment of its own in a folder
 # `extend-N` beside the first run's trial folders (Tune keeps one experiment's state at that experiment's root)

@@ -23,8 +23,8 @@ from pathlib import Path
 import yaml
 
 from trainers.dotted import first_difference, get_dotted
-from trainers.records import (ERROR, INCOMPLETE, EXTENSION_PREFIX, SEED_KEY, SPACE_RECORD, PlannedTrial, RecordError, RunRecord,
-                              SpaceRecord, TrialRecord, read_trial_record, write_trial_record)
+from trainers.records import (ERROR, EXTENSION_PREFIX, INCOMPLETE, SEED_KEY, SPACE_RECORD, PlannedTrial, RecordError,
+                              RunRecord, SpaceRecord, TrialRecord, read_trial_record, write_trial_record)
 from tune_looped.space import Space, SpaceError, space_record, trial_config
 from tune_looped.state import set_aside
 from tune_looped.tables import against_space, folder_row, trial_folders
@@ -85,8 +85,8 @@ def plan(experiment_dir: Path, space: Space, saved: SpaceRecord, quick: bool) ->
     if len(runs) > 1 and not saved_state(experiment_dir / runs[-1].folder):
         # the last extension stopped before Tune first saved its state: it starts again, in the same folder
         stale, runs = runs[-1], runs[:-1]
-        dropped = {_key(t) for t in stale.trials}
-        saved = saved.model_copy(update={"trials": [t for t in saved.trials if _key(t) not in dropped],
+        dropped = {t.key() for t in stale.trials}
+        saved = saved.model_copy(update={"trials": [t for t in saved.trials if t.key() not in dropped],
                                          "runs": runs})
     keys = sorted({k for t in (*saved.trials, *space.trials) for k in t.values})
     new_by_identity = {_identity(space.base, t): t for t in space.trials}
@@ -101,8 +101,8 @@ def plan(experiment_dir: Path, space: Space, saved: SpaceRecord, quick: bool) ->
                   for identity, t in new_by_identity.items() if identity not in seen)
     declared = {h.name: h for h in saved.hypotheses} | {h.name: h for h in space.hypotheses}
     # the earlier runs' trials as the record now tags and completes them
-    renamed = {_key(old): new for old, new in zip(saved.trials, merged)}
-    runs = [run.model_copy(update={"trials": [renamed.get(_key(t), t) for t in run.trials]}) for run in runs]
+    renamed = {old.key(): new for old, new in zip(saved.trials, merged)}
+    runs = [run.model_copy(update={"trials": [renamed.get(t.key(), t) for t in run.trials]}) for run in runs]
     folder = f"{EXTENSION_PREFIX}{len(runs)}"
     if added:
         runs = [*runs, RunRecord(folder=folder, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trials=list(added))]
@@ -118,7 +118,7 @@ def plan(experiment_dir: Path, space: Space, saved: SpaceRecord, quick: bool) ->
 def _retags(experiment_dir: Path, saved: SpaceRecord, merged: list[PlannedTrial],
             space: Space) -> tuple[tuple[Path, TrialRecord], ...]:
     """The trial folders whose record must name a hypothesis or a key the extension adds to their trial."""
-    planned = {_key(old): new for old, new in zip(saved.trials, merged)}
+    planned = {old.key(): new for old, new in zip(saved.trials, merged)}
     out = []
     for folder in trial_folders(experiment_dir):
         try:
@@ -126,17 +126,13 @@ def _retags(experiment_dir: Path, saved: SpaceRecord, merged: list[PlannedTrial]
         except RecordError:
             continue
         grid = {k: v for k, v in record.values.items() if k not in space.sample}
-        new = planned.get(_key(PlannedTrial(hypotheses=record.hypotheses, values=grid)))
+        new = planned.get(PlannedTrial(hypotheses=record.hypotheses, values=grid).key())
         if new is None:
             continue
         values = {**new.values, **record.values}
         if tuple(new.hypotheses) != tuple(record.hypotheses) or values != record.values:
             out.append((folder, record.model_copy(update={"hypotheses": new.hypotheses, "values": values})))
     return tuple(out)
-
-
-def _key(trial: PlannedTrial) -> str:
-    return json.dumps([sorted(trial.hypotheses), trial.values], sort_keys=True, default=str)
 
 
 def saved_state(run_dir: Path) -> bool:

@@ -7,7 +7,6 @@ give them; `resolve` turns them and the space file into the space to run, its re
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,8 +259,8 @@ def check_resumable(experiment_dir: Path, space: Space, quick: bool, rebuild: bo
     # The current record goes through YAML as the saved one did, so that tuples and lists compare equal.
     current = SpaceRecord.model_validate(yaml.safe_load(yaml.safe_dump(space_record(space, quick).model_dump())))
     key = first_difference(_resume_relevant(saved), _resume_relevant(current))
-    recorded = {_trial_key(t) for t in saved.trials}
-    if key is None and not all(_trial_key(t) in recorded for t in current.trials):
+    recorded = {t.key() for t in saved.trials}
+    if key is None and not all(t.key() in recorded for t in current.trials):
         key = "trials"
     if key:
         raise SpaceError(f"--resume: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; resume "
@@ -277,10 +276,6 @@ def _read_record(experiment_dir: Path, flag: str) -> SpaceRecord:
     except RecordError:
         raise SpaceError(f"{flag}: {experiment_dir / SPACE_RECORD} is not the space record the runner writes"
                          ) from None
-
-
-def _trial_key(trial) -> str:
-    return json.dumps([sorted(trial.hypotheses), trial.values], sort_keys=True, default=str)
 
 
 def _resume_relevant(record: SpaceRecord) -> dict:

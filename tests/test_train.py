@@ -393,13 +393,12 @@ def test_onednn_auto_keeps_the_faster_library_logs_it_and_trains_as_that_one_doe
 
 
 def test_a_resumed_run_keeps_the_library_its_checkpoint_records(tmp_path, tiny_raw, capsys):
-    config = _config(tiny_raw, training__onednn_linear="auto", training__train_steps=40)
+    config = _config(tiny_raw, training__onednn_linear="auto", training__train_steps=40,
+                     training__keep_every_steps=20)
     train(config, out_dir=tmp_path / "whole")
-    first = latest_checkpoint(tmp_path / "whole")
-    chosen = load_checkpoint(first)["onednn_linear"]
+    chosen = load_checkpoint(latest_checkpoint(tmp_path / "whole"))["onednn_linear"]
     capsys.readouterr()
-    half = _config(tiny_raw, training__onednn_linear="auto", training__train_steps=40)
-    train(half, out_dir=tmp_path / "resumed", resume_from=tmp_path / "whole" / "checkpoints" / "step_000020")
+    train(config, out_dir=tmp_path / "resumed", resume_from=tmp_path / "whole" / "checkpoints" / "step_000020")
     assert "training.onednn_linear auto" not in capsys.readouterr().out
     assert load_checkpoint(latest_checkpoint(tmp_path / "resumed"))["onednn_linear"] is chosen
     whole, resumed = _params(tmp_path / "whole"), _params(tmp_path / "resumed")

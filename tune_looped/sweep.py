@@ -114,8 +114,8 @@ def _fit_stopping_on_sigterm(tuner):
         signal.signal(signal.SIGTERM, previous)
 
 
-def _build_tuner(space: Space, resources, name: str, storage: str, args: Options, run_dir: Path, restore: bool):
-    """The Tuner of one Tune run of the experiment: restored from `run_dir`, or new there (`name` in `storage`)."""
+def _build_tuner(space: Space, resources, name: str, storage: str, args: Options, restore: bool):
+    """The Tuner of one Tune run of the experiment, the Tune experiment `name` in `storage`: restored, or new."""
     from ray import tune
 
     from tune_looped.trainable import run_trial
@@ -130,11 +130,12 @@ def _build_tuner(space: Space, resources, name: str, storage: str, args: Options
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=space.base, wandb_settings=wandb_settings(space, args),
-                             results_dir=None if is_uri(storage) else str(run_dir)),
+                             results_dir=None if is_uri(storage) else str(Path(storage) / name)),
         resources=resources,
     )
     if restore:
-        return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(experiment_location(storage, name), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
     return tune.Tuner(
         trainable,
         param_space=param_space(space),
@@ -152,14 +153,16 @@ def _build_tuner(space: Space, resources, name: str, storage: str, args: Options
 
 
 def _tune_runs(plan: Plan, name: str, storage: str):
-    """(folder, Tune name, Tune storage, restore?, space) of each Tune run the plan makes, in order."""
+    """(folder, Tune experiment name, the storage it is in, restore?, space) of each Tune run the plan makes, in
+    order: the first run is the experiment `name` in `storage`, an extension `extend-N` inside the experiment."""
+    inside = experiment_location(storage, name)
     for folder in plan.restore:
-        yield folder, None, None, True, plan.space
-    if plan.start is not None:
-        if plan.start == FIRST_RUN:
-            yield FIRST_RUN, name, storage, False, plan.start_space
-        else:
-            yield plan.start, plan.start, experiment_location(storage, name), False, plan.start_space
+        yield (folder, name, storage, True, plan.space) if folder == FIRST_RUN else (folder, folder, inside, True,
+                                                                                     plan.space)
+    if plan.start == FIRST_RUN:
+        yield FIRST_RUN, name, storage, False, plan.start_space
+    elif plan.start is not None:
+        yield plan.start, plan.start, inside, False, plan.start_space
 
 
 def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, experiment_dir: Path) -> Sweep:
@@ -188,7 +191,7 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
             extend.set_aside_stale(plan.extension, experiment_dir)
         for folder, tune_name, tune_storage, restore, trials in _tune_runs(plan, name, storage):
             run_dir = experiment_dir / folder
-            tuner = _build_tuner(trials, resources, tune_name, tune_storage, args, run_dir, restore)
+            tuner = _build_tuner(trials, resources, tune_name, tune_storage, args, restore)
             # the record and the retags once the new run's Tuner was built (a Tune run refused at its start leaves
             # them as they were), or before the restores when there is no new run: earlier runs resume as recorded
             if to_write and (not restore or plan.start is None):

@@ -157,8 +157,8 @@ def _tune_runs(plan: Plan, name: str, storage: str):
     order: the first run is the experiment `name` in `storage`, an extension `extend-N` inside the experiment."""
     inside = experiment_location(storage, name)
     for folder in plan.restore:
-        yield (folder, name, storage, True, plan.space) if folder == FIRST_RUN else (folder, folder, inside, True,
-                                                                                     plan.space)
+        tune_name, parent = (name, storage) if folder == FIRST_RUN else (folder, inside)
+        yield folder, tune_name, parent, True, plan.space
     if plan.start == FIRST_RUN:
         yield FIRST_RUN, name, storage, False, plan.start_space
     elif plan.start is not None:

@@ -175,12 +175,12 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
         os.environ.setdefault("WANDB_API_KEY", space.secrets["wandb.key"])
     context = start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                         dashboard_host=args.dashboard_host)
-    resources = resolve_gpu_share(space, resources)
     session = Path(context.address_info["session_dir"])
     written_to = {"the storage": Path(storage), "the temporary folder": Path(tempfile.gettempdir()),
                   "Ray's folder": session.parent}
     failure, results, last, to_write = None, [], [], plan.write_record
     try:
+        resources = resolve_gpu_share(space, resources)
         warn_if_local_storage_on_cluster(storage)
         if plan.rebuild is not None:
             aside = plan.rebuild.set_aside(experiment_dir)

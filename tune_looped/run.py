@@ -12,6 +12,7 @@ import shlex
 import sys
 
 from trainers.cli import OneLineArgumentParser
+from trainers.config import MAX_SEED
 from tune_looped.inputs import (DEFAULT_DASHBOARD_HOST, DEFAULT_MAX_FAILURES, DEFAULT_STORAGE, WANDB_MODES, Options,
                                 check_seeds, extension_trials, resolve)
 from tune_looped.cost import calibrate, cost, stated
@@ -58,11 +59,14 @@ def parse_args(argv):
 
 def _seed_list(text: str) -> list[int]:
     try:
-        return check_seeds([int(part) for part in text.split(",")])
+        seeds = [int(part) for part in text.split(",")]
+        return check_seeds(seeds)
     except ValueError as err:
-        message = str(err).removeprefix("--seeds: ") if isinstance(err, SpaceError) else \
-            f"expected distinct integers separated by commas, like 0,1,2, got {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
+        # the command line's own words: the text as typed, not the list it became
+        out_of_range = isinstance(err, SpaceError) and "from 0 to" in str(err)
+        raise argparse.ArgumentTypeError(
+            f"expected seeds from 0 to 2**64 - 1 ({MAX_SEED}), got {text!r}" if out_of_range else
+            f"expected distinct integers separated by commas, like 0,1,2, got {text!r}") from None
 
 
 def options(args: argparse.Namespace) -> Options:

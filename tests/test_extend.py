@@ -126,8 +126,8 @@ def test_extend_with_a_new_grid_value_and_a_new_hypothesis(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_an_interrupted_extension_resumes(tmp_path):
-    base = apply_overrides(TINY_BASE, {"training.train_steps": 600, "training.save_every_steps": 50,
-                                       "wandb.log_every_steps": 50})
+    base = apply_overrides(TINY_BASE, {"training.train_steps": 300, "training.save_every_steps": 25,
+                                       "wandb.log_every_steps": 25})
     space = write_space(tmp_path / "space.yaml", [{"name": "s", "grid": {"model.n_layer": [1]}}], base, seeds=[0])
     storage = tmp_path / "r"
     assert main(command(space, storage, "--no-report", "--max-concurrent", "1")) == 0
@@ -144,7 +144,7 @@ def test_an_interrupted_extension_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "3 finished" in resumed.stdout
     assert len(trial_folders(experiment / "extend-1")) == 2
-    assert all(rows(f)[-1]["step"] == 599 for f in trial_folders(experiment))
+    assert all(rows(f)[-1]["step"] == 299 for f in trial_folders(experiment))
     after = files_of(experiment)
     assert {path: after[path] for path in first} == first
 

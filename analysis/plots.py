@@ -16,12 +16,13 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from analysis.answers import answers
 from analysis.evaluation import EVALUATION_FILE, aggregate_evaluation
 from analysis.experiment import read_trials, space_record
 from analysis.frames import aggregate_seeds, frames_of
-from analysis.ranking import final_errors, least_squares_last, variant_frame
-from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
-from analysis.verdict import Hypothesis, Verdict, hypotheses_of, judge, predict_zero_level
+from analysis.ranking import least_squares_last
+from analysis.variants import Variants, of_hypothesis
+from analysis.verdict import Hypothesis, Verdict, hypotheses_of, predict_zero_level
 from trainers.atomic import replacing
 
 PLOTS_DIR = "plots"
@@ -67,23 +68,19 @@ def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
     """`progress`: called once per figure (FIGURES_PER_HYPOTHESIS a hypothesis, drawn or left out for no data).
     `declared`: the space's hypotheses, whose verdicts the forest plots draw."""
     written = []
-    errors, _ = final_errors(summary, evaluation)
     least_squares = least_squares_last(evaluation)
-    for hypothesis in hypotheses(summary):
-        own_errors = of_hypothesis(errors, hypothesis)
-        variants = variants_of(of_hypothesis(summary, hypothesis), hypothesis)
+    for answer in answers(summary, evaluation, declared).items:
+        hypothesis, variants = answer.hypothesis, answer.variants
         own_curves = of_hypothesis(curves, hypothesis)
         own_evaluation = of_hypothesis(evaluation, hypothesis) if evaluation is not None else None
-        predict_zero = predict_zero_level(own_errors)
-        declaration = (declared or {}).get(hypothesis)
-        verdict = judge(own_errors, variants, declaration) if declaration is not None and declaration.expect else None
+        predict_zero = predict_zero_level(answer.trials)
         figures = {
             "loss": loss_figure(own_curves, variants, zoom=False),
             "loss_zoom": loss_figure(own_curves, variants, zoom=True),
             "error_vs_k": _error_vs_k_figure(own_evaluation, variants, predict_zero),
             "error_vs_loop": _error_vs_loop_figure(own_evaluation, variants),
-            "cost": _cost_figure(variant_frame(own_errors, variants), variants, least_squares, predict_zero),
-            "differences": _differences_figure(verdict, variants),
+            "cost": _cost_figure(answer.ranking, variants, least_squares, predict_zero),
+            "differences": _differences_figure(answer.verdict, variants),
         }
         for kind, figure in figures.items():
             if figure is not None:

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.answers import answers
 from analysis.evaluation import aggregate_evaluation
 from analysis.experiment import read_trials, space_record
 from analysis.frames import config_columns, frames_of
 from analysis.plots import PLOTS_DIR, plot_path, read_evaluation
-from analysis.ranking import final_errors, least_squares_last, ranked, variant_frame
+from analysis.ranking import least_squares_last
 from analysis.significance import POWER
-from analysis.variants import Variants, hypotheses, of_hypothesis, variants_of
+from analysis.variants import Variants, of_hypothesis
 from analysis.verdict import (DID_NOT_LEARN, RULE, TREND_RULE, UNCLEAR, Hypothesis, TrendTest,
-                              describe_reference, hypotheses_of, judge, predict_zero_level, trend_test)
+                              describe_reference, hypotheses_of, predict_zero_level)
 from trainers import atomic
 from trainers.records import SEED_KEY, STOPPED_EARLY, SpaceRecord, short_key
 from trainers.table import format_number, render
@@ -71,30 +72,27 @@ def write_report(path: Path, title: str, summary: pd.DataFrame, evaluation: pd.D
 def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
                   declared: dict[str, Hypothesis], questions: dict[str, str] | None = None) -> str:
     statuses = ", ".join(f"{count} {status}" for status, count in summary["status"].value_counts().items())
-    errors, source = final_errors(summary, evaluation)
+    found = answers(summary, evaluation, declared)
     lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}; {_seed_range(summary)} per configuration.", "",
              "**How to read it.** Variants are ranked by their final error at the last position, measured on "
-             f"{source}: squared error / the task's normaliser, on which predicting 0 scores the `predict 0` row "
-             "of each ranking (E[y^2] / normaliser: 1 for the normalised tasks, d for relu_2nn_regression); mean "
+             f"{found.source}: squared error / the task's normaliser, on which predicting 0 scores the `predict 0` "
+             "row of each ranking (E[y^2] / normaliser: 1 for the normalised tasks, d for relu_2nn_regression); mean "
              "over seeds with the bootstrap 5-95% band over seeds. Only finished trials count: the cost table's "
              f"status says where the others stopped. A variant at >= {DID_NOT_LEARN:g} x predict-0's error on every "
              "seed **did not learn**: it is marked, not ranked.", "", f"**The verdict's rule.** {RULE}", ""]
     if any(h.trend is not None for h in declared.values()):
         lines += [f"**The trend's rule.** {TREND_RULE}", ""]
-    for hypothesis in hypotheses(summary):
-        own = of_hypothesis(errors, hypothesis)
-        variants = variants_of(own, hypothesis)
+    for answer in found.items:
+        hypothesis, verdict = answer.hypothesis, answer.verdict
         lines += ["", f"## {hypothesis}", "", f"**Question.** {question(hypothesis, questions or {})}", ""]
-        declaration = declared.get(hypothesis)
-        verdict = judge(own, variants, declaration) if declaration is not None and declaration.expect else None
-        lines += _verdict_lines(verdict, declaration)
-        lines += _trend_lines(trend_test(own, variants, declaration) if declaration is not None else None)
-        frame = ranked(variant_frame(own, variants))
-        lines += (_ranking_table(frame, verdict, _reference_rows(evaluation, predict_zero_level(own)))
-                  + _stopped_early_table(own, variants) + _cost_table(frame))
+        lines += _verdict_lines(verdict, answer.declaration)
+        lines += _trend_lines(answer.trend)
+        references = _reference_rows(evaluation, predict_zero_level(answer.trials))
+        lines += (_ranking_table(answer.ranking, verdict, references)
+                  + _stopped_early_table(answer.trials, answer.variants) + _cost_table(answer.ranking))
         lines += _figure_links(hypothesis, plots_dir, report_dir)
         if evaluation is not None:
-            lines += _evaluation_section(of_hypothesis(evaluation, hypothesis), variants)
+            lines += _evaluation_section(of_hypothesis(evaluation, hypothesis), answer.variants)
     return "\n".join(lines) + "\n"
 
 

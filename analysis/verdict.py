@@ -155,7 +155,7 @@ def decide(variant, reference, aligned, expect: str, smallest) -> Decision:
     return Decision(words, outcomes, tests, judged)
 
 
-def _reference_label(variants: Variants, settings: dict, hypothesis: Hypothesis) -> str:
+def reference_label(variants: Variants, settings: dict, hypothesis: Hypothesis) -> str:
     """The label of the variant with the hypothesis's reference values and `settings`' other values."""
     return variants.label({**settings, **{k: v for k, v in hypothesis.reference.items() if k in variants.keys}})
 
@@ -205,7 +205,7 @@ def judge(errors: pd.DataFrame, variants: Variants, hypothesis: Hypothesis, *,
     smallest = smallest_effect * predict_zero_level(errors)
     compared, pairs, missing = [], [], set()
     for label in (label for label in variants.labels if label in settings):
-        reference = _reference_label(variants, settings[label], hypothesis)
+        reference = reference_label(variants, settings[label], hypothesis)
         if reference == label:
             continue
         values_r = _seed_values(trials.get(reference, errors.iloc[:0]))

@@ -1,5 +1,6 @@
 """`python -m analysis export|evaluate|plot|report|all EXPERIMENT_DIR`: the analysis from the shell;
-`python -m analysis compare DIR_A DIR_B [...]`: several experiments' shared hypotheses side by side.
+`python -m analysis compare DIR_A DIR_B [...]`: several experiments' shared hypotheses side by side;
+`python -m analysis wandb EXPERIMENT_DIR`: its answers (tables, figures, REPORT.md) to a W&B analysis run.
 
 A directory that is missing or holds no trials gives one line on stderr and exit status 2, and nothing is
 written.
@@ -12,11 +13,13 @@ from pathlib import Path
 
 from analysis.compare import compare
 from analysis.evaluation import EVALUATION_FILE, N_PROMPTS, evaluate_experiment
-from analysis.experiment import AnalysisError
+from analysis.experiment import AnalysisError, space_record
 from analysis.pipeline import FORMATS, export_frames, run_all
 from analysis.plots import plot_experiment
 from analysis.report import report_experiment
+from analysis.wandb_results import log_results, recorded_settings
 from trainers.cli import OneLineArgumentParser
+from trainers.wandb_log import WANDB_MODES
 
 
 def parser() -> OneLineArgumentParser:
@@ -39,10 +42,16 @@ def parser() -> OneLineArgumentParser:
     command.add_argument("experiment_dirs", nargs="+", metavar="experiment_dir", help="two experiment directories "
                                                                                     "or more")
     command.add_argument("--out", default="comparison", help="write here (default: ./%(default)s)")
+    command = commands.add_parser("wandb", help="log the answers of an analysed experiment to a W&B analysis run")
+    command.add_argument("experiment_dir", help="the experiment directory, after `all`")
+    command.add_argument("--mode", choices=WANDB_MODES, help="default: the space's, else online when wandb has a key")
     return cli
 
 
 def run(args) -> list:
+    if args.command == "wandb":
+        offline = log_results(args.experiment_dir, recorded_settings(space_record(args.experiment_dir), args.mode))
+        return [offline] if offline else []
     if args.command == "compare":
         written = compare(args.experiment_dirs, args.out)
         return [written["comparison"], written["report"], *written["plots"]]

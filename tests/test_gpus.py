@@ -1,11 +1,13 @@
 """`resources.gpu: auto`: the research-scale spaces take a share of each GPU from the trials' estimated memory, or
 warn with the projected CPU time; an explicit share wins. Checked on CPU, with Ray told it has a GPU."""
+import glob
 import re
 
 import pytest
 
 from helpers.sweeps import TINY_BASE, TrialEvents, rows, trial_dirs, write_space
 from trainers.config import apply_overrides
+from trainers.wandb_log import offline_runs
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, CPU_FLOPS, cpu_hours, gpu_share, trial_memory
 from tune_looped.run import main
 from tune_looped.space import load_space, trial_config
@@ -83,23 +85,34 @@ def test_auto_packs_trials_onto_a_gpu_ray_is_told_of(tmp_path, capsys, monkeypat
 
 
 @pytest.mark.slow
-def test_auto_counts_the_gpus_of_the_cluster_not_of_its_cpu_only_head(tmp_path, capsys):
-    """A head node without GPUs and a worker node with a logical GPU: the trials get a share of the worker's."""
+def test_auto_counts_the_gpus_of_the_cluster_not_of_its_cpu_only_head(tmp_path, capsys, monkeypatch):
+    """A head node without GPUs and a worker node with a logical GPU: the trials get a share of the worker's. With
+    W&B offline, each trial's run is in its folder of the (shared) storage, where the sync line finds it, beside
+    the analysis run."""
     from ray.cluster_utils import Cluster
 
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no netrc: offline
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     try:
         worker = cluster.add_node(num_cpus=2, num_gpus=1)
         cluster.wait_for_nodes()
-        base = apply_overrides(TINY_BASE, {"training.train_steps": 40})
+        base = apply_overrides(TINY_BASE, {"training.train_steps": 40, "training.eval_prompts": 16})
         space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1]}}], base,
                             resources={"cpu": 1, "gpu": "auto"})
         rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--address",
-                   cluster.address, "--no-report"])
+                   cluster.address, "--wandb"])
     finally:
         cluster.shutdown()
     assert rc == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "resources.gpu auto: each trial gets 0.125 of a GPU" in err and "of its 24 GiB" in err
-    trials = trial_dirs(tmp_path / "r" / "g")
+    experiment = tmp_path / "r" / "g"
+    trials = trial_dirs(experiment)
     assert len(trials) == 2 and {rows(t)[-1]["node_id"] for t in trials} == {worker.node_id}
+    for trial in trials:
+        assert [run.name.rsplit("-", 1)[1] for run in offline_runs(trial)] == [rows(trial)[-1]["trial_id"]]
+    patterns = re.search(r"W&B: 3 offline runs; upload them with:\n  wandb sync (.+)", out).group(1).split()
+    named = sorted(path for pattern in patterns for path in glob.glob(pattern))
+    assert named == sorted(str(run) for run in offline_runs(experiment) + [r for t in trials for r in offline_runs(t)])
+    assert [run.name.endswith("-g-analysis") for run in offline_runs(experiment)] == [True]

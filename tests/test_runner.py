@@ -19,6 +19,7 @@ from helpers.sweeps import TINY_BASE, TrialEvents, finish, record, rows, start_s
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
 from trainers.training import train
+from trainers.wandb_log import offline_runs
 from tune_looped.run import main
 
 pytestmark = pytest.mark.slow  # every test here runs a sweep on a real Ray
@@ -211,6 +212,22 @@ def test_wandb_key_reaches_the_workers_and_never_a_file(tmp_path, monkeypatch):
                 scanned += 1
                 assert key.encode() not in path.read_bytes(), path
     assert scanned > 20
+
+
+def test_on_a_uri_storage_tune_uploads_each_trials_offline_run_into_its_folder(tmp_path, monkeypatch, capsys):
+    """The trial's working directory, where its W&B run is written, is uploaded (`sync_artifacts`): on a cluster
+    with a URI storage, a run written on a worker node is not left behind there."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    space = write_space(tmp_path / "space.yaml", [{"name": "u", "grid": {"training.seed": [0]}}],
+                        apply_overrides(TINY_BASE, {"training.train_steps": 40}))
+    rc = main(["--space", str(space), "--storage", f"file://{tmp_path / 'r'}", "--name", "u", "--num-cpus", "2",
+               "--wandb", "--wandb-mode", "offline", "--no-report"])
+    assert rc == 0, capsys.readouterr().err
+    (trial,) = trial_dirs(tmp_path / "r" / "u")
+    runs = offline_runs(trial)
+    assert [run.name.rsplit("-", 1)[1] for run in runs] == [rows(trial)[-1]["trial_id"]]
+    assert (runs[0] / f"run-{rows(trial)[-1]['trial_id']}.wandb").stat().st_size > 0
 
 
 def test_asha_stops_trials_early_and_the_report_ranks_only_full_runs(tmp_path, capsys):

@@ -64,13 +64,22 @@ class Capture:
 
 
 @pytest.fixture
-def init(monkeypatch, tmp_path):
-    """wandb.init captured; no key in the environment or in a netrc, so `auto` means offline."""
+def home(monkeypatch, tmp_path):
+    """No key in the environment, a netrc or a settings file, and wandb's default server: `auto` means offline.
+    wandb keeps its settings and the credentials it found for the process, so they are dropped around each test."""
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_CONFIG_DIR", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    wandb.teardown()
+    yield tmp_path
+    wandb.teardown()
+
+
+@pytest.fixture
+def init(monkeypatch, home):
+    """wandb.init captured."""
     capture = Capture()
     monkeypatch.setattr(wandb, "init", capture)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("NETRC", raising=False)
     return capture
 
 
@@ -139,21 +148,54 @@ def test_settings_without_a_mode_mean_auto(init, tmp_path, monkeypatch):
     assert init.kwargs["mode"] == "online"
 
 
-def test_a_netrc_for_another_host_is_no_key(init, tmp_path):
-    (tmp_path / ".netrc").write_text("machine example.com\n  login user\n  password secret\n")
-    (tmp_path / ".netrc").chmod(0o600)
-    assert not key_available() and resolve_mode("auto") == "offline"
+SELF_HOSTED = "https://wandb.example.com"
+
+
+def write_netrc(home, host: str) -> None:
+    (home / ".netrc").write_text(f"machine {host}\n  login user\n  password {'p' * 40}\n")
+    (home / ".netrc").chmod(0o600)
+
+
+@pytest.mark.parametrize("netrc_host, base_url, settings_file, has_key", [
+    ("example.com", None, None, False),  # a netrc entry for another host is no key
+    ("wandb.example.com", None, None, False),  # a self-hosted server's key, but wandb points at its default
+    ("wandb.example.com", SELF_HOSTED, None, True),  # WANDB_BASE_URL names the server whose key the netrc holds
+    ("wandb.example.com", None, SELF_HOSTED, True),  # so does the settings file
+    ("api.wandb.ai", SELF_HOSTED, None, False),  # the public host's key is not the self-hosted server's
+], ids=["other-host", "self-hosted-key-default-server", "base-url", "settings-file", "public-key-self-hosted"])
+def test_wandb_decides_what_a_configured_key_means(home, monkeypatch, netrc_host, base_url, settings_file, has_key):
+    write_netrc(home, netrc_host)
+    if base_url:
+        monkeypatch.setenv("WANDB_BASE_URL", base_url)
+    if settings_file:
+        (home / ".config" / "wandb").mkdir(parents=True)
+        (home / ".config" / "wandb" / "settings").write_text(f"[default]\nbase_url = {settings_file}\n")
+    assert key_available() == has_key
+    assert resolve_mode("auto") == ("online" if has_key else "offline")
+
+
+@pytest.mark.parametrize("where", ["environment", "settings file"])
+def test_the_wandb_library_sees_the_configured_host(home, monkeypatch, where):
+    """A real (offline) run: wandb itself reads the host from WANDB_BASE_URL or its settings file."""
+    if where == "environment":
+        monkeypatch.setenv("WANDB_BASE_URL", SELF_HOSTED)
+    else:
+        (home / ".config" / "wandb").mkdir(parents=True)
+        (home / ".config" / "wandb" / "settings").write_text(f"[default]\nbase_url = {SELF_HOSTED}\n")
+    run = WandbRun(config_of(), {}, ("e",), {"mode": "offline"}, str(home), run_id="host")
+    try:
+        assert run.run.settings.base_url == SELF_HOSTED
+    finally:
+        run.finish()
 
 
 def test_an_offline_retry_replaces_the_earlier_run_and_replays_the_checkpoint_rows(init, tmp_path):
     (tmp_path / "wandb" / "offline-run-20260101_000000-t1").mkdir(parents=True)
+    (tmp_path / "wandb" / "offline-run-20260101_000001-t1").mkdir()
     (tmp_path / "wandb" / "offline-run-20260101_000000-t2").mkdir()  # another trial's run stays
-    (tmp_path / "results" / "wandb" / "offline-run-20260101_000001-t1").mkdir(parents=True)
     rows = [{"step": 0, "overall_loss": 1.0}, {"step": 10, "overall_loss": 0.5}]
-    WandbRun(config_of(), {}, ("e",), {"mode": "offline"}, str(tmp_path), run_id="t1", history=rows,
-             copies=(tmp_path / "results",))
+    WandbRun(config_of(), {}, ("e",), {"mode": "offline"}, str(tmp_path), run_id="t1", history=rows)
     assert [p.name for p in (tmp_path / "wandb").iterdir()] == ["offline-run-20260101_000000-t2"]
-    assert not list((tmp_path / "results" / "wandb").iterdir())
     assert init.logged == [(rows[0], 0), (rows[1], 10)]
 
 

@@ -21,6 +21,7 @@ from trainers.dotted import first_difference, set_dotted
 from trainers.names import NAME_RULE, is_folder_name
 from trainers.records import (FIRST_RUN, SEED_KEY, SPACE_RECORD, RecordError, RunRecord, SpaceRecord, read_space_record,
                               variant_label)
+from trainers.wandb_log import WANDB_MODES, merged_settings
 from tune_looped import extend
 from tune_looped.cluster import check_address, check_dashboard_host, is_uri, warn
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, auto_share, cluster_gpus, trial_memory
@@ -38,7 +39,6 @@ ABSURD_MEMORY = 10
 DEFAULT_STORAGE = "~/ray_results"
 DEFAULT_MAX_FAILURES = 2
 DEFAULT_DASHBOARD_HOST = "127.0.0.1"
-WANDB_MODES = ("online", "offline")
 
 
 @dataclass(frozen=True)
@@ -288,16 +288,12 @@ def _resume_relevant(record: SpaceRecord) -> dict:
 def wandb_settings(space, args) -> dict | None:
     """The trials' W&B settings, or None when W&B is off: the base config's `wandb:` section, then the space's
     `wandb:` block, then the flags, each over the one before."""
-    config = trial_config(space.base, {}, f"{space.path}: base").wandb
-    settings = {key: getattr(config, key) for key in ("enabled", "mode", "project", "entity", "group")
-                if getattr(config, key) is not None}
-    settings.update(space.wandb)
+    settings = merged_settings(trial_config(space.base, {}, f"{space.path}: base").wandb, space.wandb, space.name)
     enabled = settings.pop("enabled")
     if not (args.wandb or enabled):
         return None
     if args.wandb_mode:
         settings["mode"] = args.wandb_mode
-    settings.setdefault("group", space.name)
     return settings
 
 

@@ -13,8 +13,9 @@ import sys
 
 from trainers.cli import OneLineArgumentParser
 from trainers.config import MAX_SEED
-from tune_looped.inputs import (DEFAULT_DASHBOARD_HOST, DEFAULT_MAX_FAILURES, DEFAULT_STORAGE, WANDB_MODES, Options,
-                                check_seeds, extension_trials, resolve)
+from trainers.wandb_log import WANDB_MODES
+from tune_looped.inputs import (DEFAULT_DASHBOARD_HOST, DEFAULT_MAX_FAILURES, DEFAULT_STORAGE, Options, check_seeds,
+                                extension_trials, resolve)
 from tune_looped.cost import calibrate, cost, stated
 from tune_looped.space import GPU_AUTO, Space, SpaceError, parse_set, run_order, trial_config
 from tune_looped.sweep import DISK_FULL, FAILED, INTERRUPTED, MISSING, SweepError, sweep

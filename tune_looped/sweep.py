@@ -93,7 +93,8 @@ def sweep(args: Options) -> Sweep:
 
 
 def _print_wandb_sync(experiment_dir: Path) -> None:
-    patterns = [p for p in ("*/wandb/offline-run-*", f"{EXTENSION_PREFIX}*/*/wandb/offline-run-*")
+    # the analysis run, the first Tune run's trials, each extension's trials
+    patterns = [p for p in ("wandb/offline-run-*", "*/wandb/offline-run-*", f"{EXTENSION_PREFIX}*/*/wandb/offline-run-*")
                 if any(experiment_dir.glob(p))]
     if patterns:
         count = sum(1 for p in patterns for _ in experiment_dir.glob(p))
@@ -128,8 +129,9 @@ def _build_tuner(space: Space, resources, name: str, storage: str, args: Options
     from tune_looped.trials import TrialRecorder
     from tune_looped.tune_space import make_scheduler, param_space
 
+    logging = wandb_settings(space, args)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=space.base, wandb_settings=wandb_settings(space, args),
+        tune.with_parameters(run_trial, base=space.base, wandb_settings=logging,
                              results_dir=None if is_uri(storage) else str(Path(storage) / name)),
         resources=resources,
     )
@@ -146,6 +148,8 @@ def _build_tuner(space: Space, resources, name: str, storage: str, args: Options
         run_config=tune.RunConfig(
             name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2), progress_reporter=LiveTable(space), verbose=1,
+            # on a URI storage the trials' offline W&B runs are in their working directories, which this uploads
+            sync_config=tune.SyncConfig(sync_artifacts=bool(logging) and is_uri(storage)),
             # Tune keeps the run config in tuner.pkl, so a resumed sweep records its trials too
             callbacks=[TrialRecorder()],
         ),
@@ -225,25 +229,44 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
                          f"{MIN_FREE_BYTES // 2**20} MiB free there for its checkpoints and results; free some space, "
                          "then resume", 1, outcome)
     unasked, missing = print_summary(rows, experiment_dir, plan.record)
-    _print_wandb_sync(experiment_dir)
     if any(r["status"] == INCOMPLETE for r in rows):
+        _print_wandb_sync(experiment_dir)
         raise SweepError(INTERRUPTED, "interrupted", 130, outcome)
     if unasked or missing:
+        _print_wandb_sync(experiment_dir)
         # an analysis of other trials than those asked for would answer another question
         raise SweepError(MISSING if missing else NOT_ASKED,
                          f"the trials that ran are not those {SPACE_RECORD} asks for (above); no report is written", 1,
                          outcome)
     if args.report:
-        from analysis import run_all
-
-        written = run_all(experiment_dir)
-        plots = written.pop("plots")
-        for label, path in written.items():
-            print(f"{label}: {path}")
-        print(f"plots: {len(plots)} figures in {plots[0].parent if plots else experiment_dir}")
+        _analyse(experiment_dir, wandb_settings(space, args))
+    _print_wandb_sync(experiment_dir)
     if any(r["status"] == ERROR for r in rows):
         raise SweepError(FAILED, "trials failed (above)", 1, outcome)
     return outcome
+
+
+def _analyse(experiment_dir: Path, settings: dict | None) -> None:
+    """The analysis' files, then, with W&B on, its answers in the experiment's W&B analysis run."""
+    from analysis import run_all
+
+    written = run_all(experiment_dir)
+    plots = written.pop("plots")
+    for label, path in written.items():
+        print(f"{label}: {path}")
+    print(f"plots: {len(plots)} figures in {plots[0].parent if plots else experiment_dir}")
+    if settings is None:
+        return
+    from analysis.wandb_results import log_results
+
+    try:
+        offline = log_results(experiment_dir, settings)
+    except Exception as err:  # the report is written: W&B failing (a server away) must not lose the sweep
+        first_line = (str(err).splitlines() or [""])[0]
+        warn(f"W&B: the analysis run was not logged ({type(err).__name__}: {first_line}); log it later with: "
+             f"python -m analysis wandb {shlex.quote(str(experiment_dir))}")
+        return
+    print(f"W&B: the answers are in the analysis run{f' {offline}' if offline else ''}")
 
 
 def _announce(plan: Plan) -> None:

@@ -59,10 +59,20 @@ def _resume_point(restored: tune.Checkpoint, work: Path) -> Path | None:
     return None
 
 
+def _wandb_dir(results_dir: str | None) -> Path:
+    """Where the trial's W&B files go: its folder in a local storage, which every node of a cluster shares, so
+    the runner's sync line names each trial's offline run; on a URI storage, the trial's working directory, which
+    Tune uploads there (`sync_artifacts`). Not `get_trial_dir()`: a staging folder on the node that ran the trial,
+    which Tune does not upload from a worker node."""
+    if results_dir:
+        return Path(results_dir) / Path(tune.get_context().get_trial_dir()).name
+    return Path.cwd()
+
+
 def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
               results_dir: str | None = None) -> None:
     """Entry point Ray calls once per trial attempt (a retry calls it again, with the last checkpoint).
-    `results_dir`: the experiment's folder when it is a local path, where the trial's earlier files now are."""
+    `results_dir`: the Tune run's folder when the storage is a local path."""
     hypotheses, values = trial_values(params)
     config = config_from_dict(apply_overrides(base, values, "trial"), "trial")
     # the first line of the trial's log, which the driver echoes, says which configuration this process runs
@@ -78,12 +88,9 @@ def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
         if wandb_settings:
             from trainers.wandb_log import WandbRun
 
-            context = tune.get_context()
             history = load_checkpoint(resume_from)["metrics"] if resume_from else []
-            trial_dir = Path(context.get_trial_dir())
-            copies = (Path(results_dir) / trial_dir.name,) if results_dir else ()
-            logger = WandbRun(config, values, hypotheses, wandb_settings, str(trial_dir),
-                              run_id=context.get_trial_id(), history=history, copies=copies)
+            logger = WandbRun(config, values, hypotheses, wandb_settings, str(_wandb_dir(results_dir)),
+                              run_id=tune.get_context().get_trial_id(), history=history)
 
         def report(row: dict, checkpoint_dir: Path | None) -> None:
             metrics = {**row, "node_id": node_id, "wall_time": time.time()}

@@ -1,0 +1,165 @@
+"""The answers in W&B: the per-trial results and roles, and the analysis run, read back from the offline run's own
+files (its `.wandb` records and the tables it wrote)."""
+import json
+import math
+
+import pandas as pd
+import pytest
+import wandb
+import yaml
+
+from analysis import run_all
+from analysis.__main__ import main
+from analysis.answers import REFERENCE, VARIANT, answers, trial_results
+from analysis.experiment import space_record
+from analysis.frames import load_summary
+from analysis.plots import read_evaluation
+from analysis.verdict import hypotheses_of
+from analysis.wandb_results import (JOB_TYPE, analysis_run_id, log_results, recorded_settings, trial_summaries,
+                                    verdict_summary)
+from helpers import wandb_files
+from helpers.experiments import write_experiment
+from trainers.records import SEED_KEY, SPACE_RECORD
+from trainers.wandb_log import offline_runs
+
+RECORD = {"name": "answers", "base": {"wandb": {"project": "from_base"}}, "wandb": {"entity": "lab"},
+          "hypotheses": [
+              {"name": "information_flow", "reference": {"model.n_last_tokens": -1}, "expect": "worse",
+               "trend": {"key": "model.n_last_tokens", "error": "decreasing"}},
+              {"name": "looped_n_layers", "reference": {"model.n_layer": 1}, "expect": "better"}]}
+
+
+@pytest.fixture(autouse=True)
+def no_key(monkeypatch, tmp_path):
+    """No key anywhere wandb looks, so `auto` means offline; wandb's cached settings and session dropped."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / ".config" / "wandb"))
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    root = write_experiment(tmp_path_factory.mktemp("wandb") / "answers")
+    (root / SPACE_RECORD).write_text(yaml.safe_dump(RECORD))
+    run_all(root, n_prompts=32, max_loops=5)
+    return root
+
+
+def found_in(root):
+    evaluation = read_evaluation(root)
+    return answers(load_summary(root), evaluation, hypotheses_of(space_record(root))), evaluation
+
+
+def test_each_trial_has_its_role_and_errors_per_hypothesis(analysed):
+    found, evaluation = found_in(analysed)
+    results = trial_results(found, evaluation)
+    roles = {(r.trial_id, r.hypothesis): (r.variant, r.role) for r in results.itertuples()}
+    assert roles == {
+        ("t1", "information_flow"): ("n_last_tokens=all", REFERENCE), ("t2", "information_flow"): ("n_last_tokens=all", REFERENCE),
+        ("t3", "information_flow"): ("n_last_tokens=2", VARIANT), ("t4", "information_flow"): ("n_last_tokens=2", VARIANT),
+        ("t1", "looped_n_layers"): ("L=1", REFERENCE), ("t2", "looped_n_layers"): ("L=1", REFERENCE),
+        ("t5", "looped_n_layers"): ("L=2", VARIANT)}
+    assert dict(zip(results["trial_id"], results[SEED_KEY])) == {"t1": 0, "t2": 1, "t3": 0, "t4": 1, "t5": 0}
+    models = evaluation[(evaluation["kind"] == "model") & (evaluation["axis"] == "k") & (evaluation["name"] == "model@b")]
+    for row in results.itertuples():
+        own = models[models["trial_id"] == row.trial_id].set_index("x")["mean"]
+        # k = d = 3 in-context examples (the final curriculum's dimension), and the last position, 6
+        assert row.d == 3 and row.error_at_d == pytest.approx(own[3], rel=1e-12)
+        assert row.error_last == pytest.approx(own[6], rel=1e-12)
+
+
+def test_a_trial_that_did_not_finish_has_no_final_errors(analysed):
+    found, evaluation = found_in(analysed)
+    summary = load_summary(analysed)
+    summary.loc[summary["trial_id"] == "t3", "status"] = "diverged"
+    results = trial_results(answers(summary, evaluation, hypotheses_of(space_record(analysed))), evaluation)
+    t3 = results[results["trial_id"] == "t3"].iloc[0]
+    assert math.isnan(t3["error_last"]) and math.isnan(t3["error_at_d"]) and t3["status"] == "diverged"
+    assert results[results["trial_id"] != "t3"][["error_last", "error_at_d"]].notna().all().all()
+
+
+def test_trial_summaries_carry_the_errors_and_a_role_per_hypothesis(analysed):
+    found, evaluation = found_in(analysed)
+    summaries = trial_summaries(trial_results(found, evaluation))
+    assert set(summaries) == {"t1", "t2", "t3", "t4", "t5"}
+    assert summaries["t1"]["role/information_flow"] == REFERENCE and summaries["t1"]["role/looped_n_layers"] == REFERENCE
+    assert summaries["t5"] == {"error_last": pytest.approx(summaries["t5"]["error_last"]),
+                               "error_at_d": pytest.approx(summaries["t5"]["error_at_d"]),
+                               "role/looped_n_layers": VARIANT, "variant/looped_n_layers": "L=2"}
+    assert all(isinstance(s["error_last"], float) for s in summaries.values())
+
+
+def test_the_recorded_settings_are_the_sweeps(analysed):
+    record = space_record(analysed)
+    assert recorded_settings(record) == {"mode": "auto", "project": "from_base", "entity": "lab", "group": "answers"}
+    assert recorded_settings(record, "offline")["mode"] == "offline"
+
+
+def table(offline_run, key: str) -> pd.DataFrame:
+    """A logged table read back from the file the run's history row points to."""
+    row = next(r for r in wandb_files.history(offline_run) if f"{key}/path" in r)
+    data = json.loads((offline_run / "files" / row[f"{key}/path"]).read_text())
+    return pd.DataFrame(data["data"], columns=data["columns"])
+
+
+def test_the_analysis_run_holds_the_answers_offline(analysed):
+    offline = log_results(analysed)
+    assert offline == offline_runs(analysed, analysis_run_id("answers"))[0]
+    assert wandb_files.run_settings(offline) == {"id": "answers-analysis", "project": "from_base", "entity": "lab",
+                                                "job_type": JOB_TYPE, "group": "answers", "name": "answers analysis"}
+    found, evaluation = found_in(analysed)
+    summary = wandb_files.summary(offline)
+    assert {k: summary[k] for k in verdict_summary(found)} == pytest.approx(verdict_summary(found))
+    assert summary["verdict/looped_n_layers"] in ("supported", "contradicted", "inconclusive", "underpowered")
+    assert "trend/information_flow" in summary
+    trials = table(offline, "trials")
+    expected = trial_results(found, evaluation)
+    assert trials[["trial_id", "hypothesis", "variant", "role"]].values.tolist() == \
+        expected[["trial_id", "hypothesis", "variant", "role"]].values.tolist()
+    assert trials["error_at_d"].to_numpy() == pytest.approx(expected["error_at_d"].to_numpy(), rel=1e-12)
+    for answer in found.items:
+        ranking = table(offline, f"{answer.hypothesis}/ranking")
+        assert ranking["variant"].tolist() == answer.ranking["variant"].tolist()
+        assert ranking["mean"].to_numpy() == pytest.approx(answer.ranking["mean"].to_numpy(), rel=1e-12)
+        comparisons = table(offline, f"{answer.hypothesis}/comparisons")
+        assert comparisons["variant"].tolist() == [c.variant for c in answer.verdict.comparisons]
+        assert table(offline, f"{answer.hypothesis}/cost")["training_flops"].tolist() == \
+            answer.ranking["training_flops"].tolist()
+    plots = sorted(p.stem for p in (analysed / "plots").glob("*.png"))
+    images = sorted(k[len("plots/"):-len("/_type")] for k, v in summary.items()
+                    if k.startswith("plots/") and k.endswith("/_type") and v == "image-file")
+    assert images == plots and len(plots) >= 8
+    report = [a for a in wandb_files.artifacts(offline) if a["type"] == "report"]
+    assert report == [{"name": "answers-analysis-report", "type": "report",
+                       "paths": sorted(["REPORT.md", *(f"plots/{p}.png" for p in plots)])}]
+
+
+def test_a_second_analysis_replaces_the_offline_run(analysed, capsys):
+    log_results(analysed)
+    assert main(["wandb", str(analysed), "--mode", "offline"]) == 0
+    runs = offline_runs(analysed, analysis_run_id("answers"))
+    assert len(runs) == 1 and capsys.readouterr().out.strip() == str(runs[0])
+    assert len([row for row in wandb_files.history(runs[0]) if "trials/path" in row]) == 1
+
+
+def test_the_cli_refuses_a_folder_without_trials(tmp_path, capsys):
+    assert main(["wandb", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "nothing") in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_a_w_and_b_failure_after_the_report_is_one_warning(analysed, capsys):
+    """Online without a key, wandb refuses to start the run: the sweep's report stays, and one line says how to log
+    the answers later."""
+    from tune_looped.sweep import _analyse
+
+    _analyse(analysed, {"mode": "online", "project": "p"})
+    out, err = capsys.readouterr()
+    assert f"report: {analysed / 'REPORT.md'}" in out
+    warning = [line for line in err.splitlines() if line.startswith("warning: W&B")]
+    assert len(warning) == 1 and warning[0].endswith(f"log it later with: python -m analysis wandb {analysed}")

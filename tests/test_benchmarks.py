@@ -8,7 +8,7 @@ import torch
 
 from trainers.flops import step_flops, training_flops
 from benchmarks import TABLE_STYLE
-from benchmarks.machine import OtherLoad, PeakMemory
+from benchmarks.machine import OtherLoad, PeakMemory, cpu_flags
 from benchmarks.step import benchmark_label, variants
 from benchmarks.sweep import shortened_space, timing_row
 from trainers.config import load_config, parse_override_args
@@ -108,3 +108,15 @@ def test_training_flops_add_up_every_step(space, quick):
     curriculum = config.training.curriculum
     by_hand = sum(step_flops(config, curriculum_at(curriculum, step)).total for step in range(config.training.train_steps))
     assert training_flops(config) == by_hand
+
+
+@pytest.mark.parametrize("flags, named", [
+    ("fpu sse2 avx avx2 fma bmi2", "avx2 fma"),  # an AVX2-only CPU, as on the 2-core development machine
+    ("avx avx2 fma avx512f avx512dq avx512_bf16 avx512_vp2intersect avx512_vnni", "avx2 fma avx512f avx512_bf16 "
+     "avx512_vnni avx512_vp2intersect"),  # the Zen 5 machine of the first tables, in SIMD_FLAGS' order
+    ("fpu sse2", "none of avx2 fma avx512f avx512_bf16 avx512_vnni avx512_vp2intersect amx_tile amx_bf16"),
+])
+def test_the_tables_name_the_cpus_simd_flags(flags, named):
+    cpuinfo = f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    assert cpu_flags(cpuinfo) == named
+    assert cpu_flags("processor\t: 0\n") == "unknown"

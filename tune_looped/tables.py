@@ -88,11 +88,10 @@ def trial_folders(experiment_dir: Path) -> list[Path]:
                   for p in root.glob(pattern))
 
 
-def _key(hypotheses, values: dict, sampled) -> tuple:
-    """What makes two trials the same trial of the space: their hypotheses and their grid values (a trial's
-    sampled values differ from run to run). Numbers compare by value, so 55 from YAML is 55.0 from JSON."""
-    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k not in sampled))
-    return tuple(sorted(hypotheses)), frozen
+def _key(hypotheses, values: dict, sampled) -> str:
+    """A row's or a planned trial's identity, `PlannedTrial.key`, less the sampled values, which differ from run to
+    run."""
+    return PlannedTrial(hypotheses=list(hypotheses), values={k: v for k, v in values.items() if k not in sampled}).key()
 
 
 def against_space(rows: list[dict], record: SpaceRecord) -> tuple[list[dict], list[PlannedTrial]]:
@@ -100,7 +99,7 @@ def against_space(rows: list[dict], record: SpaceRecord) -> tuple[list[dict], li
 
     The record asks for each of its trials `num_samples` times; a trial run more often than that (two runners
     of one experiment) is, from its second run on, not asked for either."""
-    wanted: dict[tuple, list] = {}
+    wanted: dict[str, list] = {}
     for planned in record.trials:
         wanted.setdefault(_key(planned.hypotheses, planned.values, ()), []).extend([planned] * record.num_samples)
     unasked = []

@@ -68,13 +68,22 @@ class Options:
     dry_run: bool = False
 
 
-def check_seeds(seeds, where: str = "--seeds") -> list[int]:
-    """Distinct integers from 0 to 2**64 - 1, at least one."""
+def seeds_problem(seeds, shown: str | None = None) -> str | None:
+    """What is wrong with `seeds` (distinct integers from 0 to 2**64 - 1, at least one), naming them as `shown`
+    (default: their repr); None when nothing is."""
+    shown = repr(seeds) if shown is None else shown
     if not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds) \
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise SpaceError(f"{where}: expected distinct integers, like 0,1,2, got {seeds!r}")
+        return f"expected distinct integers separated by commas, like 0,1,2, got {shown}"
     if not all(0 <= seed <= MAX_SEED for seed in seeds):
-        raise SpaceError(f"{where}: expected seeds from 0 to 2**64 - 1 ({MAX_SEED}), got {seeds!r}")
+        return f"expected seeds from 0 to 2**64 - 1 ({MAX_SEED}), got {shown}"
+    return None
+
+
+def check_seeds(seeds, where: str = "--seeds") -> list[int]:
+    problem = seeds_problem(seeds)
+    if problem is not None:
+        raise SpaceError(f"{where}: {problem}")
     return list(seeds)
 
 

@@ -12,10 +12,9 @@ import shlex
 import sys
 
 from trainers.cli import OneLineArgumentParser
-from trainers.config import MAX_SEED
 from trainers.wandb_log import WANDB_MODES
-from tune_looped.inputs import (DEFAULT_DASHBOARD_HOST, DEFAULT_MAX_FAILURES, DEFAULT_STORAGE, Options, check_seeds,
-                                extension_trials, resolve)
+from tune_looped.inputs import (DEFAULT_DASHBOARD_HOST, DEFAULT_MAX_FAILURES, DEFAULT_STORAGE, Options,
+                                extension_trials, resolve, seeds_problem)
 from tune_looped.cost import calibrate, cost, stated
 from tune_looped.space import GPU_AUTO, Space, SpaceError, parse_set, run_order, trial_config
 from tune_looped.sweep import DISK_FULL, FAILED, INTERRUPTED, MISSING, SweepError, sweep
@@ -61,13 +60,13 @@ def parse_args(argv):
 def _seed_list(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",")]
-        return check_seeds(seeds)
-    except ValueError as err:
-        # the command line's own words: the text as typed, not the list it became
-        out_of_range = isinstance(err, SpaceError) and "from 0 to" in str(err)
-        raise argparse.ArgumentTypeError(
-            f"expected seeds from 0 to 2**64 - 1 ({MAX_SEED}), got {text!r}" if out_of_range else
-            f"expected distinct integers separated by commas, like 0,1,2, got {text!r}") from None
+    except ValueError:
+        seeds = None
+    # the command line's own words: the text as typed, not the list it became
+    problem = seeds_problem(seeds, repr(text))
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return seeds
 
 
 def options(args: argparse.Namespace) -> Options:

@@ -92,6 +92,9 @@ class PlannedTrial(_Record):
 # `extend-N` beside the first run's trial folders (Tune keeps one experiment's state at that experiment's root)
 FIRST_RUN = "."
 EXTENSION_PREFIX = "extend-"
+# where an experiment's trial folders are, as glob patterns relative to it: the first run's right below it (where
+# Tune puts them), each extension's below the extension's folder
+TRIAL_FOLDERS = ("*", f"{EXTENSION_PREFIX}*/*")
 
 
 class RunRecord(_Record):

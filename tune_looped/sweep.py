@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from trainers.records import ERROR, EXTENSION_PREFIX, FIRST_RUN, INCOMPLETE, SPACE_RECORD, write_space_record
+from trainers.records import ERROR, FIRST_RUN, INCOMPLETE, SPACE_RECORD, TRIAL_FOLDERS, write_space_record
 from tune_looped import extend
 from tune_looped.cluster import MIN_FREE_BYTES, check_storage, full_filesystems, is_uri, start_ray, warn, \
     warn_if_local_storage_on_cluster
@@ -93,9 +93,9 @@ def sweep(args: Options) -> Sweep:
 
 
 def _print_wandb_sync(experiment_dir: Path) -> None:
-    # the analysis run, the first Tune run's trials, each extension's trials
-    patterns = [p for p in ("wandb/offline-run-*", "*/wandb/offline-run-*", f"{EXTENSION_PREFIX}*/*/wandb/offline-run-*")
-                if any(experiment_dir.glob(p))]
+    # the analysis run's, then the trials'
+    candidates = ["wandb/offline-run-*", *(f"{folders}/wandb/offline-run-*" for folders in TRIAL_FOLDERS)]
+    patterns = [p for p in candidates if any(experiment_dir.glob(p))]
     if patterns:
         count = sum(1 for p in patterns for _ in experiment_dir.glob(p))
         folder = shlex.quote(str(experiment_dir))

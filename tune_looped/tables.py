@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from trainers.records import (EXTENSION_PREFIX, SPACE_RECORD, STATUSES, STOPPED_EARLY, TRIAL_RECORD, PlannedTrial,
+from trainers.records import (SPACE_RECORD, STATUSES, STOPPED_EARLY, TRIAL_FOLDERS, TRIAL_RECORD, PlannedTrial,
                               RecordError, SpaceRecord, read_trial_record, trial_failed, trial_status, variant_label)
 from trainers.table import render
 from tune_looped.cost import Cost, Throughput, duration
@@ -84,8 +84,7 @@ def trial_folders(experiment_dir: Path) -> list[Path]:
     """The experiment's trial folders: those holding a trial record, right below it (where Tune puts them) or
     below an extension's folder."""
     root = Path(experiment_dir)
-    return sorted(p.parent for pattern in (f"*/{TRIAL_RECORD}", f"{EXTENSION_PREFIX}*/*/{TRIAL_RECORD}")
-                  for p in root.glob(pattern))
+    return sorted(p.parent for pattern in TRIAL_FOLDERS for p in root.glob(f"{pattern}/{TRIAL_RECORD}"))
 
 
 def _key(hypotheses, values: dict, sampled) -> str:

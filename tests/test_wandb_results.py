@@ -58,13 +58,15 @@ def test_each_trial_has_its_role_and_errors_per_hypothesis(analysed):
     found, evaluation = found_in(analysed)
     results = trial_results(found, evaluation)
     roles = {(r.trial_id, r.hypothesis): (r.variant, r.role) for r in results.itertuples()}
+    everything, masked = ("n_last_tokens=all", REFERENCE), ("n_last_tokens=2", VARIANT)
     assert roles == {
-        ("t1", "information_flow"): ("n_last_tokens=all", REFERENCE), ("t2", "information_flow"): ("n_last_tokens=all", REFERENCE),
-        ("t3", "information_flow"): ("n_last_tokens=2", VARIANT), ("t4", "information_flow"): ("n_last_tokens=2", VARIANT),
+        ("t1", "information_flow"): everything, ("t2", "information_flow"): everything,
+        ("t3", "information_flow"): masked, ("t4", "information_flow"): masked,
         ("t1", "looped_n_layers"): ("L=1", REFERENCE), ("t2", "looped_n_layers"): ("L=1", REFERENCE),
         ("t5", "looped_n_layers"): ("L=2", VARIANT)}
     assert dict(zip(results["trial_id"], results[SEED_KEY])) == {"t1": 0, "t2": 1, "t3": 0, "t4": 1, "t5": 0}
-    models = evaluation[(evaluation["kind"] == "model") & (evaluation["axis"] == "k") & (evaluation["name"] == "model@b")]
+    models = evaluation[(evaluation["kind"] == "model") & (evaluation["axis"] == "k")
+                        & (evaluation["name"] == "model@b")]
     for row in results.itertuples():
         own = models[models["trial_id"] == row.trial_id].set_index("x")["mean"]
         # k = d = 3 in-context examples (the final curriculum's dimension), and the last position, 6
@@ -86,7 +88,7 @@ def test_trial_summaries_carry_the_errors_and_a_role_per_hypothesis(analysed):
     found, evaluation = found_in(analysed)
     summaries = trial_summaries(trial_results(found, evaluation))
     assert set(summaries) == {"t1", "t2", "t3", "t4", "t5"}
-    assert summaries["t1"]["role/information_flow"] == REFERENCE and summaries["t1"]["role/looped_n_layers"] == REFERENCE
+    assert summaries["t1"]["role/information_flow"] == summaries["t1"]["role/looped_n_layers"] == REFERENCE
     assert summaries["t5"] == {"error_last": pytest.approx(summaries["t5"]["error_last"]),
                                "error_at_d": pytest.approx(summaries["t5"]["error_at_d"]),
                                "role/looped_n_layers": VARIANT, "variant/looped_n_layers": "L=2"}

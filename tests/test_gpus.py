@@ -92,7 +92,9 @@ def test_auto_counts_the_gpus_of_the_cluster_not_of_its_cpu_only_head(tmp_path, 
     from ray.cluster_utils import Cluster
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no netrc: offline
+    # no key wandb could find, so `auto` means offline (HOME stays: Ray, started again in this process, needs it)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     try:
         worker = cluster.add_node(num_cpus=2, num_gpus=1)

@@ -218,7 +218,6 @@ def test_on_a_uri_storage_tune_uploads_each_trials_offline_run_into_its_folder(t
     """The trial's working directory, where its W&B run is written, is uploaded (`sync_artifacts`): on a cluster
     with a URI storage, a run written on a worker node is not left behind there."""
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)  # the runner writes a URI storage's space record under the working directory
     space = write_space(tmp_path / "space.yaml", [{"name": "u", "grid": {"training.seed": [0]}}],
                         apply_overrides(TINY_BASE, {"training.train_steps": 40}))

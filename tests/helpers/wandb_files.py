@@ -62,15 +62,6 @@ def history(offline_run: Path) -> list[dict]:
     return rows
 
 
-def config(offline_run: Path) -> dict:
-    found = {}
-    for record in records(run_file(offline_run)):
-        if record.WhichOneof("record_type") == "config":
-            for item in record.config.update:
-                found[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return found
-
-
 def run_settings(offline_run: Path) -> dict:
     """The run record's fields: id, project, entity, job type, run group, name."""
     for record in records(run_file(offline_run)):

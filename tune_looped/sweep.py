@@ -251,7 +251,7 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
 
 def _analyse(experiment_dir: Path, settings: dict | None) -> None:
     """The analysis' files, then, with W&B on, its answers in the experiment's W&B analysis run."""
-    from analysis import run_all
+    from analysis import log_results, run_all
 
     written = run_all(experiment_dir)
     plots = written.pop("plots")
@@ -260,8 +260,6 @@ def _analyse(experiment_dir: Path, settings: dict | None) -> None:
     print(f"plots: {len(plots)} figures in {plots[0].parent if plots else experiment_dir}")
     if settings is None:
         return
-    from analysis.wandb_results import log_results
-
     try:
         offline = log_results(experiment_dir, settings)
     except Exception as err:  # the report is written: W&B failing (a server away) must not lose the sweep

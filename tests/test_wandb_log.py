@@ -1,6 +1,7 @@
 """W&B: the run's name in the research's style, and what reaches `wandb.init` (project, group, tags, mode, config,
 name). The key reaching the trial workers is checked on a real sweep in test_runner.py."""
 import copy
+import os
 
 import pytest
 import wandb
@@ -197,6 +198,20 @@ def test_an_offline_retry_replaces_the_earlier_run_and_replays_the_checkpoint_ro
     WandbRun(config_of(), {}, ("e",), {"mode": "offline"}, str(tmp_path), run_id="t1", history=rows)
     assert [p.name for p in (tmp_path / "wandb").iterdir()] == ["offline-run-20260101_000000-t2"]
     assert init.logged == [(rows[0], 0), (rows[1], 10)]
+
+
+def test_a_trial_does_not_join_a_wandb_service_it_inherited(init, tmp_path, monkeypatch):
+    """A killed trial's run stays "in use" in a service it shared: the retry would fail to take the run up."""
+    monkeypatch.setenv("WANDB_SERVICE", "2-1234-tcp-localhost-5678")  # the driver's service, passed to its workers
+    seen = {}
+
+    def init_seeing_the_service(**kwargs):
+        seen["service"] = os.environ.get("WANDB_SERVICE")
+        return init(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", init_seeing_the_service)
+    WandbRun(config_of(), {}, ("e",), {"mode": "offline"}, str(tmp_path), run_id="t1")
+    assert seen == {"service": None} and init.kwargs["id"] == "t1"
 
 
 def test_an_online_retry_continues_the_run_without_replaying(init, tmp_path):

@@ -9,6 +9,7 @@ one folder per trial, every step once.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ def flat_config(config: Config) -> dict:
     return flatten(config_to_dict(config))
 
 
+SERVICE_VARIABLE = "WANDB_SERVICE"  # where wandb tells child processes which wandb service to join
 WANDB_MODES = ("online", "offline")  # what a command line's --wandb-mode may ask for; `auto` is its absence
 SETTING_KEYS = ("enabled", "mode", "project", "entity", "group")
 
@@ -71,6 +73,10 @@ class WandbRun:
         """`history`: the rows of the checkpoint the trial resumes from (none on a first attempt)."""
         import wandb
 
+        # this process's own wandb service, not one it inherited (a runner that logged to W&B before starting
+        # Ray leaves WANDB_SERVICE to its workers): a shared service would outlive a killed trial and keep its run
+        # id in use, so that the retry could not take the run up again
+        os.environ.pop(SERVICE_VARIABLE, None)
         mode = resolve_mode(settings.get("mode", "auto"))
         if mode == "offline":
             remove_offline_runs(directory, run_id)

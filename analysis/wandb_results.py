@@ -41,8 +41,8 @@ def analysis_run_id(experiment: str) -> str:
 def recorded_settings(record: SpaceRecord | None, mode: str | None = None) -> dict:
     """The W&B settings the sweep's trials had, from the space record: its base's `wandb:` section, then the
     space's `wandb:` block; `mode` over both."""
-    base = config_from_dict(record.base, "space record: base").wandb if record is not None else None
-    settings = merged_settings(base, record.wandb if record is not None else {}, record.name if record else None)
+    settings = {} if record is None else merged_settings(config_from_dict(record.base, "space record: base").wandb,
+                                                         record.wandb, record.name)
     settings.pop("enabled", None)
     return {**settings, "mode": mode} if mode else settings
 

@@ -29,14 +29,12 @@ WANDB_MODES = ("online", "offline")  # what a command line's --wandb-mode may as
 SETTING_KEYS = ("enabled", "mode", "project", "entity", "group")
 
 
-def merged_settings(config: WandbConfig | None, space: dict, group: str | None) -> dict:
+def merged_settings(config: WandbConfig, space: dict, group: str) -> dict:
     """A sweep's W&B settings: the base config's `wandb:` section, then the space's `wandb:` block over it; the
     group is the space's name unless one of them sets it."""
-    settings = {key: getattr(config, key) for key in SETTING_KEYS
-                if config is not None and getattr(config, key) is not None}
+    settings = {key: getattr(config, key) for key in SETTING_KEYS if getattr(config, key) is not None}
     settings.update(space)
-    if group is not None:
-        settings.setdefault("group", group)
+    settings.setdefault("group", group)
     return settings
 
 

@@ -19,12 +19,10 @@ from pathlib import Path
 import yaml
 
 from trainers import atomic
-from trainers.checkpoint import check_pretrained, latest_checkpoint, load_checkpoint
 from trainers.cli import OneLineArgumentParser
 from trainers.config import SECRET_KEYS, Config, ConfigError, config_to_dict, load_config, parse_override_args
 from trainers.schema import describe_keys
 from trainers.table import render
-from trainers.training import train
 
 DEFAULT_OUT_DIR = "runs"
 
@@ -75,6 +73,8 @@ class RunLog:
 
 
 def _prepare_run_dir(args, config, config_path: Path) -> tuple[Path, Path | None]:
+    from trainers.checkpoint import latest_checkpoint
+
     out_dir = Path(args.out_dir or config.out_dir or DEFAULT_OUT_DIR)
     run_dir = out_dir / (config.wandb.name or config_path.stem)
     checkpoint = latest_checkpoint(run_dir)
@@ -98,12 +98,12 @@ def _open_wandb_run(config, run_dir: Path, history: list[dict]):
 
 def _check_device(config, device: str | None, config_path: str) -> None:
     """The device the run will use must exist here; otherwise the run would stop with a traceback in training."""
-    import torch
-
     wanted = device or config.training.device
     where = f"--device {device}" if device else f"{config_path}: training.device"
     if wanted == "auto":
         return
+    import torch
+
     try:
         parsed = torch.device(wanted)
     except RuntimeError:
@@ -122,6 +122,10 @@ def main(argv=None) -> int:
         if args.print_config:
             print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
             return 0
+        # torch (2-3 s to import) only for a valid command line and config: a typo fails at once
+        from trainers.checkpoint import check_pretrained, load_checkpoint
+        from trainers.training import train
+
         _check_device(config, args.device, args.config)
         check_pretrained(config, args.config)
         run_dir, checkpoint = _prepare_run_dir(args, config, Path(args.config))

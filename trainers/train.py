@@ -98,12 +98,12 @@ def _open_wandb_run(config, run_dir: Path, history: list[dict]):
 
 def _check_device(config, device: str | None, config_path: str) -> None:
     """The device the run will use must exist here; otherwise the run would stop with a traceback in training."""
+    import torch
+
     wanted = device or config.training.device
     where = f"--device {device}" if device else f"{config_path}: training.device"
     if wanted == "auto":
         return
-    import torch
-
     try:
         parsed = torch.device(wanted)
     except RuntimeError:

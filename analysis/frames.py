@@ -16,12 +16,14 @@ import pandas as pd
 from analysis.cost import trial_cost
 from analysis.experiment import AnalysisWarning, TrialFolder, config_value, identities, read_trials
 from analysis.stats import bootstrap_mean
+from trainers.onednn import recorded_library
 from trainers.records import SEED_KEY, trial_status
 from trainers.tasks import predict_zero_error
 
 log = logging.getLogger(__name__)
 
 PREDICT_ZERO_COLUMN = "predict_zero"  # the summary's column: the error of predicting 0 on the trial's task
+PRODUCTS_COLUMN = "products"  # the summary's column: the library of the trial's fp32 CPU products (MKL, oneDNN)
 # Ray's bookkeeping; `time_total_s` and `node_id` stay because wall time and placement are worth a column
 RAY_COLUMNS = frozenset({
     "trial_id", "training_iteration", "timestamp", "date", "hostname", "node_ip", "pid", "done",
@@ -137,6 +139,7 @@ def trial_summary(trial: TrialFolder, history: pd.DataFrame) -> dict:
         "best_eval_loss": float(losses.min()) if len(losses) else math.nan,
         "wall_time_s": _last(history, "elapsed_s") if pd.isna(wall) else wall,
         "node_id": _last(history, "node_id"),
+        PRODUCTS_COLUMN: recorded_library(trial.checkpoint),
         PREDICT_ZERO_COLUMN: _trial_predict_zero(trial.config),
         **trial_cost(trial.config),
     }

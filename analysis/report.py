@@ -18,7 +18,7 @@ import pandas as pd
 from analysis.answers import answers
 from analysis.evaluation import aggregate_evaluation
 from analysis.experiment import read_trials, space_record
-from analysis.frames import config_columns, frames_of
+from analysis.frames import PRODUCTS_COLUMN, config_columns, frames_of
 from analysis.plots import PLOTS_DIR, plot_path, read_evaluation
 from analysis.ranking import least_squares_last
 from analysis.significance import POWER
@@ -74,6 +74,7 @@ def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
     statuses = ", ".join(f"{count} {status}" for status, count in summary["status"].value_counts().items())
     found = answers(summary, evaluation, declared)
     lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}; {_seed_range(summary)} per configuration.", "",
+             *_products_lines(summary),
              "**How to read it.** Variants are ranked by their final error at the last position, measured on "
              f"{found.source}: squared error / the task's normaliser, on which predicting 0 scores the `predict 0` "
              "row of each ranking (E[y^2] / normaliser: 1 for the normalised tasks, d for relu_2nn_regression); mean "
@@ -101,6 +102,20 @@ def _seed_range(summary: pd.DataFrame) -> str:
     counts = summary.groupby(keys, dropna=False).size() if keys else pd.Series([len(summary)])
     low, high = int(counts.min()), int(counts.max())
     return f"{low} seed{'s' * (low != 1)}" if low == high else f"{low} to {high} seeds"
+
+
+def _products_lines(summary: pd.DataFrame) -> list[str]:
+    """Which library computed the trials' fp32 products: the libraries round differently, so a study whose
+    trials ran on several (a cluster of mixed CPUs) has variants that differ by more than their settings."""
+    if PRODUCTS_COLUMN not in summary or summary.empty:
+        return []
+    counts = summary[PRODUCTS_COLUMN].fillna("unknown").value_counts()
+    if len(counts) == 1:
+        where = f"all {len(summary)} trials" if len(summary) > 1 else "the one trial"
+        return [f"Products: {counts.index[0]} in {where} (`training.onednn_linear`).", ""]
+    mix = ", ".join(f"{name} in {count}" for name, count in counts.items())
+    return [f"Products: {mix} trials (`training.onednn_linear`): the libraries round differently, so the "
+            "variants differ by more than their settings.", ""]
 
 
 def _reference_rows(evaluation: pd.DataFrame | None, predict_zero: float) -> list[tuple[str, float]]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from trainers.onednn import read_cpu
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -29,15 +31,10 @@ SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_vp
 
 def cpu_flags(cpuinfo: str | None = None) -> str:
     """The CPU's SIMD_FLAGS present, in that order (`avx2 fma`), from /proc/cpuinfo; `unknown` without it."""
-    try:
-        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
-    except OSError:
+    cpu = read_cpu(cpuinfo)
+    if cpu is None:
         return "unknown"
-    line = next((line for line in text.splitlines() if line.startswith("flags")), None)
-    if line is None:
-        return "unknown"
-    present = set(line.split(":", 1)[1].split())
-    return " ".join(flag for flag in SIMD_FLAGS if flag in present) or "none of " + " ".join(SIMD_FLAGS)
+    return " ".join(flag for flag in SIMD_FLAGS if flag in cpu.flags) or "none of " + " ".join(SIMD_FLAGS)
 
 
 def load_average() -> str:

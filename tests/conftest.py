@@ -13,7 +13,7 @@ TINY = {
     "training": {
         "batch_size": 16, "learning_rate": 0.001, "train_steps": 40, "save_every_steps": 20,
         "eval_every_steps": 20, "eval_prompts": 32, "n_loop_window": 3,
-        # fixed, not auto: two runs compared bit for bit must not each probe its own choice
+        # fixed, not auto (which takes MKL on most CPUs): the tests run oneDNN's products on every CPU type
         "onednn_linear": True,
         "curriculum": {
             "dims": {"start": 5, "end": 5, "inc": 1, "interval": 100},

@@ -91,7 +91,8 @@ class TrainingConfig(Section):
     device: Annotated[str, allowed_if(lambda v: v in ("auto", "cpu", "cuda") or v[:5] == "cuda:" and v[5:].isdigit()),
                       Field(description="auto, cpu, cuda or cuda:N")] = "auto"
     # speed options (docs/CONFIG.md)
-    # the blocks' fp32 CPU products on oneDNN rather than MKL; auto: the faster for the run's shapes, probed at start
+    # the blocks' fp32 CPU products on oneDNN rather than MKL; auto: by the CPU type alone
+    # (trainers.onednn.preferred_library), so the same command always trains the same kernels
     onednn_linear: Annotated[bool | Literal["auto"], Field(description="true, false or auto")] = "auto"
     compile: bool = False       # torch.compile the backbone
     cuda_graphs: bool = False   # replay each fixed-shape step from a CUDA graph; CUDA only

@@ -5,7 +5,6 @@ trainable call. It never imports Ray, so a single run starts fast.
 """
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 import time
@@ -19,7 +18,7 @@ from trainers.checkpoint import checkpoint_dir_of, load_checkpoint, load_referen
 from trainers.config import Config, config_to_dict
 from trainers.curriculum import CurriculumState, curriculum_at, final_state, loop_window_start
 from trainers.models import LoopedTransformerModel, build_model
-from trainers.onednn import ONEDNN
+from trainers.onednn import ONEDNN, ONEDNN_KEY, PRODUCTS_KEY, library_name, preferred_library, read_cpu
 from trainers.tasks import error_normaliser, sample_batch
 
 EVAL_SEED = 20240101
@@ -93,48 +92,25 @@ def _train_step(model, optimizer, xs, ys, state: CurriculumState, config: Config
 
 def prepare_model(model, config: Config, onednn: bool | None = None):
     """The performance options that change how the model computes, not what. `onednn`: the products' library
-    as `choose_onednn` decided it (default: the config's, oneDNN for `auto`)."""
-    model.use_onednn(config.training.onednn_linear is not False if onednn is None else onednn)
+    (default: as `choose_onednn` decides it for the model's device)."""
+    if onednn is None:
+        onednn = choose_onednn(config, next(model.parameters()).device)[0]
+    model.use_onednn(onednn)
     if config.training.compile:
         model.compile_backbone()
     return model
 
 
-ONEDNN_KEY = "onednn_linear"  # the checkpoint's record of the products' library the run chose
-ONEDNN_PROBE_ROUNDS = 3  # each times one step with each library; the first round is the warm-up
-
-
-def choose_onednn(model, config: Config, device: torch.device) -> tuple[bool, str]:
-    """`training.onednn_linear` as set, or for `auto` on the CPU whichever of oneDNN and MKL ran the run's first
-    curriculum step faster here, and the line that says so. The probe trains a copy of the model on a batch of
-    its own, and puts torch's random state back, so the run itself is as with that library set."""
+def choose_onednn(config: Config, device: torch.device) -> tuple[bool, str]:
+    """`training.onednn_linear` as set, or for `auto` on the CPU the library this CPU type prefers
+    (`preferred_library`), and the line that says which and why."""
     setting = config.training.onednn_linear
     if setting != "auto":
         return setting, ""
     if device.type != "cpu" or not ONEDNN:
         return False, ""  # the products never reach oneDNN there
-    t = config.training
-    state = curriculum_at(t.curriculum, 0)
-    xs, ys = sample_batch(t.task_name, batch_size=t.batch_size, n_points=state.n_points, n_dims=config.model.n_dims,
-                          n_dims_truncated=state.n_dims, generator=torch.Generator().manual_seed(0),
-                          sparsity=t.sparsity)
-    random_state = torch.get_rng_state()
-    probe = copy.deepcopy(model)
-    optimizer = torch.optim.Adam(probe.parameters(), lr=t.learning_rate)
-    times: dict[bool, list[float]] = {True: [], False: []}
-    for round_ in range(ONEDNN_PROBE_ROUNDS):
-        for onednn in (True, False):
-            probe.use_onednn(onednn)
-            started = time.perf_counter()
-            _train_step(probe, optimizer, xs, ys, state, config, device)
-            if round_:
-                times[onednn].append(time.perf_counter() - started)
-    torch.set_rng_state(random_state)
-    best = {choice: min(seconds) for choice, seconds in times.items()}
-    choice = best[True] <= best[False]
-    names = {True: "oneDNN", False: "MKL"}
-    return choice, (f"training.onednn_linear auto: {names[choice]}, {best[choice] * 1e3:.1f} ms a step against "
-                    f"{names[not choice]}'s {best[not choice] * 1e3:.1f} ms on this CPU")
+    onednn, why = preferred_library(read_cpu())
+    return onednn, f"training.onednn_linear auto: {why}"
 
 
 CUDA_GRAPH_WARMUP_STEPS = 3
@@ -231,7 +207,7 @@ def train(config: Config, *, out_dir: Path, reporter: Reporter | None = None, re
     if state is not None and isinstance(state.get(ONEDNN_KEY), bool):
         onednn = state[ONEDNN_KEY]  # what the run chose at its start, so that it resumes bit for bit
     else:
-        onednn, line = choose_onednn(model, config, dev)
+        onednn, line = choose_onednn(config, dev)
         if line:
             print(line, flush=True)
     prepare_model(model, config, onednn)
@@ -307,6 +283,7 @@ class TrainingLoop:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": step + 1,
             "rng": {"data": self.generator.get_state(), "torch": torch.get_rng_state()},
             "metrics": self.history, "config": config_to_dict(self.config), ONEDNN_KEY: self.onednn,
+            PRODUCTS_KEY: library_name(self.onednn, self.device),
         })
         previous, self.previous_checkpoint = self.previous_checkpoint, path
         keep_every = self.config.training.keep_every_steps

@@ -15,7 +15,7 @@ TINY_BASE = {
     "model": {"family": "gpt2_loop", "n_embd": 16, "n_layer": 1, "n_head": 2, "n_dims": 3, "n_positions": 6},
     "training": {
         "batch_size": 8, "train_steps": 30, "save_every_steps": 10, "eval_every_steps": 10, "eval_prompts": 16,
-        "n_loop_window": 2, "onednn_linear": True,  # fixed: runs compared bit for bit must not probe their own
+        "n_loop_window": 2, "onednn_linear": True,  # fixed, not auto: oneDNN's products on every CPU type
         "curriculum": {"dims": {"start": 3, "end": 3, "inc": 1, "interval": 100},
                        "points": {"start": 4, "end": 6, "inc": 1, "interval": 10},
                        "loops": {"start": 2, "end": 3, "inc": 1, "interval": 10}},

@@ -4,8 +4,11 @@ experiment holds while it runs (`python -m tune_looped.run`, its `--resume`, `py
 The lock holds its holder's pid, host, command, start time and a heartbeat, which a daemon thread refreshes
 every HEARTBEAT_S seconds. A command that finds the lock held by a live holder is refused with one line naming
 it. Whether the holder lives is the pid's to say on the holder's own host (psutil: the same pid with the same
-create time), where a runner suspended or slow to beat keeps its lock; on another host, only the heartbeat can
-say, and one older than STALE_S seconds is taken over, with a warning.
+create time), where a runner suspended or slow to beat keeps its lock. On another host only the heartbeat can
+say, and its times are that host's clock, which may be hours off this one's: so they are never compared with
+this host's clock. The reader watches the lock instead, on its own monotonic clock: a change is a heartbeat and
+the holder lives; a lock unchanged for STALE_S seconds of watching is taken over, with a warning. A single read
+never finds a lock stale, so taking over a dead holder of another host costs about STALE_S seconds of waiting.
 
 On a local path the lock is created with O_CREAT | O_EXCL, so of two runners started together exactly one gets
 it. A URI (s3://, gs://) has no atomic create: there the lock is a best-effort marker, written after a check
@@ -44,10 +47,13 @@ class Holder:
     heartbeat: float
     token: str  # tells this holder's lock from a later one of the same process
 
-    def describe(self, now: float) -> str:
+    def describe(self) -> str:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        if self.host != socket.gethostname():
+            # the times are the other host's clock: the heartbeat's age by this one's would be off by their skew
+            return f"pid {self.pid} on {self.host} ({self.command}, started {started} by its clock)"
         return (f"pid {self.pid} on {self.host} ({self.command}, started {started}, last heartbeat "
-                f"{max(0.0, now - self.heartbeat):.0f} s ago)")
+                f"{max(0.0, time.time() - self.heartbeat):.0f} s ago)")
 
 
 def _parse(text: str | None) -> Holder | None:
@@ -87,12 +93,6 @@ class _LocalFile:
             return None
         except (OSError, UnicodeDecodeError):
             return ""
-
-    def age(self) -> float:
-        try:
-            return time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
-            return 0.0
 
     def replace(self, text: str) -> None:
         atomic.write_text(self.path, text)
@@ -140,10 +140,6 @@ class _Marker:
         with self._fs.open_input_stream(self.path) as f:
             return f.read().decode(errors="replace")
 
-    def age(self) -> float:
-        modified = self._fs.get_file_info(self.path).mtime
-        return time.time() - modified.timestamp() if modified else 0.0
-
     def replace(self, text: str) -> None:
         self._fs.create_dir(posixpath.dirname(self.path))
         with self._fs.open_output_stream(self.path) as f:
@@ -176,32 +172,62 @@ class ExperimentLock:
         self._holder: Holder | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # the lock text this runner watches, when it first read it (its own monotonic clock), and whether it said
+        # it waits: kept from check_free to acquire, so that a runner does not wait out a dead holder twice
+        self._watched: str | None = None
+        self._since = 0.0
+        self._told = False
 
-    def check_free(self) -> None:
-        """SpaceError naming the live holder of the lock, if it has one; nothing is written."""
+    def check_free(self, watch: bool = True) -> None:
+        """SpaceError naming the live holder of the lock, if it has one; nothing is written. A holder on another
+        host is watched until it beats (refused) or STALE_S seconds pass without a beat (free); with `watch`
+        false it is let be, for a command that is refused anyway and need not wait to say so."""
         text = self._store.read()
-        if text is not None:
+        if text is None:
+            return
+        holder = _parse(text)
+        if watch or (holder is not None and holder.host == socket.gethostname()):
             self._why_free(text)
 
-    def _why_free(self, text: str) -> str:
-        """Why the lock holding `text` is free (its holder gone); SpaceError naming the holder while it lives."""
+    def _why_free(self, text: str) -> str | None:
+        """Why the lock holding `text` is free (its holder gone), or None when it was released meanwhile;
+        SpaceError naming the holder while it lives."""
         holder = _parse(text)
-        gone = self._gone(holder, self._store.age())
-        if gone is None:
-            described = holder.describe(time.time()) if holder else "a runner writing its lock at this moment"
-            raise SpaceError(f"{self.location}: the experiment is in use by {described}; wait for it to end, "
-                             "or stop it")
-        return gone
+        if holder is not None and holder.host == socket.gethostname():
+            if runner_alive(holder.identity):
+                raise self._in_use(holder.describe())
+            return f"pid {holder.pid} is gone"
+        return self._watch(text)
 
-    def _gone(self, holder: Holder | None, age: float) -> str | None:
-        """Why the holder of a lock is gone, or None while it lives."""
+    def _watch(self, text: str) -> str | None:
+        """Why the lock holding `text` (of another host, or unreadable) is free: it stayed as it is for STALE_S
+        seconds of this runner's watch; None when it was released meanwhile, SpaceError when it changed."""
+        if text != self._watched:
+            self._watched, self._since, self._told = text, time.monotonic(), False
+        holder = _parse(text)
+        while (silent := time.monotonic() - self._since) < STALE_S:
+            if not self._told and silent > 2 * HEARTBEAT_S:
+                # a live holder beats within HEARTBEAT_S: from here on it looks dead, and the wait is the cost
+                what = f"the heartbeat of {holder.describe()}" if holder else "the lock, which does not read,"
+                warn(f"{self.location}: {what} has not changed for {silent:.0f} s; a lock of another host is taken "
+                     f"over only once it has not changed for {STALE_S:.0f} s of watching, as that host's clock "
+                     f"cannot be compared with this one's: waiting {STALE_S - silent:.0f} s more")
+                self._told = True
+            time.sleep(min(HEARTBEAT_S / 5, STALE_S - silent))
+            current = self._store.read()
+            if current is None:
+                return None
+            if current != text:
+                new = _parse(current)
+                raise self._in_use(f"{new.describe()}, whose heartbeat this runner saw change" if new
+                                   else "a runner writing its lock at this moment")
         if holder is None:
-            # cut short while it was written: only its age can tell a runner starting now from one that died
-            return f"the lock does not read and was written {age:.0f} s ago" if age > STALE_S else None
-        if holder.host == socket.gethostname():
-            return None if runner_alive(holder.identity) else f"pid {holder.pid} is gone"
-        silent = time.time() - holder.heartbeat
-        return f"no heartbeat for {silent:.0f} s" if silent > STALE_S else None
+            return f"the lock does not read and did not change in {silent:.0f} s"
+        return f"its heartbeat did not change in {silent:.0f} s"
+
+    def _in_use(self, described: str) -> SpaceError:
+        return SpaceError(f"{self.location}: the experiment is in use by {described}; wait for it to end, "
+                          "or stop it")
 
     def acquire(self) -> ExperimentLock:
         now = time.time()
@@ -215,10 +241,12 @@ class ExperimentLock:
             if current is None:  # released since the create failed
                 continue
             gone = self._why_free(current)
+            if gone is None:  # released while this runner watched it
+                continue
             if self._store.take_over(current, text):
                 holder = _parse(current)
                 warn(f"{self.location}: took over the lock of "
-                     f"{holder.describe(time.time()) if holder else 'an unreadable holder'}: {gone}")
+                     f"{holder.describe() if holder else 'an unreadable holder'}: {gone}")
                 break
         else:
             raise SpaceError(f"{self.location}: other runners are taking this experiment's lock over; try again")

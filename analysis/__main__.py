@@ -3,22 +3,23 @@
 `python -m analysis wandb EXPERIMENT_DIR`: its answers (tables, figures, REPORT.md) to a W&B analysis run.
 
 A directory that is missing or holds no trials gives one line on stderr and exit status 2, and nothing is
-written.
+written. A full disk gives one `error: disk full:` line naming the filesystem, and the command that redoes the
+analysis, with exit status 1; the trials and every file written before are kept whole.
 """
 from __future__ import annotations
 
+import shlex
 import sys
-import warnings
 from pathlib import Path
 
 from analysis.compare import compare
 from analysis.evaluation import EVALUATION_FILE, N_PROMPTS, evaluate_experiment
 from analysis.experiment import AnalysisError, space_record
-from analysis.pipeline import FORMATS, export_frames, run_all
+from analysis.pipeline import FORMATS, export_frames, no_space, run_all
 from analysis.plots import plot_experiment
 from analysis.report import report_experiment
 from analysis.wandb_results import log_results, recorded_settings
-from trainers.cli import OneLineArgumentParser
+from trainers.cli import OneLineArgumentParser, one_line_warnings
 from trainers.wandb_log import WANDB_MODES
 
 
@@ -72,18 +73,31 @@ def run(args) -> list:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
-    with warnings.catch_warnings():
-        # warnings name the trial and what is missing; the source line of the warning call helps nobody here
-        warnings.showwarning = lambda message, *rest, **kw: print(f"warning: {message}", file=sys.stderr)
+    with one_line_warnings():
         try:
             written = run(args)
         except AnalysisError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except OSError as err:
+            told = no_space(err, _output_folder(args), "the output folder")
+            if told is None:
+                raise
+            print(f"error: disk full: {told}; the trials and the files written before are kept; free some space, "
+                  "then redo the analysis with the command below\nredo it with:\n  "
+                  f"{shlex.join([sys.executable, '-m', 'analysis', *argv])}", file=sys.stderr)
+            return 1
     for path in written:
         print(path)
     return 0
+
+
+def _output_folder(args) -> str:
+    if getattr(args, "out", None) is not None:
+        return args.out
+    return args.experiment_dir
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ written; outputs go into `out` (default: the experiment directory).
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +18,19 @@ from analysis.plots import FIGURES_PER_HYPOTHESIS, PLOTS_DIR, write_plots
 from analysis.report import REPORT_FILE, write_report
 from analysis.variants import hypotheses
 from analysis.verdict import hypotheses_of
-from trainers.atomic import replacing
+from trainers.atomic import NO_SPACE, mount_point, replacing
 
 FORMATS = ("parquet", "csv")
+
+
+def no_space(err: BaseException, folder, role: str) -> str | None:
+    """When `err` is a write refused for want of space, the filesystem of `folder`, where the analysis writes:
+    `<role> <folder> (the filesystem at <mount>): N MiB free`; else None."""
+    if not isinstance(err, OSError) or err.errno not in NO_SPACE:
+        return None
+    folder = Path(folder).absolute()
+    mount = mount_point(folder)
+    return f"{role} {folder} (the filesystem at {mount}): {shutil.disk_usage(mount).free / 2**20:.0f} MiB free"
 
 
 def _write_frame(frame: pd.DataFrame, path: Path) -> Path:

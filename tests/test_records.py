@@ -37,6 +37,7 @@ def test_one_status_rule(last_step, train_steps, diverged, stopped, errored, sta
     ({"model.n_layer": 2, "model.use_lstm_layer": False}, "L=2"),
     ({"model.n_last_tokens": -1}, "n_last_tokens=all"),
     ({"model.n_last_tokens": 55.0}, "n_last_tokens=55"),  # a dataframe column with gaps holds floats
+    ({"training.learning_rate": 1e30}, "learning_rate=1e+30"),  # a whole float too large to be an int's spelling
     ({"model.n_last_tokens": math.nan}, "n_last_tokens=default"),
     ({"training.learning_rate": 0.001, "training.seed": 1}, "learning_rate=0.001 seed=1"),
     ({"model.family": "gpt2"}, "transformer"),

@@ -81,7 +81,7 @@ def test_the_keeper_runs_beside_the_sweep_and_takes_a_last_look(tmp_path):
     experiment.mkdir(parents=True)
     keeper = StateKeeper(experiment, session, every=0.05).start()
     first = save(staging(session), "t0")
-    wait_for(lambda: (experiment / ".tune_looped" / first.name).exists(), timeout=5, every=0.02)
+    wait_for(lambda: (experiment / ".tune_looped" / first.name).exists(), timeout=30, every=0.02)
     second = save(staging(session), "t0", session="2026-01-02_00-00-00")
     keeper.stop()
     assert (experiment / ".tune_looped" / second.name).exists()
@@ -89,8 +89,9 @@ def test_the_keeper_runs_beside_the_sweep_and_takes_a_last_look(tmp_path):
 
 def test_a_damaged_state_is_restored_from_its_copy_and_strangers_are_set_aside(tmp_path):
     experiment = tmp_path / "s"
-    (experiment / "t0").mkdir(parents=True)
-    (experiment / "t1").mkdir()  # started after the copy was kept
+    for trial in ("t0", "t1"):  # t1 started after the copy was kept
+        (experiment / trial).mkdir(parents=True)
+        (experiment / trial / "params.json").write_text("{}")
     state = save(experiment, "t0", "t1")
     save(experiment / ".tune_looped", "t0", search=b"older search")
     assert plan_repair(experiment).damaged == []
@@ -113,3 +114,34 @@ def test_without_a_copy_a_damaged_file_is_unrepairable(tmp_path):
     state.write_text("")
     repair = plan_repair(tmp_path)
     assert repair.unrepairable == [(tmp_path / "tuner.pkl", "empty (0 bytes)"), (state, "empty (0 bytes)")]
+
+
+def test_the_repair_sets_aside_only_trial_folders_of_its_run_that_the_state_does_not_know(tmp_path):
+    """The first run's folder holds more than its trials: the analysis, W&B's folder, the extensions, the runner's
+    own folder. Only a trial folder (the runner's record or Ray's params.json in it) the copy does not know is a
+    trial that started after the copy."""
+    experiment = tmp_path / "s"
+    for trial, files in {"t0": ("trial.json", "params.json"), "t1": ("trial.json", "params.json"),
+                         "t2": ("trial.json", "params.json"), "t3": ("params.json",),
+                         "extend-1/e0": ("trial.json", "params.json"), "extend-1/e1": ("trial.json", "params.json"),
+                         ".tune_looped/replaced/20260101-000000/t9": ("trial.json", "params.json")}.items():
+        (experiment / trial).mkdir(parents=True)
+        for name in files:
+            (experiment / trial / name).write_text("{}")
+    neighbours = ["plots/loss_curves.png", "wandb/offline-run-20260101_000000-abc/run-abc.wandb", "REPORT.md",
+                  "curves.parquet", "summary.parquet", "space.yaml", "extend-1/tuner.pkl",
+                  f"extend-1/experiment_state-{SESSION}.json"]
+    for name in neighbours:
+        (experiment / name).parent.mkdir(parents=True, exist_ok=True)
+        (experiment / name).write_text("x")
+    state = save(experiment, "t0", "t1", "t2", "t3")
+    save(experiment / ".tune_looped", "t0", "t1")
+    state.write_text(state.read_text()[:25])
+    repair = plan_repair(experiment)
+    assert repair.strangers == [experiment / "t2", experiment / "t3"] and not repair.unrepairable
+    lines = apply_repair(experiment, repair)
+    assert lines[1].startswith("set aside 2 trial folder(s) that the restored state does not know, in ")
+    aside = (experiment / ".tune_looped" / "replaced").glob("*/t[0-9]")
+    assert sorted(p.name for p in aside) == ["t2", "t3", "t9"]
+    assert all((experiment / name).read_text() == "x" for name in neighbours)
+    assert all((experiment / trial / "trial.json").exists() for trial in ("t0", "t1", "extend-1/e0", "extend-1/e1"))

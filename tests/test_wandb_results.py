@@ -2,6 +2,8 @@
 files (its `.wandb` records and the tables it wrote)."""
 import json
 import math
+import shlex
+import sys
 
 import pandas as pd
 import pytest
@@ -164,4 +166,5 @@ def test_a_w_and_b_failure_after_the_report_is_one_warning(analysed, capsys):
     out, err = capsys.readouterr()
     assert f"report: {analysed / 'REPORT.md'}" in out
     warning = [line for line in err.splitlines() if line.startswith("warning: W&B")]
-    assert len(warning) == 1 and warning[0].endswith(f"log it later with: python -m analysis wandb {analysed}")
+    later = shlex.join([sys.executable, "-m", "analysis", "wandb", str(analysed)])
+    assert len(warning) == 1 and warning[0].endswith(f"log it later with: {later}")

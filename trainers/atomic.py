@@ -7,9 +7,21 @@ survives a power cut. A crash or a full disk leaves the earlier file, or none, n
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from pathlib import Path
+
+# a write refused for want of space: the disk's, or the user's quota on it
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem `path` (or its nearest existing parent) is on, as a full disk names it."""
+    path = next(p for p in (path, *path.parents) if p.exists()).resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
 
 
 def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:

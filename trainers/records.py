@@ -233,8 +233,8 @@ def format_setting(key: str, value) -> str:
     short = short_key(key)
     if _missing(value):
         return f"{short}=default"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # a dataframe column with gaps turns 55 into 55.0
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)  # a dataframe column with gaps turns 55 into 55.0; 1e30 stays 1e+30
     if key == "model.n_layer":
         return f"L={value}"
     if key == "model.use_lstm_layer":

@@ -13,13 +13,12 @@ import argparse
 import hashlib
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import yaml
 
 from trainers import atomic
-from trainers.cli import OneLineArgumentParser
+from trainers.cli import OneLineArgumentParser, one_line_warnings
 from trainers.config import SECRET_KEYS, Config, ConfigError, config_to_dict, load_config, parse_override_args
 from trainers.schema import describe_keys
 from trainers.table import render
@@ -115,7 +114,11 @@ def _check_device(config, device: str | None, config_path: str) -> None:
 
 
 def main(argv=None) -> int:
-    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    with one_line_warnings():
+        return _train(argv)
+
+
+def _train(argv) -> int:
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         config = load_config(args.config, overrides)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import ipaddress
+import logging
+import logging.handlers
 import os
 import re
 import shutil
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import psutil
 
+from trainers.atomic import mount_point
 from tune_looped.space import SpaceError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -32,6 +35,9 @@ SAME_START_S = 1.5
 # what an orphaned Ray process gets to exit after TERM, then after KILL
 TERM_GRACE_S = 5.0
 KILL_WAIT_S = 1.0
+# in the session's logs/ folder: Ray's own lines of the runner, which the terminal shows only with --verbose
+RAY_LOG = "tune_looped_driver.log"
+RAY_LOG_FORMAT = "%(asctime)s\t%(levelname)s %(name)s:%(lineno)s -- %(message)s"
 
 
 def warn(message: str) -> None:
@@ -99,13 +105,6 @@ def check_dashboard_host(host: str) -> None:
         raise SpaceError(f"--dashboard-host: expected an IP address or a host name, got {host!r}")
 
 
-def _mount_point(path: Path) -> Path:
-    path = path.resolve()
-    while not os.path.ismount(path):
-        path = path.parent
-    return path
-
-
 def full_filesystems(places: dict[str, Path]) -> list[str]:
     """Of the places a sweep writes to (the storage, the temporary folder, Ray's folder), those whose filesystem
     has less than MIN_FREE_BYTES free, each filesystem once: `the storage /x (the filesystem at /m): 0 MiB free`."""
@@ -116,7 +115,7 @@ def full_filesystems(places: dict[str, Path]) -> list[str]:
         except OSError:
             continue
         if device not in seen and free < MIN_FREE_BYTES:
-            full.append(f"{role} {path} (the filesystem at {_mount_point(path)}): {free / 2**20:.0f} MiB free")
+            full.append(f"{role} {path} (the filesystem at {mount_point(path)}): {free / 2**20:.0f} MiB free")
         seen.add(device)
     return full
 
@@ -138,30 +137,103 @@ def check_address(address: str | None) -> None:
                          "`ray start --head`, or leave out --address for a local Ray") from None
 
 
-def start_ray(address: str | None, *, num_cpus=None, num_gpus=None, dashboard_host: str = "127.0.0.1"):
-    """An embedded local Ray (the default) or a connection to a running cluster (`--address`)."""
+class _RayLines:
+    """Ray's own log lines in this process (its start-up and token-auth lines, Tune's bookkeeping and its repeated
+    warnings) go to RAY_LOG in the session's log folder, held until ray.init has made it; the terminal keeps
+    Ray's errors. The trials' own lines, which the workers print, still reach the terminal."""
+
+    def __init__(self):
+        self.logger = logging.getLogger("ray")
+        self.levels = {handler: handler.level for handler in self.logger.handlers}
+        for handler in self.levels:
+            handler.setLevel(max(handler.level, logging.ERROR))
+        self.held = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
+        self.logger.addHandler(self.held)
+        self.file: logging.Handler | None = None
+
+    def to_file(self, path: Path) -> None:
+        self.file = logging.FileHandler(path)
+        self.file.setFormatter(logging.Formatter(RAY_LOG_FORMAT))
+        self.held.setTarget(self.file)
+        self.held.flush()
+        self.logger.removeHandler(self.held)
+        self.logger.addHandler(self.file)
+
+    def restore(self) -> None:
+        """Ray's handlers as they were; what is still held (Ray did not start) is shown, once."""
+        self.logger.removeHandler(self.held)
+        for handler, level in self.levels.items():
+            handler.setLevel(level)
+        for record in self.held.buffer:
+            if record.levelno < logging.ERROR:
+                self.logger.handle(record)
+        self.held.buffer.clear()
+        if self.file is not None:
+            self.logger.removeHandler(self.file)
+            self.file.close()
+
+
+_ray_lines: _RayLines | None = None
+
+
+def start_ray(address: str | None, *, num_cpus=None, num_gpus=None, dashboard_host: str = "127.0.0.1",
+              verbose: bool = True):
+    """An embedded local Ray (the default) or a connection to a running cluster (`--address`); unless `verbose`,
+    Ray's own lines go to a log file, which `stop_ray` closes."""
+    global _ray_lines
     import ray
 
-    if address:
-        try:
-            context = ray.init(address=address, log_to_driver=True)
-        except ConnectionError as err:
-            # something answers at the address, but not a Ray cluster's GCS
-            raise SpaceError(f"--address {address}: {str(err).splitlines()[0]}; is it a Ray head's GCS port "
-                             "(6379 by default)?") from None
-    else:
-        if dashboard_host not in LOOPBACK:
-            warn(f"the dashboard listens on {dashboard_host}: anyone who reaches it can run code on this machine")
-        context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
-                           dashboard_host=dashboard_host)
-        session = Path(context.address_info["session_dir"])
-        end_orphaned_sessions(session.parent, keep=session)
-        mark_session(session)
+    _ray_lines = None if verbose else _RayLines()
+    try:
+        context = _init(ray, address, num_cpus, num_gpus, dashboard_host)
+    except BaseException:
+        _restore_ray_lines()
+        raise
+    session = Path(context.address_info["session_dir"])
+    if _ray_lines is not None:
+        log = session / "logs" / RAY_LOG
+        _ray_lines.to_file(log)
+        print(f"Ray's own log lines: {log} (--verbose shows them here)", file=sys.stderr)
     url = context.dashboard_url
     if url:
         print(f"Ray dashboard: http://{url}  (token auth: `ray get-auth-token` prints the token to paste,"
               f" or send it as 'Authorization: Bearer <token>')", file=sys.stderr)
     return context
+
+
+def _init(ray, address: str | None, num_cpus, num_gpus, dashboard_host: str):
+    if address:
+        try:
+            return ray.init(address=address, log_to_driver=True)
+        except ConnectionError as err:
+            # something answers at the address, but not a Ray cluster's GCS
+            raise SpaceError(f"--address {address}: {str(err).splitlines()[0]}; is it a Ray head's GCS port "
+                             "(6379 by default)?") from None
+    if dashboard_host not in LOOPBACK:
+        warn(f"the dashboard listens on {dashboard_host}: anyone who reaches it can run code on this machine")
+    context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
+                       dashboard_host=dashboard_host)
+    session = Path(context.address_info["session_dir"])
+    end_orphaned_sessions(session.parent, keep=session)
+    mark_session(session)
+    return context
+
+
+def stop_ray() -> None:
+    """Shut Ray down; its log lines go back to where `start_ray` found them."""
+    import ray
+
+    try:
+        ray.shutdown()
+    finally:
+        _restore_ray_lines()
+
+
+def _restore_ray_lines() -> None:
+    global _ray_lines
+    if _ray_lines is not None:
+        _ray_lines.restore()
+        _ray_lines = None
 
 
 def warn_if_local_storage_on_cluster(storage: str) -> None:

@@ -23,13 +23,13 @@ from trainers.records import (FIRST_RUN, SEED_KEY, SPACE_RECORD, RecordError, Ru
                               variant_label)
 from trainers.wandb_log import WANDB_MODES, merged_settings
 from tune_looped import extend
-from tune_looped.cluster import check_address, check_dashboard_host, is_uri, warn
+from tune_looped.cluster import check_address, check_dashboard_host, check_storage, is_uri, warn
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, auto_share, cluster_gpus, trial_memory
 from tune_looped.lock import ExperimentLock
 from tune_looped.rebuild import Rebuild, plan as plan_rebuild
 from tune_looped.space import (GPU_AUTO, Space, SpaceError, check_overrides, load_space, parse_resources,
                                space_record, trial_config)
-from tune_looped.state import Repair, plan_repair
+from tune_looped.state import REPLACED_DIR, Repair, copies_of, plan_repair
 
 # what Tune writes into the experiment folder: Tuner.restore needs both (ray.tune.tuner / tune_controller)
 TUNE_STATE_FILES = ("tuner.pkl", "experiment_state-*.json")
@@ -66,6 +66,7 @@ class Options:
     wandb_mode: str | None = None
     report: bool = True
     dry_run: bool = False
+    verbose: bool = False
 
 
 def seeds_problem(seeds, shown: str | None = None) -> str | None:
@@ -228,7 +229,8 @@ def _saved_record(args: Options) -> SpaceRecord | None:
 
 
 def resolve(args: Options):
-    """Everything that can be wrong with the input, checked before Ray starts or anything is written."""
+    """Everything that can be wrong with the input, checked before Ray starts or anything is written, for a run
+    and its dry run alike: (the space, its resources, the experiment's name, the storage checked)."""
     _check_flags(args)
     space = _load(args)
     resources = dict(space.resources)
@@ -247,7 +249,7 @@ def resolve(args: Options):
     _check_pretrained_files(space)
     check_address(args.address)
     name = args.name or f"{space.name}{'-quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return space, resources, name
+    return space, resources, name, check_storage(args.storage)
 
 
 def check_resumable(experiment_dir: Path, space: Space, quick: bool, rebuild: bool = False) -> SpaceRecord:
@@ -256,6 +258,8 @@ def check_resumable(experiment_dir: Path, space: Space, quick: bool, rebuild: bo
     command names only the seeds it added). Whether Tune's state is whole is `_check_state`'s."""
     saved = _read_record(experiment_dir, "--resume")
     runs = saved.run_list()
+    for run in runs:
+        _check_run_folder(experiment_dir, run.folder, "--resume")
     if len(runs) > 1 and not extend.saved_state(experiment_dir / runs[-1].folder):
         raise SpaceError(f"--resume: {runs[-1].folder} was stopped before Tune first saved its state; run its "
                          "--extend command again, which starts it afresh")
@@ -275,6 +279,17 @@ def check_resumable(experiment_dir: Path, space: Space, quick: bool, rebuild: bo
         raise SpaceError(f"--resume: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; resume "
                          "with the space (and --quick) it started with, or add trials with --extend")
     return saved
+
+
+def _check_run_folder(experiment_dir: Path, folder: str, flag: str) -> None:
+    """A recorded Tune run whose folder is gone. Tune makes the folder when its Tuner is built, before the record
+    names the run, so it was moved away: by hand, or by the repair of runners that set aside every unknown folder."""
+    if (experiment_dir / folder).is_dir():
+        return
+    moved = sorted(copies_of(experiment_dir).glob(f"{REPLACED_DIR}/*/{folder}"))
+    where = f"; a repair set it aside in {moved[-1]}: move it back" if moved else ""
+    raise SpaceError(f"{flag}: {experiment_dir / SPACE_RECORD} lists the Tune run {folder}, but "
+                     f"{experiment_dir / folder} is not there{where}")
 
 
 def _read_record(experiment_dir: Path, flag: str) -> SpaceRecord:
@@ -347,7 +362,7 @@ def check_experiment(args: Options, space: Space, name: str, storage: str, lock:
         return _plan_extension(args, space, experiment_dir, lock)
     if not args.resume:
         if experiment_dir.exists():
-            lock.check_free()
+            lock.check_free(watch=False)
             raise SpaceError(f"--name {name}: {experiment_dir} exists; add --resume or choose another name")
         record = space_record(space, args.quick)
         first = RunRecord(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trials=record.trials)
@@ -370,6 +385,8 @@ def check_experiment(args: Options, space: Space, name: str, storage: str, lock:
 
 def _plan_extension(args: Options, space: Space, experiment_dir: Path, lock: ExperimentLock) -> Plan:
     saved = _read_record(experiment_dir, "--extend")
+    for run in saved.run_list():
+        _check_run_folder(experiment_dir, run.folder, "--extend")
     lock.check_free()
     extension = extend.plan(experiment_dir, space, saved, args.quick)
     restore = extend.unfinished_runs(experiment_dir, extension.space, extension.earlier)

@@ -5,7 +5,8 @@ result rows, which give each trial its status by `trainers.records.trial_status`
 for whose folder shows it ended (finished, stopped early or diverged) is kept, its folder untouched. Everything
 else of the earlier Tune experiment (the folders of trials that did not end, Tune's state files, the runner's
 copies of them) moves to `.tune_looped/replaced/<time>/`, and a fresh Tune experiment under the same name runs
-the remaining trials, each from step 0, beside the kept folders.
+the remaining trials, each from step 0, beside the kept folders. What is not the Tune experiment's (the analysis,
+W&B's folder) stays where it is.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from pathlib import Path
 from trainers.records import (DIVERGED, FINISHED, RUNNER_DIR, SPACE_RECORD, STOPPED_EARLY, PlannedTrial,
                               SpaceRecord)
 from tune_looped.space import Space, SpaceError
-from tune_looped.state import set_aside
-from tune_looped.tables import against_space, folder_row, trial_folders
+from tune_looped.state import run_trial_folders, set_aside
+from tune_looped.tables import against_space, folder_row
 
 KEPT = (FINISHED, STOPPED_EARLY, DIVERGED)
 # what Tune keeps of an experiment beside the trial folders: its state, the search's and the callbacks' state
@@ -40,7 +41,7 @@ class Rebuild:
 
 def plan(experiment_dir: Path, space: Space, record: SpaceRecord) -> Rebuild:
     """What a rebuild keeps, sets aside and runs; a SpaceError when every trial asked for has ended."""
-    folders = trial_folders(experiment_dir)
+    folders = run_trial_folders(experiment_dir)
     # a folder whose record does not read has no row: nothing says which trial it was, so it is set aside
     found = [(folder, row) for folder in folders if (row := folder_row(folder, space)) is not None]
     ended = [(folder, row) for folder, row in found if row["status"] in KEPT]

@@ -11,13 +11,14 @@ import argparse
 import shlex
 import sys
 
-from trainers.cli import OneLineArgumentParser
+from trainers.cli import OneLineArgumentParser, one_line_warnings
 from trainers.wandb_log import WANDB_MODES
 from tune_looped.inputs import (DEFAULT_DASHBOARD_HOST, DEFAULT_MAX_FAILURES, DEFAULT_STORAGE, Options,
                                 extension_trials, resolve, seeds_problem)
 from tune_looped.cost import calibrate, cost, stated
 from tune_looped.space import GPU_AUTO, Space, SpaceError, parse_set, run_order, trial_config
-from tune_looped.sweep import DISK_FULL, FAILED, INTERRUPTED, MISSING, SweepError, sweep
+from tune_looped.sweep import (ANALYSIS_DISK_FULL, DISK_FULL, FAILED, INTERRUPTED, MISSING, SweepError,
+                               analysis_command, sweep)
 from tune_looped.tables import print_trial_table
 
 
@@ -54,6 +55,9 @@ def parse_args(argv):
     p.add_argument("--wandb", action="store_true", help="log every trial to W&B (also: wandb.enabled in the space)")
     p.add_argument("--wandb-mode", choices=WANDB_MODES, help="default: online when a key is available")
     p.add_argument("--no-report", action="store_true", help="skip the analysis at the end")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own log lines here (its start-up, each checkpoint's, Tune's warnings), not in "
+                        "the log file the run names")
     return p.parse_args(argv)
 
 
@@ -86,17 +90,24 @@ def _resume_command(argv: list[str], name: str, *extra: str) -> str:
         skip = token == "--name"
         if not skip:
             kept.append(token)
-    return shlex.join([sys.executable, "-m", "tune_looped.run", *kept, "--name", name, "--resume", *extra])
+    # a name that starts with a dash, given apart from its flag, would read as a flag of its own
+    named = [f"--name={name}"] if name.startswith("-") else ["--name", name]
+    return shlex.join([sys.executable, "-m", "tune_looped.run", *kept, *named, "--resume", *extra])
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    with one_line_warnings():
+        return _main(args, argv)
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         if args.calibrate and not args.dry_run:
             raise SpaceError("--calibrate: only with --dry-run, whose time estimates it measures")
         if args.dry_run:
-            space, resources, _ = resolve(options(args))
+            space, resources, _, _ = resolve(options(args))
             _print_dry_run(space, resources, args)
             if resources["gpu"] == GPU_AUTO:
                 print(f"{space.path}: resources.gpu: auto (resolved at start, from the GPUs Ray finds)",
@@ -133,6 +144,9 @@ def _tell(err: SweepError, argv: list[str]) -> None:
         print(f"{err}; resume with:\n  {_resume_command(argv, name)}", file=sys.stderr)
     elif err.kind == DISK_FULL:
         print(f"error: {err} with the command below\nresume with:\n  {_resume_command(argv, name)}", file=sys.stderr)
+    elif err.kind == ANALYSIS_DISK_FULL:
+        print(f"error: {err} with the command below\nredo the analysis with:\n  "
+              f"{analysis_command('all', err.sweep.experiment_dir)}", file=sys.stderr)
     elif err.kind != FAILED:
         print(err, file=sys.stderr)
         if err.kind == MISSING:

@@ -9,8 +9,9 @@ newest, then starts the experiment again as a new one with a bare trial.
 So while a sweep runs, `StateKeeper` copies into `<experiment>/.tune_looped/` (whole or not at all) each state
 that parses, taken from the staging folder as a pair written by one save (the trials and the search that
 generated them), and tuner.pkl. A resume that finds the folder's files damaged puts the copies in their place,
-setting aside the folders of trials the restored state does not know (they started after the copy, and the
-search generates them again); without a copy it is refused. Only a local experiment folder is checked and kept.
+setting aside the folders of the run's trials that the restored state does not know (they started after the copy,
+and the search generates them again); nothing else of the experiment moves (its analysis, W&B runs, extensions).
+Without a copy it is refused. Only a local experiment folder is checked and kept.
 """
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ from pathlib import Path
 
 from trainers import atomic
 from trainers.records import RUNNER_DIR
+from tune_looped.tables import trial_folders
 
 STATE_PREFIX, SEARCH_PREFIX = "experiment_state-", "basic-variant-state-"
 STATE_PATTERN = f"{STATE_PREFIX}*.json"
 TUNER_FILE = "tuner.pkl"
 REPLACED_DIR = "replaced"
+# Ray's file in a trial folder from the trial's start, before the runner's record may be there
+RAY_PARAMS = "params.json"
 KEEP_EVERY_S = 2.0
 
 
@@ -214,9 +218,17 @@ def plan_repair(experiment_dir: Path) -> Repair:
     if good_search.exists():
         repair.copies[search] = good_search
     known = {json.loads(trial)["relative_logdir"] for trial, _ in json.loads(good.read_bytes())["trial_data"]}
-    repair.strangers = sorted(p for p in experiment_dir.iterdir()
-                              if p.is_dir() and p.name != RUNNER_DIR and p.name not in known)
+    repair.strangers = [folder for folder in run_trial_folders(experiment_dir) if folder.name not in known]
     return repair
+
+
+def run_trial_folders(run_dir: Path) -> list[Path]:
+    """The trial folders of the Tune run at `run_dir` (the experiment's root or an extension's folder): those right
+    below it that a reader takes for a trial, by the runner's record or by Ray's params.json. The run's other
+    neighbours (the analysis, W&B's folder, the extensions, the runner's own folder) are not trials."""
+    run_dir = Path(run_dir)
+    recorded = [folder for folder in trial_folders(run_dir) if folder.parent == run_dir]
+    return sorted({*recorded, *(p.parent for p in run_dir.glob(f"*/{RAY_PARAMS}"))})
 
 
 def apply_repair(experiment_dir: Path, repair: Repair) -> list[str]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trainers.records import ERROR, FIRST_RUN, INCOMPLETE, SPACE_RECORD, TRIAL_FOLDERS, write_space_record
 from tune_looped import extend
-from tune_looped.cluster import MIN_FREE_BYTES, check_storage, full_filesystems, is_uri, start_ray, warn, \
+from tune_looped.cluster import MIN_FREE_BYTES, full_filesystems, is_uri, start_ray, stop_ray, warn, \
     warn_if_local_storage_on_cluster
 from tune_looped.inputs import (DEFAULT_STORAGE, Options, Plan, check_experiment, check_seeds, experiment_location,
                                 resolve, resolve_gpu_share, wandb_settings)
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 RUNNER_COMMAND = "python -m tune_looped.run"
 # how a sweep that ran can fail (`SweepError.kind`)
 INTERRUPTED, DISK_FULL, NOT_ASKED, MISSING, FAILED = "interrupted", "disk full", "not asked", "missing", "failed"
+ANALYSIS_DISK_FULL = "disk full in the analysis"
 
 
 class Sweep(NamedTuple):
@@ -43,9 +44,10 @@ class Sweep(NamedTuple):
 
 class SweepError(RuntimeError):
     """A sweep that ran but did not end with every trial asked for: interrupted, a full disk, trials that failed,
-    or trials that are not those the space record asks for (`kind`). The summary has been printed; `exit_status`
-    is the command line's. An interrupted sweep, or one stopped by the disk, continues with `resume=True`; missing
-    trials with `resume=True, rebuild_state=True`."""
+    or trials that are not those the space record asks for (`kind`); or whose trials ended but whose analysis met
+    a full disk (`ANALYSIS_DISK_FULL`). The summary has been printed; `exit_status` is the command line's. An
+    interrupted sweep, or one stopped by the disk, continues with `resume=True`; missing trials with
+    `resume=True, rebuild_state=True`; the analysis with `analysis.run_all` (`analysis_command`)."""
 
     def __init__(self, kind: str, message: str, exit_status: int, sweep: Sweep):
         super().__init__(message)
@@ -72,24 +74,29 @@ def run_space(space, *, quick: bool = False, seeds: list[int] | None = None, sto
 
 def sweep(args: Options) -> Sweep:
     """`run_space` of checked options; what the command line calls."""
-    space, resources, name = resolve(args)
-    storage = check_storage(args.storage)
+    space, resources, name, storage = resolve(args)
     experiment_dir = Path(storage) / name
     lock = ExperimentLock(experiment_location(storage, name), RUNNER_COMMAND)
     plan = check_experiment(args, space, name, storage, lock)
     created = not experiment_dir.exists()
-    lock.acquire()
-    try:
-        for folder, repair in plan.repairs.items():
-            for line in apply_repair(experiment_dir / folder, repair):
-                warn(line)
-        return _run(args, plan, resources, name, storage, experiment_dir)
-    finally:
-        lock.release()
-        if created:
-            # a sweep that failed before Tune wrote anything leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                experiment_dir.rmdir()
+    with _Signals() as signals:
+        lock.acquire()
+        try:
+            for folder, repair in plan.repairs.items():
+                for line in apply_repair(experiment_dir / folder, repair):
+                    warn(line)
+            return _run(args, plan, resources, name, storage, experiment_dir, signals)
+        finally:
+            lock.release()
+            if created:
+                # a sweep that failed before Tune wrote anything leaves no empty folder behind
+                with contextlib.suppress(OSError):
+                    experiment_dir.rmdir()
+
+
+def analysis_command(command: str, experiment_dir: Path) -> str:
+    """`python -m analysis COMMAND EXPERIMENT_DIR` as a line to paste into a shell."""
+    return shlex.join([sys.executable, "-m", "analysis", command, str(Path(experiment_dir).absolute())])
 
 
 def _print_wandb_sync(experiment_dir: Path) -> None:
@@ -98,21 +105,89 @@ def _print_wandb_sync(experiment_dir: Path) -> None:
     patterns = [p for p in candidates if any(experiment_dir.glob(p))]
     if patterns:
         count = sum(1 for p in patterns for _ in experiment_dir.glob(p))
-        folder = shlex.quote(str(experiment_dir))
+        folder = shlex.quote(str(experiment_dir.absolute()))
         print(f"W&B: {count} offline runs; upload them with:\n  wandb sync "
               + " ".join(f"{folder}/{p}" for p in patterns))
 
 
-def _fit_stopping_on_sigterm(tuner):
-    """`tuner.fit()`, where SIGTERM (`kill PID`, a job scheduler) stops the sweep as Ctrl-C does: Tune saves its
-    state and the resume command is printed. Tune itself catches only SIGINT, and only in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        return tuner.fit()
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
-    try:
-        return tuner.fit()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+class _Signals:
+    """Ctrl-C (SIGINT) and SIGTERM (`kill PID`, a job scheduler) while a sweep runs, in the main thread.
+
+    The first, while a Tune run listens, stops the sweep: Tune saves its state and stops the trials, then the
+    summary and the resume command follow. Any later one is told in one line and waited out: Tune, left alone,
+    lets a second Ctrl-C raise KeyboardInterrupt wherever the runner is (Tune's last save, Ray's shutdown), and the
+    runner would die of it without the summary or the resume command. A signal before any has stopped a Tune run
+    (Ray starting, the analysis) does what it did before the sweep. Tune catches only SIGINT, and once; it takes
+    none here (TUNE_DISABLE_SIGINT_HANDLER) but is told through the handler it sets for SIGUSR1.
+    """
+
+    def __init__(self):
+        self.received = 0
+        self._previous: dict[int, Any] = {}
+        self._before_tune: Any = None  # SIGUSR1's handler before the Tune run in progress, if any
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Give the signals back, before the sweep is over where it goes on to its analysis."""
+        for signum, previous in self._previous.items():
+            if previous is not None:  # None: a handler set outside Python, which cannot be put back from here
+                signal.signal(signum, previous)
+        self._previous = {}
+
+    def fit(self, tuner):
+        if not self._previous:
+            return tuner.fit()
+        for signum in self._previous:
+            # again: ray.init puts a handler of its own in C under Python's for SIGTERM, which aborts the process
+            signal.signal(signum, self._handle)
+        self._before_tune = signal.getsignal(signal.SIGUSR1)
+        disabled = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        try:
+            return tuner.fit()
+        finally:
+            if disabled is None:
+                del os.environ["TUNE_DISABLE_SIGINT_HANDLER"]
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = disabled
+            if self._before_tune is not None:  # Tune leaves its handler behind, bound to this run
+                signal.signal(signal.SIGUSR1, self._before_tune)
+            self._before_tune = None
+
+    def _tune(self):
+        """Tune's own stop handler, once the Tune run in progress has set it."""
+        if self._before_tune is None:
+            return None
+        handler = signal.getsignal(signal.SIGUSR1)
+        return handler if callable(handler) and handler is not self._before_tune else None
+
+    def _handle(self, signum, frame) -> None:
+        tune = self._tune()
+        if not self.received and tune is None:
+            self._as_before(signum, frame)
+            return
+        self.received += 1
+        if tune is not None:
+            tune(signum, frame)  # sets Tune's stop event; again is harmless
+        if self.received == 2:
+            # os.write: a print here could land inside a print of the runner's own and fail as reentrant
+            os.write(2, b"warning: already stopping: Tune saves its state and stops the trials, then the summary and "
+                        b"the resume command follow (SIGKILL ends the runner at once, without them)\n")
+
+    def _as_before(self, signum, frame) -> None:
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
 def _build_tuner(space: Space, resources, name: str, storage: str, args: Options, restore: bool):
@@ -132,7 +207,8 @@ def _build_tuner(space: Space, resources, name: str, storage: str, args: Options
     logging = wandb_settings(space, args)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=space.base, wandb_settings=logging,
-                             results_dir=None if is_uri(storage) else str(Path(storage) / name)),
+                             results_dir=None if is_uri(storage) else str(Path(storage) / name),
+                             verbose=args.verbose),
         resources=resources,
     )
     if restore:
@@ -172,16 +248,15 @@ def _tune_runs(plan: Plan, name: str, storage: str):
         yield plan.start, plan.start, inside, False, plan.start_space
 
 
-def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, experiment_dir: Path) -> Sweep:
+def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, experiment_dir: Path,
+         signals: _Signals) -> Sweep:
     """The sweep's Tune runs, its summary and its analysis, with the experiment's lock held."""
-    import ray
-
     space = plan.space
     if space.secrets.get("wandb.key") and wandb_settings(space, args):
         # workers inherit the driver's environment: the key never travels in a config or runtime_env
         os.environ.setdefault("WANDB_API_KEY", space.secrets["wandb.key"])
     context = start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                        dashboard_host=args.dashboard_host)
+                        dashboard_host=args.dashboard_host, verbose=args.verbose)
     session = Path(context.address_info["session_dir"])
     written_to = {"the storage": Path(storage), "the temporary folder": Path(tempfile.gettempdir()),
                   "Ray's folder": session.parent}
@@ -210,7 +285,7 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
                 to_write = False
             keeper = None if is_uri(storage) else StateKeeper(run_dir, session).start()
             try:
-                last = _fit_stopping_on_sigterm(tuner)
+                last = signals.fit(tuner)
             except Exception as err:  # a full disk fails Tune on its own files: the error is told below
                 failure, last = err, []
             finally:
@@ -220,7 +295,7 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
             if failure is not None or any(row["status"] == INCOMPLETE for row in summarise(last, space)):
                 break  # interrupted, or the disk: the runs after this one wait for the resume
     finally:
-        ray.shutdown()
+        stop_ray()
     outcome = Sweep(experiment_dir, last)
     rows = summarise(results, space, None if is_uri(storage) else experiment_dir)
     full = full_filesystems(written_to) if failure or any(r["status"] == ERROR for r in rows) else []
@@ -241,8 +316,21 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
         raise SweepError(MISSING if missing else NOT_ASKED,
                          f"the trials that ran are not those {SPACE_RECORD} asks for (above); no report is written", 1,
                          outcome)
+    signals.release()
     if args.report:
-        _analyse(experiment_dir, wandb_settings(space, args))
+        try:
+            _analyse(experiment_dir, wandb_settings(space, args))
+        except OSError as err:
+            from analysis.pipeline import no_space
+
+            told = no_space(err, experiment_dir, "the storage")
+            full = full_filesystems(written_to) or ([told] if told else [])
+            if not full:
+                raise
+            _print_wandb_sync(experiment_dir)
+            raise SweepError(ANALYSIS_DISK_FULL, f"disk full: {'; '.join(full)}; the trials are kept, and the "
+                             "analysis' files written before; free some space, then redo the analysis", 1,
+                             outcome) from err
     _print_wandb_sync(experiment_dir)
     if any(r["status"] == ERROR for r in rows):
         raise SweepError(FAILED, "trials failed (above)", 1, outcome)
@@ -265,7 +353,7 @@ def _analyse(experiment_dir: Path, settings: dict | None) -> None:
     except Exception as err:  # the report is written: W&B failing (a server away) must not lose the sweep
         first_line = (str(err).splitlines() or [""])[0]
         warn(f"W&B: the analysis run was not logged ({type(err).__name__}: {first_line}); log it later with: "
-             f"python -m analysis wandb {shlex.quote(str(experiment_dir))}")
+             f"{analysis_command('wandb', experiment_dir)}")
         return
     print(f"W&B: the answers are in the analysis run{f' {offline}' if offline else ''}")
 

@@ -8,6 +8,7 @@ as many torch threads as the trial has CPUs.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import shutil
 import tempfile
@@ -70,9 +71,12 @@ def _wandb_dir(results_dir: str | None) -> Path:
 
 
 def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
-              results_dir: str | None = None) -> None:
+              results_dir: str | None = None, verbose: bool = False) -> None:
     """Entry point Ray calls once per trial attempt (a retry calls it again, with the last checkpoint).
-    `results_dir`: the Tune run's folder when the storage is a local path."""
+    `results_dir`: the Tune run's folder when the storage is a local path; `verbose`: Ray's INFO lines of the
+    worker (one per checkpoint) are echoed by the driver too."""
+    # the checkpoint line the driver would echo for every report that saves: the runner's table shows progress
+    logging.getLogger("ray.train").setLevel(logging.NOTSET if verbose else logging.WARNING)
     hypotheses, values = trial_values(params)
     config = config_from_dict(apply_overrides(base, values, "trial"), "trial")
     # the first line of the trial's log, which the driver echoes, says which configuration this process runs
@@ -93,7 +97,9 @@ def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
                               run_id=tune.get_context().get_trial_id(), history=history)
 
         def report(row: dict, checkpoint_dir: Path | None) -> None:
-            metrics = {**row, "node_id": node_id, "wall_time": time.time()}
+            # the steps trained so far, as the checkpoint counts them: Tune's TensorBoard logger plots against it
+            # when present (else against the report count), and takes a 0 for absent, so never `step` itself
+            metrics = {**row, "node_id": node_id, "wall_time": time.time(), "timesteps_total": row["step"] + 1}
             if logger is not None:
                 logger.log(row)
             checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None

@@ -24,7 +24,8 @@ def hypotheses(frame: pd.DataFrame) -> list[str]:
 
 def of_hypothesis(frame: pd.DataFrame, hypothesis: str) -> pd.DataFrame:
     tags = frame["hypotheses"].fillna("").astype(str).str.split(";")
-    return frame[tags.map(lambda t: hypothesis in t or (hypothesis == UNTAGGED and t == [""]))]
+    # as bool: an empty frame's mask is of objects, which pandas would take for column names and drop every column
+    return frame[tags.map(lambda t: hypothesis in t or (hypothesis == UNTAGGED and t == [""])).astype(bool)]
 
 
 def _sort_key(value):

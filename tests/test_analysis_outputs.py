@@ -127,6 +127,14 @@ def test_cli_bad_directory_exits_2_and_writes_nothing(tmp_path, capsys, command)
     assert [p.name for p in tmp_path.rglob("*")] == ["empty"]
 
 
+def test_cli_all_on_an_experiment_without_checkpoints_warns_and_reports(tmp_path, capsys):
+    experiment = write_experiment(tmp_path / "exp", with_model=False)
+    assert main(["all", str(experiment)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("no checkpoint yet; not evaluated") == 5 and "Traceback" not in err
+    assert (experiment / "REPORT.md").exists() and (experiment / "evaluation.parquet").exists()
+
+
 @pytest.mark.slow
 def test_cli_runs_as_a_module(tmp_path):
     done = subprocess.run([sys.executable, "-m", "analysis", "report", str(tmp_path / "missing")],

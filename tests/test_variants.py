@@ -53,3 +53,5 @@ def test_trials_of_several_hypotheses_and_untagged_trials():
     assert of_hypothesis(frame, "h2")["trial_id"].tolist() == ["a", "b"]
     assert of_hypothesis(frame, "h1")["trial_id"].tolist() == ["a"]
     assert of_hypothesis(frame, UNTAGGED)["trial_id"].tolist() == ["c"]
+    # an empty frame (no trial evaluated) keeps its columns, which the figures read
+    assert of_hypothesis(frame.iloc[:0], "h1").columns.tolist() == ["trial_id", "hypotheses"]

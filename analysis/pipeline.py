@@ -18,7 +18,7 @@ from analysis.plots import FIGURES_PER_HYPOTHESIS, PLOTS_DIR, write_plots
 from analysis.report import REPORT_FILE, write_report
 from analysis.variants import hypotheses
 from analysis.verdict import hypotheses_of
-from trainers.atomic import NO_SPACE, mount_point, replacing
+from trainers.atomic import NO_SPACE, free_space, mount_point, replacing
 
 FORMATS = ("parquet", "csv")
 
@@ -29,8 +29,7 @@ def no_space(err: BaseException, folder, role: str) -> str | None:
     if not isinstance(err, OSError) or err.errno not in NO_SPACE:
         return None
     folder = Path(folder).absolute()
-    mount = mount_point(folder)
-    return f"{role} {folder} (the filesystem at {mount}): {shutil.disk_usage(mount).free / 2**20:.0f} MiB free"
+    return free_space(role, folder, shutil.disk_usage(mount_point(folder)).free)
 
 
 def _write_frame(frame: pd.DataFrame, path: Path) -> Path:

@@ -24,6 +24,11 @@ def mount_point(path: Path) -> Path:
     return path
 
 
+def free_space(role: str, path: Path, free: int) -> str:
+    """How a full disk names a place: `the storage /x (the filesystem at /m): 0 MiB free`."""
+    return f"{role} {path} (the filesystem at {mount_point(path)}): {free / 2**20:.0f} MiB free"
+
+
 def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:
     fd = os.open(path, flags)
     try:

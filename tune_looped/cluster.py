@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from trainers.atomic import mount_point
+from trainers.atomic import free_space
 from tune_looped.space import SpaceError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -115,7 +115,7 @@ def full_filesystems(places: dict[str, Path]) -> list[str]:
         except OSError:
             continue
         if device not in seen and free < MIN_FREE_BYTES:
-            full.append(f"{role} {path} (the filesystem at {mount_point(path)}): {free / 2**20:.0f} MiB free")
+            full.append(free_space(role, path, free))
         seen.add(device)
     return full
 

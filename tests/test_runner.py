@@ -127,22 +127,25 @@ def test_two_worker_nodes_share_the_trials(tmp_path, capsys):
     assert len({rows(t)[-1]["node_id"] for t in trials}) == 2
 
 
-def checkpointed_trial(experiment_dir: Path):
-    """A running trial that has reported a checkpoint: (trial_dir, its worker pid)."""
+def checkpointed_trial(experiment_dir: Path, before: int):
+    """A running trial that has reported a checkpoint and not yet step `before`: (trial_dir, its worker pid).
+    Well before its last step, so that the kill cannot land after the trial has returned (then Tune has nothing
+    to retry)."""
     for trial in trial_dirs(experiment_dir):
         if list(trial.glob("checkpoint_*/checkpoint.pt")) and (trial / "result.json").exists():
             done = rows(trial)
-            if done and done[-1]["step"] < 1999:
+            if done and done[-1]["step"] < before:
                 return trial, done[-1]["pid"]
+            assert not done or done[-1]["step"] < before, "the trial passed its first half before it was seen"
     return None
 
 
 def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
-    base = apply_overrides(TINY_BASE, {"training.train_steps": 2000, "training.save_every_steps": 200,
+    base = apply_overrides(TINY_BASE, {"training.train_steps": 2000, "training.save_every_steps": 100,
                                        "training.eval_every_steps": 500, "wandb.log_every_steps": 100})
     space = write_space(tmp_path / "space.yaml", [{"name": "k", "grid": {"training.seed": [7]}}], base)
     sweep = start_sweep(tmp_path, space, "--wandb", "--wandb-mode", "offline")
-    trial, pid = wait_for(lambda: checkpointed_trial(tmp_path / "r" / "s"))
+    trial, pid = wait_for(lambda: checkpointed_trial(tmp_path / "r" / "s", before=1000))
     os.kill(pid, signal.SIGKILL)
     out, err = finish(sweep, tmp_path)
     assert sweep.returncode == 0, err

@@ -4,6 +4,7 @@ puts the copies back in place of damaged files, setting aside the trial folders 
 import json
 import os
 import pickle
+import shutil
 
 import pytest
 
@@ -145,3 +146,57 @@ def test_the_repair_sets_aside_only_trial_folders_of_its_run_that_the_state_does
     assert sorted(p.name for p in aside) == ["t2", "t3", "t9"]
     assert all((experiment / name).read_text() == "x" for name in neighbours)
     assert all((experiment / trial / "trial.json").exists() for trial in ("t0", "t1", "extend-1/e0", "extend-1/e1"))
+
+
+def runtime_naming(*checkpoints):
+    """A trial's runtime metadata as Tune writes it: the checkpoint manager a cloudpickle in hex."""
+    pickled = pickle.dumps({"paths": [f"/storage/s/{c}" for c in checkpoints]}).hex()
+    return json.dumps({"checkpoint_manager": {"_type": "CLOUDPICKLE_FALLBACK", "value": pickled}})
+
+
+def save_naming(folder, checkpoints: dict, session=SESSION):
+    folder.mkdir(parents=True, exist_ok=True)
+    data = [[json.dumps({"trial_id": t, "relative_logdir": t}), runtime_naming(*names)]
+            for t, names in checkpoints.items()]
+    state = folder / f"experiment_state-{session}.json"
+    state.write_text(json.dumps({"trial_data": data, "runner_data": {}, "stats": {}}))
+    (folder / f"basic-variant-state-{session}.json").write_bytes(pickle.dumps(b"search"))
+    return state
+
+
+def test_the_checkpoints_a_kept_state_names_survive_tunes_rotation_and_the_repair_puts_them_back(tmp_path):
+    """Tune keeps a trial's newest checkpoints only; a state kept before a rotation names one it has deleted since,
+    and Tune cannot restore that trial from it."""
+    experiment, session = tmp_path / "r" / "s", tmp_path / "session"
+    for name in ("checkpoint_000001", "checkpoint_000002"):
+        (experiment / "t0" / name).mkdir(parents=True)
+        (experiment / "t0" / name / "checkpoint.pt").write_bytes(name.encode())
+    keeper = StateKeeper(experiment, session)
+    save_naming(staging(session), {"t0": ["checkpoint_000001", "checkpoint_000002"]})
+    keeper.keep()
+    link = experiment / ".tune_looped" / "checkpoints" / "t0" / "checkpoint_000001" / "checkpoint.pt"
+    assert link.stat().st_ino == (experiment / "t0" / "checkpoint_000001" / "checkpoint.pt").stat().st_ino
+    # Tune writes checkpoint 3, deletes 1, saves its state, and the disk fills while it writes the state
+    (experiment / "t0" / "checkpoint_000003").mkdir()
+    shutil.rmtree(experiment / "t0" / "checkpoint_000001")
+    state = save_naming(experiment, {"t0": ["checkpoint_000002", "checkpoint_000003"]})
+    state.write_text(state.read_text()[:25])
+    repair = plan_repair(experiment)
+    assert [str(c) for c in repair.checkpoints] == ["t0/checkpoint_000001"]
+    lines = apply_repair(experiment, repair)
+    assert lines[-1] == ("put back 1 checkpoint(s) that the restored state names and Tune had deleted since: "
+                         "t0/checkpoint_000001")
+    assert (experiment / "t0" / "checkpoint_000001" / "checkpoint.pt").read_bytes() == b"checkpoint_000001"
+
+
+def test_the_keeper_lets_go_of_checkpoints_no_kept_state_names(tmp_path):
+    experiment, session = tmp_path / "r" / "s", tmp_path / "session"
+    for name in ("checkpoint_000001", "checkpoint_000002"):
+        (experiment / "t0" / name).mkdir(parents=True)
+    keeper = StateKeeper(experiment, session)
+    save_naming(staging(session), {"t0": ["checkpoint_000001"]})
+    keeper.keep()
+    save_naming(staging(session), {"t0": ["checkpoint_000002"]}, session="2026-01-02_00-00-00")
+    keeper.keep()
+    kept = experiment / ".tune_looped" / "checkpoints" / "t0"
+    assert sorted(p.name for p in kept.iterdir()) == ["checkpoint_000002"]

@@ -220,13 +220,27 @@ def _init(ray, address: str | None, num_cpus, num_gpus, dashboard_host: str):
 
 
 def stop_ray() -> None:
-    """Shut Ray down; its log lines go back to where `start_ray` found them."""
+    """Shut Ray down; its log lines go back to where `start_ray` found them. The trials have ended by then, so
+    what the workers print while Ray stops them (an idle worker's traceback from its SIGTERM) is Ray's own and
+    goes to its log file too."""
     import ray
 
     try:
-        ray.shutdown()
+        with _workers_to_log():
+            ray.shutdown()
     finally:
         _restore_ray_lines()
+
+
+@contextlib.contextmanager
+def _workers_to_log():
+    if _ray_lines is None or _ray_lines.file is None:
+        yield
+        return
+    # Ray's log thread prints the workers' lines to whatever sys.stdout and sys.stderr are when each arrives
+    with open(_ray_lines.file.baseFilename, "a") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        yield
 
 
 def _restore_ray_lines() -> None:

@@ -12,6 +12,11 @@ generated them), and tuner.pkl. A resume that finds the folder's files damaged p
 setting aside the folders of the run's trials that the restored state does not know (they started after the copy,
 and the search generates them again); nothing else of the experiment moves (its analysis, W&B runs, extensions).
 Without a copy it is refused. Only a local experiment folder is checked and kept.
+
+A kept state names each trial's checkpoints as they were when it was saved, and Tune deletes a trial's older
+checkpoints as it writes new ones (`num_to_keep`), so the keeper also holds hard links to the checkpoints its copy
+names (no space of their own while Tune still has them); the repair puts back those Tune has deleted since, without
+which Tune could not restore those trials.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import contextlib
 import json
 import os
 import pickletools
+import re
 import shutil
 import threading
 import time
@@ -36,6 +42,11 @@ REPLACED_DIR = "replaced"
 # Ray's file in a trial folder from the trial's start, before the runner's record may be there
 RAY_PARAMS = "params.json"
 KEEP_EVERY_S = 2.0
+KEPT_CHECKPOINTS = "checkpoints"
+# Tune writes a trial's checkpoint manager into the state as a cloudpickle in hex ({"_type": ..., "value": hex});
+# its checkpoints' folder names are plain bytes in it
+CHECKPOINT_NAME = re.compile(rb"checkpoint_\d{6}")
+HEX = re.compile(r"[0-9a-f]*")
 
 
 def newest_state(folder: Path) -> Path | None:
@@ -76,6 +87,19 @@ def damage(file: Path, data: bytes | None = None) -> str | None:
 
 def copies_of(experiment_dir: Path) -> Path:
     return Path(experiment_dir) / RUNNER_DIR
+
+
+def named_checkpoints(state_data: bytes) -> set[Path]:
+    """The checkpoint folders (relative to the experiment folder) that Tune's state `state_data` names, those a
+    restore from it may ask for."""
+    named = set()
+    for trial, runtime in json.loads(state_data)["trial_data"]:
+        folder = json.loads(trial)["relative_logdir"]
+        manager = json.loads(runtime).get("checkpoint_manager")
+        pickled = manager.get("value") if isinstance(manager, dict) else None
+        if isinstance(pickled, str) and HEX.fullmatch(pickled) and len(pickled) % 2 == 0:
+            named |= {Path(folder, name.decode()) for name in CHECKPOINT_NAME.findall(bytes.fromhex(pickled))}
+    return named
 
 
 def set_aside(experiment_dir: Path, paths) -> Path:
@@ -170,11 +194,27 @@ class StateKeeper:
         # the search's state first: a trials' state kept without it would pair with an older search
         if search_data is not None:
             atomic.write_bytes(folder / search_state_of(state).name, search_data)
+        self._keep_checkpoints(named_checkpoints(data))
         atomic.write_bytes(folder / state.name, data)
         for older in [*folder.glob(STATE_PATTERN), *folder.glob(f"{SEARCH_PREFIX}*.json")]:
             if older.name not in (state.name, search_state_of(state).name):
                 older.unlink()
         self._seen[state.name] = status
+
+    def _keep_checkpoints(self, named: set[Path]) -> None:
+        """Hard links to the checkpoints `named`, made before the state that names them is kept; the links of
+        those no kept state names any more go."""
+        kept = copies_of(self.experiment_dir) / KEPT_CHECKPOINTS
+        for relative in named:
+            source, target = self.experiment_dir / relative, kept / relative
+            if source.is_dir() and not target.exists():
+                partial = target.with_name(f"{target.name}.partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(source, partial, copy_function=os.link)
+                partial.rename(target)
+        for link in kept.glob("*/*"):
+            if link.relative_to(kept) not in named:
+                shutil.rmtree(link)
 
 
 @dataclass
@@ -184,6 +224,7 @@ class Repair:
     damaged: list[tuple[Path, str]] = field(default_factory=list)
     copies: dict[Path, Path] = field(default_factory=dict)  # damaged or stale file -> good copy
     strangers: list[Path] = field(default_factory=list)  # trial folders the restored state does not know
+    checkpoints: list[Path] = field(default_factory=list)  # kept checkpoints the restored state names, gone since
     unrepairable: list[tuple[Path, str]] = field(default_factory=list)
 
 
@@ -217,8 +258,12 @@ def plan_repair(experiment_dir: Path) -> Repair:
     repair.copies[state] = good
     if good_search.exists():
         repair.copies[search] = good_search
-    known = {json.loads(trial)["relative_logdir"] for trial, _ in json.loads(good.read_bytes())["trial_data"]}
+    data = good.read_bytes()
+    known = {json.loads(trial)["relative_logdir"] for trial, _ in json.loads(data)["trial_data"]}
     repair.strangers = [folder for folder in run_trial_folders(experiment_dir) if folder.name not in known]
+    repair.checkpoints = sorted(relative for relative in named_checkpoints(data)
+                                if not (experiment_dir / relative).exists()
+                                and (kept / KEPT_CHECKPOINTS / relative).is_dir())
     return repair
 
 
@@ -240,6 +285,11 @@ def apply_repair(experiment_dir: Path, repair: Repair) -> list[str]:
         lines.append(f"{file} was {problem}; restored the copy of {copy.name} kept at {kept}")
     for file, copy in repair.copies.items():
         atomic.write_bytes(file, copy.read_bytes())
+    for relative in repair.checkpoints:
+        shutil.move(copies_of(experiment_dir) / KEPT_CHECKPOINTS / relative, experiment_dir / relative)
+    if repair.checkpoints:
+        lines.append(f"put back {len(repair.checkpoints)} checkpoint(s) that the restored state names and Tune had "
+                     f"deleted since: " + ", ".join(map(str, repair.checkpoints)))
     if repair.strangers:
         aside = set_aside(experiment_dir, repair.strangers)
         lines.append(f"set aside {len(repair.strangers)} trial folder(s) that the restored state does not know, in "

@@ -24,13 +24,13 @@ from analysis.frames import aggregate_seeds
 from analysis.stats import bootstrap_mean
 from trainers.atomic import replacing
 from trainers.cpus import available_cpus
+from trainers.layout import EVALUATION_FILE
 from trainers.models import LoopedTransformerModel, build_model
 from trainers.tasks import error_normaliser, sample_batch
 
 N_PROMPTS = 1280
 BATCH_SIZE = 256
 LOOPS_FACTOR = 10  # looped models run to 10 b by default: far enough to see whether they hold a fixed point
-EVALUATION_FILE = "evaluation.parquet"
 CURVE_COLUMNS = ["kind", "name", "axis", "x", "mean", "lo", "hi"]
 
 

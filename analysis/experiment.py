@@ -1,9 +1,10 @@
 """One experiment on disk, read without Ray: its trial folders, their values, results and checkpoints.
 
 Ray Tune writes one folder per trial; the runner records in each the trial's id, hypotheses and dotted
-values (`trial.json`, `trainers.records`), and a trial is any folder holding that record. The experiment may still be running or
-may have been interrupted, so a half-written last line of `result.json` is skipped and a checkpoint that does
-not load gives way to the next most recent one.
+values (`trial.json`, `trainers.records`). Which folders are trial folders is `trainers.layout`'s rule; the
+analysis reads those that hold the record. The experiment may still be running or may have been interrupted,
+so a half-written last line of `result.json` is skipped and a checkpoint that does not load gives way to the
+next most recent one.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainers.checkpoint import CHECKPOINT_FILE, read_weights, reason
+from trainers.checkpoint import read_weights, reason
 from trainers.dotted import flatten, get_dotted
-from trainers.records import (RUNNER_DIR, SPACE_RECORD, TRIAL_RECORD, RecordError, SpaceRecord, read_space_record, read_trial_record,
-                              trial_failed)
+from trainers.layout import (PARAMS_FILE, RESULT_FILE, SPACE_RECORD, TRIAL_RECORD, checkpoint_files, experiments_in,
+                             trial_folders)
+from trainers.records import RecordError, SpaceRecord, read_space_record, read_trial_record, trial_failed
 
 
 class AnalysisError(ValueError):
@@ -53,30 +55,22 @@ def read_trials(experiment_dir) -> list[TrialFolder]:
     if not root.is_dir():
         raise AnalysisError(f"{root}: no such experiment directory")
     _refuse_several(root)
-    # one walk of the tree, which holds every checkpoint of every trial
-    found = [p for p in root.rglob("*.json") if p.name in (TRIAL_RECORD, "params.json")
-             and RUNNER_DIR not in p.relative_to(root).parts]
-    recorded = {p.parent for p in found if p.name == TRIAL_RECORD}
-    unrecorded = sorted({p.parent for p in found} - recorded)
+    folders = trial_folders(root)
+    recorded = [folder for folder in folders if (folder / TRIAL_RECORD).exists()]
+    unrecorded = sorted(set(folders) - set(recorded))
     if unrecorded and not recorded:
-        raise AnalysisError(f"{root}: no trial folder holds {TRIAL_RECORD}, only Ray's params.json: an experiment "
+        raise AnalysisError(f"{root}: no trial folder holds {TRIAL_RECORD}, only Ray's {PARAMS_FILE}: an experiment "
                             f"of a runner older than the trial record; `python -m tune_looped.upgrade {root}` "
                             "writes them")
     for folder in unrecorded:
-        warnings.warn(f"{folder}: params.json but no {TRIAL_RECORD}; trial skipped", AnalysisWarning, stacklevel=2)
-    trials = [trial for folder in sorted(recorded) if (trial := _read_trial(folder)) is not None]
+        warnings.warn(f"{folder}: {PARAMS_FILE} but no {TRIAL_RECORD}; trial skipped", AnalysisWarning, stacklevel=2)
+    trials = [trial for folder in recorded if (trial := _read_trial(folder)) is not None]
     if not trials:
         raise AnalysisError(f"{root}: no trials there (no folder holds a readable {TRIAL_RECORD})")
     if not any(trial.rows or trial.checkpoint for trial in trials):
         raise AnalysisError(f"{root}: no trial has reported a result yet ({len(trials)} trial folder(s), none with "
                             "a result.json row or a checkpoint)")
     return trials
-
-
-def experiments_in(folder) -> list[Path]:
-    """The experiments in `folder` and below it: the folders that hold a space record."""
-    root = Path(folder)
-    return sorted(p.parent for p in root.rglob(SPACE_RECORD) if RUNNER_DIR not in p.relative_to(root).parts)
 
 
 def _refuse_several(root: Path) -> None:
@@ -108,7 +102,7 @@ def _read_trial(folder: Path) -> TrialFolder | None:
     params = {key: cell(value) for key, value in flatten(record.values).items()}
     errored = trial_failed(folder)
     return TrialFolder(record.trial_id, folder, tuple(sorted(set(record.hypotheses))), params,
-                       read_result_rows(folder / "result.json"), load_latest_checkpoint(folder), errored)
+                       read_result_rows(folder / RESULT_FILE), load_latest_checkpoint(folder), errored)
 
 
 def cell(value):
@@ -137,13 +131,13 @@ def read_result_rows(path: Path) -> list[dict]:
 
 
 def load_latest_checkpoint(folder: Path) -> dict | None:
-    """The loadable checkpoint with the highest step anywhere under the trial folder.
+    """The loadable checkpoint with the highest step among the trial's (`trainers.layout.checkpoint_files`).
 
-    Ray's `checkpoint_NNNNNN` and the trainer's `step_NNNNNN` folders number differently, so the step
-    stored inside decides. mmap keeps the model weights on disk until someone reads them.
+    Tune numbers its checkpoint folders by report, and a restore from an older checkpoint goes on from there, so
+    the step stored inside decides. mmap keeps the model weights on disk until someone reads them.
     """
     states = []
-    for file in sorted(folder.rglob(CHECKPOINT_FILE)):
+    for file in checkpoint_files(folder):
         try:
             state = read_weights(file, mmap=True)
         except (OSError, ValueError) as err:

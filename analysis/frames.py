@@ -129,9 +129,8 @@ def trial_summary(trial: TrialFolder, history: pd.DataFrame) -> dict:
     losses = history["eval/loss"].dropna() if "eval/loss" in history else pd.Series(dtype=float)
     wall = _last(history, "time_total_s")
     return {
-        "status": trial_status(last_step=last_step, train_steps=train_steps,
-                               diverged=any(row.get("diverged") is True for row in (*trial.saved_rows, *trial.rows)),
-                               stopped=any(row.get("done") is True for row in trial.rows), errored=trial.errored),
+        # the checkpoint's rows too: a restore may have lost some of result.json's
+        "status": trial_status((*trial.saved_rows, *trial.rows), train_steps, errored=trial.errored),
         "last_step": last_step,
         "train_steps": train_steps,
         "final_eval_loss": float(losses.iloc[-1]) if len(losses) else math.nan,

@@ -16,9 +16,11 @@ from analysis.experiment import read_trials, space_record
 from analysis.frames import frames_of
 from analysis.plots import FIGURES_PER_HYPOTHESIS, PLOTS_DIR, write_plots
 from analysis.report import REPORT_FILE, write_report
+from analysis.results import experiment_results
 from analysis.variants import hypotheses
 from analysis.verdict import hypotheses_of
 from trainers.atomic import NO_SPACE, free_space, mount_point, replacing
+from trainers.layout import CURVES_FRAME, RESULTS_FILE, SUMMARY_FRAME, frame_file
 
 FORMATS = ("parquet", "csv")
 
@@ -46,22 +48,26 @@ def export_frames(experiment_dir, out=None, fmt: str = "parquet") -> dict[str, P
         raise ValueError(f"format {fmt!r} is not one of {list(FORMATS)}")
     curves, summary = frames_of(read_trials(experiment_dir))
     out_dir = Path(out if out is not None else experiment_dir)
-    return {"curves": _write_frame(curves, out_dir / f"curves.{fmt}"),
-            "summary": _write_frame(summary, out_dir / f"summary.{fmt}")}
+    return {"curves": _write_frame(curves, frame_file(out_dir, CURVES_FRAME, fmt)),
+            "summary": _write_frame(summary, frame_file(out_dir, SUMMARY_FRAME, fmt))}
 
 
 def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = N_PROMPTS,
             max_loops: int | None = None, seed: int = 0, device=None, progress: bool | None = None) -> dict:
-    """Frames, evaluation, figures and report in one pass over the experiment (what a sweep ends with).
+    """Frames, evaluation, results, figures and report in one pass over the experiment (what a sweep ends with).
 
+    Written in that order: the results (`results.parquet`) need the evaluation, and the figures and the report
+    take their per-trial numbers from the results.
     `progress`: a bar on stderr, one step per checkpoint evaluated and per figure; None shows it on a terminal only.
-    Returns the written paths: `curves`, `summary`, `evaluation`, `report` and the list `plots`.
+    Returns the written paths: `curves`, `summary`, `evaluation`, `results`, `report` and the list `plots`.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {list(FORMATS)}")
     trials = read_trials(experiment_dir)
     out_dir = Path(out if out is not None else experiment_dir)
     curves, summary = frames_of(trials)
+    written = {"curves": _write_frame(curves, frame_file(out_dir, CURVES_FRAME, fmt)),
+               "summary": _write_frame(summary, frame_file(out_dir, SUMMARY_FRAME, fmt))}
     steps = (sum(t.checkpoint is not None and "model" in t.checkpoint for t in trials)
              + FIGURES_PER_HYPOTHESIS * len(hypotheses(summary)))
     record = space_record(experiment_dir)
@@ -70,10 +76,11 @@ def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = 
               disable=None if progress is None else not progress) as bar:
         evaluation = evaluate_trials(trials, n_prompts=n_prompts, max_loops=max_loops, seed=seed, device=device,
                                      progress=bar.update)
-        plots = write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, progress=bar.update, declared=declared)
-    written = {"curves": _write_frame(curves, out_dir / f"curves.{fmt}"),
-               "summary": _write_frame(summary, out_dir / f"summary.{fmt}"),
-               "evaluation": _write_frame(evaluation, out_dir / EVALUATION_FILE),
-               "plots": plots}
-    written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation, record)
+        written["evaluation"] = _write_frame(evaluation, out_dir / EVALUATION_FILE)
+        results = experiment_results(out_dir, summary, evaluation, declared)
+        written["results"] = out_dir / RESULTS_FILE
+        written["plots"] = write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, progress=bar.update,
+                                       declared=declared, results=results)
+    written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation, record,
+                                     results=results)
     return written

@@ -21,11 +21,12 @@ from analysis.evaluation import EVALUATION_FILE, aggregate_evaluation
 from analysis.experiment import read_trials, space_record
 from analysis.frames import aggregate_seeds, frames_of
 from analysis.ranking import least_squares_last
+from analysis.results import experiment_results, results_frame
 from analysis.variants import Variants, of_hypothesis
 from analysis.verdict import Hypothesis, Verdict, hypotheses_of, predict_zero_level
 from trainers.atomic import replacing
+from trainers.layout import PLOTS_DIR
 
-PLOTS_DIR = "plots"
 SLUG_LENGTH = 100  # of a hypothesis' name in its figures' file names, well within a filesystem's 255 bytes
 ZOOM_FRACTION = 0.25  # the zoomed view: the last quarter of training, where variants separate
 BASELINE_STYLES = (":", "-.", (0, (5, 2)), (0, (1, 3)), (0, (3, 1, 1, 1)))
@@ -33,11 +34,13 @@ ERROR_LABEL = "squared error / normaliser"
 
 
 def plot_experiment(experiment_dir, out=None) -> list[Path]:
-    """Write every figure into `<out>/plots` (default: the experiment directory); returns the files."""
+    """Write every figure into `<out>/plots` (default: the experiment directory), and the results they draw
+    into `<out>/results.parquet`; returns the figures."""
     curves, summary = frames_of(read_trials(experiment_dir))
     out_dir = Path(out if out is not None else experiment_dir)
-    return write_plots(out_dir / PLOTS_DIR, curves, summary, read_evaluation(out_dir, experiment_dir),
-                       declared=hypotheses_of(space_record(experiment_dir)))
+    evaluation, declared = read_evaluation(out_dir, experiment_dir), hypotheses_of(space_record(experiment_dir))
+    return write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, declared=declared,
+                       results=experiment_results(out_dir, summary, evaluation, declared))
 
 
 def read_evaluation(*directories) -> pd.DataFrame | None:
@@ -64,12 +67,15 @@ FIGURES_PER_HYPOTHESIS = 6
 
 def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
                 evaluation: pd.DataFrame | None = None, progress=None,
-                declared: dict[str, Hypothesis] | None = None) -> list[Path]:
+                declared: dict[str, Hypothesis] | None = None, results: pd.DataFrame | None = None) -> list[Path]:
     """`progress`: called once per figure (FIGURES_PER_HYPOTHESIS a hypothesis, drawn or left out for no data).
-    `declared`: the space's hypotheses, whose verdicts the forest plots draw."""
+    `declared`: the space's hypotheses, whose verdicts the forest plots draw. `results`: the frame of
+    `results.parquet`, whose per-trial errors the figures draw; None computes it from the summary and evaluation."""
     written = []
     least_squares = least_squares_last(evaluation)
-    for answer in answers(summary, evaluation, declared).items:
+    if results is None:
+        results = results_frame(summary, evaluation, declared)
+    for answer in answers(summary, results, declared).items:
         hypothesis, variants = answer.hypothesis, answer.variants
         own_curves = of_hypothesis(curves, hypothesis)
         own_evaluation = of_hypothesis(evaluation, hypothesis) if evaluation is not None else None

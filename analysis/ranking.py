@@ -11,6 +11,7 @@ from analysis.cost import COST_COLUMNS
 from analysis.stats import bootstrap_mean
 from analysis.variants import Variants
 from analysis.verdict import did_not_learn, predict_zero_level
+from trainers.records import FINISHED
 
 LAST_POSITION_CURVES = ("model@b", "model")  # a looped model after its b training loops; a plain one
 
@@ -21,7 +22,7 @@ def final_errors(summary: pd.DataFrame, evaluation: pd.DataFrame | None) -> tupl
     held-out prompts (`eval/loss_last`). A trial that diverged, failed or is still running has no final
     model, so no error: its last checkpoint would rank a model that training did not end with."""
     models = evaluation[evaluation["kind"] == "model"] if evaluation is not None else pd.DataFrame()
-    finished = summary["status"] == "finished"
+    finished = summary["status"] == FINISHED
     if models.empty:
         return (summary.assign(error=summary["final_eval_loss_last"].where(finished)),
                 "the training's held-out prompts at the final curriculum size (`eval/loss_last`)")
@@ -67,7 +68,7 @@ def status_line(trials: pd.DataFrame) -> str:
     parts = []
     for status, group in trials.groupby("status", sort=False):
         steps = ", ".join(str(int(s)) for s in sorted(group["last_step"].dropna()))
-        where = f" at step{'s' * (len(group) > 1)} {steps}" if status != "finished" and steps else ""
+        where = f" at step{'s' * (len(group) > 1)} {steps}" if status != FINISHED and steps else ""
         parts.append(f"{len(group)} {status}{where}")
     return ", ".join(parts)
 

@@ -1,11 +1,11 @@
 """REPORT.md: per hypothesis its question, a verdict by the stated rule and its declared trend, the variants
 ranked by their final error at the last position (mean and 5-95% band over seeds, beside least squares and the
-task's predict-0 error) with each one's difference to its reference, simultaneous interval and smallest
-detectable difference, what each variant cost, the figures, and the evaluation's model and baseline errors at
-the same k.
+task's predict-0 error) and their error at k = d in-context examples, with each one's difference to its
+reference, simultaneous interval and smallest detectable difference, what each variant cost, the figures, and
+the evaluation's model and baseline errors at the same k.
 
-Every number is read from the frames (summary, evaluation); each question is its hypothesis' `description:` in
-the space file, as the space record keeps it.
+Every number is read from the frames (summary, evaluation, and the results for each trial's errors); each
+question is its hypothesis' `description:` in the space file, as the space record keeps it.
 """
 from __future__ import annotations
 
@@ -21,15 +21,16 @@ from analysis.experiment import read_trials, space_record
 from analysis.frames import PRODUCTS_COLUMN, config_columns, frames_of
 from analysis.plots import PLOTS_DIR, plot_path, read_evaluation
 from analysis.ranking import least_squares_last
+from analysis.results import experiment_results, results_frame
 from analysis.significance import POWER
 from analysis.variants import Variants, of_hypothesis
 from analysis.verdict import (DID_NOT_LEARN, RULE, TREND_RULE, UNCLEAR, Hypothesis, TrendTest,
                               describe_reference, hypotheses_of, predict_zero_level)
 from trainers import atomic
 from trainers.records import SEED_KEY, STOPPED_EARLY, SpaceRecord, short_key
+from trainers.layout import REPORT_FILE
 from trainers.table import format_number, render
 
-REPORT_FILE = "REPORT.md"
 FIGURES = (("loss", "eval/loss vs step"), ("loss_zoom", "eval/loss, last part of training"),
            ("error_vs_k", "error vs in-context examples, with baselines"),
            ("error_vs_loop", "error vs loop iteration"),
@@ -51,36 +52,47 @@ def table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def report_experiment(experiment_dir, out=None) -> Path:
-    """Write REPORT.md into `out` (default: the experiment directory), linking the figures beside it."""
+    """Write REPORT.md into `out` (default: the experiment directory), linking the figures beside it, and the
+    results it reports into `<out>/results.parquet`."""
     _, summary = frames_of(read_trials(experiment_dir))
     out_dir = Path(out if out is not None else experiment_dir)
     evaluation = read_evaluation(out_dir, experiment_dir)
     record = space_record(experiment_dir)
-    return write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation, record)
+    results = experiment_results(out_dir, summary, evaluation, hypotheses_of(record))
+    return write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation, record,
+                        results=results)
 
 
 def write_report(path: Path, title: str, summary: pd.DataFrame, evaluation: pd.DataFrame | None,
-                 record: SpaceRecord | None = None) -> Path:
+                 record: SpaceRecord | None = None, *, results: pd.DataFrame | None = None) -> Path:
     """`record`: the space record, whose hypotheses give each section its question and verdict."""
     path = Path(path)
     questions = {h.name: h.question for h in record.hypotheses} if record is not None else {}
     atomic.write_text(path, render_report(title, summary, evaluation, path.parent / PLOTS_DIR, path.parent,
-                                          hypotheses_of(record), questions))
+                                          hypotheses_of(record), questions, results=results))
     return path
 
 
 def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
-                  declared: dict[str, Hypothesis], questions: dict[str, str] | None = None) -> str:
+                  declared: dict[str, Hypothesis], questions: dict[str, str] | None = None, *,
+                  results: pd.DataFrame | None = None) -> str:
+    """`results`: the frame of `results.parquet`, whose per-trial errors the report shows; None computes it from
+    the summary and evaluation."""
     statuses = ", ".join(f"{count} {status}" for status, count in summary["status"].value_counts().items())
-    found = answers(summary, evaluation, declared)
+    if results is None:
+        results = results_frame(summary, evaluation, declared)
+    found = answers(summary, results, declared)
     lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}; {_seed_range(summary)} per configuration.", "",
              *_products_lines(summary),
              "**How to read it.** Variants are ranked by their final error at the last position, measured on "
              f"{found.source}: squared error / the task's normaliser, on which predicting 0 scores the `predict 0` "
              "row of each ranking (E[y^2] / normaliser: 1 for the normalised tasks, d for relu_2nn_regression); mean "
-             "over seeds with the bootstrap 5-95% band over seeds. Only finished trials count: the cost table's "
-             f"status says where the others stopped. A variant at >= {DID_NOT_LEARN:g} x predict-0's error on every "
-             "seed **did not learn**: it is marked, not ranked.", "", f"**The verdict's rule.** {RULE}", ""]
+             "over seeds with the bootstrap 5-95% band over seeds. Beside it, the error at k = d in-context "
+             "examples (d the final curriculum's dimension, where least squares first fits exactly: the measure of "
+             "in-context learning), mean over seeds, on the evaluation's prompts (– without an evaluation). Only "
+             "finished trials count: the cost table's status says where the others stopped. A variant at >= "
+             f"{DID_NOT_LEARN:g} x predict-0's error on every seed **did not learn**: it is marked, not ranked.", "",
+             f"**The verdict's rule.** {RULE}", ""]
     if any(h.trend is not None for h in declared.values()):
         lines += [f"**The trend's rule.** {TREND_RULE}", ""]
     for answer in found.items:
@@ -89,7 +101,7 @@ def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
         lines += _verdict_lines(verdict, answer.declaration)
         lines += _trend_lines(answer.trend)
         references = _reference_rows(evaluation, predict_zero_level(answer.trials))
-        lines += (_ranking_table(answer.ranking, verdict, references)
+        lines += (_ranking_table(answer.ranking, _mean_at_d(answer.results), verdict, references)
                   + _stopped_early_table(answer.trials, answer.variants) + _cost_table(answer.ranking))
         lines += _figure_links(hypothesis, plots_dir, report_dir)
         if evaluation is not None:
@@ -118,9 +130,25 @@ def _products_lines(summary: pd.DataFrame) -> list[str]:
             "variants differ by more than their settings.", ""]
 
 
-def _reference_rows(evaluation: pd.DataFrame | None, predict_zero: float) -> list[tuple[str, float]]:
-    """(name, error at the last position) of the reference rows every ranking ends with."""
-    return [("least squares", least_squares_last(evaluation)), ("predict 0", predict_zero)]
+def _reference_rows(evaluation: pd.DataFrame | None, predict_zero: float) -> list[tuple[str, float, float]]:
+    """(name, error at the last position, error at k = d) of the reference rows every ranking ends with;
+    predicting 0 scores the same at every k."""
+    return [("least squares", least_squares_last(evaluation), _least_squares_at_d(evaluation)),
+            ("predict 0", predict_zero, predict_zero)]
+
+
+def _least_squares_at_d(evaluation: pd.DataFrame | None) -> float:
+    """Least squares' error at k = d, each trial's own d (NaN without an evaluation)."""
+    if evaluation is None or evaluation.empty:
+        return math.nan
+    rows = evaluation[(evaluation["kind"] == "baseline") & (evaluation["name"] == "least_squares")
+                      & (evaluation["axis"] == "k") & (evaluation["x"] == evaluation["n_dims_truncated"])]
+    return float(rows["mean"].mean()) if len(rows) else math.nan
+
+
+def _mean_at_d(results: pd.DataFrame) -> pd.Series:
+    """Per variant label, the mean over its finished seeds of their error at k = d."""
+    return results.groupby("variant")["error_at_d"].mean()
 
 
 def _verdict_lines(verdict, hypothesis: Hypothesis | None) -> list[str]:
@@ -152,15 +180,17 @@ def _difference(variant: str, verdict) -> tuple[str, str]:
     return ("reference", "–") if any(c.reference == variant for c in comparisons) else ("–", "–")
 
 
-def _ranking_table(frame: pd.DataFrame, verdict, references) -> list[str]:
+def _ranking_table(frame: pd.DataFrame, at_d: pd.Series, verdict, references) -> list[str]:
     rows = []
     for _, row in frame.iterrows():
         rank = row["rank"] if not pd.isna(row["rank"]) else "did not learn" if row["n_seeds"] else "–"
         seeds = ", ".join(number(v) for v in row["seed_values"]) or "–"
         rows.append([rank, f"`{row['variant']}`", row["n_seeds"], number(row["mean"]), number(row["lo"]),
-                     number(row["hi"]), seeds, *_difference(row["variant"], verdict)])
-    rows += [["reference", name, "–", number(value), "–", "–", "–", "–", "–"] for name, value in references]
-    header = ["rank", "variant", "seeds", "error at the last position", "5%", "95%", "per seed",
+                     number(row["hi"]), number(at_d.get(row["variant"])), seeds,
+                     *_difference(row["variant"], verdict)])
+    rows += [["reference", name, "–", number(last), "–", "–", number(first_fit), "–", "–", "–"]
+             for name, last, first_fit in references]
+    header = ["rank", "variant", "seeds", "error at the last position", "5%", "95%", "error at k = d", "per seed",
               "difference to its reference [simultaneous 95% interval]",
               f"smallest detectable difference ({POWER:.0%} power)"]
     return ["### Ranking", ""] + table(header, rows) + [""]

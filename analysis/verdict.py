@@ -18,7 +18,7 @@ learn leaves the hypothesis inconclusive.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -27,8 +27,8 @@ from analysis.frames import PREDICT_ZERO_COLUMN
 from analysis.significance import (ALPHA, MIN_SEEDS, POWER, Family, SeedTest, family, seed_test,
                                    seeds_to_detect)
 from analysis.variants import Variants
-from trainers.records import (EXPECTATIONS, SEED_KEY, TREND_DIRECTIONS, SpaceRecord, format_setting, short_key,
-                              trend_order)
+from trainers.records import (EXPECTATIONS, SEED_KEY, TREND_DIRECTIONS, Hypothesis, SpaceRecord, Trend,
+                              format_setting, short_key, trend_order)
 
 PREDICT_ZERO = 1.0  # the predict-0 level of the normalised tasks, for frames that do not say theirs
 DID_NOT_LEARN = 0.9  # of the predict-0 level, on every seed
@@ -65,20 +65,6 @@ TREND_RULE = (
     f"when the mean slope differs from 0 in the declared direction, is **{AGAINST}** when it differs in the "
     f"other, and is **{NOT_SHOWN}** otherwise or with fewer than {MIN_SEEDS} complete seeds. It tests that the "
     f"error tends to rise or fall along the key, not that every step does.")
-
-
-@dataclass(frozen=True)
-class Trend:
-    key: str  # a grid key of the hypothesis
-    error: str  # how the error is predicted to go as the key grows: increasing or decreasing
-
-
-@dataclass(frozen=True)
-class Hypothesis:
-    name: str
-    reference: dict  # dotted key -> the reference value
-    expect: str | None  # how the other variants are predicted to compare with the reference: worse or better
-    trend: Trend | None = None
 
 
 @dataclass(frozen=True)
@@ -324,7 +310,6 @@ def hypotheses_of(record: SpaceRecord | None) -> dict[str, Hypothesis]:
     found = {}
     for h in record.hypotheses if record is not None else ():
         expect = h.expect if h.reference and h.expect else None
-        trend = Trend(h.trend.key, h.trend.error) if h.trend is not None else None
-        if expect or trend:
-            found[h.name] = Hypothesis(h.name, dict(h.reference) if expect else {}, expect, trend)
+        if expect or h.trend:
+            found[h.name] = replace(h, reference=dict(h.reference) if expect else {}, expect=expect)
     return found

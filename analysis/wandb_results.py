@@ -1,10 +1,10 @@
 """The experiment's answers in W&B, beside the trials' curves: one run of job type `analysis` per experiment.
 
-It holds the per-trial results (each trial's error at the last position and at k = d, and its role in each
-hypothesis), per hypothesis the report's ranking, comparisons and cost as tables and its verdict and trend in
-the summary, every figure as an image, and REPORT.md with its figures as an artifact. A trial's own run has
-finished before the analysis starts, and an offline run cannot be appended to, so the per-trial results live in
-the analysis run; online, each trial run's summary gets them too, through the W&B API.
+It holds the per-trial results (the frame of `results.parquet`: each trial's error at the last position and at
+k = d, and its role in each hypothesis), per hypothesis the report's ranking, comparisons and cost as tables and
+its verdict and trend in the summary, every figure as an image, and REPORT.md with its figures as an artifact.
+A trial's own run has finished before the analysis starts, and an offline run cannot be appended to, so the
+per-trial results live in the analysis run; online, each trial run's summary gets them too, through the W&B API.
 
 Offline, the run is written into the experiment folder, replacing the previous analysis' offline run: it holds
 everything that one did, with the answers of the trials as they are now.
@@ -18,14 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.answers import Answer, Answers, answers, trial_results
+from analysis.answers import Answer, Answers, answers
 from analysis.cost import COST_COLUMNS
 from analysis.experiment import AnalysisWarning, read_trials, space_record
 from analysis.frames import frames_of
 from analysis.plots import PLOTS_DIR, read_evaluation
 from analysis.report import REPORT_FILE
+from analysis.results import experiment_results
 from analysis.verdict import Comparison, hypotheses_of
 from trainers.config import config_from_dict
+from trainers.layout import figures
 from trainers.records import SpaceRecord
 from trainers.wandb_log import merged_settings, remove_offline_runs, resolve_mode
 
@@ -81,7 +83,8 @@ def verdict_summary(found: Answers) -> dict:
 
 
 def trial_summaries(results: pd.DataFrame) -> dict[str, dict]:
-    """Per trial id, what its own run's summary gets: its errors, and its variant and role per hypothesis."""
+    """Per trial id, what its own run's summary gets from the results frame: its errors, and its variant and role
+    per hypothesis."""
     summaries = {}
     for trial_id, rows in results.groupby("trial_id", sort=False):
         first = rows.iloc[0]
@@ -95,17 +98,18 @@ def trial_summaries(results: pd.DataFrame) -> dict[str, dict]:
 
 def log_results(experiment_dir, settings: dict | None = None) -> Path | None:
     """Log the experiment's answers to one W&B run of job type `analysis` (settings: project, entity, group and
-    mode, as the sweep's trials had them; by default those the space record gives). Returns the offline run's
-    folder, or None online."""
+    mode, as the sweep's trials had them; by default those the space record gives). Its per-trial numbers are
+    those of the experiment's `results.parquet`, written again here from the trials and the evaluation as they are
+    now. Returns the offline run's folder, or None online."""
     import wandb
 
     experiment_dir = Path(experiment_dir)
     record = space_record(experiment_dir)
     settings = recorded_settings(record) if settings is None else settings
     _, summary = frames_of(read_trials(experiment_dir))
-    evaluation = read_evaluation(experiment_dir)
-    found = answers(summary, evaluation, hypotheses_of(record))
-    results = trial_results(found, evaluation)
+    evaluation, declared = read_evaluation(experiment_dir), hypotheses_of(record)
+    results = experiment_results(experiment_dir, summary, evaluation, declared)
+    found = answers(summary, results, declared)
     mode = resolve_mode(settings.get("mode", "auto"))
     run_id = analysis_run_id(experiment_dir.name)
     if mode == "offline":
@@ -121,7 +125,7 @@ def log_results(experiment_dir, settings: dict | None = None) -> Path | None:
             tables.update({f"{answer.hypothesis}/{name}": frame
                            for name, frame in hypothesis_tables(answer).items()})
         run.log({name: wandb.Table(dataframe=_table_frame(frame)) for name, frame in tables.items()})
-        plots = sorted((experiment_dir / PLOTS_DIR).glob("*.png"))
+        plots = figures(experiment_dir)
         if plots:
             run.log({f"plots/{path.stem}": wandb.Image(str(path)) for path in plots})
         run.summary.update(verdict_summary(found))

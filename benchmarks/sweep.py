@@ -27,6 +27,7 @@ from benchmarks import TABLE_STYLE
 from benchmarks.machine import REPO, describe, load_average
 from trainers.cli import OneLineArgumentParser
 from trainers.config import ConfigError, parse_override_args
+from trainers.layout import RESULT_FILE, trial_folders
 from trainers.table import render
 from tune_looped.space import load_space, quick_overrides, resolve_space_path
 
@@ -50,11 +51,14 @@ def _ray_startup() -> dict:
 
 
 def shortened_space(space: str, steps: int | None, overrides: dict, folder: Path) -> Path:
-    """A copy of the space whose quick block trains `steps` steps (and takes `overrides`), base made absolute."""
+    """A copy of the space whose quick block trains `steps` steps (and takes `overrides`), its base and includes
+    made absolute."""
     path = resolve_space_path(space)
     raw = yaml.safe_load(path.read_text())
     if isinstance(raw.get("base"), str):
         raw["base"] = str((path.parent / raw["base"]).resolve())
+    if isinstance(raw.get("include"), list):
+        raw["include"] = [str((path.parent / included).resolve()) for included in raw["include"]]
     quick = raw.setdefault("quick", {})
     quick["base"] = {**quick_overrides(quick.get("base", {}), path), **overrides,
                      **({"training.train_steps": steps} if steps else {})}
@@ -67,8 +71,9 @@ def shortened_space(space: str, steps: int | None, overrides: dict, folder: Path
 def _trial_timings(experiment: Path) -> list[dict]:
     """Per trial: training time (`elapsed_s` of its last row), its process's start and its end (epoch s)."""
     trials = []
-    for result in sorted(experiment.glob("*/result.json")):
-        rows = [r for r in read_result_rows(result) if "elapsed_s" in r]
+    for trial in trial_folders(experiment):
+        result = trial / RESULT_FILE
+        rows = [r for r in read_result_rows(result) if "elapsed_s" in r] if result.exists() else []
         if rows:
             last = rows[-1]
             trials.append({"training_s": last["elapsed_s"], "steps": last["step"] + 1,

@@ -39,7 +39,7 @@ def test_run_all_writes_everything_into_the_experiment(analysed):
     root, written = analysed
     assert {k: v for k, v in written.items() if k != "plots"} == {
         "curves": root / "curves.parquet", "summary": root / "summary.parquet",
-        "evaluation": root / "evaluation.parquet", "report": root / "REPORT.md"}
+        "evaluation": root / "evaluation.parquet", "results": root / "results.parquet", "report": root / "REPORT.md"}
     expected = {root / "plots" / f"{h}_{kind}.png" for h in ("information_flow", "looped_n_layers") for kind in KINDS}
     assert set(written["plots"]) == expected
     for path in expected:
@@ -83,7 +83,7 @@ def test_report_tables_match_the_frames(analysed):
         for row in rows:
             seen[(hypothesis, row[1])] = tuple(float(x) for x in row[3:6]) + (int(row[2]),)
             # untrained models sit at predict-0: did not learn means at >= 0.9 on every seed
-            assert (row[0] == "did not learn") == all(float(v) >= 0.9 for v in row[6].split(", "))
+            assert (row[0] == "did not learn") == all(float(v) >= 0.9 for v in row[7].split(", "))
         assert f"![eval/loss vs step](plots/{hypothesis}_loss.png)" in section
         assert f"![final error at the last position vs training FLOPs](plots/{hypothesis}_cost.png)" in section
         assert "**Verdict: none.**" in section  # the synthetic experiment has no space record

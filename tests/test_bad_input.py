@@ -422,6 +422,22 @@ CASES = [
          "benchmarks.step", ("--variants", "L1"), ("--variants", "unknown L1")),
     Case("benchmark-sweep-not-a-number", "benchmark flags", "sweep: a count that is not a number",
          "benchmarks.sweep", ("--steps", "many"), ("--steps", "invalid int value")),
+    # a space's `include:` of other space files
+    Case("space-include-missing", "space", "an `include` of a missing file", "run", RUN,
+         ("space.yaml: include[0]: no such file", "nope.yaml"), {**BASE, "space.yaml": space(include=["nope.yaml"])}),
+    Case("space-include-cycle", "space", "two spaces that include each other", "run", RUN,
+         ("other.yaml: include[0]: cycle through", "may not include itself"),
+         {**BASE, "space.yaml": space(include=["other.yaml"]), "other.yaml": space(include=["space.yaml"])}),
+    Case("space-include-same-name", "space", "a hypothesis name of an included file given again", "run", RUN,
+         ("space.yaml: hypotheses[0].name: must differ", "other.yaml"),
+         {**BASE, "space.yaml": space(include=["other.yaml"]), "other.yaml": space()}),
+    Case("space-include-other-base", "space", "an included space of another base", "run", RUN,
+         ("space.yaml: include[0]", "base sets training.train_steps to 31", "must have the including one's base"),
+         {**BASE, "space.yaml": space(include=["other.yaml"]), "base31.yaml": config(training__train_steps=31),
+          "other.yaml": space(base="base31.yaml", grid={"training.seed": [1]})}),
+    Case("space-include-not-list", "space", "an `include` that is not a list", "run", RUN,
+         ("space.yaml", "include: expected a non-empty list of strings"),
+         {**BASE, "space.yaml": space(include="other.yaml")}),
 ]
 
 

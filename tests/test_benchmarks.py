@@ -85,6 +85,7 @@ def _trial(folder, elapsed, start, steps=100):
     rows = [{"step": 0, "elapsed_s": 0.1, "wall_time": start + 2, "time_total_s": 2.0},
             {"step": steps - 1, "elapsed_s": elapsed, "wall_time": start + elapsed + 3, "time_total_s": elapsed + 3}]
     (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "params.json").write_text("{}")  # Ray's, there from the trial's start: what makes it a trial folder
 
 
 def test_timing_row_compares_wall_time_with_training_time_per_slot(tmp_path):

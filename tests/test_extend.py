@@ -14,7 +14,9 @@ from analysis.__main__ import main as analysis_main
 from helpers.experiments import write_experiment
 from helpers.sweeps import TINY_BASE, TrialEvents, finish, rows, start_sweep, wait_for, write_space
 from trainers.config import apply_overrides
-from trainers.records import RUNNER_DIR, SPACE_RECORD, read_space_record, write_space_record
+from trainers.layout import (RUNNER_DIR, SPACE_RECORD, SUMMARY_FRAME, TRIAL_RECORD, checkpoint_folder, frame_file,
+                             run_trial_folders, trial_folders)
+from trainers.records import read_space_record, write_space_record
 from tune_looped import SpaceError, SweepError, load_space, run_space
 from tune_looped.run import main
 from tune_looped.space import space_record
@@ -28,13 +30,8 @@ def files_of(folder) -> dict[str, str]:
             if p.is_file() and RUNNER_DIR not in p.relative_to(folder).parts and p.name != SPACE_RECORD}
 
 
-def trial_folders(experiment):
-    """The trial folders of every Tune run of the experiment, the extensions' too."""
-    return sorted(p.parent for p in experiment.rglob("params.json"))
-
-
 def read_trial(folder) -> dict:
-    return yaml.safe_load((folder / "trial.json").read_text())
+    return yaml.safe_load((folder / TRIAL_RECORD).read_text())
 
 
 def trial_ids(folders) -> set[str]:
@@ -71,7 +68,7 @@ def test_run_space_then_extend_with_seeds_runs_only_the_new_trials(tmp_path, mon
     rc = main(command(space, storage, "--extend", "--seeds", "1,2", "--set", "training.train_steps=20"))
     out, err = capsys.readouterr()
     assert rc == 0, err
-    new = trial_folders(experiment / "extend-1")
+    new = run_trial_folders(experiment / "extend-1")
     assert len(new) == 4 and started(recorder) == trial_ids(new)
     assert "--extend: 4 new trial(s) in extend-1/; seeds now 0,1,2" in err
     after = files_of(experiment)
@@ -80,7 +77,7 @@ def test_run_space_then_extend_with_seeds_runs_only_the_new_trials(tmp_path, mon
     assert [run.folder for run in record.runs] == [".", "extend-1"]
     assert sorted(t.values["training.seed"] for t in record.runs[1].trials) == [1, 1, 2, 2]
     assert len(record.trials) == 6 and record.overrides == {"training.train_steps": 20}
-    summary = pd.read_parquet(experiment / "summary.parquet")
+    summary = pd.read_parquet(frame_file(experiment, SUMMARY_FRAME))
     assert sorted(summary["training.seed"]) == [0, 0, 1, 1, 2, 2] and set(summary["status"]) == {"finished"}
     report = (experiment / "REPORT.md").read_text()
     assert "6 trials: 6 finished; 3 seeds per configuration." in report
@@ -109,13 +106,13 @@ def test_extend_with_a_new_grid_value_and_a_new_hypothesis(tmp_path, monkeypatch
     recorder.install(monkeypatch)
     rc = main(command(space, storage, "--extend"))
     assert rc == 0, capsys.readouterr().err
-    new = trial_folders(experiment / "extend-1")
+    new = run_trial_folders(experiment / "extend-1")
     values = sorted((read_trial(f)["values"]["model.n_layer"], read_trial(f)["values"]["model.n_embd"]) for f in new)
     assert values == [(1, 24), (3, 16)] and started(recorder) == trial_ids(new)
     # the first run's records name the new hypothesis and key; nothing else of the first run changed
     after = files_of(experiment)
-    assert {p: after[p] for p in first if not p.endswith("trial.json")} == \
-        {p: d for p, d in first.items() if not p.endswith("trial.json")}
+    assert {p: after[p] for p in first if not p.endswith(TRIAL_RECORD)} == \
+        {p: d for p, d in first.items() if not p.endswith(TRIAL_RECORD)}
     assert [(read_trial(depth[n])["hypotheses"], read_trial(depth[n])["values"]["model.n_embd"]) for n in (1, 2)] == \
         [(["depth", "width"], 16), (["depth"], 16)]
     report = (experiment / "REPORT.md").read_text()
@@ -134,7 +131,7 @@ def test_an_interrupted_extension_resumes(tmp_path):
     experiment = storage / "e"
     first = files_of(experiment)
     sweep = start_sweep(tmp_path, space, "--extend", "--seeds", "1,2", "--max-concurrent", "1", name="e")
-    wait_for(lambda: list(experiment.glob("extend-1/*/checkpoint_000001")), 240)
+    wait_for(lambda: [f for f in run_trial_folders(experiment / "extend-1") if checkpoint_folder(f, 1).exists()], 240)
     sweep.send_signal(signal.SIGINT)
     out, err = finish(sweep, tmp_path, name="e", timeout=120)
     assert sweep.returncode == 130, err[-3000:]
@@ -143,7 +140,7 @@ def test_an_interrupted_extension_resumes(tmp_path):
     resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "3 finished" in resumed.stdout
-    assert len(trial_folders(experiment / "extend-1")) == 2
+    assert len(run_trial_folders(experiment / "extend-1")) == 2
     assert all(rows(f)[-1]["step"] == 299 for f in trial_folders(experiment))
     after = files_of(experiment)
     assert {path: after[path] for path in first} == first

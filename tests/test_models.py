@@ -1,5 +1,4 @@
 import math
-import types
 
 import pytest
 import torch
@@ -242,36 +241,76 @@ def test_init_is_deterministic_under_manual_seed():
 
 @pytest.mark.parametrize("cls", [TransformerModel, LoopedTransformerModel])
 def test_constructor_defaults_are_the_plain_additive_model(cls):
-    model = cls(**TINY)
+    model = cls(ModelConfig(**TINY))
     assert "h" in model._backbone.transformer and "lstm" not in model._backbone.transformer
-    if cls is LoopedTransformerModel:
-        assert model.loop_func == "z=f(x+z)" and model.n_last_tokens == -1
+    assert model.config.loop_func == "z=f(x+z)" and model.config.n_last_tokens == -1
 
 
 def test_build_model_takes_defaults_and_objects():
     model = build_model({"family": "gpt2_loop"})
     assert isinstance(model, LoopedTransformerModel)
     # the defaults are ModelConfig's: the research's looped 1-layer model
-    assert len(model._backbone.transformer.h) == ModelConfig().n_layer == 1 and model.n_last_tokens == -1
+    assert len(model._backbone.transformer.h) == ModelConfig().n_layer == 1 and model.config.n_last_tokens == -1
     assert model._read_in.in_features == 20 and model._read_in.out_features == 256
     assert model._backbone.transformer.wpe.num_embeddings == 203
-    config = types.SimpleNamespace(family="gpt2", **TINY, n_last_tokens=-1, use_lstm_layer=True,
-                                   loop_func="z=f(x+z)", pred_type="regression", pretrained_path=None)
+    config = ModelConfig(family="gpt2", **TINY, use_lstm_layer=True)
     model = build_model(config)
-    assert type(model) is TransformerModel and "lstm" in model._backbone.transformer
+    assert type(model) is TransformerModel and "lstm" in model._backbone.transformer and model.config is config
+
+
+def test_a_dict_and_its_model_config_build_the_same_model():
+    section = {"family": "gpt2_loop", **TINY, "n_last_tokens": 3, "loop_func": "z=f(x*z)"}
+    torch.manual_seed(0)
+    from_dict = build_model(section)
+    torch.manual_seed(0)
+    from_config = build_model(ModelConfig(**section))
+    assert from_dict.config == from_config.config
+    for (name, a), b in zip(from_dict.state_dict().items(), from_config.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+# Computed before the modules took a ModelConfig (each took its own keyword arguments): the same seed must
+# still draw the same weights in the same order and the same math must give the same predictions.
+# (family, overrides) -> (sum of the predictions of prompts(), sum of every weight, the first two predictions);
+# the looped models' predictions are those of iterations 2 to 4 of model(xs, ys, 1, 4).
+BEFORE_MODEL_CONFIG = [
+    ("gpt2", {}, 1.8400454819202423, 80.23576438133296, [-0.0860794186592102, 0.6157772541046143]),
+    ("gpt2_loop", {}, 5.520830944180489, 80.23576438133296, [-0.0860874354839325, 0.6157893538475037]),
+    ("gpt2_loop", {"use_lstm_layer": True}, -2.266636148095131, 30.5270108198838,
+     [-0.010778740048408508, -0.07168204337358475]),
+    ("gpt2", {"use_lstm_layer": True}, 6.923406571149826, 30.5270108198838, [0.3950018584728241, 0.4099481403827667]),
+    ("gpt2_loop", {"n_last_tokens": 3}, 5.520310431718826, 80.23576438133296,
+     [-0.0860794186592102, 0.6157772541046143]),
+    ("gpt2_loop", {"loop_func": "z=f(x*z)"}, -5.63395582139492, 80.23576438133296,
+     [-0.778383731842041, -0.37804821133613586]),
+]
+
+
+@pytest.mark.parametrize("family, overrides, prediction_sum, weight_sum, first", BEFORE_MODEL_CONFIG)
+def test_models_from_model_config_compute_what_they_did_before(family, overrides, prediction_sum, weight_sum, first):
+    model = tiny(family, seed=7, **overrides)
+    xs, ys = prompts()
+    with torch.no_grad():
+        predictions = model(xs, ys) if family == "gpt2" else torch.stack(model(xs, ys, 1, 4))
+    weights = sum(w.double().sum() for w in model.state_dict().values())
+    assert weights.item() == pytest.approx(weight_sum, rel=1e-9)
+    assert predictions.double().sum().item() == pytest.approx(prediction_sum, abs=1e-4)
+    assert predictions.flatten()[:2].tolist() == pytest.approx(first, abs=ATOL)
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"family": "gpt3"}, "gpt2.*gpt2_loop"),
-    ({"family": None}, "allowed"),
-    ({"loop_func": "z=f(z)"}, "z=f\\(x\\+z\\)"),
-    ({"n_last_tokens": -2}, "n_last_tokens"),
-    ({"n_head": 3}, "divisible"),
-    ({"pred_type": "classification"}, "regression"),
+    ({"family": "gpt3"}, "family: must be one of gpt2, gpt2_loop, got 'gpt3'"),
+    ({"family": None}, "family: must be one of gpt2, gpt2_loop, got None"),
+    ({"loop_func": "z=f(z)"}, "loop_func: must be one of z=f\\(x\\+z\\), z=f\\(x\\*z\\)"),
+    ({"n_last_tokens": -2}, "n_last_tokens: must be -1 \\(all tokens\\) or a count >= 0, got -2"),
+    ({"n_head": 3}, "n_head: must be a positive divisor of n_embd=16, got 3"),
+    ({"pred_type": "classification"}, "pred_type: must be one of regression"),
+    ({"n_layers": 2}, "n_layers: unknown key"),
 ])
 def test_build_model_rejects_bad_settings(overrides, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^model section: {match}") as err:
         build_model({"family": "gpt2_loop", **TINY, **overrides})
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("n_loop_start, n_loops", [(0, 0), (3, 3), (4, 2), (-1, 2)])

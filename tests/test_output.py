@@ -3,6 +3,7 @@ and summary, with Ray's own lines (its start-up, each checkpoint's, Tune's repea
 the run names, or on the terminal with --verbose; and TensorBoard's x-axis in training steps.
 
 The dry run's storage check is a case of test_bad_input.py's table (`storage-dry-run`)."""
+import importlib
 import io
 import logging
 import os
@@ -101,7 +102,7 @@ def test_verbose_shows_ray_s_own_lines_on_the_terminal(tmp_path):
 def terminal():
     """A terminal handler of the test's own on Ray's logger, as `import ray` gives it one: Ray's own handler writes
     to the stream that was stderr when Ray was first imported, which pytest's capture of an earlier test may own."""
-    import ray  # noqa: F401  (its import sets up the "ray" logger, which _RayLines then finds)
+    importlib.import_module("ray")  # its import sets up the "ray" logger, which _RayLines then finds
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -7,8 +7,10 @@ import pytest
 from analysis.experiment import read_trials
 from analysis.frames import frames_of
 from analysis.plots import FIGURES_PER_HYPOTHESIS, PLOTS_DIR, loss_figure, plot_experiment, plot_path, write_plots
+from analysis.results import read_results, results_frame
 from analysis.variants import of_hypothesis, variants_of
 from helpers.experiments import write_experiment
+from trainers.layout import RESULTS_FILE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HYPOTHESES = ("information_flow", "looped_n_layers")
@@ -62,6 +64,18 @@ def test_plot_experiment_writes_into_the_output_directory(tmp_path):
     written = plot_experiment(root, out=tmp_path / "out")
     assert written and all(p.parent == tmp_path / "out" / PLOTS_DIR and p.exists() for p in written)
     assert not (root / PLOTS_DIR).exists()
+    # beside them, the results they drew
+    assert not (root / RESULTS_FILE).exists() and len(read_results(tmp_path / "out")) == 7
+
+
+def test_the_figures_draw_the_errors_of_the_results_frame(frames, tmp_path):
+    curves, summary = frames
+    results = results_frame(summary, None)
+    drawn = write_plots(tmp_path / "drawn", curves, summary, results=results)
+    assert {p.name for p in drawn if p.name.endswith("_cost.png")} == {f"{h}_cost.png" for h in HYPOTHESES}
+    # the same trials with no final error in the results: nothing to place against its cost
+    empty = write_plots(tmp_path / "empty", curves, summary, results=results.assign(error_last=float("nan")))
+    assert not [p for p in empty if p.name.endswith("_cost.png")]
 
 
 def test_a_hypothesis_name_becomes_a_safe_file_name(tmp_path):

@@ -28,8 +28,8 @@ from trainers.records import (
     (99, math.nan, False, False, False, INCOMPLETE),  # no config to say where the end is
 ])
 def test_one_status_rule(last_step, train_steps, diverged, stopped, errored, status):
-    assert trial_status(last_step=last_step, train_steps=train_steps, diverged=diverged, stopped=stopped,
-                        errored=errored) == status
+    rows = [] if last_step is None else [{"step": last_step, "diverged": diverged, "done": stopped}]
+    assert trial_status(rows, train_steps, errored=errored) == status
 
 
 @pytest.mark.parametrize("values, label", [

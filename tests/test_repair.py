@@ -1,11 +1,12 @@
 """A resume that repairs Tune's damaged state sets aside only the trial folders of the run it repairs: the
-analysis, W&B's folder and the extensions stay where they are, and the resume finds nothing missing. The same for
+analysis, W&B's folders and the extensions stay where they are, and the resume finds nothing missing. The same for
 `--rebuild-state`, and a resume names an extension's folder that is gone instead of saying it never saved a state.
 The sweeps are tiny (30 steps, n_embd 16) on a real embedded Ray, the runner a subprocess."""
 import hashlib
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ import torch
 
 from helpers.experiments import write_trial
 from helpers.sweeps import TINY_BASE, record, rows, sweep_command, write_space
+from trainers.layout import (PLOTS_DIR, REPORT_FILE, RUNNER_DIR, WANDB_DIR, extension_folder, figures, newest_state,
+                             offline_runs, run_trial_folders)
 from trainers.models import build_model
-from trainers.records import RUNNER_DIR, read_space_record, write_space_record
+from trainers.records import read_space_record, trial_failed, write_space_record
 from tune_looped import extend, load_space
 from tune_looped.rebuild import plan as plan_rebuild
 from tune_looped.run import main
@@ -28,6 +31,7 @@ DEPTH = {"name": "depth", "description": "Does a deeper loop body learn better?"
 PRETRAINED = {"name": "pretrained", "description": "Does a pretrained start help?",
               "grid": {"model.n_layer": [1], "model.pretrained_path": [RUNNER_ONLY]}}
 LAST_STEP = TINY_BASE["training"]["train_steps"] - 1
+WANDB_OFFLINE = ("--wandb", "--wandb-mode", "offline")
 
 
 def files_of(folder) -> dict[str, str]:
@@ -41,56 +45,65 @@ def runner(tmp_path, space, *extra, report=False) -> subprocess.CompletedProcess
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
+def analysis(tmp_path, *args) -> None:
+    done = subprocess.run([sys.executable, "-m", "analysis", *map(str, args)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def started_trials(out: str) -> list[str]:
     """The ids of the trials that started, from the first line each writes (`trial <id> <run name> ...`)."""
     plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
     return re.findall(r"^\(run_trial pid=\d+\) trial (\S+) ", plain, flags=re.MULTILINE)
 
 
-def trial_folders_by_id(folder: Path) -> dict[str, Path]:
-    return {record(p.parent)["trial_id"]: p.parent for p in folder.glob("*/trial.json")}
+def trial_folders_by_id(run_dir: Path) -> dict[str, Path]:
+    return {record(folder)["trial_id"]: folder for folder in run_trial_folders(run_dir)}
 
 
 @pytest.mark.slow
 def test_a_resume_past_a_damaged_state_leaves_the_analysis_and_the_extension_in_place(tmp_path):
+    """A sweep with W&B offline and an errored trial, its analysis and W&B analysis run, a finished extension of
+    new seeds; the first run's newest state cut short. The resume restores the first run from its kept copy: only
+    the errored trial runs again, and the analysis, both W&B folders and the extension stay as they were."""
     space = load_space(write_space(tmp_path / "full.yaml", [DEPTH, PRETRAINED], seeds=[0]))
     write_space(tmp_path / "depth.yaml", [DEPTH], seeds=[0])
     model = trial_config(space.base, {"model.n_layer": 1}).model
     torch.save({"model": build_model(model).state_dict()}, tmp_path / "pretrained.pt")
     experiment = tmp_path / "r" / "s"
 
-    first = runner(tmp_path, space.path, report=True)
+    first = runner(tmp_path, space.path, *WANDB_OFFLINE)
     # a failed trial is exit status 1, with the summary's count
     assert first.returncode == 1 and "2 finished, 1 error" in first.stdout.splitlines(), first.stderr
-    failing = [trial_id for trial_id, folder in trial_folders_by_id(experiment).items()
-               if (folder / "error.txt").exists()]
-    assert len(failing) == 1 and (experiment / "plots").is_dir() and (experiment / "REPORT.md").is_file()
+    failing = [trial_id for trial_id, folder in trial_folders_by_id(experiment).items() if trial_failed(folder)]
+    assert len(failing) == 1
+    analysis(tmp_path, "all", experiment)
+    analysis(tmp_path, "wandb", experiment, "--mode", "offline")
+    assert figures(experiment) and (experiment / REPORT_FILE).is_file() and len(offline_runs(experiment)) == 1
 
-    extended = runner(tmp_path, tmp_path / "depth.yaml", "--extend", "--seeds", "1")
+    extended = runner(tmp_path, tmp_path / "depth.yaml", "--extend", "--seeds", "1", *WANDB_OFFLINE)
     assert extended.returncode == 1 and "4 finished, 1 error" in extended.stdout.splitlines(), extended.stderr
-    assert [r.folder for r in read_space_record(experiment).runs] == [".", "extend-1"]
-    extension = trial_folders_by_id(experiment / "extend-1")
+    assert [r.folder for r in read_space_record(experiment).runs] == [".", extension_folder(1)]
+    extension = trial_folders_by_id(experiment / extension_folder(1))
     assert len(extension) == 2 and all(rows(folder)[-1]["step"] == LAST_STEP for folder in extension.values())
-    (experiment / "wandb" / "offline-run-20260101_000000-x").mkdir(parents=True)
-    (experiment / "wandb" / "offline-run-20260101_000000-x" / "run-x.wandb").write_bytes(b"w&b")
     finished = {trial_id: folder for trial_id, folder in {**trial_folders_by_id(experiment), **extension}.items()
                 if trial_id not in failing}
-    assert len(finished) == 4
-    before = {trial_id: files_of(folder) for trial_id, folder in finished.items()}
-    analysis = {name: files_of(experiment / name) for name in ("plots", "wandb")}
-    report = (experiment / "REPORT.md").read_bytes()
-    state = max(experiment.glob("experiment_state-*.json"))
+    assert len(finished) == 4 and all(offline_runs(folder) for folder in finished.values())
+    before = {trial_id: (rows(folder), files_of(folder)) for trial_id, folder in finished.items()}
+    kept = {name: files_of(experiment / name) for name in (PLOTS_DIR, WANDB_DIR, extension_folder(1))}
+    report = (experiment / REPORT_FILE).read_bytes()
+    state = newest_state(experiment)
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
 
-    resumed = runner(tmp_path, space.path, "--resume")
+    resumed = runner(tmp_path, space.path, "--resume", *WANDB_OFFLINE)
     assert resumed.returncode == 1 and "4 finished, 1 error" in resumed.stdout.splitlines(), resumed.stderr
     told = resumed.stdout.splitlines() + resumed.stderr.splitlines()
     assert not [line for line in told if line.startswith(("missing:", "not asked for:", "warning: set aside"))], told
     assert any(line.startswith(f"warning: {state} was cut short or not JSON (") for line in resumed.stderr.splitlines())
     assert started_trials(resumed.stdout) == failing
-    assert {trial_id: files_of(folder) for trial_id, folder in finished.items()} == before
-    assert {name: files_of(experiment / name) for name in ("plots", "wandb")} == analysis
-    assert (experiment / "REPORT.md").read_bytes() == report
+    assert {trial_id: (rows(folder), files_of(folder)) for trial_id, folder in finished.items()} == before
+    assert {name: files_of(experiment / name) for name in kept} == kept
+    assert (experiment / REPORT_FILE).read_bytes() == report
     assert not list((experiment / RUNNER_DIR).glob("replaced/*"))
 
 

@@ -33,14 +33,17 @@ def summary_frame(errors=ERRORS, hypotheses="information_flow", predict_zero=1.0
 
 
 def evaluation_frame(summary: pd.DataFrame, shift: float) -> pd.DataFrame:
-    """model@b at the last position k = 16 = the summary's error + shift; least squares at 0.001 there."""
+    """model@b at the last position k = 16 = the summary's error + shift, and at k = d = 8 twice the summary's
+    error; least squares at 0.001 at k = 16 and 0.25 at k = 8."""
+    meta = {"task_name": "linear_regression", "n_dims_truncated": 8, "n_points": 17, "n_prompts": 1280}
+    at_x = {8: lambda error: 2 * error, 15: lambda error: 5.0, 16: lambda error: error + shift}
     rows = [{"trial_id": r["trial_id"], "hypotheses": r["hypotheses"], "model.n_last_tokens": r["model.n_last_tokens"],
              "training.seed": r["training.seed"], "kind": "model", "name": "model@b", "axis": "k", "x": x,
-             "mean": r["final_eval_loss_last"] + shift if x == 16 else 5.0, "lo": 0.0, "hi": 9.0, "n_prompts": 1280,
-             "train_loops": 6, "max_loops": 60} for _, r in summary.iterrows() for x in (15, 16)]
+             "mean": error(r["final_eval_loss_last"]), "lo": 0.0, "hi": 9.0, "train_loops": 6, "max_loops": 60,
+             **meta} for _, r in summary.iterrows() for x, error in at_x.items()]
     rows += [{"trial_id": r["trial_id"], "hypotheses": r["hypotheses"], "kind": "baseline", "name": "least_squares",
-              "axis": "k", "x": x, "mean": 0.001 if x == 16 else 0.5, "lo": 0.0, "hi": 1.0, "n_prompts": 1280}
-             for _, r in summary.iterrows() for x in (15, 16)]
+              "axis": "k", "x": x, "mean": {8: 0.25, 15: 0.5, 16: 0.001}[x], "lo": 0.0, "hi": 1.0, **meta}
+             for _, r in summary.iterrows() for x in at_x]
     return pd.DataFrame(rows)
 
 
@@ -61,13 +64,14 @@ def test_report_gives_the_verdict_the_ranking_and_the_reference_rows(tmp_path):
                                      ["did not learn", "`n_last_tokens=23`", "3"],
                                      ["reference", "least squares", "–"], ["reference", "predict 0", "–"]]
     assert [float(r[3]) for r in rows[:3]] == pytest.approx([0.11, 0.7233, 0.9633], abs=1e-4)
-    assert rows[0][6] == "0.1, 0.12, 0.11" and rows[0][7:] == ["reference", "–"]
+    assert rows[0][7] == "0.1, 0.12, 0.11" and rows[0][8:] == ["reference", "–"]
+    assert [r[6] for r in rows] == ["–"] * 4 + ["1"]  # no evaluation: no error at k = d, but predict 0's
     # the mask against all tokens, paired by seed: differences 0.60, 0.63, 0.61 (sd 0.0153), 2 comparisons, so
     # the interval is +-t(0.05 / 2, 2 df) se and the detectable difference (t(0.05 / 2) + t(0.4)) se
     se = pd.Series([0.60, 0.63, 0.61]).std() / math.sqrt(3)
     critical, power = t_quantile(0.025, 2), t_quantile(0.4, 2)
-    assert rows[1][7] == f"+0.613 [{0.61333 - critical * se:+.3f}, {0.61333 + critical * se:+.3f}]: worse (paired)"
-    assert rows[1][8] == f"{(critical + power) * se:.3g}"
+    assert rows[1][8] == f"+0.613 [{0.61333 - critical * se:+.3f}, {0.61333 + critical * se:+.3f}]: worse (paired)"
+    assert rows[1][9] == f"{(critical + power) * se:.3g}"
     assert rows[3][3] == "–" and rows[4][3] == "1"
     assert "on the training's held-out prompts" in report
 
@@ -106,6 +110,17 @@ def test_report_ranks_by_the_evaluation_when_there_is_one(tmp_path):
     assert [float(r[3]) for r in rows[:3]] == pytest.approx([0.11, 0.4233, 0.9633], abs=1e-4)
     assert rows[3][:4] == ["reference", "least squares", "–", "0.001"]
     assert "on the evaluation's 1280 fresh prompts at k = 16" in report
+    # at k = d = 8: twice each seed's error (the mask's 0.3 lower too), mean over the three seeds
+    assert [float(r[6]) for r in rows] == pytest.approx([0.22, 1.1467, 1.9267, 0.25, 1], abs=5e-4)
+
+
+def test_the_error_at_d_counts_finished_trials_only(tmp_path):
+    summary = summary_frame()
+    evaluation = evaluation_frame(summary, shift=0.0)
+    summary.loc[summary["trial_id"] == "n8s2", "status"] = "diverged"
+    rows = {r[1]: r for r in table_rows(render(summary, evaluation, tmp_path=tmp_path), "rank")}
+    assert float(rows["`n_last_tokens=8`"][6]) == pytest.approx(0.70 + 0.75, abs=1e-4)  # 2 x 0.70 and 2 x 0.75
+    assert float(rows["`n_last_tokens=all`"][6]) == pytest.approx(0.22, abs=1e-4)
 
 
 @pytest.mark.parametrize("errors, word", [
@@ -136,7 +151,7 @@ def test_only_finished_trials_are_ranked(tmp_path):
     rows = {r[1]: r for r in table_rows(report, "rank")}
     assert rows["`n_last_tokens=8`"][2:4] == ["1", "0.7"] and rows["`n_last_tokens=all`"][2:4] == ["1", "0.12"]
     # one seed a side is not enough for a difference
-    assert rows["`n_last_tokens=8`"][7:] == ["+0.580: no clear difference, not tested (fewer than 2 seeds a side)",
+    assert rows["`n_last_tokens=8`"][8:] == ["+0.580: no clear difference, not tested (fewer than 2 seeds a side)",
                                                 "–"]
     cost = {r[0]: r[-1] for r in table_rows(report, "variant | parameters")}
     assert cost["`n_last_tokens=8`"] == "1 finished, 1 diverged at step 41"

@@ -619,7 +619,8 @@ def test_the_earlier_spelling_experiments_still_loads_with_a_warning(tmp_path):
 
 @pytest.mark.parametrize("space, fragment", [
     ({"experiments": ONE_EXPERIMENT}, "experiments: the earlier spelling of hypotheses; give one of the two"),
-    ({"hypotheses": None}, "hypotheses: missing; expected a non-empty list of hypotheses"),
+    ({"hypotheses": None}, "hypotheses: missing; expected a non-empty list of hypotheses, or an include of space "
+                           "files that have them"),
 ], ids=["both", "neither"])
 def test_hypotheses_and_experiments_are_one_key(tmp_path, space, fragment):
     path = tmp_path / "space.yaml"
@@ -753,3 +754,152 @@ def test_bad_space_cli(tmp_path, space, extra):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], proc.stderr
     assert proc.stdout == "" and not storage.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. include: a space made of other spaces' hypotheses, and the one hypothesis type from the file to the verdict.
+
+# hypotheses.yaml's configurations, in the order its trials have had since before it included the three files
+# (n_last_tokens, n_layer, use_lstm_layer): the masks, then more layers, then the LSTMs
+STUDY = [(mask, 1, False) for mask in (20, 25, 55, 75, -1)] + [(-1, 2, False), (-1, 3, False)] + [
+    (-1, n_layer, True) for n_layer in (1, 2, 3)]
+QUICK_MASKS = {20: 8, 25: 10, 55: 23, 75: 31, -1: -1}
+ALL_THREE = ("information_flow", "looped_n_layers", "looped_lstm")
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+def test_hypotheses_is_its_three_files_in_the_trials_order_it_had(quick):
+    space = load_space("hypotheses", quick=quick)
+    assert len(space.trials) == 30
+    expected = []
+    for mask, n_layer, lstm in STUDY:
+        tags = (("information_flow",) * (n_layer == 1 and not lstm) + ("looped_n_layers",) * (mask == -1 and not lstm)
+                + ("looped_lstm",) * (mask == -1))
+        values = {"model.n_last_tokens": QUICK_MASKS[mask] if quick else mask, "model.n_layer": n_layer,
+                  "model.use_lstm_layer": lstm}
+        expected += [({**values, "training.seed": seed}, tags) for seed in (0, 1, 2)]
+    assert trial_rows(space) == expected
+    assert [h.name for h in space.hypotheses] == list(ALL_THREE)
+    for hypothesis in space.hypotheses:  # each as its own file declares it
+        assert load_space(hypothesis.name, quick=quick).hypotheses == (hypothesis,)
+
+
+def test_an_include_is_its_hypotheses_written_out(tmp_path):
+    """The included files' hypotheses, copied into one file with the included quick grid: the same trials and the
+    same record, so an experiment started from either resumes from the other."""
+    written_out = yaml.safe_load((SPACES_DIR / "hypotheses.yaml").read_text())
+    files = [yaml.safe_load((SPACES_DIR / name).read_text()) for name in written_out.pop("include")]
+    written_out |= {"base": str(SPACES_DIR / written_out["base"]),
+                    "hypotheses": [h for f in files for h in f["hypotheses"]]}
+    written_out["quick"] |= {"base": str(SPACES_DIR / written_out["quick"]["base"]),
+                             "grid": {k: v for f in files for k, v in f["quick"].get("grid", {}).items()}}
+    path = tmp_path / "hypotheses.yaml"
+    path.write_text(yaml.safe_dump(written_out))
+    for quick in (False, True):
+        ours, theirs = (space_record(load_space(p, quick=quick), quick).model_dump(exclude={"source"})
+                        for p in (SPACES_DIR / "hypotheses.yaml", path))
+        assert ours == theirs and len(ours["trials"]) == 30
+
+
+def write_include(tmp_path, name, hypotheses=None, **top) -> Path:
+    """A space file `name` in tmp_path on the table's base, its `hypotheses` given as {name: grid} (none if None)."""
+    own = {"hypotheses": [{"name": n, "grid": grid} for n, grid in hypotheses.items()]} if hypotheses else {}
+    return write_space(tmp_path, yaml.safe_dump({"base": BASE, **own, **top}, sort_keys=False), name)
+
+
+def test_an_included_files_hypotheses_come_first_with_its_quick_grid(tmp_path):
+    write_include(tmp_path, "layers.yaml", {"layers": {"model.n_layer": [1, 2]}}, seeds=[5, 6],
+                  quick={"grid": {"model.n_layer": [3]}, "seeds": [7]})
+    path = write_include(tmp_path, "space.yaml", {"masks": {"model.n_last_tokens": [4, -1]}}, include=["layers.yaml"],
+                         seeds=[0], quick={"base": {"training.train_steps": 10}})
+    assert trial_rows(load_space(path)) == [
+        ({"model.n_last_tokens": -1, "model.n_layer": 1, "training.seed": 0}, ("layers", "masks")),
+        ({"model.n_last_tokens": -1, "model.n_layer": 2, "training.seed": 0}, ("layers",)),
+        ({"model.n_last_tokens": 4, "model.n_layer": 1, "training.seed": 0}, ("masks",))]
+    # the included file's quick grid goes with its hypotheses; its seeds are for its own runs
+    quick = load_space(path, quick=True)
+    assert {t.values["model.n_layer"] for t in quick.trials if "layers" in t.hypotheses} == {3}
+    assert {t.values["training.seed"] for t in quick.trials} == {0} and quick.base["training"]["train_steps"] == 10
+    # the including file's own quick grid goes over the included one's
+    path = write_include(tmp_path, "space.yaml", include=["layers.yaml"],
+                         quick={"grid": {"model.n_layer": [4]}})
+    assert [t.values for t in load_space(path, quick=True).trials] == [{"model.n_layer": 4}]
+    # a --set of a key an included hypothesis sweeps is refused as for the space's own
+    with pytest.raises(SpaceError, match=r"--set model.n_layer: .* sweeps this key"):
+        load_space(path, overrides={"model.n_layer": 2})
+
+
+def test_includes_nest(tmp_path):
+    write_include(tmp_path, "inner/layers.yaml", {"layers": {"model.n_layer": [1, 2]}}, base="../base.yaml")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    write_include(tmp_path, "middle.yaml", {"masks": {"model.n_last_tokens": [4, -1]}}, base="base.yaml",
+                  include=["inner/layers.yaml"])
+    path = write_include(tmp_path, "space.yaml", include=["middle.yaml"])
+    assert [h.name for h in load_space(path).hypotheses] == ["layers", "masks"]
+
+
+OTHER = {"other": {"model.n_layer": [1, 2]}}
+BAD_INCLUDES = [
+    pytest.param({}, {"include": ["nope.yaml"]},
+                 ["space.yaml: include[0]: no such file", "nope.yaml", "expected the path of a space file, relative "
+                  "to the including file's folder"], id="missing-file"),
+    pytest.param({}, {"include": ["space.yaml"]}, ["space.yaml: include[0]: cycle through", "a space may not include "
+                                                   "itself"], id="includes-itself"),
+    pytest.param({"include": ["space.yaml"]}, {"include": ["other.yaml"]},
+                 ["other.yaml: include[0]: cycle through", "space.yaml -> ", "other.yaml -> ", "includes it"],
+                 id="cycle"),
+    pytest.param({}, {"include": ["other.yaml", "./other.yaml"]},
+                 ["space.yaml: include[1]: ", "other.yaml is included already, by ", "include[0]",
+                  "include each file once"], id="included-twice"),
+    pytest.param({}, {"include": ["other.yaml"], "hypotheses": [{"name": "other", "grid": {"model.n_layer": [3]}}]},
+                 ["space.yaml: hypotheses[0].name: must differ from every other hypothesis' name, got 'other' (the "
+                  "name of hypotheses[0] in ", "other.yaml)"], id="name-in-both"),
+    pytest.param({"base": {**BASE, "training": {**BASE["training"], "train_steps": 41}}}, {"include": ["other.yaml"]},
+                 ["space.yaml: include[0]: ", "other.yaml's base sets training.train_steps to 41, this file's to 40; "
+                  "an included space must have the including one's base"], id="other-base"),
+    pytest.param({}, {"include": "other.yaml"}, ["space.yaml: include: expected a non-empty list of strings, got "
+                                                 "'other.yaml'"], id="not-a-list"),
+    pytest.param({}, {"include": []}, ["space.yaml: include: expected a non-empty list of strings"], id="empty"),
+    pytest.param({}, {"include": [""]}, ["space.yaml: include: must be a non-empty list of space files' paths, "
+                                         "relative to this file, got ['']"], id="empty-path"),
+    pytest.param({"bogus": 1}, {"include": ["other.yaml"]},
+                 ["space.yaml: include[0]: ", "other.yaml: bogus: unknown key; allowed: name, description, base"],
+                 id="not-a-space"),
+    # an error in an included hypothesis names the file that declares it
+    pytest.param({"hypotheses": [{"name": "other", "grid": {"model.n_layr": [1]}}]}, {"include": ["other.yaml"]},
+                 ["other.yaml: hypotheses[0].grid.model.n_layr: model.n_layr: unknown key"], id="included-grid"),
+]
+
+
+@pytest.mark.parametrize("other, top, fragments", BAD_INCLUDES)
+def test_bad_include(tmp_path, other, top, fragments):
+    write_space(tmp_path, {"hypotheses": [{"name": n, "grid": g} for n, g in OTHER.items()], **other}, "other.yaml")
+    path = write_space(tmp_path, {"hypotheses": [{"name": "own", "grid": {"model.n_last_tokens": [4, -1]}}], **top})
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    message = str(err.value)
+    assert "\n" not in message, message
+    missing = [f for f in fragments if f not in message]
+    assert not missing, f"{missing} not in {message!r}"
+
+
+def test_the_one_hypothesis_type_round_trips_through_the_record(tmp_path):
+    from analysis import verdict
+    from trainers import records
+
+    space = load_space("hypotheses")
+    assert verdict.Hypothesis is records.Hypothesis and verdict.Trend is records.Trend
+    records.write_space_record(tmp_path, space_record(space, False))
+    read = records.read_space_record(tmp_path)
+    assert read.hypotheses == list(space.hypotheses) and all(type(h) is records.Hypothesis for h in read.hypotheses)
+    # the record's layout is the one earlier runners wrote, and their `description` still reads as the question
+    saved = yaml.safe_load((tmp_path / records.SPACE_RECORD).read_text())["hypotheses"][0]
+    assert list(saved) == ["name", "question", "reference", "expect", "trend"]
+    assert records.Hypothesis(**{**saved, "question": "Q?"}) == records.SpaceRecord.model_validate(
+        {"hypotheses": [{k: v for k, v in {**saved, "description": "Q?"}.items() if k != "question"}]}).hypotheses[0]
+    # the verdict reads the record's hypotheses as they are, and the tables write them positionally
+    assert hypotheses_of(read)["information_flow"] == space.hypotheses[0]
+    assert space.hypotheses[1] == records.Hypothesis("looped_n_layers", {"model.n_layer": 1}, "better",
+                                                     question=space.hypotheses[1].question)
+    with pytest.raises(ValueError):
+        records.Hypothesis("h", {}, "lower")

@@ -1,15 +1,27 @@
 """The trial format: a space's trials encoded as Tune's param_space, resolved by Tune's own variant generator
-(what Tune hands each trial), decoded back; and the record the runner keeps of a trial. The record written
-by a real sweep, and the analysis reading it, are checked in test_runner.py."""
+(what Tune hands each trial), decoded back; the record the runner keeps of a trial; what makes two trials the same
+(`trial_key`) and how a trial ended (`trial_status`), one rule for each wherever they are asked, old experiment
+folders included. The record written by a real sweep, and the analysis reading it, are checked in test_runner.py."""
 import json
+import math
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
+import yaml
 from ray.tune.search.variant_generator import generate_variants
 
+from analysis import load_summary
 from analysis.experiment import AnalysisError, read_trials
-from helpers.sweeps import write_space
-from helpers.experiments import metric_row, ray_row
-from tune_looped.space import load_space
+from helpers.experiments import checkpoint_state, config_dict, metric_row, ray_row, write_trial
+from helpers.sweeps import TINY_BASE, write_space
+from trainers.config import ConfigError
+from trainers.layout import SPACE_RECORD, TRIAL_RECORD
+from trainers.records import (DIVERGED, ERROR, FINISHED, INCOMPLETE, STOPPED_EARLY, read_space_record, trial_key,
+                              trial_status, write_space_record)
+from tune_looped import extend
+from tune_looped.space import load_space, space_record, trial_config
+from tune_looped.tables import against_space, folder_row, summarise
 from tune_looped.trials import trial_record, trial_values
 from tune_looped.tune_space import param_space
 from tune_looped.upgrade import main as upgrade_main
@@ -110,3 +122,98 @@ def test_upgrade_waits_for_no_runner_and_skips_the_runners_folder(tmp_path, caps
     assert upgrade_main([str(root)]) == 0
     assert capsys.readouterr().out == f"1 trial record(s) written under {root}\n"
     assert not (root / ".tune_looped" / "replaced" / "train_b_00001" / "trial.json").exists()
+
+
+LAST = TINY_BASE["training"]["train_steps"] - 1
+DEPTH = [{"name": "depth", "grid": {"model.n_layer": [1, 2]}}]
+
+
+def test_a_trial_is_its_whole_config(tmp_path):
+    base = load_space(write_space(tmp_path / "space.yaml", SHARED, seeds=[0])).base
+    values = {"model.n_layer": 2, "training.seed": 0}
+    key = trial_key(base, values)
+    default = trial_config(base, {}).model.n_last_tokens
+    assert trial_key(base, {**values, "model.n_last_tokens": default}) == key  # a new grid key at the base's value
+    assert trial_key(base, {"model.n_layer": 2.0, "training.seed": 0}) == key  # 55 from one file, 55.0 from another
+    assert trial_key(base, {**values, "training.learning_rate": 3e-4}, sampled={"training.learning_rate": "x"}) == key
+    assert trial_key(base, {**values, "training.seed": 1}) != key
+    assert trial_key(base, {**values, "training.learning_rate": 3e-4}) != key
+    # the hypotheses only when asked for, in any order
+    assert trial_key(base, values, hypotheses=["b", "a"]) == trial_key(base, values, hypotheses=("a", "b", "a"))
+    assert trial_key(base, values, hypotheses=["a"]) not in (key, trial_key(base, values, hypotheses=["a", "b"]))
+    with pytest.raises(ConfigError, match="^trial: model.n_layer: "):
+        trial_key(base, {"model.n_layer": "two"})
+
+
+def test_a_trial_keeps_its_identity_in_an_old_record_and_when_its_retag_was_cut_short(tmp_path):
+    """A space record and trial records of the runner before the rename (`experiments:`) match as today's; a trial
+    whose record missed the hypothesis an extension added (the runner stopped between the space record and the
+    retags) is told as not asked for by the summary, and the next extension retags it."""
+    space = load_space(write_space(tmp_path / "space.yaml", DEPTH, seeds=[0]))
+    experiment = tmp_path / "r" / "e"
+    experiment.mkdir(parents=True)
+    saved = space_record(space, False).model_dump()
+    old = {**{k: v for k, v in saved.items() if k not in ("hypotheses", "trials")},
+           "experiments": saved["hypotheses"], "trials": [{"experiments": t["hypotheses"], "values": t["values"]}
+                                                          for t in saved["trials"]]}
+    (experiment / SPACE_RECORD).write_text(yaml.safe_dump(old))
+    for n, planned in enumerate(space.trials):
+        folder = experiment / f"train_{n}"
+        folder.mkdir()
+        (folder / TRIAL_RECORD).write_text(json.dumps({"trial_id": f"t{n}", "experiments": ["depth"],
+                                                       "values": planned.values}))
+        (folder / "result.json").write_text(json.dumps({"step": LAST, "trial_id": f"t{n}"}) + "\n")
+    record = read_space_record(experiment)
+    rows = [folder_row(experiment / f"train_{n}", space) for n in range(2)]
+    assert [row["status"] for row in rows] == [FINISHED, FINISHED] and against_space(rows, record) == ([], [])
+
+    tagged = record.model_copy(update={"trials": [t.model_copy(update={"hypotheses": ("depth", "width")})
+                                                  for t in record.trials]})
+    write_space_record(experiment, tagged)
+    assert against_space(rows, tagged) == (rows, tagged.trials)
+    width = {"name": "width", "grid": {"model.n_layer": [1, 2]}}
+    grown = load_space(write_space(tmp_path / "grown.yaml", [*DEPTH, width], seeds=[0]))
+    plan = extend.plan(experiment, grown, tagged, False)
+    assert not plan.added
+    assert [(folder.name, record.hypotheses) for folder, record in plan.retagged] == [
+        ("train_0", ("depth", "width")), ("train_1", ("depth", "width"))]
+
+
+@pytest.mark.parametrize("rows, errored, status", [
+    ([{"step": LAST}, {"step": 10}], False, FINISHED),  # rows a restore wrote again: the steps reached decide
+    ([{"step": 10, "diverged": True}, {"step": 10}], False, DIVERGED),  # a row written twice, the flag in one
+    ([{"step": LAST, "diverged": True}], False, DIVERGED),
+    ([{"step": 10, "done": True}, {"step": 10}], True, STOPPED_EARLY),
+    ([{"step": 10}, {"step": LAST, "done": True}], True, FINISHED),  # failed once, then a retry ran to the end
+    ([{"step": 10}], True, ERROR),
+    ([{"step": math.nan}, {"trial_id": "x"}, {"step": True}, {"step": 10}], False, INCOMPLETE),
+    ([], False, INCOMPLETE),  # no row yet
+])
+def test_one_status_rule_over_every_row(rows, errored, status):
+    assert trial_status(rows, LAST + 1, errored=errored) == status
+    assert trial_status(rows[::-1], LAST + 1, errored=errored) == status  # in any order
+
+
+@pytest.mark.parametrize("steps, flags, errored, status", [
+    ([0, 10, 20, LAST, 20], {}, False, FINISHED),
+    ([0, 10, 20, 10], {}, False, INCOMPLETE),
+    ([0, 10, 20, 20], {2: "diverged"}, False, DIVERGED),
+    ([0, 10, 10], {1: "done"}, False, STOPPED_EARLY),
+    ([0, 10], {}, True, ERROR),
+])
+def test_the_summary_the_folders_and_the_analysis_give_a_trial_one_status(tmp_path, steps, flags, errored, status):
+    """Tune's results (the runner's summary after a sweep), the trial's folder (trials Tune's results leave out, a
+    rebuild, a resume's plan) and the analysis' summary frame read the same rows by the one rule."""
+    space = load_space(write_space(tmp_path / "space.yaml", DEPTH, seeds=[0]))
+    values = dict(space.trials[0].values)
+    rows = [ray_row({**metric_row(step, 1.0), **({"diverged": True} if flags.get(i) == "diverged" else {})}, "t", i,
+                    done=flags.get(i) == "done") for i, step in enumerate(steps)]
+    config = config_dict(n_layer=values["model.n_layer"], seed=0, train_steps=LAST + 1)
+    folder = write_trial(tmp_path / "e", "train_t", hypotheses=["depth"], values=values, rows=rows, error=errored,
+                         checkpoint=checkpoint_state(config, step=max(steps)))
+    result = SimpleNamespace(config={"variant": {"hypotheses": ["depth"], **values}}, path=str(folder),
+                             metrics=rows[-1], metrics_dataframe=pd.DataFrame(rows),
+                             error=RuntimeError("boom") if errored else None)
+    assert [row["status"] for row in summarise([result], space)] == [status]
+    assert folder_row(folder, space)["status"] == status
+    assert load_summary(tmp_path / "e")["status"].tolist() == [status]

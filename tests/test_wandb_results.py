@@ -1,7 +1,6 @@
 """The answers in W&B: the per-trial results and roles, and the analysis run, read back from the offline run's own
 files (its `.wandb` records and the tables it wrote)."""
 import json
-import math
 import shlex
 import sys
 
@@ -12,16 +11,18 @@ import yaml
 
 from analysis import run_all
 from analysis.__main__ import main
-from analysis.answers import REFERENCE, VARIANT, answers, trial_results
+from analysis.answers import answers
 from analysis.experiment import space_record
 from analysis.frames import load_summary
 from analysis.plots import read_evaluation
+from analysis.results import REFERENCE, RESULTS_COLUMNS, VARIANT, read_results
 from analysis.verdict import hypotheses_of
 from analysis.wandb_results import (JOB_TYPE, analysis_run_id, log_results, recorded_settings, trial_summaries,
                                     verdict_summary)
 from helpers import wandb_files
 from helpers.experiments import write_experiment
-from trainers.records import SEED_KEY, SPACE_RECORD
+from trainers.layout import RESULTS_FILE
+from trainers.records import SPACE_RECORD
 from trainers.wandb_log import offline_runs
 
 RECORD = {"name": "answers", "base": {"wandb": {"project": "from_base"}}, "wandb": {"entity": "lab"},
@@ -52,43 +53,13 @@ def analysed(tmp_path_factory):
 
 
 def found_in(root):
-    evaluation = read_evaluation(root)
-    return answers(load_summary(root), evaluation, hypotheses_of(space_record(root))), evaluation
-
-
-def test_each_trial_has_its_role_and_errors_per_hypothesis(analysed):
-    found, evaluation = found_in(analysed)
-    results = trial_results(found, evaluation)
-    roles = {(r.trial_id, r.hypothesis): (r.variant, r.role) for r in results.itertuples()}
-    everything, masked = ("n_last_tokens=all", REFERENCE), ("n_last_tokens=2", VARIANT)
-    assert roles == {
-        ("t1", "information_flow"): everything, ("t2", "information_flow"): everything,
-        ("t3", "information_flow"): masked, ("t4", "information_flow"): masked,
-        ("t1", "looped_n_layers"): ("L=1", REFERENCE), ("t2", "looped_n_layers"): ("L=1", REFERENCE),
-        ("t5", "looped_n_layers"): ("L=2", VARIANT)}
-    assert dict(zip(results["trial_id"], results[SEED_KEY])) == {"t1": 0, "t2": 1, "t3": 0, "t4": 1, "t5": 0}
-    models = evaluation[(evaluation["kind"] == "model") & (evaluation["axis"] == "k")
-                        & (evaluation["name"] == "model@b")]
-    for row in results.itertuples():
-        own = models[models["trial_id"] == row.trial_id].set_index("x")["mean"]
-        # k = d = 3 in-context examples (the final curriculum's dimension), and the last position, 6
-        assert row.d == 3 and row.error_at_d == pytest.approx(own[3], rel=1e-12)
-        assert row.error_last == pytest.approx(own[6], rel=1e-12)
-
-
-def test_a_trial_that_did_not_finish_has_no_final_errors(analysed):
-    found, evaluation = found_in(analysed)
-    summary = load_summary(analysed)
-    summary.loc[summary["trial_id"] == "t3", "status"] = "diverged"
-    results = trial_results(answers(summary, evaluation, hypotheses_of(space_record(analysed))), evaluation)
-    t3 = results[results["trial_id"] == "t3"].iloc[0]
-    assert math.isnan(t3["error_last"]) and math.isnan(t3["error_at_d"]) and t3["status"] == "diverged"
-    assert results[results["trial_id"] != "t3"][["error_last", "error_at_d"]].notna().all().all()
+    """The answers from the results.parquet `all` wrote."""
+    return answers(load_summary(root), read_results(root), hypotheses_of(space_record(root)))
 
 
 def test_trial_summaries_carry_the_errors_and_a_role_per_hypothesis(analysed):
-    found, evaluation = found_in(analysed)
-    summaries = trial_summaries(trial_results(found, evaluation))
+    evaluation = read_evaluation(analysed)
+    summaries = trial_summaries(read_results(analysed))
     assert set(summaries) == {"t1", "t2", "t3", "t4", "t5"}
     assert summaries["t1"]["role/information_flow"] == summaries["t1"]["role/looped_n_layers"] == REFERENCE
     # t5's own errors, read from the evaluation frame: k = d = 3 examples and the last position, 6
@@ -118,16 +89,20 @@ def test_the_analysis_run_holds_the_answers_offline(analysed):
     assert offline == offline_runs(analysed, analysis_run_id("answers"))[0]
     assert wandb_files.run_settings(offline) == {"id": "answers-analysis", "project": "from_base", "entity": "lab",
                                                 "job_type": JOB_TYPE, "group": "answers", "name": "answers analysis"}
-    found, evaluation = found_in(analysed)
+    found = found_in(analysed)
     summary = wandb_files.summary(offline)
     assert {k: summary[k] for k in verdict_summary(found)} == pytest.approx(verdict_summary(found))
     assert summary["verdict/looped_n_layers"] in ("supported", "contradicted", "inconclusive", "underpowered")
     assert "trend/information_flow" in summary
-    trials = table(offline, "trials")
-    expected = trial_results(found, evaluation)
-    assert trials[["trial_id", "hypothesis", "variant", "role"]].values.tolist() == \
-        expected[["trial_id", "hypothesis", "variant", "role"]].values.tolist()
-    assert trials["error_at_d"].to_numpy() == pytest.approx(expected["error_at_d"].to_numpy(), rel=1e-12)
+    # the trials table is results.parquet, written again by the analysis run from the same trials and evaluation
+    trials, expected = table(offline, "trials"), read_results(analysed)
+    assert list(trials.columns) == RESULTS_COLUMNS
+    for column in RESULTS_COLUMNS:
+        if pd.api.types.is_float_dtype(expected[column]):
+            assert trials[column].to_numpy(dtype=float) == pytest.approx(expected[column].to_numpy(), rel=1e-12)
+        else:
+            assert trials[column].tolist() == expected[column].tolist(), column
+    assert set(trials["role"]) == {REFERENCE, VARIANT} and trials["error_at_d"].notna().all()
     for answer in found.items:
         ranking = table(offline, f"{answer.hypothesis}/ranking")
         assert ranking["variant"].tolist() == answer.ranking["variant"].tolist()
@@ -143,6 +118,13 @@ def test_the_analysis_run_holds_the_answers_offline(analysed):
     report = [a for a in wandb_files.artifacts(offline) if a["type"] == "report"]
     assert report == [{"name": "answers-analysis-report", "type": "report",
                        "paths": sorted(["REPORT.md", *(f"plots/{p}.png" for p in plots)])}]
+
+
+def test_an_experiment_analysed_before_results_existed_gets_them(analysed):
+    before = read_results(analysed)
+    (analysed / RESULTS_FILE).unlink()
+    log_results(analysed, {"mode": "offline"})
+    pd.testing.assert_frame_equal(read_results(analysed), before)
 
 
 def test_a_second_analysis_replaces_the_offline_run(analysed, capsys):

@@ -11,9 +11,9 @@ import torch
 
 from trainers import atomic
 from trainers.config import ConfigError
+from trainers.layout import CHECKPOINT_FILE
 from trainers.models import build_model
 
-CHECKPOINT_FILE = "checkpoint.pt"
 # `sha256sum -c checkpoint.pt.sha256` checks a file by hand; Ray copies it with the checkpoint's folder
 CHECKSUM_SUFFIX = ".sha256"
 

@@ -35,6 +35,8 @@ LoopFunc = Literal["z=f(x+z)", "z=f(x*z)"]  # additive or multiplicative input i
 
 
 class ModelConfig(Section):
+    """The `model` section, which trainers.models's modules take whole. A new knob is a field here, read where it
+    acts in trainers.models, and its row in trainers.knobs (how it is labelled and named)."""
     family: ModelFamily = "gpt2_loop"
     n_embd: PositiveInt = 256
     n_layer: PositiveInt = 1

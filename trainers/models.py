@@ -1,7 +1,12 @@
 """The models of the looped-transformer paper: a GPT-2 backbone (nanoGPT style) run once or in a loop.
 
-Parameter names match the paper's reference code so its checkpoints load with strict=True
+Every module takes the `model` section, a ModelConfig, as nanoGPT's take their GPTConfig: a new knob is a
+field of ModelConfig read where it acts, not a constructor argument threaded through every class. Parameter
+names match the paper's reference code so its checkpoints load with strict=True
 (`trainers.checkpoint.load_reference_checkpoint`).
+
+A prompt is B sequences of n_points pairs (x, y): xs [B, n_points, n_dims], ys [B, n_points]. The backbone
+sees them as T = 2 * n_points tokens of width C = n_embd.
 """
 import math
 import typing
@@ -12,6 +17,7 @@ from torch.nn import functional as F
 
 from trainers.config import LoopFunc, ModelConfig
 from trainers.onednn import ONEDNN, Linear
+from trainers.schema import validate
 
 LOOP_FUNCS = typing.get_args(LoopFunc)
 ADDITIVE, MULTIPLICATIVE = LOOP_FUNCS
@@ -19,13 +25,12 @@ ADDITIVE, MULTIPLICATIVE = LOOP_FUNCS
 
 class CausalSelfAttention(nn.Module):
 
-    def __init__(self, n_embd, n_head):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        if n_embd % n_head:
-            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
-        self.c_attn = Linear(n_embd, 3 * n_embd)  # fused q, k, v (in that order)
-        self.c_proj = Linear(n_embd, n_embd)
-        self.n_head = n_head
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # fused q, k, v (in that order)
+        self.c_proj = Linear(config.n_embd, config.n_embd)
+        # a plain int, not the config: the compiled backbone reads it on every call
+        self.n_head = config.n_head
 
     def forward(self, x):
         B, T, C = x.size()
@@ -42,10 +47,10 @@ class CausalSelfAttention(nn.Module):
 
 class MLP(nn.Module):
 
-    def __init__(self, n_embd):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.c_fc = Linear(n_embd, 4 * n_embd)
-        self.c_proj = Linear(4 * n_embd, n_embd)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
 
     def forward(self, x):
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
@@ -53,12 +58,12 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
 
-    def __init__(self, n_embd, n_head):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd, eps=1e-5)
-        self.attn = CausalSelfAttention(n_embd, n_head)
-        self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5)
-        self.mlp = MLP(n_embd)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5)
+        self.mlp = MLP(config)
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -75,23 +80,24 @@ def _init_weights(module):
 class Backbone(nn.Module):
     """Position embedding, n_layer blocks (or one n_layer-deep LSTM), final LayerNorm; no token embedding."""
 
-    def __init__(self, n_positions, n_embd, n_layer, n_head, use_lstm_layer):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        if use_lstm_layer:
-            layers = dict(lstm=nn.LSTM(n_embd, n_embd, num_layers=n_layer, batch_first=True))
+        C = config.n_embd
+        if config.use_lstm_layer:
+            layers = dict(lstm=nn.LSTM(C, C, num_layers=config.n_layer, batch_first=True))
         else:
-            layers = dict(h=nn.ModuleList([Block(n_embd, n_head) for _ in range(n_layer)]))
+            layers = dict(h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]))
         # every x and every y is one token, plus one spare row as in the reference code
         self.transformer = nn.ModuleDict(dict(
-            wpe=nn.Embedding(2 * n_positions + 1, n_embd),
+            wpe=nn.Embedding(2 * config.n_positions + 1, C),
             **layers,
-            ln_f=nn.LayerNorm(n_embd, eps=1e-5),
+            ln_f=nn.LayerNorm(C, eps=1e-5),
         ))
         self.apply(_init_weights)
         # GPT-2 scales the residual projections so the residual stream's variance does not grow with depth
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def forward(self, inputs_embeds):
         T = inputs_embeds.size(1)
@@ -109,30 +115,28 @@ class Backbone(nn.Module):
 
 def _combine(xs, ys):
     """Interleave x_1, y_1, x_2, y_2, ... with each y widened to (y, 0, ..., 0)."""
-    B, n, d = xs.shape
-    ys_wide = F.pad(ys.unsqueeze(-1), (0, d - 1))  # [B, n] -> [B, n, d]
-    # [B, n, 2, d] -> [B, 2n, d]
-    return torch.stack((xs, ys_wide), dim=2).view(B, 2 * n, d)
+    B, n_points, n_dims = xs.shape
+    ys_wide = F.pad(ys.unsqueeze(-1), (0, n_dims - 1))  # [B, n_points] -> [B, n_points, n_dims]
+    # [B, n_points, 2, n_dims] -> [B, 2 * n_points, n_dims]
+    return torch.stack((xs, ys_wide), dim=2).view(B, 2 * n_points, n_dims)
 
 
 class TransformerModel(nn.Module):
-    """Family gpt2: one pass of the backbone. n_last_tokens and loop_func only concern the looped family."""
+    """Family gpt2: one pass of the backbone."""
 
-    def __init__(self, *, n_dims, n_positions, n_embd, n_layer, n_head,
-                 n_last_tokens=-1, use_lstm_layer=False, loop_func=ADDITIVE):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.n_dims = n_dims
-        self.n_positions = n_positions
+        self.config = config
         # read-in and read-out keep PyTorch's default init, as in the reference code
-        self._read_in = nn.Linear(n_dims, n_embd)
-        self._backbone = Backbone(n_positions, n_embd, n_layer, n_head, use_lstm_layer)
-        self._read_out = nn.Linear(n_embd, 1)
+        self._read_in = nn.Linear(config.n_dims, config.n_embd)
+        self._backbone = Backbone(config)
+        self._read_out = nn.Linear(config.n_embd, 1)
 
     def _embed(self, xs, ys):
-        return self._read_in(_combine(xs, ys))  # [B, 2n, n_dims] -> [B, 2n, n_embd]
+        return self._read_in(_combine(xs, ys))  # [B, 2 * n_points, n_dims] -> [B, 2 * n_points, n_embd]
 
     def _predict(self, z):
-        # predictions live at the x tokens: [B, 2n, n_embd] -> [B, n, n_embd] -> [B, n]
+        # predictions live at the x tokens: [B, 2 * n_points, n_embd] -> [B, n_points, n_embd] -> [B, n_points]
         return self._read_out(z[:, ::2]).squeeze(-1)
 
     def forward(self, xs, ys):
@@ -157,22 +161,12 @@ class TransformerModel(nn.Module):
 
 
 class LoopedTransformerModel(TransformerModel):
-    """Family gpt2_loop: z_0 = 0, z_{t+1} = backbone(z_t + e), a prediction read out after every iteration."""
-
-    def __init__(self, *, n_dims, n_positions, n_embd, n_layer, n_head,
-                 n_last_tokens=-1, use_lstm_layer=False, loop_func=ADDITIVE):
-        super().__init__(n_dims=n_dims, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                         n_head=n_head, use_lstm_layer=use_lstm_layer)
-        if loop_func not in LOOP_FUNCS:
-            raise ValueError(f"loop_func {loop_func!r} is not one of {list(LOOP_FUNCS)}")
-        if n_last_tokens < -1:
-            raise ValueError(f"n_last_tokens must be -1 (all tokens) or >= 0, got {n_last_tokens}")
-        self.loop_func = loop_func
-        self.n_last_tokens = n_last_tokens
+    """Family gpt2_loop: z_0 = 0, z_{t+1} = backbone(z_t + e), a prediction read out after every iteration;
+    `loop_func` and `n_last_tokens` act here only."""
 
     def _keep_mask(self, embeds):
         """[1, T, 1] mask that zeroes the state before its last n_last_tokens positions; None keeps all."""
-        T, N = embeds.size(1), self.n_last_tokens
+        T, N = embeds.size(1), self.config.n_last_tokens
         if N == -1 or N >= T:
             return None
         positions = torch.arange(T, device=embeds.device)
@@ -181,7 +175,7 @@ class LoopedTransformerModel(TransformerModel):
     def _step(self, z, embeds, keep):
         if keep is not None:
             z = z * keep
-        return self._backbone(z + embeds if self.loop_func == ADDITIVE else z * embeds)
+        return self._backbone(z + embeds if self.config.loop_func == ADDITIVE else z * embeds)
 
     def forward(self, xs, ys, n_loop_start, n_loops):
         if not 0 <= n_loop_start < n_loops:
@@ -191,7 +185,7 @@ class LoopedTransformerModel(TransformerModel):
         keep = self._keep_mask(embeds)
         # z_0 = 1 for the multiplicative form (as in the reference code) so that the first iteration
         # sees the prompt itself, as z_0 = 0 does for the additive one; zeros would wipe it out for good
-        z = torch.zeros_like(embeds) if self.loop_func == ADDITIVE else torch.ones_like(embeds)
+        z = torch.zeros_like(embeds) if self.config.loop_func == ADDITIVE else torch.ones_like(embeds)
         # the iterations before the loss window build no graph: memory stays flat in n_loops
         with torch.no_grad():
             for _ in range(n_loop_start):
@@ -204,24 +198,11 @@ class LoopedTransformerModel(TransformerModel):
 
 
 MODEL_FAMILIES = {"gpt2": TransformerModel, "gpt2_loop": LoopedTransformerModel}
-CONSTRUCTOR_KEYS = ("n_dims", "n_positions", "n_embd", "n_layer", "n_head", "n_last_tokens", "use_lstm_layer",
-                    "loop_func")
 
 
-def build_model(model_config):
-    """Build from a ModelConfig-like object or a plain dict of the `model` section; a missing key takes
-    ModelConfig's default, so the config schema stays the one source of defaults."""
-    defaults = ModelConfig()
-
-    def get(key):
-        if isinstance(model_config, dict):
-            return model_config.get(key, getattr(defaults, key))
-        return getattr(model_config, key, getattr(defaults, key))
-
-    family = get("family")
-    if family not in MODEL_FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; allowed: {sorted(MODEL_FAMILIES)}")
-    pred_type = get("pred_type")
-    if pred_type != "regression":
-        raise ValueError(f"pred_type {pred_type!r} is not supported; allowed: ['regression']")
-    return MODEL_FAMILIES[family](**{key: get(key) for key in CONSTRUCTOR_KEYS})
+def build_model(model_config: ModelConfig | dict) -> TransformerModel:
+    """The model of a `model` section: a ModelConfig, or a plain dict of one (a checkpoint's, a test's) that
+    ModelConfig checks and completes with its defaults, so the schema stays the one owner of both."""
+    config = model_config if isinstance(model_config, ModelConfig) else validate(ModelConfig, model_config,
+                                                                                   "model section")
+    return MODEL_FAMILIES[config.family](config)

@@ -6,27 +6,26 @@ questions, references and expectations, the trials it asked for) and, in every t
 knows their shape. Both models also read the records of runners before the rename of `experiments` to
 `hypotheses`.
 
-This module also owns the two rules the runner, the analysis and W&B must agree on: how a trial ended
-(`trial_status`) and how a variant or a run is named (`variant_label`, `run_name`).
+This module also owns the rules the runner, the analysis and W&B must agree on: which trial is the same trial
+(`trial_key`), how a trial ended (`trial_status`) and how a variant or a run is named (`variant_label`,
+`run_name`, by the table of `trainers.knobs`). Where the files are is `trainers.layout`'s.
 """
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 
-from trainers import atomic
-from trainers.config import Config
+from trainers import atomic, knobs
+from trainers.config import apply_overrides, config_from_dict
+from trainers.layout import ERROR_FILES, FIRST_RUN, SPACE_RECORD, TRIAL_RECORD
 
-SPACE_RECORD = "space.yaml"
-TRIAL_RECORD = "trial.json"
-# the runner's own files in an experiment folder (its lock, copies of Tune's state, trials a rebuild replaced):
-# never a trial folder, so readers of the trial folders pass it by
-RUNNER_DIR = ".tune_looped"
 SEED_KEY = "training.seed"  # a variant is a configuration without its seed
 
 Expectation = Literal["worse", "better"]
@@ -50,20 +49,25 @@ def _renamed(raw, old: str, new: str):
     return raw
 
 
-class TrendRecord(_Record):
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Trend:
     """A predicted ordering: the error rises or falls as the grid key grows (`trend_order` sorts its values)."""
-    key: str
+    key: str  # a grid key of the hypothesis
     error: TrendDirection
 
 
-class HypothesisRecord(_Record):
-    """One hypothesis of the space: the question it asks and, for the verdict, its reference and prediction, and
-    its predicted trend."""
+# a dataclass rather than a record model, so that the verdict's tables can write one positionally
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Hypothesis:
+    """One hypothesis, as the space resolves it, its record keeps it and the verdict judges it: the question it
+    asks and, for the verdict, its reference and prediction (the other variants worse or better), and its
+    predicted trend."""
     name: str
-    question: str = ""
-    reference: dict[str, Any] = {}
+    # keyword-only, so that it is written second in the record, as before, yet not given positionally
+    question: str = field(default="", kw_only=True)
+    reference: dict[str, Any] = field(default_factory=dict)  # dotted key -> the reference value
     expect: Expectation | None = None
-    trend: TrendRecord | None = None
+    trend: Trend | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -81,20 +85,24 @@ class PlannedTrial(_Record):
     def _legacy(cls, raw):
         return _renamed(raw, "experiments", "hypotheses")
 
-    def key(self) -> str:
-        """What makes two entries the same trial asked for: the hypotheses (in any order) and the values, numbers
-        by value (55 from one file is 55.0 from another)."""
-        values = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in self.values.items()}
-        return json.dumps([sorted(self.hypotheses), values], sort_keys=True, default=str)
 
+def trial_key(base: dict, values: dict[str, Any], sampled=(), hypotheses=None) -> str:
+    """A trial's identity, the one rule for "the same trial": between the space record's entries, its trial
+    folders' records, Tune's results and a space an extension resolves.
 
-# an experiment's first Tune run is at its root; each `--extend` is a Tune experiment of its own in a folder
-# `extend-N` beside the first run's trial folders (Tune keeps one experiment's state at that experiment's root)
-FIRST_RUN = "."
-EXTENSION_PREFIX = "extend-"
-# where an experiment's trial folders are, as glob patterns relative to it: the first run's right below it (where
-# Tune puts them), each extension's below the extension's folder
-TRIAL_FOLDERS = ("*", f"{EXTENSION_PREFIX}*/*")
+    The rule: the trial's whole config, `base` with its dotted `values` applied, the seed included. So a value
+    given as the base's is the same trial as the value left to the base (a grid key new to an extension), and
+    55 from one file is 55.0 from another. Not the values of the keys `sampled` (a space's `sample:`): each run
+    draws them afresh, and the space record's entries do not hold them. Not its hypotheses either, tags that a new
+    hypothesis adds to trials that ran; given `hypotheses`, the key holds them too (in any order): the same trial
+    tagged alike, which is what the summary and a resume compare with the space record, since the analysis takes a
+    trial's hypotheses from its own record. Values that make no config are a ConfigError naming the key."""
+    # a whole float as the int it spells: an int key's schema refuses 55.0, a float key's takes 55
+    grid = {key: int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**53 else value
+            for key, value in values.items() if key not in sampled}
+    config = config_from_dict(apply_overrides(base, grid, "trial"), "trial").model_dump()
+    key = config if hypotheses is None else [config, sorted(set(hypotheses))]
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 class RunRecord(_Record):
@@ -109,7 +117,7 @@ class SpaceRecord(_Record):
     source: str = ""
     quick: bool = False
     base: dict[str, Any] = {}
-    hypotheses: list[HypothesisRecord] = []
+    hypotheses: list[Hypothesis] = []
     trials: list[PlannedTrial] = []
     sample: dict[str, str] = {}
     num_samples: int = 1
@@ -190,19 +198,33 @@ STATUSES = (FINISHED, STOPPED_EARLY, DIVERGED, ERROR, INCOMPLETE)
 ENDED = (FINISHED, STOPPED_EARLY, DIVERGED, ERROR)  # nothing left to run: only INCOMPLETE is resumed
 
 
-def trial_status(*, last_step, train_steps, diverged: bool, stopped: bool, errored: bool) -> str:
-    """One rule for the runner's summary and the analysis.
+def last_step(rows) -> int | float | None:
+    """The highest step among `rows` (result rows: dicts of JSON values), None before the first."""
+    steps = [row["step"] for row in rows if isinstance(row.get("step"), (int, float))
+             and not isinstance(row["step"], bool) and not math.isnan(row["step"])]
+    return max(steps, default=None)
 
-    `stopped`: Tune marked the trial done (its `done` flag), which a scheduler's stop does before the last step.
-    `errored`: the trial failed; an error followed by a successful retry still ends as the retry did, so the
-    steps reached decide first.
+
+def trial_status(rows, train_steps, *, errored: bool = False) -> str:
+    """How a trial ended, by one rule for the runner's summary, its resume and rebuild, and the analysis.
+
+    `rows`: every row the trial reported that is at hand, in any order (Tune's results; the rows of result.json;
+    the analysis adds those its checkpoint kept, which a restore may have lost from result.json); `train_steps`
+    its config's; `errored`: the trial failed (Ray's error file, Tune's error). The rule, first match:
+    - diverged: a row says so (`diverged`: its loss was not finite, and the trial stopped there);
+    - finished: a row reached the last step, `train_steps - 1`;
+    - stopped early: Tune marked a row `done` before that (a scheduler's stop: ASHA's at a rung);
+    - error: the trial failed;
+    - incomplete: still running, interrupted, or no row yet; what a resume continues.
+    Any row counts, not only the last: after a restore Ray may write rows twice, or lose some. An
+    error followed by a retry that ran on ends as the retry did, so the steps reached decide before `errored`.
     """
-    if diverged:
+    if any(row.get("diverged") is True for row in rows):
         return DIVERGED
-    if isinstance(train_steps, int) and isinstance(last_step, (int, float)) and not math.isnan(last_step) \
-            and last_step >= train_steps - 1:
+    reached = last_step(rows)
+    if isinstance(train_steps, int) and reached is not None and reached >= train_steps - 1:
         return FINISHED
-    if stopped:
+    if any(row.get("done") is True for row in rows):
         return STOPPED_EARLY
     return ERROR if errored else INCOMPLETE
 
@@ -215,59 +237,14 @@ def trend_order(key: str, value) -> float:
 def trial_failed(folder) -> bool:
     """Whether Ray left a failure of the trial in its folder (an attempt that raised); a retry that then ran on
     leaves the file in place, which is why `trial_status` weighs the steps reached first."""
-    return any((Path(folder) / name).exists() for name in ("error.txt", "error.pkl"))
+    return any((Path(folder) / name).exists() for name in ERROR_FILES)
 
 
-def short_key(key: str) -> str:
-    """`model.n_layer` -> `n_layer`: a dotted key as tables and labels show it."""
-    return key.rsplit(".", 1)[-1]
-
-
-def _missing(value) -> bool:
-    """None, NaN, or pandas' NA (known by its type's name: trainers does not import pandas)."""
-    return value is None or (isinstance(value, float) and math.isnan(value)) or type(value).__name__ == "NAType"
-
-
-def format_setting(key: str, value) -> str:
-    """One key's part of a variant's label (`L=2`, `LSTM`, `n_last_tokens=all`); '' for a setting not worth naming."""
-    short = short_key(key)
-    if _missing(value):
-        return f"{short}=default"
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        value = int(value)  # a dataframe column with gaps turns 55 into 55.0; 1e30 stays 1e+30
-    if key == "model.n_layer":
-        return f"L={value}"
-    if key == "model.use_lstm_layer":
-        return "LSTM" if value else ""
-    if key == "model.n_last_tokens" and value == -1:
-        return "n_last_tokens=all"
-    if key == "model.family":
-        return {"gpt2": "transformer", "gpt2_loop": "looped"}.get(value, value)
-    return f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}"
+# how a key, a setting and a run are named is the display table's (trainers.knobs); the runner, the analysis
+# and W&B take the names from here, beside the records they name
+short_key, format_setting, run_name = knobs.short_key, knobs.format_setting, knobs.run_name
 
 
 def variant_label(values: dict, default: str = "base") -> str:
     """A variant's name from the settings that tell it apart: `L=2 LSTM`, `n_last_tokens=8 seed=1`."""
     return " ".join(part for part in (format_setting(k, v) for k, v in values.items()) if part) or default
-
-
-TASK_ABBREVIATIONS = {
-    "linear_regression": "LR", "noisy_linear_regression": "NLR", "sparse_linear_regression": "SLR",
-    "relu_2nn_regression": "R2NN", "decision_tree": "DT",
-}
-
-
-def run_name(config: Config, values: dict) -> str:
-    """A trial's W&B run name in the research's style (`LR_loop_L2_ends{30}_T{15}`), from its whole config."""
-    m, t = config.model, config.training
-    parts = [TASK_ABBREVIATIONS.get(t.task_name, t.task_name), "loop" if m.family == "gpt2_loop" else "tf",
-             f"L{m.n_layer}"]
-    if m.use_lstm_layer:
-        parts.append("LSTM")
-    if m.n_last_tokens != -1:
-        parts.append(f"N{m.n_last_tokens}")
-    if m.family == "gpt2_loop":
-        parts += [f"ends{{{t.curriculum.loops.end}}}", f"T{{{t.n_loop_window}}}"]
-    if SEED_KEY in values:
-        parts.append(f"seed{t.seed}")
-    return "_".join(parts)

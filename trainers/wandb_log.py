@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from pathlib import Path
 
 from trainers.config import Config, WandbConfig, config_to_dict
 from trainers.dotted import flatten
+from trainers.layout import offline_runs
 from trainers.records import run_name
 
 
@@ -52,11 +52,6 @@ def key_available() -> bool:
 
 def resolve_mode(mode: str) -> str:
     return ("online" if key_available() else "offline") if mode == "auto" else mode
-
-
-def offline_runs(directory, run_id: str = "*") -> list[Path]:
-    """The offline runs W&B wrote into `directory` (its `wandb/` folder), of one run id or of all."""
-    return sorted(Path(directory, "wandb").glob(f"offline-run-*-{run_id}"))
 
 
 def remove_offline_runs(directory, run_id: str) -> None:

@@ -6,16 +6,15 @@ its own, `<experiment>/extend-N/`, that runs only the trials the experiment does
 then lists every trial asked for and, in `runs`, each Tune run with when it started and what it added
 (`trainers.records.RunRecord`); the analysis reads all the trial folders as one experiment.
 
-A trial is the same trial when its whole config is (the seed included), so a new grid key whose value is the
-base's leaves the trials that ran as they are. What would change a trial that ran is refused, naming the key:
-`FROZEN` below. The questions, references and expectations of the hypotheses may change (the report reads
+A trial is the same trial when its whole config is (the seed included; `trainers.records.trial_key`), so a new
+grid key whose value is the base's leaves the trials that ran as they are. What would change a trial that ran is
+refused, naming the key: `FROZEN` below. The questions, references and expectations of the hypotheses may change (the report reads
 them); a new hypothesis that takes in trials that ran tags them, in their `trial.json`, and nothing else of
 theirs is written.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +22,12 @@ from pathlib import Path
 import yaml
 
 from trainers.dotted import first_difference, get_dotted
-from trainers.records import (ERROR, EXTENSION_PREFIX, INCOMPLETE, SEED_KEY, SPACE_RECORD, PlannedTrial, RecordError,
-                              RunRecord, SpaceRecord, TrialRecord, read_trial_record, write_trial_record)
+from trainers.layout import SPACE_RECORD, extension_folder, newest_state, run_trial_folders, trial_folders
+from trainers.records import (ERROR, INCOMPLETE, SEED_KEY, PlannedTrial, RecordError, RunRecord, SpaceRecord,
+                              TrialRecord, read_trial_record, trial_key, write_trial_record)
 from tune_looped.space import Space, SpaceError, space_record, trial_config
 from tune_looped.state import set_aside
-from tune_looped.tables import against_space, folder_row, trial_folders
+from tune_looped.tables import against_space, folder_row
 
 # what no extension may change: each would change trials that ran, or how they are judged against new ones
 FROZEN = ("quick", "base", "overrides", "sample", "num_samples", "resources", "scheduler", "metric", "mode")
@@ -36,10 +36,6 @@ FROZEN = ("quick", "base", "overrides", "sample", "num_samples", "resources", "s
 def recorded_seeds(record: SpaceRecord) -> list[int]:
     """The seeds the experiment's trials ran with, in the order they were first asked for."""
     return list(dict.fromkeys(t.values[SEED_KEY] for t in record.trials if SEED_KEY in t.values))
-
-
-def _identity(base: dict, trial: PlannedTrial) -> str:
-    return json.dumps(trial_config(base, trial.values).model_dump(), sort_keys=True, default=str)
 
 
 def _completed(base: dict, trial: PlannedTrial, keys: list[str]) -> dict:
@@ -85,14 +81,15 @@ def plan(experiment_dir: Path, space: Space, saved: SpaceRecord, quick: bool) ->
     if len(runs) > 1 and not saved_state(experiment_dir / runs[-1].folder):
         # the last extension stopped before Tune first saved its state: it starts again, in the same folder
         stale, runs = runs[-1], runs[:-1]
-        dropped = {t.key() for t in stale.trials}
-        saved = saved.model_copy(update={"trials": [t for t in saved.trials if t.key() not in dropped],
+        dropped = {trial_key(space.base, t.values) for t in stale.trials}
+        saved = saved.model_copy(update={"trials": [t for t in saved.trials
+                                                    if trial_key(space.base, t.values) not in dropped],
                                          "runs": runs})
     keys = sorted({k for t in (*saved.trials, *space.trials) for k in t.values})
-    new_by_identity = {_identity(space.base, t): t for t in space.trials}
+    new_by_identity = {trial_key(space.base, t.values): t for t in space.trials}
     merged, seen = [], set()
     for old in saved.trials:
-        identity = _identity(space.base, old)
+        identity = trial_key(space.base, old.values)
         seen.add(identity)
         match = new_by_identity.get(identity)
         tags = tuple(dict.fromkeys((*old.hypotheses, *(match.hypotheses if match else ()))))
@@ -101,9 +98,10 @@ def plan(experiment_dir: Path, space: Space, saved: SpaceRecord, quick: bool) ->
                   for identity, t in new_by_identity.items() if identity not in seen)
     declared = {h.name: h for h in saved.hypotheses} | {h.name: h for h in space.hypotheses}
     # the earlier runs' trials as the record now tags and completes them
-    renamed = {old.key(): new for old, new in zip(saved.trials, merged)}
-    runs = [run.model_copy(update={"trials": [renamed.get(t.key(), t) for t in run.trials]}) for run in runs]
-    folder = f"{EXTENSION_PREFIX}{len(runs)}"
+    renamed = {trial_key(space.base, old.values): new for old, new in zip(saved.trials, merged)}
+    runs = [run.model_copy(update={"trials": [renamed.get(trial_key(space.base, t.values), t) for t in run.trials]})
+            for run in runs]
+    folder = extension_folder(len(runs))
     if added:
         runs = [*runs, RunRecord(folder=folder, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trials=list(added))]
     trials = [*merged, *added]
@@ -118,15 +116,14 @@ def plan(experiment_dir: Path, space: Space, saved: SpaceRecord, quick: bool) ->
 def _retags(experiment_dir: Path, saved: SpaceRecord, merged: list[PlannedTrial],
             space: Space) -> tuple[tuple[Path, TrialRecord], ...]:
     """The trial folders whose record must name a hypothesis or a key the extension adds to their trial."""
-    planned = {old.key(): new for old, new in zip(saved.trials, merged)}
+    planned = {trial_key(space.base, old.values): new for old, new in zip(saved.trials, merged)}
     out = []
     for folder in trial_folders(experiment_dir):
         try:
             record = read_trial_record(folder)
         except RecordError:
             continue
-        grid = {k: v for k, v in record.values.items() if k not in space.sample}
-        new = planned.get(PlannedTrial(hypotheses=record.hypotheses, values=grid).key())
+        new = planned.get(trial_key(space.base, record.values, space.sample))
         if new is None:
             continue
         values = {**new.values, **record.values}
@@ -137,7 +134,7 @@ def _retags(experiment_dir: Path, saved: SpaceRecord, merged: list[PlannedTrial]
 
 def saved_state(run_dir: Path) -> bool:
     """Whether Tune saved the state of the Tune run in `run_dir`, which a restore needs."""
-    return any(run_dir.glob("experiment_state-*.json"))
+    return newest_state(run_dir) is not None
 
 
 def set_aside_stale(extension: Extension, experiment_dir: Path) -> None:
@@ -158,8 +155,7 @@ def unfinished_runs(experiment_dir: Path, space: Space, record: SpaceRecord) -> 
     out = []
     for run in record.run_list():
         root = experiment_dir / run.folder
-        rows = [row for folder in trial_folders(experiment_dir)
-                if folder.parent == root and (row := folder_row(folder, space)) is not None]
+        rows = [row for folder in run_trial_folders(root) if (row := folder_row(folder, space)) is not None]
         own = record.model_copy(update={"trials": run.trials})
         _, missing = against_space(rows, own)
         if missing or any(row["status"] in (INCOMPLETE, ERROR) for row in rows):

@@ -19,7 +19,8 @@ from trainers.config import MAX_SEED, ConfigError
 from trainers.cpus import available_cpus
 from trainers.dotted import first_difference, set_dotted
 from trainers.names import NAME_RULE, is_folder_name
-from trainers.records import (FIRST_RUN, SEED_KEY, SPACE_RECORD, RecordError, RunRecord, SpaceRecord, read_space_record,
+from trainers.layout import FIRST_RUN, SPACE_RECORD, restorable, set_aside_copies
+from trainers.records import (SEED_KEY, RecordError, RunRecord, SpaceRecord, read_space_record, trial_key,
                               variant_label)
 from trainers.wandb_log import WANDB_MODES, merged_settings
 from tune_looped import extend
@@ -29,10 +30,8 @@ from tune_looped.lock import ExperimentLock
 from tune_looped.rebuild import Rebuild, plan as plan_rebuild
 from tune_looped.space import (GPU_AUTO, Space, SpaceError, check_overrides, load_space, parse_resources,
                                space_record, trial_config)
-from tune_looped.state import REPLACED_DIR, Repair, copies_of, plan_repair
+from tune_looped.state import Repair, plan_repair
 
-# what Tune writes into the experiment folder: Tuner.restore needs both (ray.tune.tuner / tune_controller)
-TUNE_STATE_FILES = ("tuner.pkl", "experiment_state-*.json")
 PRETRAINED = "model.pretrained_path"
 # a trial whose estimated memory is beyond this many times the machine's is refused, not merely warned of
 ABSURD_MEMORY = 10
@@ -263,8 +262,7 @@ def check_resumable(experiment_dir: Path, space: Space, quick: bool, rebuild: bo
     if len(runs) > 1 and not extend.saved_state(experiment_dir / runs[-1].folder):
         raise SpaceError(f"--resume: {runs[-1].folder} was stopped before Tune first saved its state; run its "
                          "--extend command again, which starts it afresh")
-    folders = [experiment_dir / run.folder for run in runs]
-    if not rebuild and not all(any(folder.glob(pattern)) for folder in folders for pattern in TUNE_STATE_FILES):
+    if not rebuild and not all(restorable(experiment_dir / run.folder) for run in runs):
         raise SpaceError(f"--resume: {experiment_dir} holds no saved Tune state (the sweep was stopped before Tune "
                          "first saved it), so there is nothing to resume; delete that folder and start again, or "
                          "add --rebuild-state to run the trials that did not end")
@@ -272,8 +270,9 @@ def check_resumable(experiment_dir: Path, space: Space, quick: bool, rebuild: bo
     # The current record goes through YAML as the saved one did, so that tuples and lists compare equal.
     current = SpaceRecord.model_validate(yaml.safe_load(yaml.safe_dump(space_record(space, quick).model_dump())))
     key = first_difference(_resume_relevant(saved), _resume_relevant(current))
-    recorded = {t.key() for t in saved.trials}
-    if key is None and not all(t.key() in recorded for t in current.trials):
+    recorded = {trial_key(current.base, t.values, hypotheses=t.hypotheses) for t in saved.trials}
+    if key is None and not all(trial_key(current.base, t.values, hypotheses=t.hypotheses) in recorded
+                               for t in current.trials):
         key = "trials"
     if key:
         raise SpaceError(f"--resume: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; resume "
@@ -286,7 +285,7 @@ def _check_run_folder(experiment_dir: Path, folder: str, flag: str) -> None:
     names the run, so it was moved away: by hand, or by the repair of runners that set aside every unknown folder."""
     if (experiment_dir / folder).is_dir():
         return
-    moved = sorted(copies_of(experiment_dir).glob(f"{REPLACED_DIR}/*/{folder}"))
+    moved = set_aside_copies(experiment_dir, folder)
     where = f"; a repair set it aside in {moved[-1]}: move it back" if moved else ""
     raise SpaceError(f"{flag}: {experiment_dir / SPACE_RECORD} lists the Tune run {folder}, but "
                      f"{experiment_dir / folder} is not there{where}")
@@ -390,8 +389,7 @@ def _plan_extension(args: Options, space: Space, experiment_dir: Path, lock: Exp
     lock.check_free()
     extension = extend.plan(experiment_dir, space, saved, args.quick)
     restore = extend.unfinished_runs(experiment_dir, extension.space, extension.earlier)
-    missing = [folder for folder in restore
-               if not all(any((experiment_dir / folder).glob(p)) for p in TUNE_STATE_FILES)]
+    missing = [folder for folder in restore if not restorable(experiment_dir / folder)]
     if missing:
         raise SpaceError(f"--extend: {experiment_dir / missing[0]} has unfinished trials but no saved Tune state to "
                          "resume them from; resume it with --resume --rebuild-state first")

@@ -12,7 +12,7 @@ import time
 from ray.tune import ProgressReporter
 
 from trainers.flops import training_flops
-from trainers.records import short_key
+from trainers.knobs import column_name
 from trainers.table import render
 from tune_looped.progress import measure, progress_line
 from tune_looped.space import Space, trial_config
@@ -20,7 +20,6 @@ from tune_looped.trials import trial_values
 
 WIDTH = 120
 METRICS = ("step", "n_loops", "n_points", "eval/loss", "eval/loss_last")
-SHORT_NAMES = {"model.use_lstm_layer": "lstm", "training.seed": "seed"}
 STATUS = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "paused", "TERMINATED": "done", "ERROR": "error"}
 MAX_CELL = 14
 MAX_ROWS = 20
@@ -28,8 +27,9 @@ QUIET_S = 60.0  # the longest the table goes unprinted when nothing changed
 
 
 def short_names(keys) -> dict[str, str]:
-    """Each dotted key's last part (`model.n_layer` -> `n_layer`), or its last two where two keys share one."""
-    names = {k: SHORT_NAMES.get(k, short_key(k)) for k in keys}
+    """Each dotted key's column name (`model.n_layer` -> `n_layer`, trainers.knobs), or its last two parts where
+    two keys share one."""
+    names = {k: column_name(k) for k in keys}
     shared = {name for name in names.values() if list(names.values()).count(name) > 1}
     return {k: ".".join(k.split(".")[-2:]) if name in shared else name for k, name in names.items()}
 

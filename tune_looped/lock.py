@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trainers import atomic
-from trainers.records import RUNNER_DIR
+from trainers.layout import RUNNER_DIR
 from tune_looped.cluster import is_uri, process_identity, runner_alive, warn
 from tune_looped.space import SpaceError
 

@@ -13,16 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from trainers.records import (DIVERGED, FINISHED, RUNNER_DIR, SPACE_RECORD, STOPPED_EARLY, PlannedTrial,
-                              SpaceRecord)
+from trainers.layout import SPACE_RECORD, run_trial_folders, runner_folder, tune_files
+from trainers.records import DIVERGED, FINISHED, STOPPED_EARLY, PlannedTrial, SpaceRecord
 from tune_looped.space import Space, SpaceError
-from tune_looped.state import run_trial_folders, set_aside
+from tune_looped.state import set_aside
 from tune_looped.tables import against_space, folder_row
 
 KEPT = (FINISHED, STOPPED_EARLY, DIVERGED)
-# what Tune keeps of an experiment beside the trial folders: its state, the search's and the callbacks' state
-TUNE_FILES = ("tuner.pkl", "experiment_state-*.json", "basic-variant-state-*.json", "search_gen_state-*.json",
-              "searcher-state-*.pkl", "callback-states-*.pkl")
 
 
 @dataclass(frozen=True)
@@ -50,8 +47,7 @@ def plan(experiment_dir: Path, space: Space, record: SpaceRecord) -> Rebuild:
     if not remaining:
         raise SpaceError(f"--rebuild-state: every trial {experiment_dir / SPACE_RECORD} asks for has ended; "
                          "there is nothing to run")
-    tune_files = sorted(p for pattern in TUNE_FILES for p in experiment_dir.glob(pattern))
-    copies = sorted(p for pattern in TUNE_FILES for p in (experiment_dir / RUNNER_DIR).glob(pattern))
     replaced = sorted(set(folders) - {folder for folder, _ in kept})
-    return Rebuild(kept=tuple(folder for folder, _ in kept), replaced=(*replaced, *tune_files, *copies),
+    return Rebuild(kept=tuple(folder for folder, _ in kept),
+                   replaced=(*replaced, *tune_files(experiment_dir), *tune_files(runner_folder(experiment_dir))),
                    remaining=tuple(remaining))

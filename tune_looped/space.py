@@ -2,7 +2,8 @@
 
 `SpaceFile` below is the file's schema; docs/CONFIG.md ("Search-space files") has an annotated example. Trials
 are the union of the hypotheses' grids, times the seeds: a configuration that several hypotheses share runs
-once, tagged with all of them. Grid, sample and `quick.base` keys are dotted keys of the config schema.
+once, tagged with all of them. A space may `include` the hypotheses of other space files (`_declarations`). Grid,
+sample and `quick.base` keys are dotted keys of the config schema.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import itertools
 import math
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,11 +23,11 @@ from trainers.config import (
     MAX_SEED, SECRET_KEYS, Config, ConfigError, PositiveInt, WandbMode, apply_overrides, coerce_value,
     config_from_dict, key_field, parse_override_args, read_yaml, strip_secrets,
 )
-from trainers.dotted import get_dotted
+from trainers.dotted import first_difference, get_dotted
 from trainers.flops import training_flops
 from trainers.names import NAME_RULE, is_folder_name
-from trainers.records import (EXPECTATIONS, METRIC_KEYS, SEED_KEY, TREND_DIRECTIONS, HypothesisRecord, PlannedTrial,
-                              SpaceRecord, TrendRecord, trend_order, variant_label)
+from trainers.records import (EXPECTATIONS, METRIC_KEYS, SEED_KEY, TREND_DIRECTIONS, Hypothesis, PlannedTrial,
+                              SpaceRecord, Trend, trend_order, variant_label)
 from trainers.schema import Section, allowed_if, validate
 from trainers.yaml_file import load_yaml, yaml11_float
 
@@ -62,6 +63,8 @@ class TrendSpec(Section):
 
 
 class HypothesisSpec(Section):
+    """A hypothesis as the file writes it, its grid untyped and its question called `description`, checked
+    strictly for one-line errors; `_hypothesis` makes it the one `Hypothesis` of the record and the verdict."""
     name: NonEmptyText
     grid: dict[str, Any]
     description: str = ""
@@ -94,7 +97,10 @@ class SpaceFile(Section):
                     Field(description=NAME_RULE)] = None
     description: str = ""
     base: str | dict[str, Any] = Field(description="a config file path or a mapping of model:/training:/wandb:")
-    # `experiments` is the earlier spelling; one of the two is required (`_hypotheses_key`)
+    # space files whose hypotheses this one has too, before its own (`_declarations`)
+    include: Annotated[list[str], Field(min_length=1), allowed_if(lambda paths: all(paths))] = Field(
+        None, description="a non-empty list of space files' paths, relative to this file")
+    # `experiments` is the earlier spelling; one of the two (or `include`) is required (`_hypotheses_key`)
     hypotheses: Annotated[list[HypothesisSpec], Field(min_length=1)] = None
     experiments: Annotated[list[HypothesisSpec], Field(min_length=1)] = None
     sample: dict[str, Any] = {}
@@ -128,7 +134,7 @@ class Space:
     metric: str
     mode: str
     max_concurrent: int | None
-    hypotheses: tuple[HypothesisRecord, ...] = ()
+    hypotheses: tuple[Hypothesis, ...] = ()
     wandb: dict = field(default_factory=dict)
     overrides: dict = field(default_factory=dict)  # `--set`'s dotted keys, already in the base
     secrets: dict = field(default_factory=dict, repr=False, compare=False)
@@ -273,8 +279,8 @@ def quick_overrides(raw, path: Path) -> dict:
 
 
 def _apply_quick(spec: SpaceFile, base: dict, path: Path, secrets: dict) -> tuple[SpaceFile, dict]:
-    """The space and base with the `quick:` block applied: base keys, grid values and settings replaced. A W&B
-    key among the base keys goes to `secrets`, as the base's own does."""
+    """The space's settings and base with the `quick:` block applied: base keys and settings replaced (grid
+    values: `_declarations`). A W&B key among the base keys goes to `secrets`, as the base's own does."""
     quick = spec.quick
     if quick is None:
         raise SpaceError(f"{path}: quick: --quick needs a quick: block in the space file")
@@ -283,12 +289,67 @@ def _apply_quick(spec: SpaceFile, base: dict, path: Path, secrets: dict) -> tupl
     overrides = {k: v for k, v in overrides.items() if v != {}}
     base = apply_overrides(base, overrides, f"{path}: quick.base")
     config_from_dict(base, f"{path}: quick.base")
-    for key in quick.grid:
-        key_field(key, f"{path}: quick.grid.{key}")
-    hypotheses = [h.model_copy(update={"grid": {k: quick.grid.get(k, v) for k, v in h.grid.items()}})
-                  for h in _declared_hypotheses(spec)]
     replaced = {k: getattr(quick, k) for k in ("seeds", "num_samples", "resources") if getattr(quick, k) is not None}
-    return spec.model_copy(update={"hypotheses": hypotheses, "experiments": None, **replaced}), base
+    return spec.model_copy(update=replaced), base
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """A hypothesis as a space file declares it (its grid as --quick leaves it), and where, for messages."""
+    spec: HypothesisSpec
+    file: Path
+    key: str  # `hypotheses[i]`, or the earlier `experiments[i]`
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}: {self.key}"
+
+
+def _declarations(spec: SpaceFile, path: Path, section: str, base: dict, quick: bool, seen: dict[Path, str],
+                  chain: tuple[Path, ...]) -> list[_Declared]:
+    """The hypotheses of the space at `path`: those of the files it includes first, in the order given, then its
+    own. An included file gives its hypotheses and, under --quick, its quick.grid values (the includer's quick.grid
+    over them); its base must be the includer's, as its hypotheses are written against it, and its other settings
+    are for its own runs. `chain`: the files that include this one, outermost first; `seen`: every included
+    file so far, by where it was included."""
+    declared, chain = [], (*chain, path)
+    for i, name in enumerate(spec.include or ()):
+        included = path.parent / name
+        child = _included(included, f"{path}: include[{i}]", base, seen, chain)
+        declared += _declarations(child, included, _hypotheses_key(child, str(included)), base, quick, seen, chain)
+    declared += [_Declared(h, path, f"{section}[{i}]") for i, h in enumerate(_declared_hypotheses(spec))]
+    if not quick or spec.quick is None:
+        return declared
+    grid = spec.quick.grid
+    for key in grid:
+        key_field(key, f"{path}: quick.grid.{key}")
+    return [replace(d, spec=d.spec.model_copy(update={"grid": {k: grid.get(k, v) for k, v in d.spec.grid.items()}}))
+            for d in declared]
+
+
+def _included(path: Path, where: str, base: dict, seen: dict[Path, str], chain: tuple[Path, ...]) -> SpaceFile:
+    """The space file an include names (`where`), read and checked: in no cycle, included once, on `base`."""
+    if not (path.exists() or path.is_symlink()):
+        raise SpaceError(f"{where}: no such file {path}; expected the path of a space file, relative to the "
+                         f"including file's folder {chain[-1].parent}")
+    try:
+        # read before resolve(), which raises RuntimeError on a loop of symbolic links that load_yaml names
+        spec = validate(SpaceFile, load_yaml(path, "space file"), str(path))
+    except ConfigError as err:
+        raise SpaceError(f"{where}: {err}") from None
+    resolved = path.resolve()
+    if resolved in {p.resolve() for p in chain}:
+        raise SpaceError(f"{where}: cycle through {' -> '.join(map(str, (*chain, path)))}; a space may not "
+                         "include itself, nor a file that includes it")
+    if resolved in seen:
+        raise SpaceError(f"{where}: {path} is included already, by {seen[resolved]}; include each file once")
+    seen[resolved] = where
+    ours, theirs = (config_from_dict(b).model_dump() for b in (base, _read_base(spec.base, path, {})))
+    key = first_difference(ours, theirs)
+    if key is not None:
+        raise SpaceError(f"{where}: {path}'s base sets {key} to {get_dotted(theirs, key)!r}, this file's to "
+                         f"{get_dotted(ours, key)!r}; an included space must have the including one's base")
+    return spec
 
 
 def parse_set(texts: list[str]) -> dict[str, Any]:
@@ -357,10 +418,11 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None, overrides: dic
     section = _hypotheses_key(spec, where)
     secrets: dict = {}
     base = _read_base(spec.base, path, secrets)
+    declared = _declarations(spec, path, section, base, quick, {}, ())
     if quick:
         spec, base = _apply_quick(spec, base, path, secrets)
     if overrides:
-        swept = {k for h in _declared_hypotheses(spec) for k in h.grid} | set(spec.sample)
+        swept = {k for d in declared for k in d.spec.grid} | set(spec.sample)
         if seeds is not None or spec.seeds is not None:
             swept.add(SEED_KEY)
         base = _apply_overrides(base, overrides, swept, where)
@@ -370,18 +432,19 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None, overrides: dic
         for seed in seeds:
             coerce_value(SEED_KEY, seed, "seeds")
     repeats, repeated_by = _repeats(seeds, spec.num_samples)
-    grids, declared, names = [], [], {}
-    for i, spec_i in enumerate(_declared_hypotheses(spec)):
-        here = f"{where}: {section}[{i}]"
-        if spec_i.name in names:
-            raise SpaceError(f"{here}.name: must differ from every other hypothesis' name, got {spec_i.name!r} "
-                             f"(the name of {section}[{names[spec_i.name]}])")
-        names[spec_i.name] = i
-        grid = _grid(spec_i.grid, f"{here}.grid")
+    grids, hypotheses, names = [], [], {}
+    for d in declared:
+        here = d.where
+        if d.spec.name in names:
+            first = names[d.spec.name]
+            raise SpaceError(f"{here}.name: must differ from every other hypothesis' name, got {d.spec.name!r} "
+                             f"(the name of {first.key}{'' if first.file == d.file else f' in {first.file}'})")
+        names[d.spec.name] = d
+        grid = _grid(d.spec.grid, f"{here}.grid")
         _refuse_too_many(math.prod(map(len, grid.values())) * repeats, f"{here}.grid",
                          [" x ".join(f"{len(v)} {k}" for k, v in grid.items()), *repeated_by])
-        grids.append((spec_i.name, grid))
-        declared.append(_hypothesis(spec_i, grid, here))
+        grids.append((d.spec.name, grid))
+        hypotheses.append(_hypothesis(d.spec, grid, here))
     sample = {k: parse_distribution(v, f"{where}: sample.{k}") for k, v in spec.sample.items()}
     for key in sample:
         key_field(key, f"{where}: sample.{key}")
@@ -394,7 +457,7 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None, overrides: dic
         path=path, name=spec.name or path.stem, base=base, trials=tuple(trials), sample=sample,
         num_samples=spec.num_samples, resources=spec.resources.model_dump(),
         scheduler=_parse_scheduler(spec.scheduler, f"{where}: scheduler"), metric=spec.metric, mode=spec.mode,
-        max_concurrent=spec.max_concurrent, hypotheses=tuple(declared),
+        max_concurrent=spec.max_concurrent, hypotheses=tuple(hypotheses),
         wandb=spec.wandb.model_dump(exclude_unset=True), secrets=secrets, overrides=dict(overrides),
     )
     # builds, and so validates, every trial's config; the runner's later checks reuse them
@@ -403,15 +466,17 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None, overrides: dic
 
 
 def _hypotheses_key(spec: SpaceFile, where: str) -> str:
-    """The key the file lists its hypotheses under: `hypotheses`, or the earlier `experiments` with a warning."""
+    """The key the file lists its own hypotheses under: `hypotheses`, or the earlier `experiments` with a warning;
+    a file that includes others may have none."""
     if spec.hypotheses is not None and spec.experiments is not None:
         raise SpaceError(f"{where}: experiments: the earlier spelling of hypotheses; give one of the two")
     if spec.experiments is not None:
         warnings.warn(f"{where}: experiments: renamed to hypotheses; the old spelling still works for now",
                       FutureWarning, stacklevel=3)
         return "experiments"
-    if spec.hypotheses is None:
-        raise SpaceError(f"{where}: hypotheses: missing; expected a non-empty list of hypotheses")
+    if spec.hypotheses is None and not spec.include:
+        raise SpaceError(f"{where}: hypotheses: missing; expected a non-empty list of hypotheses, or an include of "
+                         "space files that have them")
     return "hypotheses"
 
 
@@ -419,7 +484,7 @@ def _declared_hypotheses(spec: SpaceFile) -> list[HypothesisSpec]:
     return spec.hypotheses if spec.hypotheses is not None else spec.experiments or []
 
 
-def _hypothesis(exp: HypothesisSpec, grid: dict[str, list], where: str) -> HypothesisRecord:
+def _hypothesis(exp: HypothesisSpec, grid: dict[str, list], where: str) -> Hypothesis:
     """The hypothesis' declaration; its reference must be one of the grid's own settings."""
     if bool(exp.reference) != (exp.expect is not None):
         raise SpaceError(f"{where}: reference and expect go together; give both (expect: worse or better) or neither")
@@ -429,11 +494,11 @@ def _hypothesis(exp: HypothesisSpec, grid: dict[str, list], where: str) -> Hypot
         if typed not in grid.get(key, ()):
             raise SpaceError(f"{where}.reference.{key}: {value!r} is not a value of the hypothesis' grid")
         reference[key] = typed
-    return HypothesisRecord(name=exp.name, question=exp.description, reference=reference, expect=exp.expect,
-                            trend=_trend(exp.trend, grid, where))
+    return Hypothesis(name=exp.name, question=exp.description, reference=reference, expect=exp.expect,
+                      trend=_trend(exp.trend, grid, where))
 
 
-def _trend(trend: TrendSpec | None, grid: dict[str, list], where: str) -> TrendRecord | None:
+def _trend(trend: TrendSpec | None, grid: dict[str, list], where: str) -> Trend | None:
     """The trend's key must be one the hypothesis' grid varies, with values that sort along a line."""
     if trend is None:
         return None
@@ -448,7 +513,7 @@ def _trend(trend: TrendSpec | None, grid: dict[str, list], where: str) -> TrendR
                          f"got {values!r}") from None
     if len(values) < 2:
         raise SpaceError(f"{where}.trend.key: {trend.key} needs at least 2 values in the grid, got {values!r}")
-    return TrendRecord(key=trend.key, error=trend.error)
+    return Trend(key=trend.key, error=trend.error)
 
 
 def _distribution_corners(sample: dict[str, Distribution]) -> list[dict]:

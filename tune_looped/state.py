@@ -32,31 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainers import atomic
-from trainers.records import RUNNER_DIR
-from tune_looped.tables import trial_folders
+from trainers.layout import (CHECKPOINT_NAME, STATE_PREFIX, TUNER_FILE, kept_checkpoint_links, kept_checkpoints,
+                             newest_state, replaced_folder, run_trial_folders, runner_folder, search_files,
+                             search_state_of, staging_folder, state_files)
 
-STATE_PREFIX, SEARCH_PREFIX = "experiment_state-", "basic-variant-state-"
-STATE_PATTERN = f"{STATE_PREFIX}*.json"
-TUNER_FILE = "tuner.pkl"
-REPLACED_DIR = "replaced"
-# Ray's file in a trial folder from the trial's start, before the runner's record may be there
-RAY_PARAMS = "params.json"
 KEEP_EVERY_S = 2.0
-KEPT_CHECKPOINTS = "checkpoints"
 # Tune writes a trial's checkpoint manager into the state as a cloudpickle in hex ({"_type": ..., "value": hex});
 # its checkpoints' folder names are plain bytes in it
-CHECKPOINT_NAME = re.compile(rb"checkpoint_\d{6}")
+NAMED_CHECKPOINT = re.compile(CHECKPOINT_NAME.encode())
 HEX = re.compile(r"[0-9a-f]*")
-
-
-def newest_state(folder: Path) -> Path | None:
-    """The state file Tune restores from: the greatest name, as Tune picks it (the names hold a date)."""
-    return max(folder.glob(STATE_PATTERN), default=None)
-
-
-def search_state_of(state: Path) -> Path:
-    """The search's state saved with the trials' state `state` (the same session in its name)."""
-    return state.with_name(SEARCH_PREFIX + state.name.removeprefix(STATE_PREFIX))
 
 
 def damage(file: Path, data: bytes | None = None) -> str | None:
@@ -85,10 +69,6 @@ def damage(file: Path, data: bytes | None = None) -> str | None:
     return None
 
 
-def copies_of(experiment_dir: Path) -> Path:
-    return Path(experiment_dir) / RUNNER_DIR
-
-
 def named_checkpoints(state_data: bytes) -> set[Path]:
     """The checkpoint folders (relative to the experiment folder) that Tune's state `state_data` names, those a
     restore from it may ask for."""
@@ -98,14 +78,14 @@ def named_checkpoints(state_data: bytes) -> set[Path]:
         manager = json.loads(runtime).get("checkpoint_manager")
         pickled = manager.get("value") if isinstance(manager, dict) else None
         if isinstance(pickled, str) and HEX.fullmatch(pickled) and len(pickled) % 2 == 0:
-            named |= {Path(folder, name.decode()) for name in CHECKPOINT_NAME.findall(bytes.fromhex(pickled))}
+            named |= {Path(folder, name.decode()) for name in NAMED_CHECKPOINT.findall(bytes.fromhex(pickled))}
     return named
 
 
 def set_aside(experiment_dir: Path, paths) -> Path:
     """Move `paths` of the experiment into `.tune_looped/replaced/<time>/`, where no reader of trials looks, each
     at its place relative to the experiment folder."""
-    aside = copies_of(experiment_dir) / REPLACED_DIR / time.strftime("%Y%m%d-%H%M%S")
+    aside = replaced_folder(experiment_dir, time.strftime("%Y%m%d-%H%M%S"))
     for path in paths:
         target = aside / Path(path).relative_to(experiment_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +121,6 @@ class StateKeeper:
 
     def __init__(self, experiment_dir: Path, session: Path, every: float = KEEP_EVERY_S):
         self.experiment_dir = Path(experiment_dir)
-        self._staging = f"artifacts/*/{self.experiment_dir.name}/driver_artifacts"
         self._session = Path(session)
         self._every = every
         self._seen: dict[str, tuple] = {}
@@ -164,7 +143,7 @@ class StateKeeper:
     def keep(self) -> None:
         """Copy what changed since the last look and reads whole now; a full disk keeps the earlier copies."""
         with contextlib.suppress(OSError):
-            staging = max(self._session.glob(self._staging), default=None)
+            staging = staging_folder(self._session, self.experiment_dir.name)
             state = newest_state(staging) if staging is not None else None
             if state is not None and self._changed(state):
                 self._keep_pair(state)
@@ -173,7 +152,7 @@ class StateKeeper:
             if self._changed(tuner):
                 data = tuner.read_bytes()
                 if damage(tuner, data) is None:
-                    atomic.write_bytes(copies_of(self.experiment_dir) / TUNER_FILE, data)
+                    atomic.write_bytes(runner_folder(self.experiment_dir) / TUNER_FILE, data)
                     self._seen[tuner.name] = self._status(tuner)
 
     @staticmethod
@@ -190,13 +169,13 @@ class StateKeeper:
         if pair is None:
             return
         data, search_data = pair
-        folder = copies_of(self.experiment_dir)
+        folder = runner_folder(self.experiment_dir)
         # the search's state first: a trials' state kept without it would pair with an older search
         if search_data is not None:
             atomic.write_bytes(folder / search_state_of(state).name, search_data)
         self._keep_checkpoints(named_checkpoints(data))
         atomic.write_bytes(folder / state.name, data)
-        for older in [*folder.glob(STATE_PATTERN), *folder.glob(f"{SEARCH_PREFIX}*.json")]:
+        for older in [*state_files(folder), *search_files(folder)]:
             if older.name not in (state.name, search_state_of(state).name):
                 older.unlink()
         self._seen[state.name] = status
@@ -204,7 +183,7 @@ class StateKeeper:
     def _keep_checkpoints(self, named: set[Path]) -> None:
         """Hard links to the checkpoints `named`, made before the state that names them is kept; the links of
         those no kept state names any more go."""
-        kept = copies_of(self.experiment_dir) / KEPT_CHECKPOINTS
+        kept = kept_checkpoints(self.experiment_dir)
         for relative in named:
             source, target = self.experiment_dir / relative, kept / relative
             if source.is_dir() and not target.exists():
@@ -212,7 +191,7 @@ class StateKeeper:
                 shutil.rmtree(partial, ignore_errors=True)
                 shutil.copytree(source, partial, copy_function=os.link)
                 partial.rename(target)
-        for link in kept.glob("*/*"):
+        for link in kept_checkpoint_links(self.experiment_dir):
             if link.relative_to(kept) not in named:
                 shutil.rmtree(link)
 
@@ -231,7 +210,7 @@ class Repair:
 def plan_repair(experiment_dir: Path) -> Repair:
     """Check the files Tune restores from (the newest state and its search's state, tuner.pkl) and find a good
     copy for each damaged one; reads only."""
-    experiment_dir, kept = Path(experiment_dir), copies_of(experiment_dir)
+    experiment_dir, kept = Path(experiment_dir), runner_folder(experiment_dir)
     repair = Repair()
     state = newest_state(experiment_dir)
     tuner = experiment_dir / TUNER_FILE
@@ -263,17 +242,8 @@ def plan_repair(experiment_dir: Path) -> Repair:
     repair.strangers = [folder for folder in run_trial_folders(experiment_dir) if folder.name not in known]
     repair.checkpoints = sorted(relative for relative in named_checkpoints(data)
                                 if not (experiment_dir / relative).exists()
-                                and (kept / KEPT_CHECKPOINTS / relative).is_dir())
+                                and (kept_checkpoints(experiment_dir) / relative).is_dir())
     return repair
-
-
-def run_trial_folders(run_dir: Path) -> list[Path]:
-    """The trial folders of the Tune run at `run_dir` (the experiment's root or an extension's folder): those right
-    below it that a reader takes for a trial, by the runner's record or by Ray's params.json. The run's other
-    neighbours (the analysis, W&B's folder, the extensions, the runner's own folder) are not trials."""
-    run_dir = Path(run_dir)
-    recorded = [folder for folder in trial_folders(run_dir) if folder.parent == run_dir]
-    return sorted({*recorded, *(p.parent for p in run_dir.glob(f"*/{RAY_PARAMS}"))})
 
 
 def apply_repair(experiment_dir: Path, repair: Repair) -> list[str]:
@@ -286,7 +256,7 @@ def apply_repair(experiment_dir: Path, repair: Repair) -> list[str]:
     for file, copy in repair.copies.items():
         atomic.write_bytes(file, copy.read_bytes())
     for relative in repair.checkpoints:
-        shutil.move(copies_of(experiment_dir) / KEPT_CHECKPOINTS / relative, experiment_dir / relative)
+        shutil.move(kept_checkpoints(experiment_dir) / relative, experiment_dir / relative)
     if repair.checkpoints:
         lines.append(f"put back {len(repair.checkpoints)} checkpoint(s) that the restored state names and Tune had "
                      f"deleted since: " + ", ".join(map(str, repair.checkpoints)))

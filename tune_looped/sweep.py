@@ -17,7 +17,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from trainers.records import ERROR, FIRST_RUN, INCOMPLETE, SPACE_RECORD, TRIAL_FOLDERS, write_space_record
+from trainers.layout import FIRST_RUN, SPACE_RECORD, experiment_offline_runs
+from trainers.records import ERROR, INCOMPLETE, write_space_record
 from tune_looped import extend
 from tune_looped.cluster import MIN_FREE_BYTES, full_filesystems, is_uri, start_ray, stop_ray, warn, \
     warn_if_local_storage_on_cluster
@@ -100,14 +101,12 @@ def analysis_command(command: str, experiment_dir: Path) -> str:
 
 
 def _print_wandb_sync(experiment_dir: Path) -> None:
-    # the analysis run's, then the trials'
-    candidates = ["wandb/offline-run-*", *(f"{folders}/wandb/offline-run-*" for folders in TRIAL_FOLDERS)]
-    patterns = [p for p in candidates if any(experiment_dir.glob(p))]
-    if patterns:
-        count = sum(1 for p in patterns for _ in experiment_dir.glob(p))
+    found = experiment_offline_runs(experiment_dir)
+    if found:
+        count = sum(len(runs) for runs in found.values())
         folder = shlex.quote(str(experiment_dir.absolute()))
         print(f"W&B: {count} offline runs; upload them with:\n  wandb sync "
-              + " ".join(f"{folder}/{p}" for p in patterns))
+              + " ".join(f"{folder}/{pattern}" for pattern in found))
 
 
 class _Signals:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from trainers.records import (SPACE_RECORD, STATUSES, STOPPED_EARLY, TRIAL_FOLDERS, TRIAL_RECORD, PlannedTrial,
-                              RecordError, SpaceRecord, read_trial_record, trial_failed, trial_status, variant_label)
+from trainers.layout import RESULT_FILE, SPACE_RECORD, trial_folders
+from trainers.records import (DIVERGED, STATUSES, STOPPED_EARLY, PlannedTrial, RecordError, SpaceRecord, last_step,
+                              read_trial_record, trial_failed, trial_key, trial_status, variant_label)
 from trainers.table import render
 from tune_looped.cost import Cost, Throughput, duration
 from tune_looped.space import Space, trial_config
@@ -25,14 +26,12 @@ def print_trial_table(space: Space, cost: Cost, throughput: Throughput) -> None:
           f"this machine (estimated from {throughput.source})")
 
 
-def _row(trial_id, hypotheses, values: dict, last: dict, eval_loss: float, status: str) -> dict:
-    return {"trial_id": trial_id, "hypotheses": tuple(hypotheses), **values, "step": last.get("step"),
+def _row(space: Space, trial_id, hypotheses, values: dict, rows: list[dict], eval_loss: float,
+         errored: bool) -> dict:
+    """A trial's row of the summary from the rows it reported."""
+    status = trial_status(rows, trial_config(space.base, values).training.train_steps, errored=errored)
+    return {"trial_id": trial_id, "hypotheses": tuple(hypotheses), **values, "step": last_step(rows),
             "eval/loss": eval_loss, "status": status}
-
-
-def _status(space: Space, values: dict, last: dict, errored: bool) -> str:
-    return trial_status(last_step=last.get("step"), train_steps=trial_config(space.base, values).training.train_steps,
-                        diverged=bool(last.get("diverged")), stopped=bool(last.get("done")), errored=errored)
 
 
 def summarise(results, space: Space, experiment_dir: Path | None = None) -> list[dict]:
@@ -52,9 +51,10 @@ def summarise(results, space: Space, experiment_dir: Path | None = None) -> list
         metrics = result.metrics or {}
         frame = result.metrics_dataframe
         evals = frame["eval/loss"].dropna() if frame is not None and "eval/loss" in frame else []
-        rows.append(_row(metrics.get("trial_id", Path(result.path).name), hypotheses, values, metrics,
-                         float(evals.iloc[-1]) if len(evals) else float("nan"),
-                         _status(space, values, metrics, result.error is not None)))
+        # every row Tune has of the trial, then its last, which Tune may hold alone (a trial restored as ended)
+        history = [*(frame.to_dict("records") if frame is not None else []), metrics]
+        rows.append(_row(space, metrics.get("trial_id", Path(result.path).name), hypotheses, values, history,
+                         float(evals.iloc[-1]) if len(evals) else float("nan"), result.error is not None))
     if experiment_dir is not None:
         reported = {Path(result.path).name for result in results}
         rows += [row for folder in trial_folders(experiment_dir)
@@ -72,39 +72,26 @@ def folder_row(folder: Path, space: Space) -> dict | None:
         record = read_trial_record(folder)
     except RecordError:
         return None
-    results = read_result_rows(folder / "result.json")
-    last = results[-1] if results else {}
+    results = read_result_rows(folder / RESULT_FILE)
     evals = [r["eval/loss"] for r in results if isinstance(r.get("eval/loss"), float)]
-    errored = trial_failed(folder)
-    return _row(record.trial_id, record.hypotheses, record.values, last, evals[-1] if evals else float("nan"),
-                _status(space, record.values, last, errored))
-
-
-def trial_folders(experiment_dir: Path) -> list[Path]:
-    """The experiment's trial folders: those holding a trial record, right below it (where Tune puts them) or
-    below an extension's folder."""
-    root = Path(experiment_dir)
-    return sorted(p.parent for pattern in TRIAL_FOLDERS for p in root.glob(f"{pattern}/{TRIAL_RECORD}"))
-
-
-def _key(hypotheses, values: dict, sampled) -> str:
-    """A row's or a planned trial's identity, `PlannedTrial.key`, less the sampled values, which differ from run to
-    run."""
-    return PlannedTrial(hypotheses=list(hypotheses), values={k: v for k, v in values.items() if k not in sampled}).key()
+    return _row(space, record.trial_id, record.hypotheses, record.values, results,
+                evals[-1] if evals else float("nan"), trial_failed(folder))
 
 
 def against_space(rows: list[dict], record: SpaceRecord) -> tuple[list[dict], list[PlannedTrial]]:
-    """(the rows of trials the space record did not ask for, the asked-for trials without a row).
+    """(the rows of trials the space record did not ask for, the asked-for trials without a row): the same trial
+    tagged alike, by `trial_key` with the hypotheses.
 
     The record asks for each of its trials `num_samples` times; a trial run more often than that (two runners
     of one experiment) is, from its second run on, not asked for either."""
     wanted: dict[str, list] = {}
     for planned in record.trials:
-        wanted.setdefault(_key(planned.hypotheses, planned.values, ()), []).extend([planned] * record.num_samples)
+        key = trial_key(record.base, planned.values, hypotheses=planned.hypotheses)
+        wanted.setdefault(key, []).extend([planned] * record.num_samples)
     unasked = []
     for row in rows:
         values = {k: v for k, v in row.items() if k not in SUMMARY_COLUMNS}
-        slots = wanted.get(_key(row["hypotheses"], values, record.sample))
+        slots = wanted.get(trial_key(record.base, values, record.sample, row["hypotheses"]))
         if slots:
             slots.pop()
         else:
@@ -128,7 +115,7 @@ def print_summary(rows: list[dict], experiment_dir: Path,
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trials")
     for row in rows:
-        if row["status"] == "diverged":
+        if row["status"] == DIVERGED:
             print(f"diverged: trial {row['trial_id']} at step {row['step']} (loss not finite); stopped there, "
                   "not retried")
     if counts[STOPPED_EARLY]:

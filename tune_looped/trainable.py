@@ -22,6 +22,7 @@ from ray import tune
 
 from trainers.checkpoint import CHECKPOINT_FILE, load_checkpoint, reason
 from trainers.config import apply_overrides, config_from_dict
+from trainers.layout import CHECKPOINT_PREFIX
 from trainers.training import train
 from trainers.records import run_name
 from tune_looped.trials import trial_values
@@ -39,7 +40,7 @@ def _trial_checkpoints(restored: tune.Checkpoint) -> list[tune.Checkpoint]:
     own = restored.path.rstrip("/")
     entries = restored.filesystem.get_file_info(pyarrow.fs.FileSelector(posixpath.dirname(own), allow_not_found=True))
     others = sorted((e.path for e in entries if e.type == pyarrow.fs.FileType.Directory
-                     and posixpath.basename(e.path).startswith("checkpoint_") and e.path != own), reverse=True)
+                     and posixpath.basename(e.path).startswith(CHECKPOINT_PREFIX) and e.path != own), reverse=True)
     return [restored, *(tune.Checkpoint(path, filesystem=restored.filesystem) for path in others)]
 
 

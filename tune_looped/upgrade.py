@@ -13,7 +13,8 @@ from pathlib import Path
 
 from analysis.experiment import read_result_rows
 from trainers.cli import OneLineArgumentParser
-from trainers.records import RUNNER_DIR, TRIAL_RECORD, write_trial_record
+from trainers.layout import PARAMS_FILE, RESULT_FILE, TRIAL_RECORD, trial_folders
+from trainers.records import write_trial_record
 from tune_looped.lock import ExperimentLock
 from tune_looped.space import SpaceError
 from tune_looped.trials import trial_record
@@ -22,9 +23,9 @@ from tune_looped.trials import trial_record
 def upgrade(experiment_dir: Path) -> tuple[int, list[str]]:
     """(records written, one line per trial folder whose params.json could not be read)."""
     written, skipped = 0, []
-    for params_file in sorted(Path(experiment_dir).rglob("params.json")):
-        folder = params_file.parent
-        if (folder / TRIAL_RECORD).exists() or RUNNER_DIR in params_file.relative_to(experiment_dir).parts:
+    for folder in trial_folders(experiment_dir):
+        params_file = folder / PARAMS_FILE
+        if (folder / TRIAL_RECORD).exists() or not params_file.exists():
             continue
         try:
             params = json.loads(params_file.read_text())
@@ -32,7 +33,7 @@ def upgrade(experiment_dir: Path) -> tuple[int, list[str]]:
             skipped.append(f"{params_file}: unreadable ({err}); no record written")
             continue
         # the id the analysis used before the record: the trial's result rows, else the folder's name
-        rows = read_result_rows(folder / "result.json")
+        rows = read_result_rows(folder / RESULT_FILE)
         trial_id = next((str(row["trial_id"]) for row in rows if row.get("trial_id")), folder.name)
         write_trial_record(folder, trial_record(trial_id, params))
         written += 1

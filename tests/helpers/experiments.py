@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from trainers.records import TRIAL_RECORD
+from trainers.layout import CHECKPOINT_FILE, ERROR_FILES, RESULT_FILE, TRIAL_RECORD, checkpoint_folder
 from trainers.models import build_model
 
 
@@ -52,12 +52,12 @@ def write_trial(experiment_dir, name, *, hypotheses, values=None, trial_id=None,
     record = {"trial_id": trial_id, "hypotheses": list(hypotheses), "values": values or {}}
     (folder / TRIAL_RECORD).write_text(json.dumps(record))
     lines = "".join(json.dumps(row) + "\n" for row in rows)
-    (folder / "result.json").write_text(lines + (truncated_tail or ""))
+    (folder / RESULT_FILE).write_text(lines + (truncated_tail or ""))
     if checkpoint is not None:
-        (folder / "checkpoint_000001").mkdir()
-        torch.save(checkpoint, folder / "checkpoint_000001" / "checkpoint.pt")
+        checkpoint_folder(folder, 1).mkdir()
+        torch.save(checkpoint, checkpoint_folder(folder, 1) / CHECKPOINT_FILE)
     if error:
-        (folder / "error.txt").write_text("Traceback: boom\n")
+        (folder / ERROR_FILES[0]).write_text("Traceback: boom\n")
     return folder
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from trainers.layout import RESULT_FILE, TRIAL_RECORD, run_trial_folders
+
 REPO = Path(__file__).resolve().parents[2]
 TINY_BASE = {
     "model": {"family": "gpt2_loop", "n_embd": 16, "n_layer": 1, "n_head": 2, "n_dims": 3, "n_positions": 6},
@@ -32,12 +34,13 @@ def write_space(path: Path, hypotheses, base=None, **extra) -> Path:
 
 
 def trial_dirs(experiment_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in experiment_dir.glob("*/params.json"))
+    """The trial folders of the experiment's first run."""
+    return run_trial_folders(experiment_dir)
 
 
 def rows(trial_dir: Path) -> list[dict]:
     """result.json's rows; a line the trial is still writing is left out."""
-    path = trial_dir / "result.json"
+    path = trial_dir / RESULT_FILE
     out = []
     for line in path.read_text().splitlines() if path.exists() else []:
         try:
@@ -49,7 +52,7 @@ def rows(trial_dir: Path) -> list[dict]:
 
 def record(trial_dir: Path) -> dict:
     """The runner's record of the trial: its trial_id, hypotheses and dotted values."""
-    return json.loads((trial_dir / "trial.json").read_text())
+    return json.loads((trial_dir / TRIAL_RECORD).read_text())
 
 
 def finished_trials(experiment_dir: Path, last_step: int) -> list[Path]:

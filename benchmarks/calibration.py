@@ -3,49 +3,25 @@ variant differs from its reference (its false alarms), and how often it finds a 
 3 and 5 seeds, on synthetic hypotheses with the quick study's seed noise and harder ones; then why the rule
 uses the tests it does. tests/test_calibration.py asserts the same simulation's rates.
 
-A synthetic hypothesis is 4 variants against one reference (or, like looped_lstm, each against its own), one
-final error per seed: mean QUICK_MEAN plus normal seed noise, of which a share `shared` is common to every
-variant of a seed (they share their training prompts). It is judged by `analysis.verdict.decide`, the array
+A synthetic hypothesis (benchmarks/synthetic.py) is 4 variants against one reference (or, like looped_lstm, each
+against its own), one final error per seed. It is judged by `analysis.verdict.decide`, the array
 form of the rule `judge` applies; `judge` only adds the "reference did not learn" check, which can turn a
 decision into "inconclusive" but never makes one, so these rates bound the report's.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from analysis.significance import ALPHA, SeedTest, family, seed_test, t_two_sided
 from analysis.verdict import CONTRADICTED, SUPPORTED, decide, trend_decide
-from benchmarks import TABLE_STYLE
-from trainers.cli import OneLineArgumentParser
-from trainers.table import render
+from benchmarks import print_table, simulation_parser
+from benchmarks.synthetic import LARGE_EFFECT, PREDICT_ZERO, QUICK_MEAN, QUICK_VARIANT_SPREADS, Scenario, synthetic
 
-QUICK_MEAN = 0.16  # the all-tokens reference's mean error in the quick study
-# per-seed standard deviations in the quick study (docs/PILOTS.md): the all-tokens reference, then the late
-# masks and the two early ones; the early masks vary 15 times less than the reference
-QUICK_REFERENCE_SPREAD = 0.06
-QUICK_VARIANT_SPREADS = (0.04, 0.02, 0.004, 0.004)
-PREDICT_ZERO = 1.0
-LARGE_EFFECT = 0.6  # the early masks' difference to all tokens in the quick study
 SEED_COUNTS = (2, 3, 5)
 HYPOTHESES = 2000
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    reference_spread: float = QUICK_REFERENCE_SPREAD
-    variant_spreads: tuple = QUICK_VARIANT_SPREADS
-    ratio: float | None = None  # each variant's spread drawn log-uniformly in [1/ratio, ratio] x the reference's
-    shared: float = 0.0  # the share of a seed's noise variance common to every variant of that seed
-    stuck: float = 0.0  # the chance that a trial ends at the predict-0 level
-    stuck_seed: float = 0.0  # the chance that a seed ends at the predict-0 level in every variant
-    missing: bool = False  # the last seed of half the variants is missing: those comparisons are unpaired
-    own_references: bool = False  # each variant has its own reference, as in looped_lstm
-    effect: float = 0.0  # every variant's true difference to its reference
-
 
 NULL_SCENARIOS = (
     Scenario("quick study's spreads"),
@@ -65,29 +41,6 @@ POWER_SCENARIOS = (
     Scenario(f"+{LARGE_EFFECT}, a seed missing on half the variants", effect=LARGE_EFFECT, missing=True),
     Scenario("+0.2 at the quick study's spreads", effect=0.2),
 )
-
-
-def synthetic(scenario: Scenario, seeds: int, hypotheses: int, rng: np.random.Generator):
-    """(variant [H, m, n], reference [H, m, n], aligned [H, m]) of `hypotheses` synthetic hypotheses."""
-    m = len(scenario.variant_spreads)
-    if scenario.ratio is None:
-        spreads = np.broadcast_to(np.asarray(scenario.variant_spreads, dtype=float), (hypotheses, m))
-    else:
-        spreads = scenario.reference_spread * np.exp(rng.uniform(-1, 1, (hypotheses, m)) * math.log(scenario.ratio))
-    arms = m + m if scenario.own_references else m + 1
-    spread = np.concatenate([spreads, np.full((hypotheses, arms - m), scenario.reference_spread)], axis=1)
-    common = rng.standard_normal((hypotheses, 1, seeds))
-    own = rng.standard_normal((hypotheses, arms, seeds))
-    noise = math.sqrt(scenario.shared) * common + math.sqrt(1 - scenario.shared) * own
-    errors = QUICK_MEAN + spread[..., None] * noise
-    errors[:, :m] += scenario.effect
-    errors = np.where(rng.random(errors.shape) < scenario.stuck, PREDICT_ZERO, errors)
-    errors = np.where(rng.random((hypotheses, 1, seeds)) < scenario.stuck_seed, PREDICT_ZERO, errors)
-    variant = errors[:, :m].copy()
-    reference = errors[:, m:] if scenario.own_references else np.broadcast_to(errors[:, m:], variant.shape)
-    if scenario.missing:
-        variant[:, ::2, -1] = np.nan
-    return variant, reference, np.ones((hypotheses, m), dtype=bool)
 
 
 def decided_rate(scenario: Scenario, seeds: int, *, hypotheses: int = HYPOTHESES, seed: int = 0):
@@ -148,34 +101,27 @@ def _pairing_power(scenario: Scenario, seeds: int, *, hypotheses: int = HYPOTHES
     return shares[0], shares[1]
 
 
-def _print_table(header: list[str], rows: list[list], markdown: bool) -> None:
-    print("\n".join(render(header, rows, markdown=markdown, **TABLE_STYLE)))
-
-
 def main(argv=None) -> int:
-    parser = OneLineArgumentParser(prog="python -m benchmarks.calibration", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hypotheses", type=int, default=HYPOTHESES, help="synthetic hypotheses per cell")
-    parser.add_argument("--markdown", action="store_true", help="Markdown tables, to paste into docs/ANALYSIS.md")
-    args = parser.parse_args(argv)
+    args = simulation_parser("python -m benchmarks.calibration", __doc__, HYPOTHESES).parse_args(argv)
     n = args.hypotheses
     header = ["scenario", *(f"{s} seeds" for s in SEED_COUNTS)]
     print(f"No true difference: share of {n} hypotheses judged supported or contradicted (the rule promises "
           f"<= {ALPHA:g})")
-    _print_table(header, [[s.name, *(decided_rate(s, k, hypotheses=n)[0] for k in SEED_COUNTS)]
+    print_table(header, [[s.name, *(decided_rate(s, k, hypotheses=n)[0] for k in SEED_COUNTS)]
                          for s in NULL_SCENARIOS], args.markdown)
     print("\nA true difference on every variant: share judged supported")
-    _print_table(header, [[s.name, *(decided_rate(s, k, hypotheses=n)[1] for k in SEED_COUNTS)]
+    print_table(header, [[s.name, *(decided_rate(s, k, hypotheses=n)[1] for k in SEED_COUNTS)]
                          for s in POWER_SCENARIOS], args.markdown)
     print("\nThe trend test (error decreasing along 5 variants): share holds or against with equal means, "
           "share holds with the quick study's means")
-    _print_table(header, [["no trend", *(trend_rate((QUICK_MEAN,) * 5, k, hypotheses=n)[0] for k in SEED_COUNTS)],
+    print_table(header, [["no trend", *(trend_rate((QUICK_MEAN,) * 5, k, hypotheses=n)[0] for k in SEED_COUNTS)],
                          ["no trend, 90% of the noise shared",
                           *(trend_rate((QUICK_MEAN,) * 5, k, hypotheses=n, shared=0.9)[0] for k in SEED_COUNTS)],
                          ["the quick study's masks", *(trend_rate(TREND_MEANS, k, hypotheses=n)[1]
                                                        for k in SEED_COUNTS)]], args.markdown)
     print(f"\nOne comparison, no difference, at {ALPHA:g}/4 (4 comparisons): rejection rate / level, Satterthwaite's "
           "df against the rule's")
-    _print_table(["variant seeds", "reference seeds", "variant spread / reference's", "Satterthwaite", "rule"],
+    print_table(["variant seeds", "reference seeds", "variant spread / reference's", "Satterthwaite", "rule"],
                 [[a, b, r, *single_test_size(a, b, r, ALPHA / 4)] for a, b in ((2, 2), (3, 3), (2, 5), (5, 5))
                  for r in (1.0, 4.0, 15.0)], args.markdown)
     print("\nPairing by seed: share supported for +0.2 with the rule (paired where the seeds match) and with "
@@ -187,7 +133,7 @@ def main(argv=None) -> int:
             rows.append([f"{name}, {shared:.0%} shared", *(f"{p:.3f} / {w:.3f}" for p, w in
                                                            (_pairing_power(scenario, k, hypotheses=n)
                                                             for k in SEED_COUNTS))])
-    _print_table(header, rows, args.markdown)
+    print_table(header, rows, args.markdown)
     return 0
 
 

@@ -20,7 +20,8 @@ from trainers.atomic import replacing
 from trainers.layout import RESULTS_FILE
 from trainers.records import FINISHED, SEED_KEY
 
-REFERENCE, VARIANT = "reference", "variant"  # a trial's role in a hypothesis
+# a trial's role in a hypothesis: its variant is a reference, or compared with one
+REFERENCE, COMPARED = "reference", "compared"
 ERROR_COLUMNS = ["error_last", "error_at_d", "error_last_max_loops"]
 # how the evaluation ran the trial: its task, d, prompt length, loop counts (b and the most run) and prompts
 SETTING_COLUMNS = ["task_name", "d", "n_points", "train_loops", "max_loops", "n_prompts"]
@@ -30,11 +31,11 @@ _D = "n_dims_truncated"  # the evaluation's name of d
 
 
 def role(variants: Variants, declaration: Hypothesis | None, row) -> str:
-    """REFERENCE for a trial of a reference variant (one the others are compared with), else VARIANT."""
+    """REFERENCE for a trial of a reference variant (one the others are compared with), else COMPARED."""
     if declaration is None or not declaration.expect:
-        return VARIANT
+        return COMPARED
     settings = {key: row[key] for key in variants.keys}
-    return REFERENCE if reference_label(variants, settings, declaration) == variants.label(settings) else VARIANT
+    return REFERENCE if reference_label(variants, settings, declaration) == variants.label(settings) else COMPARED
 
 
 def results_frame(summary: pd.DataFrame, evaluation: pd.DataFrame | None,

@@ -525,7 +525,7 @@ def test_code_pickles_are_refused_by_every_loader(tmp_path, monkeypatch):
     """The three loaders of `.pt` files refuse a pickle that would run code, and the code does not run."""
     from analysis import AnalysisWarning
     from analysis.experiment import load_latest_checkpoint as analysis_checkpoint
-    from trainers.checkpoint import load_checkpoint, load_reference_checkpoint
+    from trainers.checkpoint import load_checkpoint, load_research_checkpoint
 
     monkeypatch.chdir(tmp_path)
     evil = tmp_path / "trial" / "checkpoint_000000" / "checkpoint.pt"
@@ -534,7 +534,7 @@ def test_code_pickles_are_refused_by_every_loader(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not a loadable checkpoint"):
         load_checkpoint(evil)
     with pytest.raises(ValueError, match="only tensors and containers"):
-        load_reference_checkpoint(build_model(TINY_BASE["model"]), evil)
+        load_research_checkpoint(build_model(TINY_BASE["model"]), evil)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert analysis_checkpoint(tmp_path / "trial") is None

@@ -1,5 +1,5 @@
 """Checkpoint files: written whole or not at all with their checksum, refused when damaged, read without running
-code, and loaded into a model whether this code or the reference code wrote them."""
+code, and loaded into a model whether this code or the research's code wrote them."""
 import hashlib
 import os
 import re
@@ -10,7 +10,7 @@ import torch
 
 from helpers.models import prompts, run, tiny
 from trainers.checkpoint import (CHECKPOINT_FILE, checkpoint_dir_of, checksum_file, latest_checkpoint,
-                                 load_checkpoint, load_reference_checkpoint, read_weights, save_checkpoint)
+                                 load_checkpoint, load_research_checkpoint, read_weights, save_checkpoint)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,7 +29,7 @@ def test_checkpoint_round_trip(tmp_path, wrap):
     torch.save({wrap: sd, "step": 7} if wrap else sd, path)
     xs, ys = prompts()
     assert not torch.allclose(run(source, xs, ys), run(target, xs, ys))
-    assert load_reference_checkpoint(target, path) is target
+    assert load_research_checkpoint(target, path) is target
     torch.testing.assert_close(run(target, xs, ys), run(source, xs, ys), atol=0, rtol=0)
 
 
@@ -40,7 +40,7 @@ def test_checkpoint_with_nanogpt_mask_buffers_loads(tmp_path):
         sd[f"_backbone.transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(17, 17)).view(1, 1, 17, 17)
         sd[f"_backbone.transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     torch.save({"model": sd}, tmp_path / "ref.pt")
-    load_reference_checkpoint(target, tmp_path / "ref.pt")
+    load_research_checkpoint(target, tmp_path / "ref.pt")
     xs, ys = prompts()
     torch.testing.assert_close(target(xs, ys), source(xs, ys), atol=0, rtol=0)
 
@@ -50,7 +50,7 @@ def test_checkpoint_with_missing_key_is_refused(tmp_path):
     del sd["_read_out.bias"]
     torch.save({"model": sd}, tmp_path / "partial.pt")
     with pytest.raises(RuntimeError, match="_read_out.bias"):
-        load_reference_checkpoint(tiny(), tmp_path / "partial.pt")
+        load_research_checkpoint(tiny(), tmp_path / "partial.pt")
 
 
 @pytest.mark.parametrize("content", [[1, 2, 3], {"step": 3}, {"model": [1]}, {}])
@@ -58,14 +58,14 @@ def test_checkpoint_of_the_wrong_shape_is_refused(tmp_path, content):
     path = tmp_path / "odd.pt"
     torch.save(content, path)
     with pytest.raises(ValueError, match="odd.pt.*expected.*'model'"):
-        load_reference_checkpoint(tiny(), path)
+        load_research_checkpoint(tiny(), path)
 
 
 def test_non_checkpoint_file_is_refused(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("hello world")
     with pytest.raises(ValueError, match="notes.pt"):
-        load_reference_checkpoint(tiny(), path)
+        load_research_checkpoint(tiny(), path)
 
 
 class _Malicious:
@@ -80,7 +80,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     payload.marker = tmp_path / "pwned"
     torch.save({"model": payload}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="evil.pt"):
-        load_reference_checkpoint(tiny(), tmp_path / "evil.pt")
+        load_research_checkpoint(tiny(), tmp_path / "evil.pt")
     assert not payload.marker.exists()
 
 

@@ -229,11 +229,11 @@ SECTIONS = ("model", "training", "wandb", "gpu")
 
 def documented_keys(reference: str) -> set[str]:
     """The dotted keys docs/CONFIG.md's "Keys" section names: each table row's first cell, and the paragraph of the
-    reference code's other keys. A name without its section (`n_layer` after `model.n_embd`) is of the section of
+    research's code's other keys. A name without its section (`n_layer` after `model.n_embd`) is of the section of
     the name before it; `curriculum.{dims,points,loops}` names three."""
     keys = reference.split("## Keys", 1)[1].split("\n## ", 1)[0]
     rows = [row.split("|")[1] for row in keys.splitlines() if row.startswith("| `")]
-    others = keys.split("The reference code's other keys", 1)[1].split("\n\n", 1)[0]
+    others = keys.split("The research's code's other keys", 1)[1].split("\n\n", 1)[0]
     documented = set()
     for text in (*rows, others):
         section = ""
@@ -256,7 +256,7 @@ def undocumented(reference: str) -> list[str]:
 
 def test_every_config_key_is_in_the_reference():
     """docs/CONFIG.md's key table is written by hand: a key added to the schema must be added there too, as a key
-    of the table (or of the reference code's ignored keys), not merely as a word somewhere in the prose."""
+    of the table (or of the research's code's ignored keys), not merely as a word somewhere in the prose."""
     text = (Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md").read_text()
     assert not undocumented(text), f"not in docs/CONFIG.md's Keys: {undocumented(text)}"
     # a key named only in prose, or in another section, is not documented

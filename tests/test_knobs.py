@@ -7,9 +7,9 @@ import pytest
 from pydantic import BaseModel, create_model
 
 from trainers.config import IGNORED_KEYS, Config, ModelConfig, config_from_dict
-from trainers.knobs import KNOBS, column_name, format_setting, run_name, short_key
+from trainers.knobs import KNOBS, column_name, format_setting, short_key, wandb_run_name
 from trainers.records import format_setting as records_format_setting
-from trainers.records import run_name as records_run_name
+from trainers.records import wandb_run_name as records_wandb_run_name
 from trainers.records import short_key as records_short_key
 
 SECTIONS = ("model", "training")
@@ -48,7 +48,8 @@ def test_every_row_names_a_key_of_the_schema():
 
 def test_the_records_names_are_the_tables():
     """The runner, the analysis and W&B import them from trainers.records, as before the table."""
-    assert (records_format_setting, records_run_name, records_short_key) == (format_setting, run_name, short_key)
+    assert ((records_format_setting, records_wandb_run_name, records_short_key)
+            == (format_setting, wandb_run_name, short_key))
 
 
 # what each row gave before the table, for a value of each kind
@@ -104,4 +105,4 @@ def config_of(family="gpt2_loop", **model):
      "R2NN_loop_L3_ends{20}_T{5}"),
 ])
 def test_run_names(config, values, name):
-    assert run_name(config, values) == name
+    assert wandb_run_name(config, values) == name

@@ -134,7 +134,7 @@ FAULTS = [
           "one line, exit 2, nothing written, Ray not started",
           "`test_bad_input.py`, `storage-*`"),
     Fault("untrusted pickles", "a `.pt` whose `__reduce__` would run code, given to the checkpoint loader, "
-          "`load_reference_checkpoint`, the analysis, the single run and the runner",
+          "`load_research_checkpoint`, the analysis, the single run and the runner",
           "refused (weights_only); the code did not run",
           "`test_bad_input.py::test_code_pickles_are_refused_by_every_loader`, `pretrained-code`, `run-pretrained-code`"),
     Fault("bad input", f"{len(CASES)} cases below", "one `error:` line naming the file, key or flag; exit 2; no "

@@ -11,7 +11,7 @@ import yaml
 from analysis import run_all
 from analysis.__main__ import main
 from analysis.plots import read_evaluation
-from analysis.results import REFERENCE, RESULTS_COLUMNS, VARIANT, evaluated, read_results, results_frame
+from analysis.results import COMPARED, REFERENCE, RESULTS_COLUMNS, evaluated, read_results, results_frame
 from helpers.experiments import N_ROWS, TRIALS, config_dict, eval_losses, write_experiment, write_finished_trial
 from helpers.markdown import table_rows
 from trainers.models import build_model
@@ -27,10 +27,10 @@ N_PROMPTS, MAX_LOOPS = 32, 5
 STOPPED = {"t6": (["looped_n_layers"], {"model.n_layer": 2}, dict(n_layer=2, seed=1))}
 VARIANTS = {("t1", "information_flow"): ("n_last_tokens=all", REFERENCE),
             ("t2", "information_flow"): ("n_last_tokens=all", REFERENCE),
-            ("t3", "information_flow"): ("n_last_tokens=2", VARIANT),
-            ("t4", "information_flow"): ("n_last_tokens=2", VARIANT),
+            ("t3", "information_flow"): ("n_last_tokens=2", COMPARED),
+            ("t4", "information_flow"): ("n_last_tokens=2", COMPARED),
             ("t1", "looped_n_layers"): ("L=1", REFERENCE), ("t2", "looped_n_layers"): ("L=1", REFERENCE),
-            ("t5", "looped_n_layers"): ("L=2", VARIANT), ("t6", "looped_n_layers"): ("L=2", VARIANT)}
+            ("t5", "looped_n_layers"): ("L=2", COMPARED), ("t6", "looped_n_layers"): ("L=2", COMPARED)}
 
 
 def write_study(root):
@@ -156,7 +156,7 @@ def test_without_an_evaluation_the_last_error_is_the_trainings_and_there_is_none
     assert results[["error_at_d", "error_last_max_loops", "d", "n_prompts"]].isna().all().all()
     assert set(results["error_last_source"]) == {
         "the training's held-out prompts at the final curriculum size (`eval/loss_last`)"}
-    assert set(results["role"]) == {VARIANT}  # no space record: no reference
+    assert set(results["role"]) == {COMPARED}  # no space record: no reference
 
 
 def test_a_plain_transformer_has_its_error_at_d_and_none_after_more_loops():

@@ -9,7 +9,7 @@ import yaml
 
 from trainers.config import Config, config_from_dict, config_to_dict
 from trainers.dotted import set_dotted
-from trainers.records import run_name
+from trainers.records import wandb_run_name
 from trainers.wandb_log import WandbRun, flat_config, key_available, resolve_mode
 
 BASE = {
@@ -44,7 +44,7 @@ def config_of(**dotted) -> Config:
     ({"training__task_name": "decision_tree", "model__family": "gpt2"}, {}, "DT_tf_L1"),
 ])
 def test_run_name(overrides, values, name):
-    assert run_name(config_of(**overrides), values) == name
+    assert wandb_run_name(config_of(**overrides), values) == name
 
 
 class Capture:

@@ -15,7 +15,7 @@ from analysis.answers import answers
 from analysis.experiment import space_record
 from analysis.frames import load_summary
 from analysis.plots import read_evaluation
-from analysis.results import REFERENCE, RESULTS_COLUMNS, VARIANT, read_results
+from analysis.results import COMPARED, REFERENCE, RESULTS_COLUMNS, read_results
 from analysis.verdict import hypotheses_of
 from analysis.wandb_results import (JOB_TYPE, analysis_run_id, log_results, recorded_settings, trial_summaries,
                                     verdict_summary)
@@ -67,7 +67,7 @@ def test_trial_summaries_carry_the_errors_and_a_role_per_hypothesis(analysed):
                      & (evaluation["trial_id"] == "t5")].set_index("x")["mean"]
     assert summaries["t5"] == {"error_last": pytest.approx(own[6], rel=1e-12),
                                "error_at_d": pytest.approx(own[3], rel=1e-12),
-                               "role/looped_n_layers": VARIANT, "variant/looped_n_layers": "L=2"}
+                               "role/looped_n_layers": COMPARED, "variant/looped_n_layers": "L=2"}
     assert all(isinstance(s["error_last"], float) for s in summaries.values())
 
 
@@ -102,7 +102,7 @@ def test_the_analysis_run_holds_the_answers_offline(analysed):
             assert trials[column].to_numpy(dtype=float) == pytest.approx(expected[column].to_numpy(), rel=1e-12)
         else:
             assert trials[column].tolist() == expected[column].tolist(), column
-    assert set(trials["role"]) == {REFERENCE, VARIANT} and trials["error_at_d"].notna().all()
+    assert set(trials["role"]) == {REFERENCE, COMPARED} and trials["error_at_d"].notna().all()
     for answer in found.items:
         ranking = table(offline, f"{answer.hypothesis}/ranking")
         assert ranking["variant"].tolist() == answer.ranking["variant"].tolist()

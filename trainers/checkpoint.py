@@ -1,5 +1,5 @@
 """Checkpoint files: one `checkpoint.pt` per directory, written atomically with its sha256 beside it, read
-without unpickling code and refused when damaged; and checkpoints of this code or of the paper's reference code
+without unpickling code and refused when damaged; and checkpoints of this code or of the research's code
 loaded into a model."""
 from __future__ import annotations
 
@@ -118,8 +118,8 @@ def _state_dict_from(obj, path):
     raise ValueError(f"{path}: expected {expected}, found a {type(obj).__name__} that is none of these")
 
 
-def load_reference_checkpoint(model, path):
-    """Load a checkpoint of this code or of the reference code into `model` (strict); return `model`."""
+def load_research_checkpoint(model, path):
+    """Load a checkpoint of this code or of the research's code into `model` (strict); return `model`."""
     obj = read_weights(path)
     state_dict = {k: v for k, v in _state_dict_from(obj, path).items() if not _is_causal_mask_buffer(k, v)}
     model.load_state_dict(state_dict, strict=True)
@@ -141,7 +141,7 @@ def check_pretrained(config, source: str) -> None:
         raise ConfigError(f"{where}: {'is a folder, not a file' if Path(path).is_dir() else 'no such file'}")
     model = build_model(config.model)
     try:
-        load_reference_checkpoint(model, path)
+        load_research_checkpoint(model, path)
     except PermissionError as err:
         raise ConfigError(f"{where}: cannot read it ({err.strerror})") from None
     except ValueError as err:

@@ -99,7 +99,7 @@ class TrainingConfig(Section):
     compile: bool = False       # torch.compile the backbone
     cuda_graphs: bool = False   # replay each fixed-shape step from a CUDA graph; CUDA only
     curriculum: CurriculumConfig = CurriculumConfig()
-    # Keys of the reference code's schema that this project accepts but does not use.
+    # Keys of the research's code's schema that this project accepts but does not use.
     use_ctx: bool = False
     add_inputs_embeds: bool = False
     resume_id: str | None = None
@@ -162,7 +162,7 @@ def config_from_dict(raw: dict, source: str = "<config>", secrets: dict | None =
     cfg = validate(Config, strip_secrets(raw, secrets), source)
     for key, get in _IGNORED_GETTERS:
         if get(cfg) != get(_DEFAULT):
-            warnings.warn(f"{source}: {key}: accepted for compatibility with the reference code and ignored",
+            warnings.warn(f"{source}: {key}: accepted for compatibility with the research's code and ignored",
                           stacklevel=2)
     return cfg
 

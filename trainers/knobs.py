@@ -105,7 +105,7 @@ def format_setting(key: str, value) -> str:
     return f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
 
 
-def run_name(config: Config, values: dict) -> str:
+def wandb_run_name(config: Config, values: dict) -> str:
     """A trial's W&B run name in the research's style (`LR_loop_L2_ends{30}_T{15}`), from its whole config;
     `values`: the trial's values of the keys its space varies."""
     looped = config.model.family == LOOPED_FAMILY

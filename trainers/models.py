@@ -2,8 +2,8 @@
 
 Every module takes the `model` section, a ModelConfig, as nanoGPT's take their GPTConfig: a new knob is a
 field of ModelConfig read where it acts, not a constructor argument threaded through every class. Parameter
-names match the paper's reference code so its checkpoints load with strict=True
-(`trainers.checkpoint.load_reference_checkpoint`).
+names match the research's code so its checkpoints load with strict=True
+(`trainers.checkpoint.load_research_checkpoint`).
 
 A prompt is B sequences of n_points pairs (x, y): xs [B, n_points, n_dims], ys [B, n_points]. The backbone
 sees them as T = 2 * n_points tokens of width C = n_embd.
@@ -87,7 +87,7 @@ class Backbone(nn.Module):
             layers = dict(lstm=nn.LSTM(C, C, num_layers=config.n_layer, batch_first=True))
         else:
             layers = dict(h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]))
-        # every x and every y is one token, plus one spare row as in the reference code
+        # every x and every y is one token, plus one spare row as in the research's code
         self.transformer = nn.ModuleDict(dict(
             wpe=nn.Embedding(2 * config.n_positions + 1, C),
             **layers,
@@ -127,7 +127,7 @@ class TransformerModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        # read-in and read-out keep PyTorch's default init, as in the reference code
+        # read-in and read-out keep PyTorch's default init, as in the research's code
         self._read_in = nn.Linear(config.n_dims, config.n_embd)
         self._backbone = Backbone(config)
         self._read_out = nn.Linear(config.n_embd, 1)
@@ -183,7 +183,7 @@ class LoopedTransformerModel(TransformerModel):
                              f"n_loops={n_loops}")
         embeds = self._embed(xs, ys)
         keep = self._keep_mask(embeds)
-        # z_0 = 1 for the multiplicative form (as in the reference code) so that the first iteration
+        # z_0 = 1 for the multiplicative form (as in the research's code) so that the first iteration
         # sees the prompt itself, as z_0 = 0 does for the additive one; zeros would wipe it out for good
         z = torch.zeros_like(embeds) if self.config.loop_func == ADDITIVE else torch.ones_like(embeds)
         # the iterations before the loss window build no graph: memory stays flat in n_loops

@@ -8,7 +8,7 @@ knows their shape. Both models also read the records of runners before the renam
 
 This module also owns the rules the runner, the analysis and W&B must agree on: which trial is the same trial
 (`trial_key`), how a trial ended (`trial_status`) and how a variant or a run is named (`variant_label`,
-`run_name`, by the table of `trainers.knobs`). Where the files are is `trainers.layout`'s.
+`wandb_run_name`, by the table of `trainers.knobs`). Where the files are is `trainers.layout`'s.
 """
 from __future__ import annotations
 
@@ -242,7 +242,7 @@ def trial_failed(folder) -> bool:
 
 # how a key, a setting and a run are named is the display table's (trainers.knobs); the runner, the analysis
 # and W&B take the names from here, beside the records they name
-short_key, format_setting, run_name = knobs.short_key, knobs.format_setting, knobs.run_name
+short_key, format_setting, wandb_run_name = knobs.short_key, knobs.format_setting, knobs.wandb_run_name
 
 
 def variant_label(values: dict, default: str = "base") -> str:

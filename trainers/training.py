@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from trainers.checkpoint import checkpoint_dir_of, load_checkpoint, load_reference_checkpoint, save_checkpoint
+from trainers.checkpoint import checkpoint_dir_of, load_checkpoint, load_research_checkpoint, save_checkpoint
 from trainers.config import Config, config_to_dict
 from trainers.curriculum import CurriculumState, curriculum_at, final_state, loop_window_start
 from trainers.models import LoopedTransformerModel, build_model
@@ -202,7 +202,7 @@ def train(config: Config, *, out_dir: Path, reporter: Reporter | None = None, re
     torch.manual_seed(config.training.seed)
     model = build_model(config.model).to(dev)
     if config.model.pretrained_path:
-        load_reference_checkpoint(model, config.model.pretrained_path)
+        load_research_checkpoint(model, config.model.pretrained_path)
     state = load_checkpoint(resume_from) if resume_from is not None else None
     if state is not None and isinstance(state.get(ONEDNN_KEY), bool):
         onednn = state[ONEDNN_KEY]  # what the run chose at its start, so that it resumes bit for bit

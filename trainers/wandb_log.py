@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from trainers.config import Config, WandbConfig, config_to_dict
 from trainers.dotted import flatten
 from trainers.layout import offline_runs
-from trainers.records import run_name
+from trainers.records import wandb_run_name
 
 
 def flat_config(config: Config) -> dict:
@@ -75,7 +75,7 @@ class WandbRun:
             remove_offline_runs(directory, run_id)
         self.run = wandb.init(
             project=settings.get("project") or config.wandb.project, entity=settings.get("entity"),
-            group=settings.get("group"), name=config.wandb.name or run_name(config, values),
+            group=settings.get("group"), name=config.wandb.name or wandb_run_name(config, values),
             notes=config.wandb.notes, tags=list(hypotheses), dir=directory,
             mode=mode, id=run_id, resume="allow",
             config={"hypotheses": list(hypotheses), **flat_config(config)},

@@ -19,7 +19,7 @@ from trainers.cpus import available_cpus
 from trainers.flops import step_flops, training_flops
 from trainers.curriculum import final_state
 from tune_looped.gpus import CPU_FLOPS
-from tune_looped.space import Space, run_order, trial_config
+from tune_looped.space import Space, start_order, trial_config
 
 # the quick study's 50.1 training TFLOP over its 5,703 trial-seconds (1 CPU each), measured on a fresh clone on 2
 # cores of an AMD EPYC with AVX2 only, oneDNN products (docs/PILOTS.md, "The time of 3 seeds, measured")
@@ -79,7 +79,7 @@ def cost(space: Space, throughput: Throughput, cpus_per_trial: float, max_concur
     at_once = max(1, int((machine_cpus or available_cpus()) // cpus))
     at_once = min(at_once, max_concurrent or at_once, len(space.trials) * space.num_samples or 1)
     rows = []
-    for trial in run_order(space):
+    for trial in start_order(space):
         flops = training_flops(trial_config(space.base, trial.values))
         rows.append((trial, flops, flops / (throughput.flops_per_cpu * cpus)))
     seconds = [s for _, _, s in rows for _ in range(space.num_samples)]

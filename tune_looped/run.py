@@ -16,7 +16,7 @@ from trainers.wandb_log import WANDB_MODES
 from tune_looped.inputs import (DEFAULT_DASHBOARD_HOST, DEFAULT_MAX_FAILURES, DEFAULT_STORAGE, Options,
                                 extension_trials, resolve, seeds_problem)
 from tune_looped.cost import calibrate, cost, stated
-from tune_looped.space import GPU_AUTO, Space, SpaceError, parse_set, run_order, trial_config
+from tune_looped.space import GPU_AUTO, Space, SpaceError, parse_set, start_order, trial_config
 from tune_looped.sweep import (ANALYSIS_DISK_FULL, DISK_FULL, FAILED, INTERRUPTED, MISSING, SweepError,
                                analysis_command, sweep)
 from tune_looped.tables import print_trial_table
@@ -131,7 +131,7 @@ def _print_dry_run(space: Space, resources: dict, args: argparse.Namespace) -> N
                   file=sys.stderr)
             return
     cpus = resources["cpu"]
-    throughput = (calibrate(trial_config(space.base, run_order(space)[0].values), max(1, int(cpus)))
+    throughput = (calibrate(trial_config(space.base, start_order(space)[0].values), max(1, int(cpus)))
                   if args.calibrate else stated(args.quick))
     print_trial_table(space, cost(space, throughput, cpus, args.max_concurrent or space.max_concurrent,
                                   args.num_cpus), throughput)

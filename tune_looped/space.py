@@ -210,8 +210,8 @@ def parse_distribution(text: str, where: str) -> Distribution:
         parsed = _bounds(kind, args)
     if parsed is None:
         allowed = {"choice": "a non-empty list", "randint": "two integers low < high",
-                   "loguniform": "two numbers low < high, low > 0, both finite"}.get(kind,
-                                                                                    "two numbers low < high, both finite")
+                   "loguniform": "two numbers low < high, low > 0, both finite"}.get(
+            kind, "two numbers low < high, both finite")
         raise SpaceError(f"{where}: {kind} takes {allowed}, got {text!r}")
     return Distribution(kind, parsed)
 
@@ -533,7 +533,7 @@ def trial_config(base: dict, values: dict[str, Any], source: str = "trial") -> C
         raise SpaceError(str(err)) from None
 
 
-def run_order(space: Space) -> list[PlannedTrial]:
+def start_order(space: Space) -> list[PlannedTrial]:
     """The trials by training FLOPs, most first (ties keep the space's order): Tune starts grid trials in
     order, so the longest ones no longer run alone at the end of a sweep while the other slots stand idle."""
     return sorted(space.trials, key=lambda t: -training_flops(trial_config(space.base, t.values)))

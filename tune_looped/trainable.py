@@ -24,7 +24,7 @@ from trainers.checkpoint import CHECKPOINT_FILE, load_checkpoint, reason
 from trainers.config import apply_overrides, config_from_dict
 from trainers.layout import CHECKPOINT_PREFIX
 from trainers.training import train
-from trainers.records import run_name
+from trainers.records import wandb_run_name
 from tune_looped.trials import trial_values
 
 
@@ -81,7 +81,7 @@ def run_trial(params: dict, *, base: dict, wandb_settings: dict | None = None,
     hypotheses, values = trial_values(params)
     config = config_from_dict(apply_overrides(base, values, "trial"), "trial")
     # the first line of the trial's log, which the driver echoes, says which configuration this process runs
-    print(f"trial {tune.get_context().get_trial_id()} {run_name(config, values)} "
+    print(f"trial {tune.get_context().get_trial_id()} {wandb_run_name(config, values)} "
           f"hypotheses={','.join(hypotheses)} values={json.dumps(values, sort_keys=True)}", flush=True)
     device, threads = _trial_device_and_threads()
     node_id = ray.get_runtime_context().get_node_id()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from tune_looped.space import Space, run_order, trial_config
+from tune_looped.space import Space, start_order, trial_config
 from tune_looped.trials import encode
 
 SAMPLERS = {
@@ -19,7 +19,7 @@ def param_space(space: Space) -> dict:
     """The trials in run order, as `tune_looped.trials` encodes them, with the sampled keys' Tune domains."""
     sampled = {key: tune.choice(list(dist.args)) if dist.kind == "choice" else SAMPLERS[dist.kind](*dist.args)
                for key, dist in space.sample.items()}
-    return encode(run_order(space), sampled)
+    return encode(start_order(space), sampled)
 
 
 def make_scheduler(space: Space):

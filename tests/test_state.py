@@ -200,3 +200,57 @@ def test_the_keeper_lets_go_of_checkpoints_no_kept_state_names(tmp_path):
     keeper.keep()
     kept = experiment / ".tune_looped" / "checkpoints" / "t0"
     assert sorted(p.name for p in kept.iterdir()) == ["checkpoint_000002"]
+
+
+def test_a_checkpoint_gone_and_not_kept_is_named_by_the_repair(tmp_path):
+    experiment = tmp_path / "s"
+    (experiment / "t0" / "checkpoint_000002").mkdir(parents=True)
+    save_naming(experiment / ".tune_looped", {"t0": ["checkpoint_000001", "checkpoint_000002"]})
+    state = save_naming(experiment, {"t0": ["checkpoint_000002"]})
+    state.write_text(state.read_text()[:25])
+    repair = plan_repair(experiment)
+    assert repair.checkpoints == [] and [str(c) for c in repair.lost] == ["t0/checkpoint_000001"]
+    assert apply_repair(experiment, repair)[-1] == (
+        "1 checkpoint(s) that the restored state names are gone and were not kept (t0/checkpoint_000001): Tune "
+        "cannot restore their trials; should they fail, `--resume --rebuild-state` runs them afresh")
+
+
+def test_a_checkpoint_that_cannot_be_linked_does_not_stop_the_state_being_kept(tmp_path, monkeypatch):
+    experiment, session = tmp_path / "r" / "s", tmp_path / "session"
+    (experiment / "t0" / "checkpoint_000001").mkdir(parents=True)
+    (experiment / "t0" / "checkpoint_000001" / "checkpoint.pt").write_bytes(b"x")
+
+    def no_hard_links(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    keeper = StateKeeper(experiment, session)
+    first = save_naming(staging(session), {"t0": ["checkpoint_000001"]})
+    keeper.keep()
+    kept = experiment / ".tune_looped"
+    assert (kept / first.name).exists()
+    links = kept / "checkpoints" / "t0"
+    assert not (links / "checkpoint_000001").exists() and not (links / "checkpoint_000001.partial").exists()
+
+
+def test_the_links_a_kept_state_needs_stay_until_the_next_state_is_written(tmp_path, monkeypatch):
+    """A full disk while the keeper writes a newer state leaves the older kept state, and its links with it."""
+    from trainers import atomic
+
+    experiment, session = tmp_path / "r" / "s", tmp_path / "session"
+    for name in ("checkpoint_000001", "checkpoint_000002"):
+        (experiment / "t0" / name).mkdir(parents=True)
+    keeper = StateKeeper(experiment, session)
+    save_naming(staging(session), {"t0": ["checkpoint_000001"]})
+    keeper.keep()
+    write = atomic.write_bytes
+
+    def full_for_states(path, data):
+        if path.name.startswith("experiment_state-"):
+            raise OSError(28, "No space left on device")
+        return write(path, data)
+
+    monkeypatch.setattr(atomic, "write_bytes", full_for_states)
+    save_naming(staging(session), {"t0": ["checkpoint_000002"]}, session="2026-01-02_00-00-00")
+    keeper.keep()
+    assert (experiment / ".tune_looped" / "checkpoints" / "t0" / "checkpoint_000001").is_dir()

@@ -173,27 +173,37 @@ class StateKeeper:
         # the search's state first: a trials' state kept without it would pair with an older search
         if search_data is not None:
             atomic.write_bytes(folder / search_state_of(state).name, search_data)
-        self._keep_checkpoints(named_checkpoints(data))
+        named = named_checkpoints(data)
+        self._link_checkpoints(named)
         atomic.write_bytes(folder / state.name, data)
         for older in [*state_files(folder), *search_files(folder)]:
             if older.name not in (state.name, search_state_of(state).name):
                 older.unlink()
+        self._unlink_checkpoints(named)
         self._seen[state.name] = status
 
-    def _keep_checkpoints(self, named: set[Path]) -> None:
-        """Hard links to the checkpoints `named`, made before the state that names them is kept; the links of
-        those no kept state names any more go."""
+    def _link_checkpoints(self, named: set[Path]) -> None:
+        """Hard links to the checkpoints `named`, made before the state that names them is kept. One that cannot be
+        linked (a filesystem without hard links, a folder Tune deletes meanwhile) is not kept; the state still is."""
         kept = kept_checkpoints(self.experiment_dir)
         for relative in named:
             source, target = self.experiment_dir / relative, kept / relative
             if source.is_dir() and not target.exists():
                 partial = target.with_name(f"{target.name}.partial")
-                shutil.rmtree(partial, ignore_errors=True)
-                shutil.copytree(source, partial, copy_function=os.link)
-                partial.rename(target)
+                try:
+                    shutil.rmtree(partial, ignore_errors=True)
+                    shutil.copytree(source, partial, copy_function=os.link)
+                    partial.rename(target)
+                except OSError:
+                    shutil.rmtree(partial, ignore_errors=True)
+
+    def _unlink_checkpoints(self, named: set[Path]) -> None:
+        """Let go of the links of checkpoints that the state kept now does not name; only once it is written, since
+        until then the state kept before may still be the one a repair restores."""
+        kept = kept_checkpoints(self.experiment_dir)
         for link in kept_checkpoint_links(self.experiment_dir):
             if link.relative_to(kept) not in named:
-                shutil.rmtree(link)
+                shutil.rmtree(link, ignore_errors=True)
 
 
 @dataclass
@@ -204,6 +214,7 @@ class Repair:
     copies: dict[Path, Path] = field(default_factory=dict)  # damaged or stale file -> good copy
     strangers: list[Path] = field(default_factory=list)  # trial folders the restored state does not know
     checkpoints: list[Path] = field(default_factory=list)  # kept checkpoints the restored state names, gone since
+    lost: list[Path] = field(default_factory=list)  # checkpoints it names, gone and not kept
     unrepairable: list[tuple[Path, str]] = field(default_factory=list)
 
 
@@ -240,9 +251,10 @@ def plan_repair(experiment_dir: Path) -> Repair:
     data = good.read_bytes()
     known = {json.loads(trial)["relative_logdir"] for trial, _ in json.loads(data)["trial_data"]}
     repair.strangers = [folder for folder in run_trial_folders(experiment_dir) if folder.name not in known]
-    repair.checkpoints = sorted(relative for relative in named_checkpoints(data)
-                                if not (experiment_dir / relative).exists()
-                                and (kept_checkpoints(experiment_dir) / relative).is_dir())
+    gone = [relative for relative in named_checkpoints(data) if not (experiment_dir / relative).exists()]
+    links = kept_checkpoints(experiment_dir)
+    repair.checkpoints = sorted(relative for relative in gone if (links / relative).is_dir())
+    repair.lost = sorted(relative for relative in gone if not (links / relative).is_dir())
     return repair
 
 
@@ -260,6 +272,10 @@ def apply_repair(experiment_dir: Path, repair: Repair) -> list[str]:
     if repair.checkpoints:
         lines.append(f"put back {len(repair.checkpoints)} checkpoint(s) that the restored state names and Tune had "
                      f"deleted since: " + ", ".join(map(str, repair.checkpoints)))
+    if repair.lost:
+        lines.append(f"{len(repair.lost)} checkpoint(s) that the restored state names are gone and were not kept ("
+                     + ", ".join(map(str, repair.lost)) + "): Tune cannot restore their trials; should they fail, "
+                     "`--resume --rebuild-state` runs them afresh")
     if repair.strangers:
         aside = set_aside(experiment_dir, repair.strangers)
         lines.append(f"set aside {len(repair.strangers)} trial folder(s) that the restored state does not know, in "

@@ -27,7 +27,7 @@ def parser() -> OneLineArgumentParser:
     cli = OneLineArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
     commands = cli.add_subparsers(dest="command", required=True)
     helps = {"export": "write the curves and summary frames", "evaluate": "evaluate the checkpoints",
-             "plot": "draw the figures", "report": "write REPORT.md", "all": "all four, in that order"}
+             "plot": "draw the figures", "report": "write REPORT.md", "all": "all of them, in that order (results.parquet after the evaluation)"}
     for name, help_text in helps.items():
         command = commands.add_parser(name, help=help_text)
         command.add_argument("experiment_dir", help="the experiment directory (Ray Tune's layout)")

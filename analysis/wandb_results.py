@@ -24,7 +24,7 @@ from analysis.experiment import AnalysisWarning, read_trials, space_record
 from analysis.frames import frames_of
 from analysis.plots import PLOTS_DIR, read_evaluation
 from analysis.report import REPORT_FILE
-from analysis.results import experiment_results
+from analysis.results import ERROR_COLUMNS, experiment_results
 from analysis.verdict import Comparison, hypotheses_of
 from trainers.config import config_from_dict
 from trainers.layout import figures
@@ -88,7 +88,7 @@ def trial_summaries(results: pd.DataFrame) -> dict[str, dict]:
     summaries = {}
     for trial_id, rows in results.groupby("trial_id", sort=False):
         first = rows.iloc[0]
-        summary = {key: None if pd.isna(first[key]) else float(first[key]) for key in ("error_last", "error_at_d")}
+        summary = {key: None if pd.isna(first[key]) else float(first[key]) for key in ERROR_COLUMNS}
         for _, row in rows.iterrows():
             summary[f"role/{row['hypothesis']}"] = row["role"]
             summary[f"variant/{row['hypothesis']}"] = row["variant"]

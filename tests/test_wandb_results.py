@@ -65,8 +65,11 @@ def test_trial_summaries_carry_the_errors_and_a_role_per_hypothesis(analysed):
     # t5's own errors, read from the evaluation frame: k = d = 3 examples and the last position, 6
     own = evaluation[(evaluation["kind"] == "model") & (evaluation["axis"] == "k") & (evaluation["name"] == "model@b")
                      & (evaluation["trial_id"] == "t5")].set_index("x")["mean"]
+    longest = evaluation[(evaluation["kind"] == "model") & (evaluation["axis"] == "k")
+                         & (evaluation["name"] == "model@max_loops") & (evaluation["trial_id"] == "t5")]
     assert summaries["t5"] == {"error_last": pytest.approx(own[6], rel=1e-12),
                                "error_at_d": pytest.approx(own[3], rel=1e-12),
+                               "error_last_max_loops": pytest.approx(longest.set_index("x")["mean"][6], rel=1e-12),
                                "role/looped_n_layers": COMPARED, "variant/looped_n_layers": "L=2"}
     assert all(isinstance(s["error_last"], float) for s in summaries.values())
 

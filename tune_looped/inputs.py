@@ -270,10 +270,10 @@ def check_resumable(experiment_dir: Path, space: Space, quick: bool, rebuild: bo
     # The current record goes through YAML as the saved one did, so that tuples and lists compare equal.
     current = SpaceRecord.model_validate(yaml.safe_load(yaml.safe_dump(space_record(space, quick).model_dump())))
     key = first_difference(_resume_relevant(saved), _resume_relevant(current))
-    recorded = {trial_key(current.base, t.values, hypotheses=t.hypotheses) for t in saved.trials}
-    if key is None and not all(trial_key(current.base, t.values, hypotheses=t.hypotheses) in recorded
-                               for t in current.trials):
-        key = "trials"
+    if key is None:  # the same base: the recorded values make configs as they did
+        recorded = {trial_key(current.base, t.values, hypotheses=t.hypotheses) for t in saved.trials}
+        if not all(trial_key(current.base, t.values, hypotheses=t.hypotheses) in recorded for t in current.trials):
+            key = "trials"
     if key:
         raise SpaceError(f"--resume: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; resume "
                          "with the space (and --quick) it started with, or add trials with --extend")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import re
 import shutil
 import tempfile
 import time
@@ -22,7 +23,7 @@ from ray import tune
 
 from trainers.checkpoint import CHECKPOINT_FILE, load_checkpoint, reason
 from trainers.config import apply_overrides, config_from_dict
-from trainers.layout import CHECKPOINT_PREFIX
+from trainers.layout import CHECKPOINT_NAME
 from trainers.training import train
 from trainers.records import wandb_run_name
 from tune_looped.trials import trial_values
@@ -40,7 +41,7 @@ def _trial_checkpoints(restored: tune.Checkpoint) -> list[tune.Checkpoint]:
     own = restored.path.rstrip("/")
     entries = restored.filesystem.get_file_info(pyarrow.fs.FileSelector(posixpath.dirname(own), allow_not_found=True))
     others = sorted((e.path for e in entries if e.type == pyarrow.fs.FileType.Directory
-                     and posixpath.basename(e.path).startswith(CHECKPOINT_PREFIX) and e.path != own), reverse=True)
+                     and re.fullmatch(CHECKPOINT_NAME, posixpath.basename(e.path)) and e.path != own), reverse=True)
     return [restored, *(tune.Checkpoint(path, filesystem=restored.filesystem) for path in others)]
 
 

@@ -189,13 +189,19 @@ def test_the_checkpoints_a_kept_state_names_survive_tunes_rotation_and_the_repai
     assert (experiment / "t0" / "checkpoint_000001" / "checkpoint.pt").read_bytes() == b"checkpoint_000001"
 
 
-def test_the_keeper_lets_go_of_checkpoints_no_kept_state_names(tmp_path):
+def keeping_checkpoint_1(tmp_path):
+    """A keeper that has kept a state naming t0's checkpoint 1, of checkpoints 1 and 2 on disk."""
     experiment, session = tmp_path / "r" / "s", tmp_path / "session"
     for name in ("checkpoint_000001", "checkpoint_000002"):
         (experiment / "t0" / name).mkdir(parents=True)
     keeper = StateKeeper(experiment, session)
     save_naming(staging(session), {"t0": ["checkpoint_000001"]})
     keeper.keep()
+    return experiment, session, keeper
+
+
+def test_the_keeper_lets_go_of_checkpoints_no_kept_state_names(tmp_path):
+    experiment, session, keeper = keeping_checkpoint_1(tmp_path)
     save_naming(staging(session), {"t0": ["checkpoint_000002"]}, session="2026-01-02_00-00-00")
     keeper.keep()
     kept = experiment / ".tune_looped" / "checkpoints" / "t0"
@@ -237,12 +243,7 @@ def test_the_links_a_kept_state_needs_stay_until_the_next_state_is_written(tmp_p
     """A full disk while the keeper writes a newer state leaves the older kept state, and its links with it."""
     from trainers import atomic
 
-    experiment, session = tmp_path / "r" / "s", tmp_path / "session"
-    for name in ("checkpoint_000001", "checkpoint_000002"):
-        (experiment / "t0" / name).mkdir(parents=True)
-    keeper = StateKeeper(experiment, session)
-    save_naming(staging(session), {"t0": ["checkpoint_000001"]})
-    keeper.keep()
+    experiment, session, keeper = keeping_checkpoint_1(tmp_path)
     write = atomic.write_bytes
 
     def full_for_states(path, data):

@@ -21,7 +21,7 @@ from analysis.experiment import read_trials, space_record
 from analysis.frames import PRODUCTS_COLUMN, config_columns, frames_of
 from analysis.plots import PLOTS_DIR, plot_path, read_evaluation
 from analysis.ranking import least_squares_last
-from analysis.results import experiment_results, results_frame
+from analysis.results import at_d, experiment_results, results_frame
 from analysis.significance import POWER
 from analysis.variants import Variants, of_hypothesis
 from analysis.verdict import (DID_NOT_LEARN, RULE, TREND_RULE, UNCLEAR, Hypothesis, TrendTest,
@@ -141,8 +141,8 @@ def _least_squares_at_d(evaluation: pd.DataFrame | None) -> float:
     """Least squares' error at k = d, each trial's own d (NaN without an evaluation)."""
     if evaluation is None or evaluation.empty:
         return math.nan
-    rows = evaluation[(evaluation["kind"] == "baseline") & (evaluation["name"] == "least_squares")
-                      & (evaluation["axis"] == "k") & (evaluation["x"] == evaluation["n_dims_truncated"])]
+    rows = at_d(evaluation[(evaluation["kind"] == "baseline") & (evaluation["name"] == "least_squares")
+                           & (evaluation["axis"] == "k")])
     return float(rows["mean"].mean()) if len(rows) else math.nan
 
 

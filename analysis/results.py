@@ -60,6 +60,11 @@ def results_frame(summary: pd.DataFrame, evaluation: pd.DataFrame | None,
     return frame.astype({**whole, "task_name": object})[RESULTS_COLUMNS]
 
 
+def at_d(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the evaluation frame `rows` at k = d in-context examples, each trial's own d."""
+    return rows[rows["x"] == rows[_D]]
+
+
 def evaluated(evaluation: pd.DataFrame | None) -> pd.DataFrame:
     """Per evaluated trial: its model's error at k = d after b loops, at the last position after max_loops (a
     looped model's; none for a plain one), and the evaluation's settings."""
@@ -69,12 +74,12 @@ def evaluated(evaluation: pd.DataFrame | None) -> pd.DataFrame:
     if models.empty:
         return pd.DataFrame(columns=columns)
     trained = models[models["name"].isin(LAST_POSITION_CURVES)]
-    at_d = trained[trained["x"] == trained[_D]].groupby("trial_id")["mean"].first()
+    error_at_d = at_d(trained).groupby("trial_id")["mean"].first()
     longest = models[models["name"] == "model@max_loops"]
     at_max = (longest[longest["x"] == longest.groupby("trial_id")["x"].transform("max")]
               .groupby("trial_id")["mean"].first())
     settings = models.rename(columns={_D: "d"}).groupby("trial_id", sort=False)[SETTING_COLUMNS].first()
-    return settings.assign(error_at_d=at_d, error_last_max_loops=at_max).reset_index()[columns]
+    return settings.assign(error_at_d=error_at_d, error_last_max_loops=at_max).reset_index()[columns]
 
 
 def write_results(results: pd.DataFrame, folder) -> Path:

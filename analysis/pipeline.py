@@ -80,7 +80,8 @@ def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = 
         results = experiment_results(out_dir, summary, evaluation, declared)
         written["results"] = out_dir / RESULTS_FILE
         written["plots"] = write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, progress=bar.update,
-                                       declared=declared, results=results)
+                                       declared=declared, results=results,
+                                       study=record.decide if record is not None else None)
     written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation, record,
-                                     results=results)
+                                     results=results, experiment_dir=experiment_dir)
     return written

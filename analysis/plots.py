@@ -1,7 +1,8 @@
 """The figures of each hypothesis, as PNGs: training `eval/loss` vs step (and its last part zoomed), error vs
 in-context examples beside the baselines, error vs loop iteration, final error vs training FLOPs, and each
-variant's difference to its reference with the verdict's simultaneous interval (a forest plot). Predicting 0
-is drawn at the task's own level (`trainers.tasks.predict_zero_error`), not at 1.
+variant's difference to its reference with the verdict's simultaneous interval (a sequential study's repeated
+one: a forest plot). Predicting 0 is drawn at the task's own level (`trainers.tasks.predict_zero_error`), not
+at 1.
 
 Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so nothing global changes.
 """
@@ -26,6 +27,7 @@ from analysis.variants import Variants, of_hypothesis
 from analysis.verdict import Hypothesis, Verdict, hypotheses_of, predict_zero_level
 from trainers.atomic import replacing
 from trainers.layout import PLOTS_DIR
+from trainers.records import StudyRecord
 
 SLUG_LENGTH = 100  # of a hypothesis' name in its figures' file names, well within a filesystem's 255 bytes
 ZOOM_FRACTION = 0.25  # the zoomed view: the last quarter of training, where variants separate
@@ -38,9 +40,11 @@ def plot_experiment(experiment_dir, out=None) -> list[Path]:
     into `<out>/results.parquet`; returns the figures."""
     curves, summary = frames_of(read_trials(experiment_dir))
     out_dir = Path(out if out is not None else experiment_dir)
-    evaluation, declared = read_evaluation(out_dir, experiment_dir), hypotheses_of(space_record(experiment_dir))
+    record = space_record(experiment_dir)
+    evaluation, declared = read_evaluation(out_dir, experiment_dir), hypotheses_of(record)
     return write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, declared=declared,
-                       results=experiment_results(out_dir, summary, evaluation, declared))
+                       results=experiment_results(out_dir, summary, evaluation, declared),
+                       study=record.decide if record is not None else None)
 
 
 def read_evaluation(*directories) -> pd.DataFrame | None:
@@ -67,15 +71,18 @@ FIGURES_PER_HYPOTHESIS = 6
 
 def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
                 evaluation: pd.DataFrame | None = None, progress=None,
-                declared: dict[str, Hypothesis] | None = None, results: pd.DataFrame | None = None) -> list[Path]:
+                declared: dict[str, Hypothesis] | None = None, results: pd.DataFrame | None = None,
+                study: StudyRecord | None = None) -> list[Path]:
     """`progress`: called once per figure (FIGURES_PER_HYPOTHESIS a hypothesis, drawn or left out for no data).
     `declared`: the space's hypotheses, whose verdicts the forest plots draw. `results`: the frame of
-    `results.parquet`, whose per-trial errors the figures draw; None computes it from the summary and evaluation."""
+    `results.parquet`, whose per-trial errors the figures draw; None computes it from the summary and evaluation.
+    `study`: a sequential study's design (the space record's `decide`), whose rule then gives the verdicts."""
     written = []
     least_squares = least_squares_last(evaluation)
     if results is None:
         results = results_frame(summary, evaluation, declared)
-    for answer in answers(summary, results, declared).items:
+    interval = "simultaneous 95%" if study is None else f"repeated {1 - study.alpha:.0%}"
+    for answer in answers(summary, results, declared, study=study).items:
         hypothesis, variants = answer.hypothesis, answer.variants
         own_curves = of_hypothesis(curves, hypothesis)
         own_evaluation = of_hypothesis(evaluation, hypothesis) if evaluation is not None else None
@@ -86,7 +93,7 @@ def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
             "error_vs_k": _error_vs_k_figure(own_evaluation, variants, predict_zero),
             "error_vs_loop": _error_vs_loop_figure(own_evaluation, variants),
             "cost": _cost_figure(answer.ranking, variants, least_squares, predict_zero),
-            "differences": _differences_figure(answer.verdict, variants),
+            "differences": _differences_figure(answer.verdict, variants, interval),
         }
         for kind, figure in figures.items():
             if figure is not None:
@@ -219,17 +226,19 @@ def _cost_figure(frame: pd.DataFrame, variants: Variants, least_squares: float, 
     return figure
 
 
-def _differences_figure(verdict: Verdict | None, variants: Variants) -> Figure | None:
-    """A forest plot: each variant's difference to its reference with the verdict's simultaneous interval, the
-    zero line, the band of differences smaller than the one of interest, and the verdict in the title. A hollow
-    marker without an interval is a comparison that was not tested."""
+def _differences_figure(verdict: Verdict | None, variants: Variants,
+                        interval: str = "simultaneous 95%") -> Figure | None:
+    """A forest plot: each variant's difference to its reference with the verdict's simultaneous interval (a
+    sequential study's repeated one), the zero line, the band of differences smaller than the one of interest,
+    and the verdict in the title. A hollow marker without an interval is a comparison that was not tested."""
     if verdict is None or not verdict.comparisons:
         return None
     figure, axes = new_axes(f"{variants.hypothesis}: {verdict.word}")
     rows = range(len(verdict.comparisons) - 1, -1, -1)  # the first comparison on top
     for y, c in zip(rows, verdict.comparisons):
         colour = variants.colour(c.variant)
-        if math.isnan(c.lo):
+        # an interval without finite ends (a sequential boundary too high to reach) draws as none
+        if not (math.isfinite(c.lo) and math.isfinite(c.hi)):
             axes.plot(c.difference, y, "o", color=colour, markerfacecolor="none")
         else:
             axes.errorbar(c.difference, y, xerr=[[c.difference - c.lo], [c.hi - c.difference]], fmt="o",
@@ -237,9 +246,9 @@ def _differences_figure(verdict: Verdict | None, variants: Variants) -> Figure |
     axes.axvline(0, color="black", linewidth=1)
     axes.axvspan(-verdict.smallest, verdict.smallest, color="grey", alpha=0.15, linewidth=0,
                  label=f"within +-{verdict.smallest:.3g}, the difference of interest")
-    axes.set_yticks(list(rows), [f"{c.variant}\nvs {c.reference}" + ("" if c.test in ("paired", "Welch") else
-                                                                   "\n(not tested)") for c in verdict.comparisons])
-    axes.set_xlabel("final error at the last position, variant - reference (simultaneous 95% intervals)")
+    axes.set_yticks(list(rows), [f"{c.variant}\nvs {c.reference}" + ("\n(not tested)" if math.isnan(c.lo) else "")
+                                 for c in verdict.comparisons])
+    axes.set_xlabel(f"final error at the last position, variant - reference ({interval} intervals)")
     axes.set_ylim(-1.2, len(verdict.comparisons) - 0.5)  # an empty row at the bottom holds the legend
     axes.legend(fontsize="small", loc="lower right")
     return figure

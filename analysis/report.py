@@ -2,7 +2,9 @@
 ranked by their final error at the last position (mean and 5-95% band over seeds, beside least squares and the
 task's predict-0 error) and their error at k = d in-context examples, with each one's difference to its
 reference, simultaneous interval and smallest detectable difference, what each variant cost, the figures, and
-the evaluation's model and baseline errors at the same k.
+the evaluation's model and baseline errors at the same k. A sequential study's report states its rule instead,
+its design and looks (`analysis.study_report`), and each comparison's state with its repeated interval; a fixed
+study's names the command that would continue it as a sequential one.
 
 Every number is read from the frames (summary, evaluation, and the results for each trial's errors); each
 question is its hypothesis' `description:` in the space file, as the space record keeps it.
@@ -23,11 +25,13 @@ from analysis.plots import PLOTS_DIR, plot_path, read_evaluation
 from analysis.ranking import least_squares_last
 from analysis.results import at_d, experiment_results, results_frame
 from analysis.significance import POWER
+from analysis.study_report import (comparison_table, continue_lines, state_word, stopped_at_budget, study_lines,
+                                   verdict_rule)
 from analysis.variants import Variants, of_hypothesis
 from analysis.verdict import (DID_NOT_LEARN, RULE, TREND_RULE, UNCLEAR, Hypothesis, TrendTest,
                               describe_reference, hypotheses_of, predict_zero_level)
 from trainers import atomic
-from trainers.records import SEED_KEY, STOPPED_EARLY, SpaceRecord, short_key
+from trainers.records import SEED_KEY, STOPPED_EARLY, SpaceRecord, StudyRecord, short_key
 from trainers.layout import REPORT_FILE
 from trainers.table import format_number, render
 
@@ -35,7 +39,7 @@ FIGURES = (("loss", "eval/loss vs step"), ("loss_zoom", "eval/loss, last part of
            ("error_vs_k", "error vs in-context examples, with baselines"),
            ("error_vs_loop", "error vs loop iteration"),
            ("cost", "final error at the last position vs training FLOPs"),
-           ("differences", "each variant's difference to its reference, with its simultaneous interval"))
+           ("differences", "each variant's difference to its reference, with its {interval} interval"))
 
 
 def question(hypothesis: str, questions: dict[str, str]) -> str:
@@ -60,28 +64,36 @@ def report_experiment(experiment_dir, out=None) -> Path:
     record = space_record(experiment_dir)
     results = experiment_results(out_dir, summary, evaluation, hypotheses_of(record))
     return write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation, record,
-                        results=results)
+                        results=results, experiment_dir=experiment_dir)
 
 
 def write_report(path: Path, title: str, summary: pd.DataFrame, evaluation: pd.DataFrame | None,
-                 record: SpaceRecord | None = None, *, results: pd.DataFrame | None = None) -> Path:
-    """`record`: the space record, whose hypotheses give each section its question and verdict."""
+                 record: SpaceRecord | None = None, *, results: pd.DataFrame | None = None,
+                 experiment_dir=None) -> Path:
+    """`record`: the space record, whose hypotheses give each section its question and verdict, and a sequential
+    study its design and looks; `experiment_dir` (default: the report's folder) is what the command that
+    continues a fixed study names."""
     path = Path(path)
     questions = {h.name: h.question for h in record.hypotheses} if record is not None else {}
     atomic.write_text(path, render_report(title, summary, evaluation, path.parent / PLOTS_DIR, path.parent,
-                                          hypotheses_of(record), questions, results=results))
+                                          hypotheses_of(record), questions, results=results, record=record,
+                                          experiment_dir=experiment_dir))
     return path
 
 
 def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
                   declared: dict[str, Hypothesis], questions: dict[str, str] | None = None, *,
-                  results: pd.DataFrame | None = None) -> str:
+                  results: pd.DataFrame | None = None, record: SpaceRecord | None = None,
+                  experiment_dir=None) -> str:
     """`results`: the frame of `results.parquet`, whose per-trial errors the report shows; None computes it from
-    the summary and evaluation."""
+    the summary and evaluation. `record`: the space record, for a sequential study's design and looks (its
+    `decide`) and a fixed study's continuing command, which names `experiment_dir` (default: `report_dir`)."""
     statuses = ", ".join(f"{count} {status}" for status, count in summary["status"].value_counts().items())
     if results is None:
         results = results_frame(summary, evaluation, declared)
-    found = answers(summary, results, declared)
+    study = record.decide if record is not None else None
+    at_budget = study is not None and stopped_at_budget(record)
+    found = answers(summary, results, declared, study=study, at_budget=at_budget)
     lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}; {_seed_range(summary)} per configuration.", "",
              *_products_lines(summary),
              "**How to read it.** Variants are ranked by their final error at the last position, measured on "
@@ -92,18 +104,25 @@ def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
              "in-context learning), mean over seeds, on the evaluation's prompts (– without an evaluation). Only "
              "finished trials count: the cost table's status says where the others stopped. A variant at >= "
              f"{DID_NOT_LEARN:g} x predict-0's error on every seed **did not learn**: it is marked, not ranked.", "",
-             f"**The verdict's rule.** {RULE}", ""]
+             f"**The verdict's rule.** {RULE if study is None else verdict_rule(study)}", ""]
+    # a record from before the runner kept its space's path names no space to continue from
+    if study is None and record is not None and record.source and any(h.expect for h in declared.values()):
+        lines += continue_lines(record, experiment_dir if experiment_dir is not None else report_dir)
     if any(h.trend is not None for h in declared.values()):
         lines += [f"**The trend's rule.** {TREND_RULE}", ""]
+    if study is not None:
+        lines += study_lines(record)
     for answer in found.items:
         hypothesis, verdict = answer.hypothesis, answer.verdict
         lines += ["", f"## {hypothesis}", "", f"**Question.** {question(hypothesis, questions or {})}", ""]
         lines += _verdict_lines(verdict, answer.declaration)
+        if study is not None and verdict is not None and verdict.comparisons:
+            lines += comparison_table(verdict, study, at_budget)
         lines += _trend_lines(answer.trend)
         references = _reference_rows(evaluation, predict_zero_level(answer.trials))
-        lines += (_ranking_table(answer.ranking, _mean_at_d(answer.results), verdict, references)
+        lines += (_ranking_table(answer.ranking, _mean_at_d(answer.results), verdict, references, study, at_budget)
                   + _stopped_early_table(answer.trials, answer.variants) + _cost_table(answer.ranking))
-        lines += _figure_links(hypothesis, plots_dir, report_dir)
+        lines += _figure_links(hypothesis, plots_dir, report_dir, "simultaneous" if study is None else "repeated")
         if evaluation is not None:
             lines += _evaluation_section(of_hypothesis(evaluation, hypothesis), answer.variants)
     return "\n".join(lines) + "\n"
@@ -168,31 +187,40 @@ def _trend_lines(result: TrendTest | None) -> list[str]:
             f"{result.reason}.", ""]
 
 
-def _difference(variant: str, verdict) -> tuple[str, str]:
-    """The variant's comparison with its reference as the verdict made it, and its smallest detectable difference."""
+def _difference(variant: str, verdict, sequential: bool, at_budget: bool) -> tuple[str, str]:
+    """The variant's comparison with its reference as the verdict made it (a sequential one worded by its state),
+    and its smallest detectable difference."""
     comparisons = verdict.comparisons if verdict is not None else ()
     for c in comparisons:
+        outcome = state_word(c, verdict.smallest, at_budget) if sequential else c.outcome
         if c.variant == variant and math.isnan(c.lo):
             shown = "–" if math.isnan(c.difference) else f"{c.difference:+.3f}"
-            return f"{shown}: {UNCLEAR}, not tested ({c.test})", "–"
+            return f"{shown}: {outcome if sequential else UNCLEAR}, not tested ({c.test})", "–"
         if c.variant == variant:
-            return f"{c.difference:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}]: {c.outcome} ({c.test})", f"{c.detectable:.3g}"
+            return (f"{c.difference:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}]: {outcome} ({c.test})",
+                    "–" if sequential else f"{c.detectable:.3g}")
     return ("reference", "–") if any(c.reference == variant for c in comparisons) else ("–", "–")
 
 
-def _ranking_table(frame: pd.DataFrame, at_d: pd.Series, verdict, references) -> list[str]:
+def _ranking_table(frame: pd.DataFrame, at_d: pd.Series, verdict, references, study: StudyRecord | None = None,
+                   at_budget: bool = False) -> list[str]:
+    """A sequential study's differences carry their repeated interval; it has no detectable difference, since
+    its seeds are not fixed, so that column is left out."""
     rows = []
     for _, row in frame.iterrows():
         rank = row["rank"] if not pd.isna(row["rank"]) else "did not learn" if row["n_seeds"] else "–"
         seeds = ", ".join(number(v) for v in row["seed_values"]) or "–"
         rows.append([rank, f"`{row['variant']}`", row["n_seeds"], number(row["mean"]), number(row["lo"]),
                      number(row["hi"]), number(at_d.get(row["variant"])), seeds,
-                     *_difference(row["variant"], verdict)])
+                     *_difference(row["variant"], verdict, study is not None, at_budget)])
     rows += [["reference", name, "–", number(last), "–", "–", number(first_fit), "–", "–", "–"]
              for name, last, first_fit in references]
     header = ["rank", "variant", "seeds", "error at the last position", "5%", "95%", "error at k = d", "per seed",
               "difference to its reference [simultaneous 95% interval]",
               f"smallest detectable difference ({POWER:.0%} power)"]
+    if study is not None:
+        header[-2] = f"difference to its reference [repeated {1 - study.alpha:.0%} interval]"
+        header, rows = header[:-1], [row[:-1] for row in rows]
     return ["### Ranking", ""] + table(header, rows) + [""]
 
 
@@ -220,12 +248,14 @@ def _cost_table(frame: pd.DataFrame) -> list[str]:
     return ["### Cost", ""] + table(header, rows) + ["", note, ""]
 
 
-def _figure_links(hypothesis: str, plots_dir: Path, report_dir: Path) -> list[str]:
+def _figure_links(hypothesis: str, plots_dir: Path, report_dir: Path, interval: str) -> list[str]:
+    """`interval`: which the forest plot draws, simultaneous (a fixed study's) or repeated (a sequential one's)."""
     links = []
     for kind, caption in FIGURES:
         path = plot_path(plots_dir, hypothesis, kind)
         if path.exists():
-            links.append(f"![{caption}]({Path(os.path.relpath(path, report_dir)).as_posix()})")
+            target = Path(os.path.relpath(path, report_dir)).as_posix()
+            links.append(f"![{caption.format(interval=interval)}]({target})")
     return links + [""] if links else []
 
 

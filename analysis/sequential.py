@@ -13,7 +13,7 @@ boundaries at alpha / m: together they hold every true difference at every look 
 1 - alpha, so an interval is valid wherever the study stopped.
 
 `run` applies the rule to arrays of hypotheses (the simulation in benchmarks/sequential.py), and `look` to
-one hypothesis (for the runner and the report, which do not call it yet).
+one hypothesis (`analysis.study`, which the report and the runner call).
 """
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 It holds the per-trial results (the frame of `results.parquet`: each trial's error at the last position and at
 k = d, and its role in each hypothesis), per hypothesis the report's ranking, comparisons and cost as tables and
 its verdict and trend in the summary, every figure as an image, and REPORT.md with its figures as an artifact.
+A sequential study adds its looks as a table, its design to the summary and each comparison's state, look and
+largest difference still allowed to the comparisons; its runner analyses again after every round, so the run
+follows the study look by look.
 A trial's own run has finished before the analysis starts, and an offline run cannot be appended to, so the
 per-trial results live in the analysis run; online, each trial run's summary gets them too, through the W&B API.
 
@@ -25,10 +28,11 @@ from analysis.frames import frames_of
 from analysis.plots import PLOTS_DIR, read_evaluation
 from analysis.report import REPORT_FILE
 from analysis.results import ERROR_COLUMNS, experiment_results
+from analysis.study_report import STATE_COLUMNS, state_columns, stopped_at_budget
 from analysis.verdict import Comparison, hypotheses_of
 from trainers.config import config_from_dict
 from trainers.layout import figures
-from trainers.records import SpaceRecord
+from trainers.records import LookRecord, SpaceRecord
 from trainers.wandb_log import merged_settings, remove_offline_runs, resolve_mode
 
 JOB_TYPE = "analysis"
@@ -58,12 +62,16 @@ def _table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def hypothesis_tables(answer: Answer) -> dict[str, pd.DataFrame]:
-    """The report's three tables of one hypothesis, as frames: its ranking, its comparisons, its cost."""
+def hypothesis_tables(answer: Answer, record: SpaceRecord | None = None) -> dict[str, pd.DataFrame]:
+    """The report's three tables of one hypothesis, as frames: its ranking, its comparisons (a sequential
+    study's, `record.decide`, with STATE_COLUMNS too), its cost."""
     ranking = answer.ranking[[c for c in RANKING_COLUMNS if c in answer.ranking]]
-    comparisons = pd.DataFrame([dataclasses.asdict(c) for c in answer.verdict.comparisons]
-                               if answer.verdict is not None else [],
-                               columns=[f.name for f in dataclasses.fields(Comparison)])
+    study = record.decide if record is not None else None
+    verdict = answer.verdict
+    rows = [dataclasses.asdict(c) | (state_columns(c, verdict, study, stopped_at_budget(record)) if study else {})
+            for c in (verdict.comparisons if verdict is not None else ())]
+    comparisons = pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(Comparison)]
+                               + (list(STATE_COLUMNS) if study else []))
     cost = answer.ranking[["variant", *COST_COLUMNS, "wall_time_s", "status"]]
     return {"ranking": ranking, "comparisons": comparisons, "cost": cost}
 
@@ -80,6 +88,24 @@ def verdict_summary(found: Answers) -> dict:
             if not math.isnan(answer.trend.p):
                 summary[f"trend_p/{answer.hypothesis}"] = answer.trend.p
     return summary
+
+
+def study_summary(record: SpaceRecord | None) -> dict:
+    """A sequential study's design and how far it got, under `study/`; nothing for a fixed study."""
+    study = record.decide if record is not None else None
+    if study is None:
+        return {}
+    last = record.looks[-1] if record.looks else None
+    found = {**{f"study/{key}": value for key, value in study.model_dump().items()},
+             "study/max_seeds": study.looks[-1], "study/looks_taken": len(record.looks),
+             "study/seeds_at_last_look": last.seeds if last else 0, "study/open": len(last.open) if last else None,
+             "study/ended": last.ended if last else ""}
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def looks_frame(record: SpaceRecord) -> pd.DataFrame:
+    """The looks a sequential study's runner took, one row each, as the space record keeps them."""
+    return pd.DataFrame([look.model_dump() for look in record.looks], columns=list(LookRecord.model_fields))
 
 
 def trial_summaries(results: pd.DataFrame) -> dict[str, dict]:
@@ -109,7 +135,8 @@ def log_results(experiment_dir, settings: dict | None = None) -> Path | None:
     _, summary = frames_of(read_trials(experiment_dir))
     evaluation, declared = read_evaluation(experiment_dir), hypotheses_of(record)
     results = experiment_results(experiment_dir, summary, evaluation, declared)
-    found = answers(summary, results, declared)
+    found = answers(summary, results, declared, study=record.decide if record is not None else None,
+                    at_budget=record is not None and stopped_at_budget(record))
     mode = resolve_mode(settings.get("mode", "auto"))
     run_id = analysis_run_id(experiment_dir.name)
     if mode == "offline":
@@ -121,14 +148,16 @@ def log_results(experiment_dir, settings: dict | None = None) -> Path | None:
                              "errors_measured_on": found.source})
     try:
         tables = {"trials": results}
+        if record is not None and record.decide is not None:
+            tables["looks"] = looks_frame(record)
         for answer in found.items:
             tables.update({f"{answer.hypothesis}/{name}": frame
-                           for name, frame in hypothesis_tables(answer).items()})
+                           for name, frame in hypothesis_tables(answer, record).items()})
         run.log({name: wandb.Table(dataframe=_table_frame(frame)) for name, frame in tables.items()})
         plots = figures(experiment_dir)
         if plots:
             run.log({f"plots/{path.stem}": wandb.Image(str(path)) for path in plots})
-        run.summary.update(verdict_summary(found))
+        run.summary.update(verdict_summary(found) | study_summary(record))
         report = experiment_dir / REPORT_FILE
         if report.exists():
             artifact = wandb.Artifact(f"{run_id}-report", type="report",

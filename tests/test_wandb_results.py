@@ -20,7 +20,7 @@ from analysis.verdict import hypotheses_of
 from analysis.wandb_results import (JOB_TYPE, analysis_run_id, log_results, recorded_settings, trial_summaries,
                                     verdict_summary)
 from helpers import wandb_files
-from helpers.experiments import write_experiment
+from helpers.experiments import config_dict, write_experiment, write_finished_trial
 from trainers.layout import RESULTS_FILE
 from trainers.records import SPACE_RECORD
 from trainers.wandb_log import offline_runs
@@ -156,3 +156,67 @@ def test_a_w_and_b_failure_after_the_report_is_one_warning(analysed, capsys):
     warning = [line for line in err.splitlines() if line.startswith("warning: W&B")]
     later = shlex.join([sys.executable, "-m", "analysis", "wandb", str(analysed)])
     assert len(warning) == 1 and warning[0].endswith(f"log it later with: {later}")
+
+
+# a sequential study: the 2-token mask far worse on every seed, decided at look 2 (5 seeds), the 4-token mask
+# within noise of the reference and still open at look 3 (8 seeds); final errors per seed
+STUDY = {"looks": [3, 5, 8, 12], "alpha": 0.05, "spending": "obrien-fleming", "smallest_effect": 0.1, "paths": 20000,
+         "seeds": list(range(12)), "budget_tflop": 40.0}
+SEQUENTIAL = {-1: [0.10 + 0.01 * s for s in range(8)],
+              2: [0.70, 0.74, 0.73, 0.75, 0.74],
+              4: [0.15, 0.03, 0.24, 0.15, 0.24, 0.10, 0.25, 0.18]}
+OPEN_4 = "information_flow: n_last_tokens=4"
+LOOKS = [{"look": 1, "seeds": 3, "taken": "2026-12-01T14:03:10", "round_s": 600.0, "round_tflop": 1.5,
+          "open": ["information_flow: n_last_tokens=2", OPEN_4]},
+         {"look": 2, "seeds": 5, "taken": "2026-12-01T14:07:12", "round_s": 240.0, "round_tflop": 1.0,
+          "open": [OPEN_4]},
+         {"look": 3, "seeds": 8, "taken": "2026-12-01T14:12:40", "round_s": 300.0, "round_tflop": 0.9,
+          "open": [OPEN_4]}]
+
+
+@pytest.fixture
+def sequential(tmp_path):
+    root = tmp_path / "masks"
+    for n, errors in SEQUENTIAL.items():
+        for seed, error in enumerate(errors):
+            trial_id = f"n{n + 1}s{seed}"
+            write_finished_trial(root, f"train_{trial_id}_00000_0", hypotheses=["information_flow"],
+                                 variant={"model.n_last_tokens": n}, trial_id=trial_id,
+                                 config=config_dict(n_last_tokens=n, seed=seed, train_steps=91),
+                                 eval_losses=[1.0] * 9 + [2 * error])
+    record = {"name": "masks", "hypotheses": [RECORD["hypotheses"][0]], "decide": STUDY, "looks": LOOKS}
+    (root / SPACE_RECORD).write_text(yaml.safe_dump(record))
+    return root
+
+
+def test_a_sequential_studys_analysis_run_holds_its_design_looks_and_states(sequential):
+    offline = log_results(sequential, {"mode": "offline"})
+    # wandb's service may still be writing the offline file when the run's finish returns; stopping it flushes
+    wandb.teardown()
+    summary = wandb_files.summary(offline)
+    assert summary["verdict/information_flow"] == "undecided so far"
+    assert {k: summary[k] for k in ("study/looks", "study/spending", "study/alpha", "study/max_seeds",
+                                    "study/budget_tflop", "study/looks_taken", "study/seeds_at_last_look",
+                                    "study/open", "study/ended")} == {
+        "study/looks": [3, 5, 8, 12], "study/spending": "obrien-fleming", "study/alpha": 0.05,
+        "study/max_seeds": 12, "study/budget_tflop": 40.0, "study/looks_taken": 3, "study/seeds_at_last_look": 8,
+        "study/open": 1, "study/ended": ""}
+    assert "study/budget_hours" not in summary
+    looks = table(offline, "looks")
+    assert looks["look"].tolist() == [1, 2, 3] and looks["seeds"].tolist() == [3, 5, 8]
+    assert looks["round_s"].tolist() == pytest.approx([600, 240, 300]) and looks["open"].tolist()[-1] == OPEN_4
+    comparisons = table(offline, "information_flow/comparisons").set_index("variant")
+    worse, still = comparisons.loc["n_last_tokens=2"], comparisons.loc["n_last_tokens=4"]
+    assert (worse["state"], worse["look"], worse["seeds"], worse["outcome"]) == ("decided worse", 2, 5, "worse")
+    assert worse["difference"] == pytest.approx(0.612, abs=1e-9) and worse["lo"] > 0 and worse["p"] < 0.025
+    assert pd.isna(worse["largest_effect"])
+    assert (still["state"], still["look"], still["seeds"]) == ("open", 3, 8)
+    assert still["lo"] < 0 < still["hi"] and still["p"] > 0.025
+    assert still["largest_effect"] == pytest.approx(max(-still["lo"], still["hi"]), rel=1e-12)
+
+
+def test_a_fixed_studys_comparisons_have_no_state_columns(analysed):
+    offline = log_results(analysed)
+    wandb.teardown()
+    assert "state" not in table(offline, "information_flow/comparisons")
+    assert not [key for key in wandb_files.summary(offline) if key.startswith("study/")]

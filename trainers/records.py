@@ -110,6 +110,36 @@ class RunRecord(_Record):
     folder: str = FIRST_RUN
     started: str = ""  # local time, ISO 8601
     trials: list[PlannedTrial] = []
+    # of a sequential study: the look (1 = the first) whose seeds the run's trials bring, fixed by its design
+    look: int | None = None
+
+
+class StudyRecord(_Record):
+    """A sequential study's design (`analysis.sequential.Design`'s fields), fixed before its first look, with the
+    seeds in the order its rounds give them (look k runs the first `looks[k]`) and its budget (None: no limit)."""
+    looks: list[int]
+    alpha: float
+    spending: str
+    smallest_effect: float
+    paths: int
+    seeds: list[int]
+    budget_hours: float | None = None
+    budget_tflop: float | None = None
+
+
+# why a sequential study stopped at a look (`LookRecord.ended`)
+DECIDED, AT_CAP, OVER_BUDGET = "no comparison left open", "the seed cap", "the budget"
+
+
+class LookRecord(_Record):
+    """One look a sequential study's runner took, after the round that brought its seeds had ended."""
+    look: int  # 1 = the first
+    seeds: int  # a variant, at this look
+    taken: str  # local time, ISO 8601
+    round_s: float  # the wall time of the Tune run that brought the look's seeds, its analysis included
+    round_tflop: float  # the training FLOPs of that run's trials, in TFLOP
+    open: list[str] = []  # `hypothesis: variant` of each comparison still open after it
+    ended: str = ""  # why the study stopped here (DECIDED, AT_CAP, OVER_BUDGET); "" when it went on
 
 
 class SpaceRecord(_Record):
@@ -130,6 +160,8 @@ class SpaceRecord(_Record):
     overrides: dict[str, Any] = {}  # the runner's `--set`: dotted keys set in the base (which holds them too)
     # the history: the first run, then each extension; a record of a runner before extensions has none
     runs: list[RunRecord] = []
+    decide: StudyRecord | None = None  # a sequential study's design (`--until-decided`); None: a fixed study
+    looks: list[LookRecord] = []  # the looks a sequential study took so far
 
     @model_validator(mode="before")
     @classmethod

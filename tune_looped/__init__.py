@@ -5,6 +5,7 @@ ResultGrid; a space file is parsed and checked, without Ray, by `load_space`; `t
 full config.
 """
 from tune_looped.space import Space, SpaceError, load_space, trial_config
-from tune_looped.sweep import Sweep, SweepError, run_space
+from tune_looped.rounds import run_space
+from tune_looped.sweep import Sweep, SweepError
 
 __all__ = ["Space", "SpaceError", "Sweep", "SweepError", "load_space", "run_space", "trial_config"]

@@ -30,7 +30,7 @@ from tune_looped.state import set_aside
 from tune_looped.tables import against_space, folder_row
 
 # what no extension may change: each would change trials that ran, or how they are judged against new ones
-FROZEN = ("quick", "base", "overrides", "sample", "num_samples", "resources", "scheduler", "metric", "mode")
+FROZEN = ("quick", "base", "overrides", "sample", "num_samples", "resources", "scheduler", "metric", "mode", "decide")
 
 
 def recorded_seeds(record: SpaceRecord) -> list[int]:
@@ -72,11 +72,13 @@ def _check_frozen(saved: SpaceRecord, current: SpaceRecord, experiment_dir: Path
                              "--name for that)")
 
 
-def plan(experiment_dir: Path, space: Space, saved: SpaceRecord, quick: bool) -> Extension:
+def plan(experiment_dir: Path, space: Space, saved: SpaceRecord, quick: bool, look: int | None = None) -> Extension:
     """What `--extend` adds to the experiment at `experiment_dir` (record `saved`) from `space`, resolved with the
-    recorded seeds and the new ones; reads only. A SpaceError when a frozen key changed."""
+    recorded seeds and the new ones; reads only. A SpaceError when a frozen key changed. `look`: the sequential
+    study's look the added trials bring seeds to; a fixed study made sequential takes the space's design."""
     current = space_record(space, quick)
-    _check_frozen(saved, current, experiment_dir)
+    _check_frozen(saved if saved.decide is not None else saved.model_copy(update={"decide": current.decide}),
+                  current, experiment_dir)
     runs, stale = saved.run_list(), None
     if len(runs) > 1 and not saved_state(experiment_dir / runs[-1].folder):
         # the last extension stopped before Tune first saved its state: it starts again, in the same folder
@@ -103,9 +105,11 @@ def plan(experiment_dir: Path, space: Space, saved: SpaceRecord, quick: bool) ->
             for run in runs]
     folder = extension_folder(len(runs))
     if added:
-        runs = [*runs, RunRecord(folder=folder, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trials=list(added))]
+        runs = [*runs, RunRecord(folder=folder, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trials=list(added),
+                                 look=look)]
     trials = [*merged, *added]
-    record = current.model_copy(update={"hypotheses": list(declared.values()), "trials": trials, "runs": runs})
+    record = current.model_copy(update={"hypotheses": list(declared.values()), "trials": trials, "runs": runs,
+                                        "looks": saved.looks})
     everything = dataclasses.replace(space, trials=tuple(trials), hypotheses=tuple(declared.values()))
     stale_folder = experiment_dir / stale.folder if stale is not None and (experiment_dir / stale.folder).exists() \
         else None

@@ -20,8 +20,8 @@ from trainers.cpus import available_cpus
 from trainers.dotted import first_difference, set_dotted
 from trainers.names import NAME_RULE, is_folder_name
 from trainers.layout import FIRST_RUN, SPACE_RECORD, restorable, set_aside_copies
-from trainers.records import (SEED_KEY, RecordError, RunRecord, SpaceRecord, read_space_record, trial_key,
-                              variant_label)
+from trainers.records import (SEED_KEY, PlannedTrial, RecordError, RunRecord, SpaceRecord, read_space_record,
+                              trial_key, variant_label)
 from trainers.wandb_log import WANDB_MODES, merged_settings
 from tune_looped import extend
 from tune_looped.cluster import check_address, check_dashboard_host, check_storage, is_uri, warn
@@ -66,6 +66,15 @@ class Options:
     report: bool = True
     dry_run: bool = False
     verbose: bool = False
+    until_decided: bool = False
+
+
+@dataclass(frozen=True)
+class Round:
+    """A round of a sequential study (`tune_looped.rounds`): the experiment's trials with the round's added, run as
+    an extension whose run record names the look it brings seeds to."""
+    trials: tuple[PlannedTrial, ...]
+    look: int
 
 
 def seeds_problem(seeds, shown: str | None = None) -> str | None:
@@ -113,6 +122,8 @@ def _check_flags(args: Options) -> None:
         raise SpaceError("--extend: needs --name of the experiment to add trials to")
     if args.extend and is_uri(args.storage):
         raise SpaceError(f"--extend: needs a local --storage (a path), got {args.storage}")
+    if args.until_decided and not args.report:
+        raise SpaceError("--no-report: not with --until-decided, whose every look reads the analysis' results")
     if args.wandb_mode is not None and args.wandb_mode not in WANDB_MODES:
         raise SpaceError(f"--wandb-mode: expected one of {', '.join(WANDB_MODES)}, got {args.wandb_mode!r}")
 
@@ -207,15 +218,20 @@ def _check_pretrained_files(space: Space) -> None:
 
 def _load(args: Options) -> Space:
     """The space of the options. An extension's seeds are the recorded ones, then the new ones: a new grid value
-    runs with every seed the experiment has."""
+    runs with every seed the experiment has. A sequential study continued keeps the design it started with."""
     overrides = check_overrides(args.overrides)
-    space = load_space(args.space, quick=args.quick, seeds=args.seeds, overrides=overrides)
-    saved = _saved_record(args) if args.extend else None
-    recorded = extend.recorded_seeds(saved) if saved is not None else []
+    space = load_space(args.space, quick=args.quick, seeds=args.seeds, overrides=overrides,
+                       until_decided=args.until_decided)
+    saved = _saved_record(args) if args.extend or args.resume else None
+    if saved is not None and saved.decide is not None:
+        return _with_absolute_pretrained(dataclasses.replace(space, decide=saved.decide))
+    recorded = extend.recorded_seeds(saved) if saved is not None and args.extend else []
     given = list(dict.fromkeys(t.values[SEED_KEY] for t in space.trials if SEED_KEY in t.values))
     seeds = [*recorded, *(s for s in given if s not in recorded)]
     if recorded and given and seeds != given:
-        space = load_space(args.space, quick=args.quick, seeds=seeds, overrides=overrides)
+        # a fixed study made sequential: its design's first look is at the seeds it has
+        space = load_space(args.space, quick=args.quick, seeds=seeds, overrides=overrides,
+                           until_decided=args.until_decided)
     return _with_absolute_pretrained(space)
 
 
@@ -305,7 +321,7 @@ def _resume_relevant(record: SpaceRecord) -> dict:
     """The record less what does not change a trial: the path the space was given as (which may differ between
     two shells), the hypotheses' questions, and the trials and runs, which `check_resumable` compares apart."""
     return record.model_dump(exclude={"source": True, "hypotheses": {"__all__": {"question"}}, "trials": True,
-                                      "runs": True})
+                                      "runs": True, "looks": True})
 
 
 def wandb_settings(space, args) -> dict | None:
@@ -353,10 +369,13 @@ class Plan:
     extension: extend.Extension | None = None
 
 
-def check_experiment(args: Options, space: Space, name: str, storage: str, lock: ExperimentLock) -> Plan:
+def check_experiment(args: Options, space: Space, name: str, storage: str, lock: ExperimentLock,
+                     round: Round | None = None) -> Plan:
     """The experiment folder as the command needs it, read before the lock is taken so that a refusal writes
-    nothing."""
+    nothing; `round`: a sequential study's next round, in place of the command's own trials."""
     experiment_dir = Path(storage) / name
+    if round is not None:
+        return _plan_extension(args, dataclasses.replace(space, trials=round.trials), experiment_dir, lock, round.look)
     if args.extend:
         return _plan_extension(args, space, experiment_dir, lock)
     if not args.resume:
@@ -364,7 +383,8 @@ def check_experiment(args: Options, space: Space, name: str, storage: str, lock:
             lock.check_free(watch=False)
             raise SpaceError(f"--name {name}: {experiment_dir} exists; add --resume or choose another name")
         record = space_record(space, args.quick)
-        first = RunRecord(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trials=record.trials)
+        first = RunRecord(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), trials=record.trials,
+                          look=1 if space.decide is not None else None)
         return Plan(space, record.model_copy(update={"runs": [first]}), start_space=space, write_record=True)
     saved = check_resumable(experiment_dir, space, args.quick, rebuild=args.rebuild_state)
     # a live runner first: its state may be half written this very moment
@@ -382,20 +402,31 @@ def check_experiment(args: Options, space: Space, name: str, storage: str, lock:
                 repairs=_repairs(experiment_dir, restore, storage))
 
 
-def _plan_extension(args: Options, space: Space, experiment_dir: Path, lock: ExperimentLock) -> Plan:
+def _plan_extension(args: Options, space: Space, experiment_dir: Path, lock: ExperimentLock,
+                    look: int | None = None) -> Plan:
     saved = _read_record(experiment_dir, "--extend")
+    if saved.decide is not None and look is None:
+        raise SpaceError(f"--extend: {experiment_dir} is a sequential study (its design is in its {SPACE_RECORD}), "
+                         "whose rounds add the seeds; --resume continues it, and other trials need a new experiment "
+                         "(another --name); nothing was changed")
     for run in saved.run_list():
         _check_run_folder(experiment_dir, run.folder, "--extend")
     lock.check_free()
-    extension = extend.plan(experiment_dir, space, saved, args.quick)
+    # a fixed study made sequential: the trials it has bring the first look's seeds
+    look = 1 if look is None and space.decide is not None else look
+    extension = extend.plan(experiment_dir, space, saved, args.quick, look)
     restore = extend.unfinished_runs(experiment_dir, extension.space, extension.earlier)
     missing = [folder for folder in restore if not restorable(experiment_dir / folder)]
     if missing:
         raise SpaceError(f"--extend: {experiment_dir / missing[0]} has unfinished trials but no saved Tune state to "
                          "resume them from; resume it with --resume --rebuild-state first")
     if not extension.added and not restore:
-        raise SpaceError(f"--extend: nothing to add: every trial the space asks for is in {experiment_dir} and has "
-                         "ended; add seeds (--seeds), grid values or hypotheses")
+        if extension.record.decide != saved.decide:
+            # made sequential with nothing to run: its last run, restored, ends at once, and the first look follows
+            restore = [saved.run_list()[-1].folder]
+        else:
+            raise SpaceError(f"--extend: nothing to add: every trial the space asks for is in {experiment_dir} and "
+                             "has ended; add seeds (--seeds), grid values or hypotheses")
     return Plan(extension.space, extension.record, restore=tuple(restore),
                 start=extension.folder if extension.added else None,
                 start_space=extension.extension_space() if extension.added else None, write_record=True,

@@ -3,7 +3,7 @@
 Validates the whole space before Ray starts, runs on an embedded local Ray (or `--address` a cluster),
 retries crashed trials from their last checkpoint, resumes interrupted sweeps (`--resume`), adds trials to a
 finished one (`--extend`), prints a summary and ends with the analysis' frames, plots and report. The sweep
-itself is `tune_looped.sweep.run_space`, which this command line calls.
+itself is `tune_looped.rounds.run_study`, which `tune_looped.run_space` calls too.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tune_looped.inputs import (DEFAULT_DASHBOARD_HOST, DEFAULT_MAX_FAILURES, DE
 from tune_looped.cost import calibrate, cost, stated
 from tune_looped.space import GPU_AUTO, Space, SpaceError, parse_set, start_order, trial_config
 from tune_looped.sweep import (ANALYSIS_DISK_FULL, DISK_FULL, FAILED, INTERRUPTED, MISSING, SweepError,
-                               analysis_command, sweep)
+                               analysis_command)
 from tune_looped.tables import print_trial_table
 
 
@@ -43,6 +43,9 @@ def parse_args(argv):
     p.add_argument("--extend", action="store_true",
                    help="add the trials the experiment --name lacks (new seeds, grid values, hypotheses) and run "
                         "only those, after resuming its unfinished ones")
+    p.add_argument("--until-decided", action="store_true",
+                   help="run as a sequential study (also the space's decide.enabled): seeds in rounds to the "
+                        "comparisons still open, until each is decided or the space's seed cap or budget is reached")
     p.add_argument("--cpus-per-trial", type=float, help="override the space's resources.cpu")
     p.add_argument("--gpus-per-trial", type=float, help="override the space's resources.gpu (0 < g <= 1)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
@@ -113,7 +116,10 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                 print(f"{space.path}: resources.gpu: auto (resolved at start, from the GPUs Ray finds)",
                       file=sys.stderr)
             return 0
-        sweep(options(args))
+        # the analysis, which the rounds read, only for a run: a dry run stays light
+        from tune_looped.rounds import run_study
+
+        run_study(options(args))
     except SpaceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -130,6 +136,12 @@ def _print_dry_run(space: Space, resources: dict, args: argparse.Namespace) -> N
             print("--extend: nothing to add (the unfinished trials of earlier runs, if any, are resumed)",
                   file=sys.stderr)
             return
+    if space.decide is not None:
+        looks = space.decide.looks
+        configurations = len(space.trials) // looks[0]
+        print(f"sequential study: looks at {', '.join(map(str, looks))} seeds a variant (seeds "
+              f"{', '.join(map(str, space.decide.seeds))}); below, the first look's trials; at most "
+              f"{configurations * looks[-1]} trials if no comparison is decided early", file=sys.stderr)
     cpus = resources["cpu"]
     throughput = (calibrate(trial_config(space.base, start_order(space)[0].values), max(1, int(cpus)))
                   if args.calibrate else stated(args.quick))

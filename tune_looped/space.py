@@ -27,7 +27,7 @@ from trainers.dotted import first_difference, get_dotted
 from trainers.flops import training_flops
 from trainers.names import NAME_RULE, is_folder_name
 from trainers.records import (EXPECTATIONS, METRIC_KEYS, SEED_KEY, TREND_DIRECTIONS, Hypothesis, PlannedTrial,
-                              SpaceRecord, Trend, trend_order, variant_label)
+                              SpaceRecord, StudyRecord, Trend, trend_order, variant_label)
 from trainers.schema import Section, allowed_if, validate
 from trainers.yaml_file import load_yaml, yaml11_float
 
@@ -90,6 +90,28 @@ class WandbSpace(Section):
     mode: WandbMode = "auto"
 
 
+PositiveNumber = Annotated[int | float, allowed_if(lambda v: v > 0), Field(description="a number > 0")]
+
+
+class Budget(Section):
+    """What a sequential study may spend: no round starts once the study has run this long or trained this much."""
+    hours: PositiveNumber | None = None
+    tflop: PositiveNumber | None = None
+
+
+class DecideSpec(Section):
+    """A sequential study (`--until-decided`, docs/ANALYSIS.md "Sequential studies"): the design's keys left out
+    take `analysis.sequential.Design`'s defaults; `max_seeds` alone gives the default looks up to it."""
+    enabled: bool = False
+    looks: Annotated[list[int], Field(min_length=1)] | None = Field(
+        None, description="increasing seed counts a variant, e.g. [3, 5, 8, 12]")
+    max_seeds: PositiveInt | None = Field(None, description="a positive integer")
+    spending: str | None = None
+    alpha: float | None = None
+    smallest_effect: float | None = None
+    budget: Budget = Budget()
+
+
 class SpaceFile(Section):
     """The file's schema; the grid keys and values are checked against the config schema by `_grid`."""
     # the default experiment name, a folder under --storage
@@ -112,6 +134,7 @@ class SpaceFile(Section):
     mode: Literal["min", "max"] = "min"
     max_concurrent: PositiveInt | None = Field(None, description="a positive integer")
     wandb: WandbSpace = WandbSpace()
+    decide: DecideSpec = DecideSpec()
     quick: QuickSpec | None = None
 
 
@@ -137,6 +160,7 @@ class Space:
     hypotheses: tuple[Hypothesis, ...] = ()
     wandb: dict = field(default_factory=dict)
     overrides: dict = field(default_factory=dict)  # `--set`'s dotted keys, already in the base
+    decide: StudyRecord | None = None  # a sequential study's design; None: a fixed study
     secrets: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -391,12 +415,13 @@ def check_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_space(path, *, quick: bool = False, seeds: list[int] | None = None,
-               overrides: dict[str, Any] | None = None) -> Space:
+               overrides: dict[str, Any] | None = None, until_decided: bool = False) -> Space:
     """The parsed, validated space; `seeds` replaces the space's own (and its quick block's) seeds; `overrides`
-    (dotted keys, `parse_set`) are set in the base of every trial, after the quick block."""
+    (dotted keys, `parse_set`) are set in the base of every trial, after the quick block. A sequential study
+    (`until_decided`, or the space's `decide.enabled`) has its design and runs its first look's seeds."""
     path = resolve_space_path(str(path))
     try:
-        return _load_space(path, quick, seeds, overrides or {})
+        return _load_space(path, quick, seeds, overrides or {}, until_decided)
     except ConfigError as err:
         raise SpaceError(str(err)) from None
 
@@ -412,7 +437,8 @@ def _apply_overrides(base: dict, overrides: dict[str, Any], swept: set[str], whe
     return base
 
 
-def _load_space(path: Path, quick: bool, seeds: list[int] | None, overrides: dict[str, Any]) -> Space:
+def _load_space(path: Path, quick: bool, seeds: list[int] | None, overrides: dict[str, Any],
+                until_decided: bool) -> Space:
     where = str(path)
     spec = validate(SpaceFile, load_yaml(path, "space file"), where)
     section = _hypotheses_key(spec, where)
@@ -431,6 +457,10 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None, overrides: dic
     else:
         for seed in seeds:
             coerce_value(SEED_KEY, seed, "seeds")
+    decide = None
+    if until_decided or spec.decide.enabled:
+        decide = _study(spec, seeds or [config_from_dict(base, where).training.seed], where)
+        seeds = decide.seeds[:decide.looks[0]]
     repeats, repeated_by = _repeats(seeds, spec.num_samples)
     grids, hypotheses, names = [], [], {}
     for d in declared:
@@ -458,11 +488,51 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None, overrides: dic
         num_samples=spec.num_samples, resources=spec.resources.model_dump(),
         scheduler=_parse_scheduler(spec.scheduler, f"{where}: scheduler"), metric=spec.metric, mode=spec.mode,
         max_concurrent=spec.max_concurrent, hypotheses=tuple(hypotheses),
-        wandb=spec.wandb.model_dump(exclude_unset=True), secrets=secrets, overrides=dict(overrides),
+        wandb=spec.wandb.model_dump(exclude_unset=True), secrets=secrets, overrides=dict(overrides), decide=decide,
     )
     # builds, and so validates, every trial's config; the runner's later checks reuse them
     space.configurations
     return space
+
+
+def _study(spec: SpaceFile, seeds: list[int], where: str) -> StudyRecord:
+    """The sequential study's design, its seeds (the space's, then the next integers up to the cap) and budget."""
+    # the statistics' module only where a study is sequential: a dry run of a fixed one stays light
+    from analysis.sequential import Design
+
+    given = spec.decide
+    if spec.sample or spec.num_samples > 1:
+        raise SpaceError(f"{where}: decide: a sequential study compares the same configurations seed by seed; "
+                         "remove sample: and num_samples, or run it as a fixed study")
+    if _parse_scheduler(spec.scheduler, f"{where}: scheduler")["type"] != "fifo":
+        raise SpaceError(f"{where}: decide: a sequential study needs every trial's final error, so its scheduler "
+                         "must be fifo (an early-stopping scheduler leaves trials without one)")
+    looks = given.looks
+    if looks is None:
+        cap = given.max_seeds or Design.looks[-1]
+        # the default looks up to the cap, the first at the seeds the space runs (a fixed study made sequential)
+        first = max(len(seeds), Design.looks[0])
+        looks = [first, *(n for n in Design.looks if first < n < cap), *([cap] if cap > first else [])]
+    elif given.max_seeds is not None and looks[-1] != given.max_seeds:
+        raise SpaceError(f"{where}: decide.max_seeds: must be the last look's seeds ({looks[-1]}) when both are "
+                         f"given, got {given.max_seeds}")
+    chosen = {"looks": looks, "spending": given.spending, "alpha": given.alpha,
+              "smallest_effect": given.smallest_effect}
+    try:
+        design = Design(**{key: value for key, value in chosen.items() if value is not None})
+    except ValueError as err:
+        raise SpaceError(f"{where}: decide: {err}") from None
+    if len(seeds) > design.looks[0]:
+        raise SpaceError(f"{where}: decide.looks: the first look takes {design.looks[0]} seeds a variant, but the "
+                         f"space runs {len(seeds)} ({', '.join(map(str, seeds))}); give the first look's seeds only, "
+                         f"or start the looks at {len(seeds)}")
+    study, following = list(seeds), max(seeds) + 1
+    while len(study) < design.looks[-1]:
+        if following not in study:
+            study.append(following)
+        following += 1
+    return StudyRecord(**design.to_record(), seeds=study, budget_hours=given.budget.hours,
+                       budget_tflop=given.budget.tflop)
 
 
 def _hypotheses_key(spec: SpaceFile, where: str) -> str:
@@ -568,4 +638,5 @@ def space_record(space: Space, quick: bool) -> SpaceRecord:
                 for k, d in space.sample.items()},
         num_samples=space.num_samples, resources=space.resources, scheduler=space.scheduler, metric=space.metric,
         mode=space.mode, max_concurrent=space.max_concurrent, wandb=space.wandb, overrides=space.overrides,
+        decide=space.decide,
     )

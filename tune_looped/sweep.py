@@ -1,6 +1,7 @@
 """A sweep: every trial of a search space run with Ray Tune, summarised, then analysed.
 
-`run_space` is the Python API and what `python -m tune_looped.run` calls. It validates the whole space before
+`sweep` is one Tune run of the experiment and what the Python API (`tune_looped.rounds.run_space`) and
+`python -m tune_looped.run` call, once or, for a sequential study, once a round. It validates the whole space before
 Ray starts (`tune_looped.inputs`), runs on an embedded local Ray (or `address=` a cluster), retries crashed trials
 from their last checkpoint, resumes interrupted sweeps, adds trials to one that ran (`extend=True`,
 `tune_looped.extend`), prints a summary and ends with the analysis' frames, plots and report.
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trainers.layout import FIRST_RUN, SPACE_RECORD, experiment_offline_runs
@@ -22,8 +24,8 @@ from trainers.records import ERROR, INCOMPLETE, write_space_record
 from tune_looped import extend
 from tune_looped.cluster import MIN_FREE_BYTES, full_filesystems, is_uri, start_ray, stop_ray, warn, \
     warn_if_local_storage_on_cluster
-from tune_looped.inputs import (DEFAULT_STORAGE, Options, Plan, check_experiment, check_seeds, experiment_location,
-                                resolve, resolve_gpu_share, wandb_settings)
+from tune_looped.inputs import (Options, Plan, Round, check_experiment, experiment_location, resolve,
+                                resolve_gpu_share, wandb_settings)
 from tune_looped.lock import ExperimentLock
 from tune_looped.space import Space
 from tune_looped.state import StateKeeper, apply_repair
@@ -55,30 +57,15 @@ class SweepError(RuntimeError):
         self.kind, self.exit_status, self.sweep = kind, exit_status, sweep
 
 
-def run_space(space, *, quick: bool = False, seeds: list[int] | None = None, storage: str = DEFAULT_STORAGE,
-              name: str | None = None, extend: bool = False, resume: bool = False,
-              overrides: dict[str, Any] | None = None, report: bool = True, **options) -> Sweep:
-    """Run the space file `space` (a path, or a name in the package's search_spaces/); returns the experiment
-    folder and Tune's ResultGrid. The keywords are the command line's flags (`max_concurrent=2` for
-    `--max-concurrent 2`, `overrides={"training.train_steps": 50}` for `--set`, `report=False` for `--no-report`).
+def sweep(args: Options, round: Round | None = None, then: Callable[[Path], bool] | None = None) -> Sweep:
+    """One Tune run of checked options (or a sequential study's `round`), its summary and analysis.
 
-    Raises SpaceError on bad input, before Ray starts or anything is written, and SweepError when the sweep ran
-    but not every trial ended well (`resume=True` with the same arguments and `name` continues it)."""
-    unknown = sorted(set(options) - (set(Options.__dataclass_fields__) - {"dry_run"}))
-    if unknown:
-        raise TypeError(f"run_space() got unexpected keyword argument(s): {', '.join(unknown)}")
-    if seeds is not None:
-        seeds = check_seeds(seeds, "seeds")
-    return sweep(Options(space=str(space), quick=quick, seeds=seeds, storage=storage, name=name, extend=extend,
-                         resume=resume, overrides=dict(overrides or {}), report=report, **options))
-
-
-def sweep(args: Options) -> Sweep:
-    """`run_space` of checked options; what the command line calls."""
+    `then`: called with the experiment folder once the analysis is written and every trial ended well, the lock
+    still held; when it returns True the report is written again (a sequential study's look, which it reports)."""
     space, resources, name, storage = resolve(args)
     experiment_dir = Path(storage) / name
     lock = ExperimentLock(experiment_location(storage, name), RUNNER_COMMAND)
-    plan = check_experiment(args, space, name, storage, lock)
+    plan = check_experiment(args, space, name, storage, lock, round)
     created = not experiment_dir.exists()
     with _Signals() as signals:
         lock.acquire()
@@ -86,7 +73,7 @@ def sweep(args: Options) -> Sweep:
             for folder, repair in plan.repairs.items():
                 for line in apply_repair(experiment_dir / folder, repair):
                     warn(line)
-            return _run(args, plan, resources, name, storage, experiment_dir, signals)
+            return _run(args, plan, resources, name, storage, experiment_dir, signals, then)
         finally:
             lock.release()
             if created:
@@ -248,7 +235,7 @@ def _tune_runs(plan: Plan, name: str, storage: str):
 
 
 def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, experiment_dir: Path,
-         signals: _Signals) -> Sweep:
+         signals: _Signals, then: Callable[[Path], bool] | None) -> Sweep:
     """The sweep's Tune runs, its summary and its analysis, with the experiment's lock held."""
     space = plan.space
     if space.secrets.get("wandb.key") and wandb_settings(space, args):
@@ -318,7 +305,8 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
     signals.release()
     if args.report:
         try:
-            _analyse(experiment_dir, wandb_settings(space, args))
+            failed = any(r["status"] == ERROR for r in rows)
+            _analyse(experiment_dir, wandb_settings(space, args), None if failed else then)
         except OSError as err:
             from analysis.pipeline import no_space
 
@@ -336,11 +324,13 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
     return outcome
 
 
-def _analyse(experiment_dir: Path, settings: dict | None) -> None:
+def _analyse(experiment_dir: Path, settings: dict | None, then: Callable[[Path], bool] | None = None) -> None:
     """The analysis' files, then, with W&B on, its answers in the experiment's W&B analysis run."""
-    from analysis import log_results, run_all
+    from analysis import log_results, report_experiment, run_all
 
     written = run_all(experiment_dir)
+    if then is not None and then(experiment_dir):
+        written["report"] = report_experiment(experiment_dir)
     plots = written.pop("plots")
     for label, path in written.items():
         print(f"{label}: {path}")

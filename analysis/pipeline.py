@@ -17,6 +17,7 @@ from analysis.frames import frames_of
 from analysis.plots import FIGURES_PER_HYPOTHESIS, PLOTS_DIR, write_plots
 from analysis.report import REPORT_FILE, write_report
 from analysis.results import experiment_results
+from analysis.study import stopped_at_budget
 from analysis.variants import hypotheses
 from analysis.verdict import hypotheses_of
 from trainers.atomic import NO_SPACE, free_space, mount_point, replacing
@@ -81,7 +82,8 @@ def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = 
         written["results"] = out_dir / RESULTS_FILE
         written["plots"] = write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, progress=bar.update,
                                        declared=declared, results=results,
-                                       study=record.decide if record is not None else None)
+                                       study=record.decide if record is not None else None,
+                                       at_budget=stopped_at_budget(record))
     written["report"] = write_report(out_dir / REPORT_FILE, Path(experiment_dir).name, summary, evaluation, record,
                                      results=results, experiment_dir=experiment_dir)
     return written

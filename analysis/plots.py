@@ -23,6 +23,7 @@ from analysis.experiment import read_trials, space_record
 from analysis.frames import aggregate_seeds, frames_of
 from analysis.ranking import least_squares_last
 from analysis.results import experiment_results, results_frame
+from analysis.study import stopped_at_budget
 from analysis.variants import Variants, of_hypothesis
 from analysis.verdict import Hypothesis, Verdict, hypotheses_of, predict_zero_level
 from trainers.atomic import replacing
@@ -44,7 +45,7 @@ def plot_experiment(experiment_dir, out=None) -> list[Path]:
     evaluation, declared = read_evaluation(out_dir, experiment_dir), hypotheses_of(record)
     return write_plots(out_dir / PLOTS_DIR, curves, summary, evaluation, declared=declared,
                        results=experiment_results(out_dir, summary, evaluation, declared),
-                       study=record.decide if record is not None else None)
+                       study=record.decide if record is not None else None, at_budget=stopped_at_budget(record))
 
 
 def read_evaluation(*directories) -> pd.DataFrame | None:
@@ -72,17 +73,18 @@ FIGURES_PER_HYPOTHESIS = 6
 def write_plots(plots_dir, curves: pd.DataFrame, summary: pd.DataFrame,
                 evaluation: pd.DataFrame | None = None, progress=None,
                 declared: dict[str, Hypothesis] | None = None, results: pd.DataFrame | None = None,
-                study: StudyRecord | None = None) -> list[Path]:
+                study: StudyRecord | None = None, at_budget: bool = False) -> list[Path]:
     """`progress`: called once per figure (FIGURES_PER_HYPOTHESIS a hypothesis, drawn or left out for no data).
     `declared`: the space's hypotheses, whose verdicts the forest plots draw. `results`: the frame of
     `results.parquet`, whose per-trial errors the figures draw; None computes it from the summary and evaluation.
-    `study`: a sequential study's design (the space record's `decide`), whose rule then gives the verdicts."""
+    `study`: a sequential study's design (the space record's `decide`), whose rule then gives the verdicts;
+    `at_budget`: its runner stopped it at its budget."""
     written = []
     least_squares = least_squares_last(evaluation)
     if results is None:
         results = results_frame(summary, evaluation, declared)
     interval = "simultaneous 95%" if study is None else f"repeated {1 - study.alpha:.0%}"
-    for answer in answers(summary, results, declared, study=study).items:
+    for answer in answers(summary, results, declared, study=study, at_budget=at_budget).items:
         hypothesis, variants = answer.hypothesis, answer.variants
         own_curves = of_hypothesis(curves, hypothesis)
         own_evaluation = of_hypothesis(evaluation, hypothesis) if evaluation is not None else None

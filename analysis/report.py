@@ -25,7 +25,8 @@ from analysis.plots import PLOTS_DIR, plot_path, read_evaluation
 from analysis.ranking import least_squares_last
 from analysis.results import at_d, experiment_results, results_frame
 from analysis.significance import POWER
-from analysis.study_report import (comparison_table, continue_lines, state_word, stopped_at_budget, study_lines,
+from analysis.study import stopped_at_budget
+from analysis.study_report import (comparison_table, continuable, continue_lines, state_word, study_lines,
                                    verdict_rule)
 from analysis.variants import Variants, of_hypothesis
 from analysis.verdict import (DID_NOT_LEARN, RULE, TREND_RULE, UNCLEAR, Hypothesis, TrendTest,
@@ -92,7 +93,7 @@ def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
     if results is None:
         results = results_frame(summary, evaluation, declared)
     study = record.decide if record is not None else None
-    at_budget = study is not None and stopped_at_budget(record)
+    at_budget = stopped_at_budget(record)
     found = answers(summary, results, declared, study=study, at_budget=at_budget)
     lines = [f"# {title}", "", f"{len(summary)} trials: {statuses}; {_seed_range(summary)} per configuration.", "",
              *_products_lines(summary),
@@ -105,8 +106,7 @@ def render_report(title, summary, evaluation, plots_dir: Path, report_dir: Path,
              "finished trials count: the cost table's status says where the others stopped. A variant at >= "
              f"{DID_NOT_LEARN:g} x predict-0's error on every seed **did not learn**: it is marked, not ranked.", "",
              f"**The verdict's rule.** {RULE if study is None else verdict_rule(study)}", ""]
-    # a record from before the runner kept its space's path names no space to continue from
-    if study is None and record is not None and record.source and any(h.expect for h in declared.values()):
+    if continuable(record) and any(h.expect for h in declared.values()):
         lines += continue_lines(record, experiment_dir if experiment_dir is not None else report_dir)
     if any(h.trend is not None for h in declared.values()):
         lines += [f"**The trend's rule.** {TREND_RULE}", ""]

@@ -17,11 +17,17 @@ from analysis.sequential import CAPPED, EQUIVALENT, OPEN, ComparisonState, Desig
 from analysis.variants import Variants
 from analysis.verdict import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, Comparison, Hypothesis, Verdict, did_not_learn,
                               predict_zero_level, reference_label)
-from trainers.records import EXPECTATIONS, SEED_KEY, StudyRecord
+from trainers.records import EXPECTATIONS, OVER_BUDGET, SEED_KEY, SpaceRecord, StudyRecord
 
 UNDECIDED = "undecided so far"  # a hypothesis with a comparison still open: its next look decides more
 AT_BUDGET = "undecided at the budget"  # a comparison still open when the runner stopped the study at its budget
+NOT_TESTED = "not tested"  # a comparison with a seed that a side ran without a final error (it diverged)
 DESIGN_KEYS = ("looks", "alpha", "spending", "smallest_effect", "paths")
+
+
+def stopped_at_budget(record: SpaceRecord | None) -> bool:
+    """Whether the runner stopped the sequential study of `record` at its budget: no look follows its last."""
+    return record is not None and bool(record.looks) and record.looks[-1].ended == OVER_BUDGET
 
 
 def design_of(study: StudyRecord) -> Design:
@@ -29,19 +35,23 @@ def design_of(study: StudyRecord) -> Design:
 
 
 def _by_seed(trials: pd.DataFrame) -> dict:
-    done = trials.dropna(subset=["error"])
-    return dict(zip(done[SEED_KEY], done["error"].astype(float))) if SEED_KEY in done else {}
+    """Each seed the trials ran, to its final error (NaN: the trial ended without one)."""
+    return dict(zip(trials[SEED_KEY], trials["error"].astype(float))) if SEED_KEY in trials else {}
 
 
-def differences(variant: pd.DataFrame, reference: pd.DataFrame, seeds: list) -> list[float]:
-    """Variant minus reference, per seed of `seeds` in order, up to the first seed a side has no error for."""
+def differences(variant: pd.DataFrame, reference: pd.DataFrame, seeds: list) -> tuple[list[float], object]:
+    """Variant minus reference, per seed of `seeds` in order, up to the first seed a side has not run yet; and the
+    first seed both ran that a side has no final error for (a diverged trial), which ends the comparison's test,
+    or None."""
     errors_v, errors_r = _by_seed(variant), _by_seed(reference)
     out = []
     for seed in seeds:
         if seed not in errors_v or seed not in errors_r:
             break
+        if math.isnan(errors_v[seed]) or math.isnan(errors_r[seed]):
+            return out, seed
         out.append(errors_v[seed] - errors_r[seed])
-    return out
+    return out, None
 
 
 def judge_sequential(errors: pd.DataFrame, variants: Variants, hypothesis: Hypothesis,
@@ -71,10 +81,19 @@ def judge_sequential(errors: pd.DataFrame, variants: Variants, hypothesis: Hypot
     if missing or not compared:
         shown = ", ".join(f"`{label}`" for label in sorted(set(missing))) or "no variant to compare"
         return Verdict(INCONCLUSIVE, f"no reference to compare with ({shown})", smallest=smallest)
-    states = look({variant: values for (variant, _), values in compared.items()}, design, level)
-    comparisons = tuple(_comparison(variant, reference, state, design)
-                        for (variant, reference), state in zip(compared, states))
+    # a comparison stopped by a seed without an error is left out of the looks, so that the others go on; Holm's
+    # m counts the comparisons tested, as the fixed rule's does
+    tested = {variant: values for (variant, _), (values, stuck) in compared.items() if stuck is None}
+    states = dict(zip(tested, look(tested, design, level))) if tested else {}
+    comparisons = tuple(_comparison(variant, reference, states[variant], design) if stuck is None
+                        else _not_tested(variant, reference, values, stuck)
+                        for (variant, reference), (values, stuck) in compared.items())
     return _verdict(comparisons, hypothesis.expect, smallest, design, at_budget)
+
+
+def _not_tested(variant: str, reference: str, values: list[float], seed) -> Comparison:
+    return Comparison(variant, reference, math.nan, math.nan, math.nan, NOT_TESTED,
+                      test=f"not tested: seed {seed} has no final error on one side", seeds=len(values))
 
 
 def _comparison(variant: str, reference: str, state: ComparisonState, design: Design) -> Comparison:
@@ -104,6 +123,8 @@ def _verdict(comparisons: tuple[Comparison, ...], expect: str, smallest: float, 
         largest = max(max(abs(c.lo), abs(c.hi)) for c in comparisons if c.outcome == CAPPED)
         parts.append(f"{named(CAPPED)} {CAPPED} ({design.looks[-1]} seeds), with differences up to {largest:.3g} "
                      "still possible")
+    if any(c.outcome == NOT_TESTED for c in comparisons):
+        parts.append(f"{named(NOT_TESTED)} {NOT_TESTED}: a seed without a final error")
     if any(c.outcome == OPEN for c in comparisons) and at_budget:
         parts.append(f"{named(OPEN)} {AT_BUDGET}")
     elif any(c.outcome == OPEN for c in comparisons):
@@ -115,6 +136,11 @@ def _verdict(comparisons: tuple[Comparison, ...], expect: str, smallest: float, 
 def open_comparisons(verdict: Verdict | None) -> list[Comparison]:
     """The comparisons of a sequential verdict that the next round gives seeds to."""
     return [c for c in (verdict.comparisons if verdict is not None else ()) if c.outcome == OPEN]
+
+
+def undecided(verdict: Verdict | None) -> bool:
+    """Whether a comparison of a sequential verdict is left without a decision: open, at the cap, or not tested."""
+    return any(c.outcome in (OPEN, CAPPED, NOT_TESTED) for c in (verdict.comparisons if verdict is not None else ()))
 
 
 def largest_effect(comparison: Comparison) -> float:

@@ -15,9 +15,9 @@ from pathlib import Path
 import yaml
 
 from analysis.sequential import BETTER, CAPPED, EQUIVALENT, OPEN, WORSE, rule
-from analysis.study import AT_BUDGET, UNDECIDED, design_of, largest_effect
+from analysis.study import AT_BUDGET, NOT_TESTED, UNDECIDED, design_of, largest_effect, stopped_at_budget
 from analysis.verdict import CONTRADICTED, INCONCLUSIVE, SUPPORTED, Comparison, Verdict
-from trainers.records import OVER_BUDGET, SpaceRecord, StudyRecord
+from trainers.records import SpaceRecord, StudyRecord
 from trainers.table import format_number, render
 
 STATE_COLUMNS = ("state", "look", "largest_effect")  # what `state_columns` adds to a comparison
@@ -25,7 +25,8 @@ LEFT_OPEN = (OPEN, CAPPED)  # the comparisons whose interval still allows a diff
 WORDS = (f"The hypothesis is **{SUPPORTED}** when every comparison is decided in the predicted direction and "
          f"**{CONTRADICTED}** when any is decided in the opposite one; **{UNDECIDED}** while a comparison is still "
          f"open for a later look, and **{INCONCLUSIVE}** when none is open and some ended without a decision in "
-         f"the predicted direction (no difference that large, or undecided at the cap or at the budget).")
+         f"the predicted direction (no difference that large, or undecided at the cap or at the budget). A declared "
+         f"trend is tested as in a fixed study, on the seeds so far: its 5% does not hold over the looks.")
 BIAS = ("**Reading an early stop.** The mean difference of a comparison decided before the last look is biased "
         "away from zero, since seeds that happen to exaggerate a difference reach a boundary sooner: read its "
         "repeated interval, which holds wherever the study stopped.")
@@ -36,15 +37,12 @@ def verdict_rule(study: StudyRecord) -> str:
     return f"{rule(design_of(study))} {WORDS}"
 
 
-def stopped_at_budget(record: SpaceRecord) -> bool:
-    return bool(record.looks) and record.looks[-1].ended == OVER_BUDGET
-
-
 def state_word(comparison: Comparison, smallest: float, at_budget: bool) -> str:
     """A comparison's state as the report words it."""
     return {WORSE: f"decided {WORSE}", BETTER: f"decided {BETTER}",
             EQUIVALENT: f"decided: no difference of {smallest:.3g} or more", CAPPED: CAPPED,
-            OPEN: AT_BUDGET if at_budget else OPEN}[comparison.outcome]
+            OPEN: AT_BUDGET if at_budget else OPEN, NOT_TESTED: f"{NOT_TESTED} (a seed without a final error)"
+            }[comparison.outcome]
 
 
 def look_of(comparison: Comparison, study: StudyRecord) -> int | None:
@@ -145,10 +143,19 @@ def continue_command(record: SpaceRecord, experiment_dir) -> str:
     folder = Path(experiment_dir).absolute()
     words = ["python", "-m", "tune_looped.run", *_flag("--space", record.source)]
     words += ["--quick"] if record.quick else []
+    # its own seeds, not the space's: those of `--seeds` or an extension are the first look's
+    words += ["--seeds", ",".join(map(str, record.seeds()))] if record.seeds() else []
     for key, value in record.overrides.items():
         words += ["--set", f"{key}={_set_value(value)}"]
     words += [*_flag("--storage", str(folder.parent)), *_flag("--name", folder.name), "--extend", "--until-decided"]
     return shlex.join(words)
+
+
+def continuable(record: SpaceRecord | None) -> bool:
+    """Whether a fixed study can go on as a sequential one: it names its space, and compares the same
+    configurations seed by seed, every trial to its end (no `sample:`, one sample, a fifo scheduler)."""
+    return (record is not None and record.decide is None and bool(record.source) and not record.sample
+            and record.num_samples == 1 and record.scheduler.get("type", "fifo") == "fifo")
 
 
 def continue_lines(record: SpaceRecord, experiment_dir) -> list[str]:

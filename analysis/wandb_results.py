@@ -28,7 +28,8 @@ from analysis.frames import frames_of
 from analysis.plots import PLOTS_DIR, read_evaluation
 from analysis.report import REPORT_FILE
 from analysis.results import ERROR_COLUMNS, experiment_results
-from analysis.study_report import STATE_COLUMNS, state_columns, stopped_at_budget
+from analysis.study import stopped_at_budget
+from analysis.study_report import STATE_COLUMNS, state_columns
 from analysis.verdict import Comparison, hypotheses_of
 from trainers.config import config_from_dict
 from trainers.layout import figures
@@ -136,7 +137,7 @@ def log_results(experiment_dir, settings: dict | None = None) -> Path | None:
     evaluation, declared = read_evaluation(experiment_dir), hypotheses_of(record)
     results = experiment_results(experiment_dir, summary, evaluation, declared)
     found = answers(summary, results, declared, study=record.decide if record is not None else None,
-                    at_budget=record is not None and stopped_at_budget(record))
+                    at_budget=stopped_at_budget(record))
     mode = resolve_mode(settings.get("mode", "auto"))
     run_id = analysis_run_id(experiment_dir.name)
     if mode == "offline":

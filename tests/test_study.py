@@ -7,6 +7,7 @@ look), the other changes the batch by one prompt, which shifts the final error b
 gets the second look's seeds, with its reference, and no other trial does).
 """
 import dataclasses
+import math
 import os
 import re
 import shlex
@@ -15,18 +16,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from tests.helpers.sweeps import finish, sweep_command, wait_for
 from trainers.layout import extension_folder, run_trial_folders, trial_folders
-from trainers.records import (AT_CAP, DECIDED, OVER_BUDGET, SEED_KEY, SpaceRecord, StudyRecord, read_space_record,
-                              read_trial_record, trial_key, write_space_record)
+from trainers.records import (AT_CAP, DECIDED, OVER_BUDGET, SEED_KEY, Hypothesis, RunRecord, SpaceRecord, StudyRecord,
+                              read_space_record, read_trial_record, trial_key, write_space_record)
 from analysis.sequential import CAPPED, FEWEST_PATHS, STATES, WORSE, Design
+from analysis.study import NOT_TESTED, judge_sequential, open_comparisons, undecided
+from analysis.variants import variants_of
+from analysis.verdict import INCONCLUSIVE
 from benchmarks.quick_projection import TFLOP, project, spread
-from tune_looped import run
+from tune_looped import extend, run
 from tune_looped.inputs import Options
-from tune_looped.rounds import _sequential_if_recorded, why_it_ends
+from tune_looped.rounds import _round_never_saved, _sequential_if_recorded, why_it_ends
 from tune_looped.space import SpaceError, load_space, space_record
 
 LEARNED = Path(__file__).resolve().parent / "data" / "learned_d1.pt"
@@ -51,7 +56,7 @@ DECIDE = {"looks": [3, 5], "spending": "pocock", "smallest_effect": 0.001}
 
 def write_study(path: Path, decide=None, **extra) -> Path:
     path.write_text(yaml.safe_dump({"name": "study", "base": BASE, "seeds": [0, 1, 2], "hypotheses": HYPOTHESES,
-                                    "decide": DECIDE if decide is None else decide, **extra}))
+                                    "decide": DECIDE if decide is None else decide} | extra))
     return path
 
 
@@ -94,6 +99,7 @@ def test_the_looks_follow_the_cap_and_the_spaces_seeds(tmp_path, decide, seeds, 
     ({}, {"scheduler": "asha"}, "decide: a sequential study needs every trial's final error, so its scheduler must "
                                 "be fifo"),
     ({}, {"num_samples": 2}, "decide: a sequential study compares the same configurations seed by seed"),
+    ({"max_seeds": 2}, {}, "decide.max_seeds: must be at least the first look's seeds (3), got 2"),
 ])
 def test_a_bad_design_is_one_line_naming_the_file_and_key(tmp_path, decide, extra, message):
     path = write_study(tmp_path / "s.yaml", decide, **extra)
@@ -125,7 +131,10 @@ def test_the_dry_run_shows_the_schedule_and_the_most_trials_it_may_take(tmp_path
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--no-report"], "error: --no-report: not with --until-decided, whose every look reads the analysis' results"),
+    (["--no-report"], "error: --no-report: not with a sequential study (--until-decided or decide.enabled), whose "
+                      "every look reads the analysis' results"),
+    (["--storage", "s3://bucket/r"], "error: --storage: a sequential study needs a local path, whose experiment its "
+                                     "rounds extend, got s3://bucket/r"),
     (["--extend", "--name", "done"], "is a sequential study (its design is in its space.yaml), whose rounds add the "
                                      "seeds; --resume continues it"),
 ])
@@ -144,7 +153,7 @@ def test_what_a_sequential_study_refuses_is_one_line_and_writes_nothing(tmp_path
 @pytest.mark.parametrize("look, any_open, spent_s, spent_tflop, budget, ended", [
     (1, True, 100.0, 1.0, {}, ""),
     (2, True, 100.0, 1.0, {}, AT_CAP),  # the last look ends it, whatever is open
-    (2, False, 100.0, 1.0, {}, AT_CAP),
+    (2, False, 100.0, 1.0, {}, DECIDED),  # every comparison decided at the last look
     (1, False, 100.0, 1.0, {}, DECIDED),
     (1, True, 3599.0, 1.0, {"budget_hours": 1.0}, ""),
     (1, True, 3600.0, 1.0, {"budget_hours": 1.0}, OVER_BUDGET),
@@ -169,6 +178,62 @@ def test_a_resume_of_a_sequential_study_is_sequential_without_the_flag(tmp_path)
     assert not _sequential_if_recorded(dataclasses.replace(options, name="fixed")).until_decided
     # only a resume reads the record: a new study with a recorded name is refused later, by the checks
     assert not _sequential_if_recorded(dataclasses.replace(options, name="seq", resume=False)).until_decided
+
+
+def test_a_round_stopped_before_tune_saved_its_state_is_planned_again_on_resume(tmp_path):
+    space = load_space(write_study(tmp_path / "s.yaml"), until_decided=True)
+    record = space_record(space, quick=False)
+    first, second = RunRecord(trials=record.trials, look=1), RunRecord(folder=extension_folder(1), look=2)
+    write_space_record(tmp_path, record.model_copy(update={"runs": [first, second]}))
+    (tmp_path / extension_folder(1)).mkdir()
+    assert _round_never_saved(tmp_path)
+    # once Tune has saved the round's state, a resume restores it instead
+    (tmp_path / extension_folder(1) / "experiment_state-2026-12-03_17-00-00.json").write_text("{}")
+    assert not _round_never_saved(tmp_path)
+    # a fixed study's stopped extension is --extend's to start again, as before
+    write_space_record(tmp_path, record.model_copy(update={"runs": [first, RunRecord(folder="extend-2")],
+                                                           "decide": None}))
+    assert not _round_never_saved(tmp_path)
+
+
+def test_a_rounds_space_may_not_change_the_studys_hypotheses(tmp_path):
+    space = load_space(write_study(tmp_path / "s.yaml"), until_decided=True)
+    saved = space_record(space, quick=False)
+    changed = [{**HYPOTHESES[0], "expect": "better"}, HYPOTHESES[1]]
+    edited = dataclasses.replace(load_space(write_study(tmp_path / "e.yaml", hypotheses=changed), until_decided=True),
+                                 decide=space.decide)
+    with pytest.raises(SpaceError, match=r"^--until-decided: hypotheses\.wrecked\.expect differs .*a sequential study's "
+                                         r"hypotheses are fixed with its design"):
+        extend.plan(tmp_path, edited, saved, quick=False, look=2)
+    # their questions may change: the verdicts do not read them
+    reworded = [{**HYPOTHESES[0], "description": "Does a large step wreck it?"}, HYPOTHESES[1]]
+    asked = dataclasses.replace(load_space(write_study(tmp_path / "q.yaml", hypotheses=reworded), until_decided=True),
+                                decide=space.decide)
+    assert extend.plan(tmp_path, asked, saved, quick=False, look=2).added == ()
+
+
+def _errors(per_variant: dict[int, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"model.n_last_tokens": tokens, SEED_KEY: seed, "error": error}
+                         for tokens, errors in per_variant.items() for seed, error in enumerate(errors)])
+
+
+def test_a_seed_without_a_final_error_leaves_its_comparison_untested_and_the_others_go_on():
+    study = StudyRecord(looks=[3, 5], alpha=0.05, spending="pocock", smallest_effect=0.1, paths=FEWEST_PATHS,
+                        seeds=[0, 1, 2, 3, 4])
+    hypothesis = Hypothesis("h", reference={"model.n_last_tokens": -1}, expect="worse")
+    errors = _errors({-1: [0.30, 0.32, 0.31, 0.33, 0.29], 8: [0.90, 0.95, 0.93], 23: [0.31, math.nan, 0.30]})
+    verdict = judge_sequential(errors, variants_of(errors, "h"), hypothesis, study)
+    by_variant = {c.variant: c for c in verdict.comparisons}
+    # mask 8 is tested at the first look, as if mask 23 were not there; mask 23 stops at its seed 1
+    assert by_variant["n_last_tokens=8"].outcome == WORSE and by_variant["n_last_tokens=8"].seeds == 3
+    assert by_variant["n_last_tokens=23"].outcome == NOT_TESTED and by_variant["n_last_tokens=23"].seeds == 1
+    assert "seed 1 has no final error" in by_variant["n_last_tokens=23"].test
+    assert verdict.word == INCONCLUSIVE and "not tested: a seed without a final error" in verdict.reason
+    assert undecided(verdict) and open_comparisons(verdict) == []
+    # the same seeds with an error on seed 1: both comparisons are tested
+    errors.loc[errors["error"].isna(), "error"] = 0.32
+    tested = judge_sequential(errors, variants_of(errors, "h"), hypothesis, study)
+    assert NOT_TESTED not in {c.outcome for c in tested.comparisons}
 
 
 # --- real studies on an embedded Ray --------------------------------------------------------------------------

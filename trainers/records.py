@@ -105,6 +105,12 @@ def trial_key(base: dict, values: dict[str, Any], sampled=(), hypotheses=None) -
     return json.dumps(key, sort_keys=True, default=str)
 
 
+def configuration_key(base: dict, values: dict[str, Any]) -> str:
+    """The identity of a trial's configuration, the seed aside: `trial_key` of its values without the seed, so
+    the trials of one configuration across seeds share it."""
+    return trial_key(base, {k: v for k, v in values.items() if k != SEED_KEY})
+
+
 class RunRecord(_Record):
     """One Tune run of the experiment: where its Tune experiment is, when it started, the trials it added."""
     folder: str = FIRST_RUN
@@ -125,6 +131,10 @@ class StudyRecord(_Record):
     seeds: list[int]
     budget_hours: float | None = None
     budget_tflop: float | None = None
+
+    def seeds_at(self, look: int) -> list[int]:
+        """The seeds the round of `look` (1 = the first) brings."""
+        return self.seeds[self.looks[look - 2] if look > 1 else 0:self.looks[look - 1]]
 
 
 # why a sequential study stopped at a look (`LookRecord.ended`)
@@ -171,6 +181,10 @@ class SpaceRecord(_Record):
     def run_list(self) -> list[RunRecord]:
         """The experiment's Tune runs, first to last; one at the root for a record that lists none."""
         return self.runs or [RunRecord(trials=self.trials)]
+
+    def seeds(self) -> list[int]:
+        """The seeds the experiment's trials ran with, in the order they were first asked for."""
+        return list(dict.fromkeys(t.values[SEED_KEY] for t in self.trials if SEED_KEY in t.values))
 
 
 class TrialRecord(_Record):

@@ -23,7 +23,7 @@ import yaml
 
 from trainers.dotted import first_difference, get_dotted
 from trainers.layout import SPACE_RECORD, extension_folder, newest_state, run_trial_folders, trial_folders
-from trainers.records import (ERROR, INCOMPLETE, SEED_KEY, PlannedTrial, RecordError, RunRecord, SpaceRecord,
+from trainers.records import (ERROR, INCOMPLETE, PlannedTrial, RecordError, RunRecord, SpaceRecord,
                               TrialRecord, read_trial_record, trial_key, write_trial_record)
 from tune_looped.space import Space, SpaceError, space_record, trial_config
 from tune_looped.state import set_aside
@@ -31,11 +31,6 @@ from tune_looped.tables import against_space, folder_row
 
 # what no extension may change: each would change trials that ran, or how they are judged against new ones
 FROZEN = ("quick", "base", "overrides", "sample", "num_samples", "resources", "scheduler", "metric", "mode", "decide")
-
-
-def recorded_seeds(record: SpaceRecord) -> list[int]:
-    """The seeds the experiment's trials ran with, in the order they were first asked for."""
-    return list(dict.fromkeys(t.values[SEED_KEY] for t in record.trials if SEED_KEY in t.values))
 
 
 def _completed(base: dict, trial: PlannedTrial, keys: list[str]) -> dict:
@@ -61,15 +56,28 @@ class Extension:
         return dataclasses.replace(self.space, trials=self.added)
 
 
-def _check_frozen(saved: SpaceRecord, current: SpaceRecord, experiment_dir: Path) -> None:
+def _check_frozen(saved: SpaceRecord, current: SpaceRecord, experiment_dir: Path, flag: str) -> None:
     # through YAML, as the saved record went, so that tuples and lists compare equal
     current = SpaceRecord.model_validate(yaml.safe_load(yaml.safe_dump(current.model_dump())))
     for field in FROZEN:
         key = first_difference(getattr(saved, field), getattr(current, field), f"{field}.")
         if key:
-            raise SpaceError(f"--extend: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; an "
+            raise SpaceError(f"{flag}: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; an "
                              "extension must not change the trials that ran (start a new experiment with another "
                              "--name for that)")
+    if saved.decide is not None:
+        # a sequential study's comparisons are fixed with its design: its looks and Holm's m count them
+        key = first_difference(_judged(saved), _judged(current), "hypotheses.")
+        if key:
+            raise SpaceError(f"{flag}: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; a "
+                             "sequential study's hypotheses are fixed with its design (start a new experiment with "
+                             "another --name for other ones)")
+
+
+def _judged(record: SpaceRecord) -> dict[str, dict]:
+    """The hypotheses by name, as the verdicts judge them: their questions aside."""
+    return {h["name"]: {k: v for k, v in h.items() if k not in ("name", "question")}
+            for h in record.model_dump()["hypotheses"]}
 
 
 def plan(experiment_dir: Path, space: Space, saved: SpaceRecord, quick: bool, look: int | None = None) -> Extension:
@@ -78,7 +86,7 @@ def plan(experiment_dir: Path, space: Space, saved: SpaceRecord, quick: bool, lo
     study's look the added trials bring seeds to; a fixed study made sequential takes the space's design."""
     current = space_record(space, quick)
     _check_frozen(saved if saved.decide is not None else saved.model_copy(update={"decide": current.decide}),
-                  current, experiment_dir)
+                  current, experiment_dir, "--extend" if look is None or saved.decide is None else "--until-decided")
     runs, stale = saved.run_list(), None
     if len(runs) > 1 and not saved_state(experiment_dir / runs[-1].folder):
         # the last extension stopped before Tune first saved its state: it starts again, in the same folder

@@ -122,10 +122,18 @@ def _check_flags(args: Options) -> None:
         raise SpaceError("--extend: needs --name of the experiment to add trials to")
     if args.extend and is_uri(args.storage):
         raise SpaceError(f"--extend: needs a local --storage (a path), got {args.storage}")
-    if args.until_decided and not args.report:
-        raise SpaceError("--no-report: not with --until-decided, whose every look reads the analysis' results")
     if args.wandb_mode is not None and args.wandb_mode not in WANDB_MODES:
         raise SpaceError(f"--wandb-mode: expected one of {', '.join(WANDB_MODES)}, got {args.wandb_mode!r}")
+
+
+def _check_sequential(args: Options) -> None:
+    """What a sequential study (`--until-decided` or the space's decide.enabled) needs of the flags."""
+    if not args.report:
+        raise SpaceError("--no-report: not with a sequential study (--until-decided or decide.enabled), whose every "
+                         "look reads the analysis' results")
+    if is_uri(args.storage):
+        raise SpaceError(f"--storage: a sequential study needs a local path, whose experiment its rounds extend, got "
+                         f"{args.storage}")
 
 
 def _local_gpus(args) -> float:
@@ -225,7 +233,7 @@ def _load(args: Options) -> Space:
     saved = _saved_record(args) if args.extend or args.resume else None
     if saved is not None and saved.decide is not None:
         return _with_absolute_pretrained(dataclasses.replace(space, decide=saved.decide))
-    recorded = extend.recorded_seeds(saved) if saved is not None and args.extend else []
+    recorded = saved.seeds() if saved is not None and args.extend else []
     given = list(dict.fromkeys(t.values[SEED_KEY] for t in space.trials if SEED_KEY in t.values))
     seeds = [*recorded, *(s for s in given if s not in recorded)]
     if recorded and given and seeds != given:
@@ -248,6 +256,8 @@ def resolve(args: Options):
     and its dry run alike: (the space, its resources, the experiment's name, the storage checked)."""
     _check_flags(args)
     space = _load(args)
+    if space.decide is not None:
+        _check_sequential(args)
     resources = dict(space.resources)
     if args.cpus_per_trial is not None:
         resources["cpu"] = args.cpus_per_trial

@@ -13,7 +13,6 @@ it. A resume finishes the round it stopped in, takes its look if it was not take
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from trainers.layout import SUMMARY_FRAME, frame_file, trial_folders
 from trainers.records import (AT_CAP, DECIDED, OVER_BUDGET, SEED_KEY, LookRecord, PlannedTrial, RecordError,
+                              configuration_key,
                               SpaceRecord, StudyRecord, read_space_record, read_trial_record, trial_key,
                               write_space_record)
+from tune_looped.extend import saved_state
 from tune_looped.inputs import DEFAULT_STORAGE, Options, Round, check_seeds
 from tune_looped.sweep import Sweep, sweep
 
@@ -53,8 +54,11 @@ def run_space(space, *, quick: bool = False, seeds: list[int] | None = None, sto
 def run_study(args: Options) -> Sweep:
     """The sweep of `args`; for a sequential study, its rounds after it, until the study ends."""
     args = _sequential_if_recorded(args)
-    outcome = sweep(args, then=_look_taker(time.monotonic()))
-    experiment_dir = outcome.experiment_dir
+    experiment_dir, outcome = Path(args.storage).expanduser() / (args.name or ""), None
+    if not (args.resume and _round_never_saved(experiment_dir)):
+        outcome = sweep(args, then=_look_taker(time.monotonic()))
+        experiment_dir = outcome.experiment_dir
+    # else the round stopped before Tune first saved its state: it starts again, below, in the same folder
     record = read_space_record(experiment_dir)
     if record.decide is None:
         return outcome
@@ -64,7 +68,7 @@ def run_study(args: Options) -> Sweep:
     while record.looks and not record.looks[-1].ended:
         round = next_round(experiment_dir, record)
         print(f"round {round.look}: {len(round.trials) - len(record.trials)} trial(s), seeds "
-              f"{_seeds_shown(_seeds_of(record.decide, round.look))}, to the comparisons still open and their "
+              f"{_seeds_shown(record.decide.seeds_at(round.look))}, to the comparisons still open and their "
               "references", file=sys.stderr)
         outcome = sweep(args, round, then=_look_taker(time.monotonic()))
         record = read_space_record(experiment_dir)
@@ -82,9 +86,15 @@ def _sequential_if_recorded(args: Options) -> Options:
     return dataclasses.replace(args, until_decided=True) if record.decide is not None else args
 
 
-def _seeds_of(study: StudyRecord, look: int) -> list[int]:
-    """The seeds the round of `look` (1 = the first) brings."""
-    return study.seeds[study.looks[look - 2] if look > 1 else 0:study.looks[look - 1]]
+def _round_never_saved(experiment_dir: Path) -> bool:
+    """A sequential study whose last round was stopped before Tune first saved its state: a resume cannot restore
+    it, and the rounds plan it again."""
+    try:
+        record = read_space_record(experiment_dir)
+    except RecordError:
+        return False
+    runs = record.run_list()
+    return record.decide is not None and len(runs) > 1 and not saved_state(experiment_dir / runs[-1].folder)
 
 
 def _seeds_shown(seeds: list[int]) -> str:
@@ -122,12 +132,13 @@ def take_look(experiment_dir: Path, seconds: float) -> bool:
     if any(taken.look == look for taken in record.looks):
         return False
     summary, found = study_answers(experiment_dir, record)
-    still_open = [f"{a.hypothesis}: {c.variant}" for a in found.items for c in _open(a)]
-    in_round = summary[SEED_KEY].isin(_seeds_of(study, look)) if SEED_KEY in summary else summary.index < 0
+    still_open = [f"{a.hypothesis}: {c.variant}" for a in found.items for c in _undecided(a)[0]]
+    undecided = any(_undecided(a)[1] for a in found.items)
+    in_round = summary[SEED_KEY].isin(study.seeds_at(look)) if SEED_KEY in summary else summary.index < 0
     tflop = float(summary.loc[in_round, "training_flops"].sum()) / 1e12
     spent_s = sum(taken.round_s for taken in record.looks) + seconds
     spent_tflop = sum(taken.round_tflop for taken in record.looks) + tflop
-    ended = why_it_ends(study, look, bool(still_open), spent_s, spent_tflop)
+    ended = why_it_ends(study, look, undecided, spent_s, spent_tflop)
     taken = LookRecord(look=look, seeds=study.looks[look - 1], taken=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        round_s=round(seconds, 1), round_tflop=tflop, open=still_open, ended=ended)
     write_space_record(experiment_dir, record.model_copy(update={"looks": [*record.looks, taken]}))
@@ -137,13 +148,14 @@ def take_look(experiment_dir: Path, seconds: float) -> bool:
     return True
 
 
-def why_it_ends(study: StudyRecord, look: int, any_open: bool, spent_s: float, spent_tflop: float) -> str:
-    """Why the study ends at `look` (1 = the first): its last look, no comparison open, or its budget spent (the
-    runner's wall time on its rounds and their training FLOPs, summed over the looks so far); "" if it goes on."""
+def why_it_ends(study: StudyRecord, look: int, undecided: bool, spent_s: float, spent_tflop: float) -> str:
+    """Why the study ends at `look` (1 = the first): no comparison left undecided (open, or at the cap), its last
+    look, or its budget spent (the runner's wall time on its rounds and their training FLOPs, summed over the
+    looks so far); "" if it goes on."""
+    if not undecided:
+        return DECIDED
     if look == len(study.looks):
         return AT_CAP
-    if not any_open:
-        return DECIDED
     if (study.budget_hours is not None and spent_s >= study.budget_hours * 3600
             or study.budget_tflop is not None and spent_tflop >= study.budget_tflop):
         return OVER_BUDGET
@@ -158,33 +170,29 @@ def next_round(experiment_dir: Path, record: SpaceRecord) -> Round:
     trial_ids = set()
     for answer in found.items:
         labels = answer.trials.apply(answer.variants.label, axis=1)
-        for comparison in _open(answer):
+        for comparison in _undecided(answer)[0]:
             sides = labels.isin([comparison.variant, comparison.reference])
             trial_ids |= set(answer.trials.loc[sides, "trial_id"])
-    wanted = {_configuration(values) for values in _trial_values(experiment_dir, trial_ids)}
+    wanted = {configuration_key(record.base, values) for values in _trial_values(experiment_dir, trial_ids)}
     tags: dict[str, tuple] = {}
     values_of: dict[str, dict] = {}
     for trial in record.trials:
-        key = _configuration(trial.values)
+        key = configuration_key(record.base, trial.values)
         if key in wanted:
             tags[key] = tuple(dict.fromkeys((*tags.get(key, ()), *trial.hypotheses)))
             values_of[key] = {k: v for k, v in trial.values.items() if k != SEED_KEY}
     have = {trial_key(record.base, t.values) for t in record.trials}
     added = [PlannedTrial(hypotheses=tags[key], values={**values_of[key], SEED_KEY: seed})
-             for key in values_of for seed in _seeds_of(study, look)
+             for key in values_of for seed in study.seeds_at(look)
              if trial_key(record.base, {**values_of[key], SEED_KEY: seed}) not in have]
     return Round((*record.trials, *added), look)
 
 
-def _open(answer) -> list:
-    from analysis.study import open_comparisons
+def _undecided(answer) -> tuple[list, bool]:
+    """The answer's comparisons still open, which the next round serves, and whether any is left undecided."""
+    from analysis.study import open_comparisons, undecided
 
-    return open_comparisons(answer.verdict)
-
-
-def _configuration(values: dict) -> str:
-    """A trial's values without its seed, as one comparable text: the configuration the seeds repeat."""
-    return json.dumps({k: v for k, v in values.items() if k != SEED_KEY}, sort_keys=True, default=str)
+    return open_comparisons(answer.verdict), undecided(answer.verdict)
 
 
 def _trial_values(experiment_dir: Path, trial_ids: set[str]) -> list[dict]:

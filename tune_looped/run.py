@@ -12,6 +12,7 @@ import shlex
 import sys
 
 from trainers.cli import OneLineArgumentParser, one_line_warnings
+from trainers.records import configuration_key
 from trainers.wandb_log import WANDB_MODES
 from tune_looped.inputs import (DEFAULT_DASHBOARD_HOST, DEFAULT_MAX_FAILURES, DEFAULT_STORAGE, Options,
                                 extension_trials, resolve, seeds_problem)
@@ -130,18 +131,18 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _print_dry_run(space: Space, resources: dict, args: argparse.Namespace) -> None:
+    if space.decide is not None:
+        looks = space.decide.looks
+        configurations = len({configuration_key(space.base, t.values) for t in space.trials})
+        print(f"sequential study: looks at {', '.join(map(str, looks))} seeds a variant (seeds "
+              f"{', '.join(map(str, space.decide.seeds))}); below, the first look's trials; at most "
+              f"{configurations * looks[-1]} trials if no comparison is decided early", file=sys.stderr)
     if args.extend:
         space = extension_trials(options(args), space)
         if not space.trials:
             print("--extend: nothing to add (the unfinished trials of earlier runs, if any, are resumed)",
                   file=sys.stderr)
             return
-    if space.decide is not None:
-        looks = space.decide.looks
-        configurations = len(space.trials) // looks[0]
-        print(f"sequential study: looks at {', '.join(map(str, looks))} seeds a variant (seeds "
-              f"{', '.join(map(str, space.decide.seeds))}); below, the first look's trials; at most "
-              f"{configurations * looks[-1]} trials if no comparison is decided early", file=sys.stderr)
     cpus = resources["cpu"]
     throughput = (calibrate(trial_config(space.base, start_order(space)[0].values), max(1, int(cpus)))
                   if args.calibrate else stated(args.quick))

@@ -508,6 +508,9 @@ def _study(spec: SpaceFile, seeds: list[int], where: str) -> StudyRecord:
         raise SpaceError(f"{where}: decide: a sequential study needs every trial's final error, so its scheduler "
                          "must be fifo (an early-stopping scheduler leaves trials without one)")
     looks = given.looks
+    if given.max_seeds is not None and given.max_seeds < max(len(seeds), Design.looks[0]):
+        raise SpaceError(f"{where}: decide.max_seeds: must be at least the first look's seeds "
+                         f"({max(len(seeds), Design.looks[0])}), got {given.max_seeds}")
     if looks is None:
         cap = given.max_seeds or Design.looks[-1]
         # the default looks up to the cap, the first at the seeds the space runs (a fixed study made sequential)
@@ -632,7 +635,8 @@ def _parse_scheduler(raw, where: str) -> dict:
 def space_record(space: Space, quick: bool) -> SpaceRecord:
     """What is saved beside the results: the resolved space with its base inlined (no secrets)."""
     return SpaceRecord(
-        name=space.name, source=str(space.path), quick=quick, base=space.base, hypotheses=list(space.hypotheses),
+        # absolute: the commands a report names run from any folder
+        name=space.name, source=str(Path(space.path).absolute()), quick=quick, base=space.base, hypotheses=list(space.hypotheses),
         trials=list(space.trials),
         sample={k: f"{d.kind}({list(d.args) if d.kind == 'choice' else ', '.join(map(str, d.args))})"
                 for k, d in space.sample.items()},

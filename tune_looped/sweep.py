@@ -349,7 +349,7 @@ def _analyse(experiment_dir: Path, settings: dict | None, then: Callable[[Path],
 
 def _announce(plan: Plan) -> None:
     extension = plan.extension
-    seeds = extend.recorded_seeds(plan.record)
+    seeds = plan.record.seeds()
     print(f"--extend: {len(extension.added)} new trial(s) in {extension.folder}/"
           f"{f', {len(plan.restore)} earlier run(s) resumed' if plan.restore else ''}"
           f"{f', {len(extension.retagged)} trial record(s) given a new hypothesis or key' if extension.retagged else ''}"

@@ -1,9 +1,12 @@
-"""Shared fixtures: tiny configs that train in a fraction of a second on one core."""
+"""Shared fixtures: tiny configs that train in a fraction of a second on one core, and the server that runs the
+tests' command lines."""
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+
+from helpers.commands import Commands
 
 # Two cores are shared by the test process and Ray's workers: one torch thread each avoids oversubscription.
 torch.set_num_threads(1)
@@ -44,3 +47,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def commands(tmp_path_factory):
+    """Command lines run as `python -m ...` runs them, forked from one process that imported the programs once
+    (helpers/commands.py); started by the first test that asks."""
+    server = Commands(tmp_path_factory.mktemp("commands"))
+    yield server
+    server.close()

@@ -1,6 +1,4 @@
 import re
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -136,9 +134,8 @@ def test_cli_all_on_an_experiment_without_checkpoints_warns_and_reports(tmp_path
 
 
 @pytest.mark.slow
-def test_cli_runs_as_a_module(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "analysis", "report", str(tmp_path / "missing")],
-                          capture_output=True, text=True)
+def test_cli_runs_as_a_module(tmp_path, commands):
+    done = commands.run(["-m", "analysis", "report", str(tmp_path / "missing")], cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: {tmp_path / 'missing'}: no such experiment directory"
 

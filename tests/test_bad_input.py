@@ -1,6 +1,8 @@
-"""Bad input, table-driven: every case runs a real command line (`python -m tune_looped.run`, `python -m
+"""Bad input, table-driven: every case runs a command line (`python -m tune_looped.run`, `python -m
 trainers.train`, `python -m analysis`) in a fresh sandbox and must give exit status 2 and exactly one line on
 stderr, `error: ...`, naming the file, key or flag and what is expected: no traceback, nothing written, no Ray.
+The command runs as a fresh interpreter would, forked from one process that imported the programs once
+(helpers/commands.py). A new case is one more `Case(...)` row in CASES.
 
 The sandbox is the command's working folder, HOME, TMPDIR and RAY_TMPDIR, so the default `--storage
 ~/ray_results`, run folders, and a Ray session (which lives under RAY_TMPDIR) would all show up in it; every
@@ -15,7 +17,6 @@ import subprocess
 import sys
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -457,7 +458,8 @@ def snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): entry(p) for p in sorted(root.rglob("*"))}
 
 
-def run_case(case: Case, sandbox: Path, mpl_cache: Path) -> dict:
+def prepare(case: Case, sandbox: Path, mpl_cache: str) -> tuple[dict, dict]:
+    """The sandbox with the case's files; (the command for `Commands.run_many`, the sandbox's snapshot)."""
     work, home, tmp = sandbox / "work", sandbox / "home", sandbox / "tmp"
     for folder in (work, home, tmp):
         folder.mkdir(parents=True)
@@ -470,25 +472,23 @@ def run_case(case: Case, sandbox: Path, mpl_cache: Path) -> dict:
             path.write_bytes(content)
         else:
             path.write_text(content)
-    before = snapshot(sandbox)
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "RAY_TMPDIR": str(tmp),
-           "MPLCONFIGDIR": str(mpl_cache)}
-    done = subprocess.run([sys.executable, *PROGRAMS[case.program], *case.argv], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=120)
-    return {"rc": done.returncode, "stderr": done.stderr, "before": before, "after": snapshot(sandbox),
-            "code_ran": (work / CODE_RAN).exists()}
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "RAY_TMPDIR": str(tmp), "MPLCONFIGDIR": mpl_cache}
+    command = {"args": [*PROGRAMS[case.program], *case.argv], "cwd": str(work), "env": env, "timeout": 120}
+    return command, snapshot(sandbox)
 
 
 @pytest.fixture(scope="module")
-def outcomes(request, tmp_path_factory):
-    """Every selected case, run two at a time (each command spends most of its second importing torch)."""
+def outcomes(request, tmp_path_factory, commands):
+    """Every selected case, forked two at a time from one process that imported the programs once
+    (helpers/commands.py): a fresh interpreter spends 5-12 s importing torch, pandas and scikit-learn."""
     selected = [item.callspec.params["case"] for item in request.session.items
                 if getattr(item, "callspec", None) and isinstance(item.callspec.params.get("case"), Case)]
-    mpl_cache = tmp_path_factory.mktemp("mpl")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {case.id: pool.submit(run_case, case, tmp_path_factory.mktemp(case.id), mpl_cache)
-                   for case in selected}
-    return {case_id: future.result() for case_id, future in futures.items()}
+    sandboxes = [tmp_path_factory.mktemp(case.id) for case in selected]
+    prepared = [prepare(case, sandbox, commands.env["MPLCONFIGDIR"]) for case, sandbox in zip(selected, sandboxes)]
+    done = commands.run_many([command for command, _ in prepared])
+    return {case.id: {"rc": ran.returncode, "stderr": ran.stderr, "before": before, "after": snapshot(sandbox),
+                      "code_ran": (sandbox / "work" / CODE_RAN).exists()}
+            for case, sandbox, (_, before), ran in zip(selected, sandboxes, prepared, done)}
 
 
 @pytest.mark.slow

@@ -1,7 +1,5 @@
 """Config loading: the research's files load unchanged; every bad input is one line naming file and key."""
 import re
-import subprocess
-import sys
 import typing
 from pathlib import Path
 
@@ -165,11 +163,10 @@ def test_performance_option_defaults_and_overrides(tiny_config_file):
 
 
 @pytest.mark.slow
-def test_cli_trains_with_key_equals_value(tmp_path, tiny_config_file):
-    done = subprocess.run([sys.executable, "-m", "trainers.train", "--config", str(tiny_config_file),
-                           "--model.n_layer=2", "--training.train_steps=3", "--wandb.name=eq",
-                           "--out_dir", str(tmp_path / "runs")], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+def test_cli_trains_with_key_equals_value(tmp_path, tiny_config_file, commands):
+    done = commands.run(["-m", "trainers.train", "--config", str(tiny_config_file), "--model.n_layer=2",
+                         "--training.train_steps=3", "--wandb.name=eq", "--out_dir", str(tmp_path / "runs")],
+                        cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     saved = yaml.safe_load((tmp_path / "runs" / "eq" / "config.yaml").read_text())
     assert saved["model"]["n_layer"] == 2 and saved["training"]["train_steps"] == 3

@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from analysis import AnalysisWarning, load_curves
-from helpers.sweeps import TINY_BASE, TrialEvents, finish, record, rows, start_sweep, trial_dirs, wait_for, write_space
+from helpers.sweeps import (TINY_BASE, TrialEvents, descendants, finish, ray_session_of, record, rows, start_sweep,
+                            trial_dirs, wait_for, write_space)
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
 from trainers.training import train
@@ -202,12 +203,13 @@ def test_wandb_key_reaches_the_workers_and_never_a_file(tmp_path, monkeypatch):
     sweep = start_sweep(tmp_path, space, "--wandb", "--wandb-mode", "offline")
     experiment = tmp_path / "r" / "s"
     environment = wait_for(lambda: running_trial_environment(experiment, 1999))
+    # this sweep's own session, not /tmp/ray/session_latest, which another test's Ray may have taken meanwhile
+    session = Path("/tmp/ray") / ray_session_of(descendants(sweep.pid))
     out, err = finish(sweep, tmp_path)
     assert sweep.returncode == 0, err
     assert environment.get("WANDB_API_KEY") == key, "the trial's worker did not receive the key"
     trial = trial_dirs(experiment)[0]
     assert list(trial.rglob("wandb/offline-run-*")), "W&B wrote no offline run under the trial"
-    session = Path("/tmp/ray/session_latest").resolve()
     scanned = 0
     for root in (tmp_path / "r", session):
         for path in root.rglob("*"):

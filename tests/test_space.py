@@ -670,9 +670,9 @@ def test_space_that_cannot_be_found(tmp_path, make_arg, fragment):
 # ---------------------------------------------------------------------------------------------------------------
 # 5. The CLI: --dry-run prints the trials without Ray; a bad space is one line, exit 2, nothing written.
 
-def run_cli(*args, cwd, timeout=60):
-    return subprocess.run([sys.executable, "-m", "tune_looped.run", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+def run_cli(commands, *args, cwd, timeout=60):
+    """`python -m tune_looped.run` as a fresh interpreter runs it, forked from the tests' command server."""
+    return commands.run(["-m", "tune_looped.run", *args], cwd=cwd, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -681,9 +681,9 @@ def run_cli(*args, cwd, timeout=60):
     (["--space", "hypotheses.yaml", "--quick"], 30, "information_flow,looped_n_layers,looped_lstm"),
     (["--space", str(SPACES_DIR / "baseline.yaml")], 3, "baseline"),
 ], ids=["hypotheses", "hypotheses-quick", "baseline-path"])
-def test_dry_run_prints_table_and_count(tmp_path, args, count, tags):
+def test_dry_run_prints_table_and_count(tmp_path, commands, args, count, tags):
     storage = tmp_path / "results"
-    proc = run_cli(*args, "--dry-run", "--storage", str(storage), cwd=tmp_path)
+    proc = run_cli(commands, *args, "--dry-run", "--storage", str(storage), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:2] == ["#", "hypotheses"] and lines[-1].startswith(f"{count} trials, ")
@@ -705,17 +705,17 @@ def test_dry_run_does_not_import_ray(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("text", ["", "0,x", "1,1", "0.5"])
-def test_bad_seeds_flag(tmp_path, text):
+def test_bad_seeds_flag(tmp_path, commands, text):
     storage = tmp_path / "results"
-    proc = run_cli("--space", "hypotheses", "--seeds", text, "--storage", str(storage), cwd=tmp_path)
+    proc = run_cli(commands, "--space", "hypotheses", "--seeds", text, "--storage", str(storage), cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == "" and not storage.exists()
     assert proc.stderr.splitlines() == [f"error: argument --seeds: expected distinct integers separated by commas, "
                                         f"like 0,1,2, got {text!r} (see --help)"]
 
 
 @pytest.mark.slow
-def test_seeds_flag_replaces_the_spaces_seeds(tmp_path):
-    proc = run_cli("--space", "hypotheses", "--quick", "--seeds", "7,9,11", "--dry-run", cwd=tmp_path)
+def test_seeds_flag_replaces_the_spaces_seeds(tmp_path, commands):
+    proc = run_cli(commands, "--space", "hypotheses", "--quick", "--seeds", "7,9,11", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[-1].startswith("30 trials, ")
@@ -745,11 +745,11 @@ def test_experiment_declares_its_reference(tmp_path):
     pytest.param({"base": "nope.yaml", "quick": {"base": {"training.train_steps": 5}}}, ["--quick"],
                  id="quick-base-file-missing"),
 ])
-def test_bad_space_cli(tmp_path, space, extra):
+def test_bad_space_cli(tmp_path, commands, space, extra):
     path = write_space(tmp_path, space)
     storage = tmp_path / "results"
     # no --dry-run: validation must stop a real run before Ray starts or the storage folder is made
-    proc = run_cli("--space", str(path), "--storage", str(storage), "--num-cpus", "1", *extra, cwd=tmp_path)
+    proc = run_cli(commands, "--space", str(path), "--storage", str(storage), "--num-cpus", "1", *extra, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], proc.stderr

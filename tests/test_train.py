@@ -175,23 +175,23 @@ def test_resumed_clock_continues_from_the_checkpoint(tmp_path, tiny_raw):
     assert [r["step"] for r in rows] == [30, 39] and all(r["elapsed_s"] > 1000.0 for r in rows)
 
 
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "trainers.train", *args], cwd=cwd, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+def _cli(commands, *args, cwd):
+    """`python -m trainers.train` as a fresh interpreter runs it, forked from the tests' command server."""
+    return commands.run(["-m", "trainers.train", *args], cwd=cwd, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
 
 @pytest.mark.slow
-def test_cli_runs_the_research_command_line_and_resumes(tmp_path, tiny_config_file):
+def test_cli_runs_the_research_command_line_and_resumes(tmp_path, tiny_config_file, commands):
     common = ["--config", str(tiny_config_file), "--model.n_layer", "1", "--training.curriculum.loops.end", "6",
               "--training.n_loop_window", "3", "--wandb.name", "LR_loop_L1_ends{6}_T{3}", "--gpu.n_gpu", "0",
               "--out_dir", str(tmp_path / "runs")]
-    first = _cli(*common, "--training.train_steps", "21", cwd=tmp_path)
+    first = _cli(commands, *common, "--training.train_steps", "21", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     run_dir = tmp_path / "runs" / "LR_loop_L1_ends{6}_T{3}"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["n_layer"] == 1
-    again = _cli(*common, cwd=tmp_path)
+    again = _cli(commands, *common, cwd=tmp_path)
     assert again.returncode == 2 and "add --resume" in again.stderr
-    resumed = _cli(*common, "--resume", cwd=tmp_path)
+    resumed = _cli(commands, *common, "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 10, 20, 30, 39]
@@ -218,15 +218,15 @@ def test_cli_does_not_import_ray(tmp_path, tiny_config_file):
     (["--model.n_layr", "2"], "model.n_layr: unknown key"),
     (["--resume"], "--resume: no checkpoint under"),
 ])
-def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, tiny_config_file, args, message):
-    done = _cli("--config", str(tiny_config_file), "--out_dir", str(tmp_path / "runs"), *args, cwd=tmp_path)
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, tiny_config_file, commands, args, message):
+    done = _cli(commands, "--config", str(tiny_config_file), "--out_dir", str(tmp_path / "runs"), *args, cwd=tmp_path)
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow
-def test_cli_missing_config_file(tmp_path):
-    done = _cli("--config", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+def test_cli_missing_config_file(tmp_path, commands):
+    done = _cli(commands, "--config", str(tmp_path / "nope.yaml"), cwd=tmp_path)
     assert done.returncode == 2 and "nope.yaml: cannot read config file" in done.stderr
 
 

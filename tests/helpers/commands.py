@@ -1,0 +1,177 @@
+"""Command lines (`python -m module ...`, `python -c code ...`) run as a fresh interpreter runs them, at a fraction
+of the cost: one server process imports the project's entry modules once (torch, pandas and scikit-learn take
+5-12 s of every fresh interpreter), then forks a child per command line, which takes the command's working folder,
+environment and argv, runs the module as `__main__`, and exits with the status the interpreter would give.
+
+What a fork cannot show is what the imports themselves print (a warning at import time is printed once, by the
+server): the server reports anything its imports wrote, and `Commands` refuses to start if there was any, so that
+a warning a fresh command would print before its one error line is not hidden.
+
+Run as a script, this file is the server; `Commands` in the test process talks to it over its stdin and stdout,
+one JSON line per batch of commands.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PRELOAD = ("tune_looped.run", "trainers.train", "analysis.__main__", "benchmarks.step", "benchmarks.sweep")
+
+
+class Commands:
+    """The server, started in `scratch` (where each command's stdout and stderr are kept until read back)."""
+
+    def __init__(self, scratch: Path, preload=PRELOAD):
+        self.scratch = Path(scratch)
+        # matplotlib reads its cache folder once, at import: the server's is the one every command gets
+        self.env = {**os.environ, "MPLCONFIGDIR": str(self.scratch / "matplotlib")}
+        self.server = subprocess.Popen([sys.executable, __file__, str(self.scratch), *preload], cwd=self.scratch,
+                                       env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = json.loads(self.server.stdout.readline() or "null")
+        if ready != {"printed": ""}:
+            self.close()
+            raise AssertionError(f"importing {', '.join(preload)} printed something a fresh command would print "
+                                 f"too: {ready}")
+
+    def run_many(self, commands: list[dict], parallel: int = 2) -> list[subprocess.CompletedProcess]:
+        """Each command a dict: args (after `python`), cwd, env (the whole environment), timeout in seconds;
+        `parallel` of them at a time. A command over its time raises `subprocess.TimeoutExpired`."""
+        self.server.stdin.write(json.dumps({"commands": commands, "parallel": parallel}) + "\n")
+        self.server.stdin.flush()
+        answers = json.loads(self.server.stdout.readline())
+        done = []
+        for command, answer in zip(commands, answers):
+            args = [sys.executable, *command["args"]]
+            if answer["rc"] is None:
+                raise subprocess.TimeoutExpired(args, command["timeout"])
+            done.append(subprocess.CompletedProcess(args, answer["rc"], answer["stdout"], answer["stderr"]))
+        return done
+
+    def run(self, args, cwd, env=None, timeout: float = 120) -> subprocess.CompletedProcess:
+        command = {"args": [str(a) for a in args], "cwd": str(cwd), "env": self.env if env is None else env,
+                   "timeout": timeout}
+        return self.run_many([command], parallel=1)[0]
+
+    def close(self):
+        self.server.stdin.close()
+        self.server.wait(timeout=30)
+
+
+# --- the server -------------------------------------------------------------------------------------------------
+
+def _serve(scratch: Path, preload: list[str]) -> None:
+    import importlib
+
+    protocol = os.fdopen(os.dup(1), "w")
+    printed = scratch / "preload.out"
+    with open(printed, "w") as capture:
+        saved = os.dup(2)
+        for fd in (1, 2):
+            os.dup2(capture.fileno(), fd)
+        try:
+            for module in preload:
+                importlib.import_module(module)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the protocol's pipe is kept for the protocol
+            os.dup2(saved, 2)
+    protocol.write(json.dumps({"printed": printed.read_text()}) + "\n")
+    protocol.flush()
+    for line in sys.stdin:
+        batch = json.loads(line)
+        protocol.write(json.dumps(_run_batch(scratch, batch["commands"], batch["parallel"])) + "\n")
+        protocol.flush()
+
+
+def _run_batch(scratch: Path, commands: list[dict], parallel: int) -> list[dict]:
+    answers = [None] * len(commands)
+    waiting = list(enumerate(commands))
+    running = {}  # pid -> (index, deadline)
+    while waiting or running:
+        while waiting and len(running) < parallel:
+            index, command = waiting.pop(0)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _child(command, scratch / f"{index}.out", scratch / f"{index}.err")
+            running[pid] = (index, time.monotonic() + command["timeout"])
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            for late, (index, deadline) in list(running.items()):
+                if time.monotonic() > deadline:
+                    os.killpg(late, 9)
+                    os.waitpid(late, 0)
+                    del running[late]
+                    answers[index] = {"rc": None}
+            time.sleep(0.005)
+            continue
+        index, _ = running.pop(pid)
+        out, err = scratch / f"{index}.out", scratch / f"{index}.err"
+        answers[index] = {"rc": os.waitstatus_to_exitcode(status), "stdout": out.read_text(errors="replace"),
+                          "stderr": err.read_text(errors="replace")}
+        out.unlink()
+        err.unlink()
+    return answers
+
+
+def _child(command: dict, out: Path, err: Path) -> None:
+    """Become the command: never returns."""
+    import atexit
+    import runpy
+    import tempfile
+
+    code = 1
+    try:
+        os.setpgid(0, 0)  # the server ends a command over its time with everything it started
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+        os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+        os.chdir(command["cwd"])
+        os.environ.clear()
+        os.environ.update(command["env"])
+        tempfile.tempdir = None  # found again from TMPDIR, as a fresh interpreter would
+        sys.path[0] = os.getcwd()  # `python -m` and `python -c` put the working folder first
+        flag, target, *argv = command["args"]
+        try:
+            if flag == "-m":
+                for name in (target, f"{target}.__main__"):
+                    sys.modules.pop(name, None)  # run afresh as __main__, as `python -m` does
+                sys.argv = [target, *argv]
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+            elif flag == "-c":
+                sys.argv = ["-c", *argv]
+                exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
+            else:
+                raise ValueError(f"only -m and -c command lines, got {flag}")
+            code = 0
+        except SystemExit as stop:
+            code = _exit_status(stop.code)
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+            code = 1
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def _exit_status(code) -> int:
+    """The exit status `sys.exit(code)` gives."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    _serve(Path(sys.argv[1]), sys.argv[2:])

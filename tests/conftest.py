@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny configs that train in a fraction of a second on one core, and the server that runs the
-tests' command lines."""
+"""Shared fixtures: tiny configs that train in a fraction of a second on one core, the server that runs the
+tests' command lines and the finished experiments that tests copy."""
 from pathlib import Path
 
 import pytest
@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from helpers.commands import Commands
+from helpers.finished import Finished
 
 # Two cores are shared by the test process and Ray's workers: one torch thread each avoids oversubscription.
 torch.set_num_threads(1)
@@ -56,3 +57,9 @@ def commands(tmp_path_factory):
     server = Commands(tmp_path_factory.mktemp("commands"))
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory):
+    """Experiments analysed once per session, each test given a copy of its own (helpers/finished.py)."""
+    return Finished(tmp_path_factory.mktemp("finished"))

@@ -1,3 +1,5 @@
+import contextlib
+import io
 import re
 
 import pandas as pd
@@ -8,10 +10,10 @@ import yaml
 from analysis import aggregate_seeds, evaluation, load_summary, run_all
 from analysis.__main__ import main
 from analysis.evaluation import aggregate_evaluation
-from analysis.experiment import read_trials
+from analysis.experiment import AnalysisWarning, read_trials
 from analysis.plots import FIGURES_PER_HYPOTHESIS
 from analysis.variants import of_hypothesis, variants_of
-from helpers.experiments import write_experiment
+from helpers.experiments import metric_row, ray_row, write_experiment, write_trial
 from helpers.markdown import table_rows
 from trainers.records import SPACE_RECORD
 
@@ -22,14 +24,23 @@ KINDS = ("loss", "loss_zoom", "error_vs_k", "error_vs_loop", "cost")
 QUESTION = "Does the loop need its whole state?"
 
 
-@pytest.fixture(scope="module")
-def analysed(tmp_path_factory):
-    root = write_experiment(tmp_path_factory.mktemp("experiment"))
+def analyse(root):
+    """The experiment analysed with its progress bar on: returns what run_all wrote and the bar it showed."""
+    write_experiment(root)
     # questions but no predictions: each section asks its hypothesis' question and gives no verdict
     record = {"name": "e", "hypotheses": [{"name": "information_flow", "description": QUESTION},
                                           {"name": "looped_n_layers"}]}
     (root / SPACE_RECORD).write_text(yaml.safe_dump(record))
-    written = run_all(root, n_prompts=32, max_loops=5)
+    shown = io.StringIO()
+    with contextlib.redirect_stderr(shown):
+        written = run_all(root, n_prompts=32, max_loops=5, progress=True)
+    return written, shown.getvalue()
+
+
+@pytest.fixture
+def analysed(finished, tmp_path):
+    root = tmp_path / "experiment"
+    written, _ = finished.copy(analyse, root)
     return root, written
 
 
@@ -44,14 +55,18 @@ def test_run_all_writes_everything_into_the_experiment(analysed):
         assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 10_000
 
 
-def test_run_all_shows_one_step_per_checkpoint_and_figure(tmp_path, capsys):
-    root = write_experiment(tmp_path)
+def test_run_all_shows_one_step_per_checkpoint_and_figure(finished, tmp_path, capsys):
+    root = tmp_path / "experiment"
+    _, shown = finished.copy(analyse, root)  # the bar of the shared experiment's run_all
     n_trials = sum(t.checkpoint is not None for t in read_trials(root))
-    run_all(root, n_prompts=32, max_loops=5, progress=True)
-    bar = capsys.readouterr().err.split("\r")[-1]
+    bar = shown.split("\r")[-1]
     steps = n_trials + 2 * FIGURES_PER_HYPOTHESIS  # two hypotheses; a figure left out for no data is a step too
     assert re.match(rf"analysis: 100%.*\b{steps}/{steps}\b", bar), bar
-    run_all(root, n_prompts=32, max_loops=5)  # not a terminal: no bar
+    # not a terminal: no bar. One trial with neither a checkpoint nor eval/loss: six steps, none of them a figure
+    quiet = write_trial(tmp_path / "quiet", "train_q_00000_0", hypotheses=["h"],
+                        rows=[ray_row(metric_row(0, 1.0), "q", 1, done=True)]).parent
+    with pytest.warns(AnalysisWarning, match="no checkpoint yet"):
+        run_all(quiet, n_prompts=32, max_loops=5)
     assert "analysis:" not in capsys.readouterr().err
 
 

@@ -361,6 +361,10 @@ CASES = [
          ("--num-gpus: expected a whole number >= 0, got inf",), SPACE),
     Case("run-dashboard-host", "run flags", "--dashboard-host neither an address nor a host name", "run",
          (*RUN, "--dashboard-host", "not a host"), ("--dashboard-host", "an IP address or a host name"), SPACE),
+    Case("run-no-dashboard-address", "run flags", "--no-dashboard with --address (a cluster's dashboard is its head's)",
+         "run", (*RUN, "--no-dashboard", "--address", "127.0.0.1:6379"), ("--no-dashboard", "--address"), SPACE),
+    Case("run-no-dashboard-host", "run flags", "--no-dashboard with --dashboard-host", "run",
+         (*RUN, "--no-dashboard", "--dashboard-host", "0.0.0.0"), ("--no-dashboard", "--dashboard-host"), SPACE),
     # --resume
     Case("resume-no-name", "resume", "without --name", "run", (*RUN, "--resume"), ("--resume", "--name"), SPACE),
     Case("resume-missing", "resume", "an experiment that does not exist", "run", (*RUN, "--name", "x", "--resume"),

@@ -43,7 +43,8 @@ def started(recorder: TrialEvents) -> set[str]:
 
 
 def command(space, storage, *extra) -> list[str]:
-    return ["--space", str(space), "--storage", str(storage), "--name", "e", "--num-cpus", "2", *extra]
+    return ["--space", str(space), "--storage", str(storage), "--name", "e", "--num-cpus", "2", "--no-dashboard",
+            *extra]
 
 
 @pytest.mark.slow
@@ -53,7 +54,7 @@ def test_run_space_then_extend_with_seeds_runs_only_the_new_trials(tmp_path, mon
     space = write_space(tmp_path / "space.yaml", DEPTH, seeds=[0])
     storage = tmp_path / "r"
     sweep = run_space(space, storage=str(storage), name="e", overrides={"training.train_steps": 20}, report=False,
-                      num_cpus=2)
+                      num_cpus=2, dashboard=False)
     experiment = storage / "e"
     assert sweep.experiment_dir == experiment
     assert isinstance(sweep.results, ResultGrid) and len(sweep.results) == 2 and not sweep.results.errors

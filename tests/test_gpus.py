@@ -78,7 +78,7 @@ def test_auto_packs_trials_onto_a_gpu_ray_is_told_of(tmp_path, capsys, monkeypat
     recorder = TrialEvents()
     recorder.install(monkeypatch)
     rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "4",
-               "--num-gpus", "1", "--no-report"])
+               "--no-dashboard", "--num-gpus", "1", "--no-report"])
     assert rc == 0
     assert re.search(r"resources.gpu auto: each trial gets 0.125 of a GPU", capsys.readouterr().err)
     assert recorder.max_running() == 4, recorder.events

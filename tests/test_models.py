@@ -326,6 +326,7 @@ def test_prompt_longer_than_the_positions_is_refused():
         tiny("gpt2")(xs, ys)
 
 
+@pytest.mark.slow  # torch.compile's import takes 2 s, though nothing compiles
 def test_compile_backbone_keeps_parameter_names():
     """Compilation is lazy (nothing compiles here) and in place: checkpoints keep the reference's keys."""
     model = tiny()

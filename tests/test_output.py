@@ -32,8 +32,9 @@ def plain(text: str) -> str:
 
 def run_sweep(folder: Path, base: dict, *extra: str) -> subprocess.CompletedProcess:
     space = write_space(folder / "space.yaml", [{"name": "e", "grid": {"training.seed": [0]}}], base=base)
-    return subprocess.run(sweep_command(space, folder / "r", "s", *extra), cwd=folder, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # with the dashboard, as a user's runner starts: its lines are among those the terminal must not show
+    return subprocess.run(sweep_command(space, folder / "r", "s", *extra, dashboard=True), cwd=folder,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def tensorboard_steps(trial: Path, tag: str) -> list[int]:

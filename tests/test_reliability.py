@@ -55,12 +55,14 @@ FAULTS = [
           "`test_runner.py::test_killed_worker_is_retried_from_its_checkpoint`"),
     Fault("driver interrupted", "SIGINT, SIGTERM or SIGKILL of the runner once one trial has finished (and Tune has "
           "saved that) and the next has a checkpoint; 3 trials, one at a time",
-          "SIGINT and SIGTERM: exit 130 and the printed resume command, run as printed; SIGKILL: the trials' workers "
-          "die with it, and the resume ends the rest of its Ray session (no process of it remains); then `--resume` "
-          "exits 0, the finished trial's files are untouched (not re-run), and the "
-          "curves and summary frames, less timing columns, equal an uninterrupted sweep's; the dashboard answers "
-          "with the token and refuses without it",
-          "`test_reliability.py::test_interrupted_driver_resumes` (3 signals)"),
+          "SIGINT and SIGTERM: exit 130, Ray shut down, and the printed resume command, run as printed; SIGKILL: the "
+          "trials' workers die with it, and the resume ends the rest of its Ray session (no process of it remains); "
+          "then `--resume` exits 0, the finished trial's files are untouched (not re-run), and the curves and summary "
+          "frames, less timing columns, equal an uninterrupted sweep's; the dashboard answers with the token and "
+          "refuses without it",
+          "SIGTERM: `test_reliability.py::test_a_terminated_driver_resumes`; SIGINT: "
+          "`test_reliability.py::test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint`; SIGKILL: "
+          "`test_reliability.py::test_a_damaged_state_without_a_copy_is_refused_then_rebuilt`"),
     Fault("driver killed before Tune saved its state", "an experiment folder without Tune's state files",
           "`--resume` says there is nothing to resume: one line, exit 2", "`test_bad_input.py`, `resume-no-state`"),
     Fault("two runners", "a second runner, and a `--resume`, of an experiment while its runner runs; a lock whose "
@@ -178,7 +180,17 @@ def uninterrupted(tmp_path_factory):
     sweep = start_sweep(folder, interrupt_space(folder))
     out, err = finish(sweep, folder)
     assert sweep.returncode == 0, err
-    return comparable_frames(folder / "r" / "s")
+    curves, summary = comparable_frames(folder / "r" / "s")
+    logged = list(range(0, INTERRUPT_LAST + 1, 50)) + [INTERRUPT_LAST]
+    assert all(group["step"].tolist() == logged for _, group in curves.groupby("training.seed"))
+    return curves, summary
+
+
+def assert_as_uninterrupted(experiment_dir: Path, uninterrupted) -> None:
+    """Every logged step once, every number as the uninterrupted sweep's."""
+    curves, summary = comparable_frames(experiment_dir)
+    pd.testing.assert_frame_equal(curves, uninterrupted[0], check_exact=True)
+    pd.testing.assert_frame_equal(summary, uninterrupted[1], check_exact=True)
 
 
 def saved_statuses(experiment_dir: Path) -> list[str]:
@@ -214,56 +226,51 @@ def check_dashboard(err_file: Path) -> None:
         urllib.request.urlopen(urllib.request.Request(f"{url}/api/version"), timeout=10)
 
 
+def stopped_gracefully(sweep: subprocess.Popen, tmp_path: Path, processes) -> list[str]:
+    """After SIGINT or SIGTERM: exit 130, Ray shut down, and the resume command the runner printed."""
+    out, err = finish(sweep, tmp_path, timeout=120)
+    assert sweep.returncode == 130, err
+    wait_for(lambda: not alive(processes), 30)
+    command = shlex.split(err.split("resume with:")[1].strip().splitlines()[0])
+    assert command[-3:] == ["--name", "s", "--resume"] and "--no-report" in command
+    return command
+
+
+def restarts(trial_dir: Path) -> list[int]:
+    """The steps at which the trial continued from a checkpoint (its first row after a restore)."""
+    return [r["step"] for r in rows(trial_dir) if r["iterations_since_restore"] == 1 and r["training_iteration"] > 1]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
-def test_interrupted_driver_resumes(tmp_path, uninterrupted, sig):
+def test_a_terminated_driver_resumes(tmp_path, uninterrupted):
     space = interrupt_space(tmp_path)
     sweep = start_sweep(tmp_path, space)
     experiment = tmp_path / "r" / "s"
-    if sig == signal.SIGINT:
-        check_dashboard(tmp_path / "s.err")
     done, running = wait_for(lambda: interruptible(experiment), 240)
     done_files = files_of(done)
     processes = descendants(sweep.pid)
     session = ray_session_of(processes)
-    os.kill(sweep.pid, sig)
-    out, err = finish(sweep, tmp_path, timeout=120)
-    try:
-        if sig == signal.SIGKILL:
-            assert sweep.returncode == -signal.SIGKILL
-            # the workers must not go on writing into the experiment the resume is about to continue
-            wait_for(lambda: all(process_name(p).startswith(RAY_AGENTS) for p in alive(processes)), 30)
-            command = sweep_command(space, tmp_path / "r", "s", "--resume")
-        else:
-            assert sweep.returncode == 130, err
-            wait_for(lambda: not alive(processes), 30)  # a graceful stop shuts Ray down
-            command = shlex.split(err.split("resume with:")[1].strip().splitlines()[0])
-            assert command[-3:] == ["--name", "s", "--resume"] and "--no-report" in command
-        resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    finally:
-        lingering = alive(processes)
-        for pid in lingering:
-            os.kill(pid, signal.SIGKILL)
+    os.kill(sweep.pid, signal.SIGTERM)
+    resume = stopped_gracefully(sweep, tmp_path, processes)
+    resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert not lingering and not processes_naming(session), "a process of the interrupted runner's Ray remains"
-    restarts = [r["step"] for r in rows(running) if r["iterations_since_restore"] == 1 and r["training_iteration"] > 1]
-    if sig != signal.SIGKILL:
-        assert restarts, "the running trial did not continue from its checkpoint"
-    print(f"\n{sig.name}: exit {sweep.returncode}; the running trial's first row after the resume: step "
-          f"{restarts[0] if restarts else 0}; Ray processes of the interrupted runner alive after the resume: "
-          f"{len(lingering)}")
+    assert not processes_naming(session), "a process of the interrupted runner's Ray remains"
+    assert restarts(running), "the running trial did not continue from its checkpoint"
+    print(f"\nSIGTERM: exit {sweep.returncode}; the running trial's first row after the resume: step "
+          f"{restarts(running)[0]}")
     assert "3 finished" in resumed.stdout
     assert files_of(done) == done_files, "the finished trial ran again"
-    curves, summary = comparable_frames(experiment)
-    logged = list(range(0, INTERRUPT_LAST + 1, 50)) + [INTERRUPT_LAST]
-    assert all(group["step"].tolist() == logged for _, group in curves.groupby("training.seed"))
-    pd.testing.assert_frame_equal(curves, uninterrupted[0], check_exact=True)
-    pd.testing.assert_frame_equal(summary, uninterrupted[1], check_exact=True)
+    assert_as_uninterrupted(experiment, uninterrupted)
 
 
-def second_runner(tmp_path: Path, space: Path, *extra, storage: Path | None = None):
-    command = sweep_command(space, storage or tmp_path / "r", "s", *extra)
-    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+def refused_runner(commands, tmp_path: Path, space: Path, *extra) -> subprocess.CompletedProcess:
+    """A runner that is refused before it starts Ray, forked from the command server (no imports to wait for)."""
+    return commands.run(sweep_command(space, tmp_path / "r", "s", *extra)[1:], cwd=tmp_path, timeout=120)
+
+
+def second_runner(tmp_path: Path, space: Path, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run(sweep_command(space, tmp_path / "r", "s", *extra), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
 
 
 def truncate(file: Path) -> int:
@@ -280,68 +287,80 @@ def trial_log(out: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint(tmp_path, uninterrupted):
+def test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint(tmp_path, uninterrupted, commands):
+    """Also the driver interrupted by SIGINT: the dashboard's token, Ray shut down, the printed resume command."""
     space = interrupt_space(tmp_path)
-    sweep = start_sweep(tmp_path, space)
+    sweep = start_sweep(tmp_path, space, dashboard=True)
     experiment = tmp_path / "r" / "s"
+    check_dashboard(tmp_path / "s.err")
     wait_for(lambda: list(experiment.glob("experiment_state-*.json")), 120)
     for extra in ((), ("--resume",)):
-        refused = second_runner(tmp_path, space, *extra)
+        refused = refused_runner(commands, tmp_path, space, *extra)
         assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
         assert refused.stderr.startswith(f"error: {experiment / '.tune_looped' / 'lock'}: the experiment is in use "
                                          f"by pid {sweep.pid} on {socket.gethostname()} (python -m tune_looped.run")
     assert sweep.poll() is None, "the first runner stopped"
     done, running = wait_for(lambda: interruptible(experiment, checkpoints=2), 240)
+    processes = descendants(sweep.pid)
+    session = ray_session_of(processes)
     os.kill(sweep.pid, signal.SIGINT)
-    out, err = finish(sweep, tmp_path, timeout=120)
-    assert sweep.returncode == 130, err
+    resume = stopped_gracefully(sweep, tmp_path, processes)
     done_files = files_of(done)
     state = max(experiment.glob("experiment_state-*.json"))
     truncate(state)
     latest = max(running.glob("checkpoint_*"))
     truncate(latest / "checkpoint.pt")
-    resumed = second_runner(tmp_path, space, "--resume")
+    resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+    assert not processes_naming(session), "a process of the interrupted runner's Ray remains"
     restored = [line for line in resumed.stderr.splitlines() if "restored the copy" in line]
     assert len(restored) == 1 and restored[0].startswith(f"warning: {state} was cut short or not JSON ("), restored
     log = trial_log(resumed.stdout)
     assert any(line.startswith(f"checkpoint {latest} does not load (damaged checkpoint: ") and
                line.endswith("; trying the one before it") for line in log), log
-    print(f"\ndamaged state and checkpoint: {restored[0]}\n{next(line for line in log if 'does not load' in line)}")
+    print(f"\nSIGINT, damaged state and checkpoint: {restored[0]}\n"
+          f"{next(line for line in log if 'does not load' in line)}")
+    assert restarts(running), "the running trial did not continue from a checkpoint"
     assert "3 finished" in resumed.stdout and files_of(done) == done_files
     # the fallback trained again from the checkpoint before: the same numbers, every logged step once
-    curves, summary = comparable_frames(experiment)
-    pd.testing.assert_frame_equal(curves, uninterrupted[0], check_exact=True)
-    pd.testing.assert_frame_equal(summary, uninterrupted[1], check_exact=True)
+    assert_as_uninterrupted(experiment, uninterrupted)
 
 
 @pytest.mark.slow
-def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt(tmp_path, uninterrupted):
+def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt(tmp_path, uninterrupted, commands):
+    """Also the driver killed (SIGKILL): its trials' workers die with it, and the next run ends the rest of its Ray
+    session."""
     space = interrupt_space(tmp_path)
     sweep = start_sweep(tmp_path, space)
     experiment = tmp_path / "r" / "s"
     done, running = wait_for(lambda: interruptible(experiment), 240)
     processes = descendants(sweep.pid)
+    session = ray_session_of(processes)
     os.kill(sweep.pid, signal.SIGKILL)
     finish(sweep, tmp_path, timeout=60)
     try:
+        assert sweep.returncode == -signal.SIGKILL
+        # the workers must not go on writing into the experiment the resume is about to continue
+        wait_for(lambda: all(process_name(p).startswith(RAY_AGENTS) for p in alive(processes)), 30)
         state = max(experiment.glob("experiment_state-*.json"))
         size = truncate(state)
         # a runner of an earlier version kept no copy
         for copy in (experiment / ".tune_looped").glob("experiment_state-*.json"):
             copy.unlink()
         before, done_files = snapshot(experiment), files_of(done)
-        refused = second_runner(tmp_path, space, "--resume")
+        refused = refused_runner(commands, tmp_path, space, "--resume")
         assert refused.returncode == 2 and refused.stderr.splitlines() == [
             f"error: --resume: {state} is cut short or not JSON ({size // 2} bytes), and no good copy was kept, so "
             "Tune cannot restore the experiment (it would start a new one in its place); the folder is left as it "
             "is; --resume --rebuild-state runs the trials that did not end, from the trial folders"]
         assert snapshot(experiment) == before, "the refused resume changed the experiment"
         rebuilt = second_runner(tmp_path, space, "--resume", "--rebuild-state")
+        lingering = alive(processes)
     finally:
         for pid in alive(processes):
             os.kill(pid, signal.SIGKILL)
     assert rebuilt.returncode == 0, rebuilt.stderr
+    assert not lingering and not processes_naming(session), "a process of the killed runner's Ray remains"
     # the killed runner's lock: its pid is gone, so the resume took it over
     assert f"took over the lock of pid {sweep.pid} on {socket.gethostname()}" in rebuilt.stderr
     assert "--rebuild-state: kept 1 ended trial(s)" in rebuilt.stderr
@@ -349,9 +368,7 @@ def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt(tmp_path, uninte
     assert "3 finished" in rebuilt.stdout and files_of(done) == done_files
     aside = experiment / ".tune_looped" / "replaced"
     assert [p.name for p in aside.glob(f"*/{running.name}")] == [running.name] and not running.exists()
-    curves, summary = comparable_frames(experiment)
-    pd.testing.assert_frame_equal(curves, uninterrupted[0], check_exact=True)
-    pd.testing.assert_frame_equal(summary, uninterrupted[1], check_exact=True)
+    assert_as_uninterrupted(experiment, uninterrupted)
 
 
 @pytest.mark.slow

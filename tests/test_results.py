@@ -42,11 +42,14 @@ def write_study(root):
     return root
 
 
-@pytest.fixture(scope="module")
-def analysed(tmp_path_factory):
-    root = write_study(tmp_path_factory.mktemp("results") / "study")
-    run_all(root, n_prompts=N_PROMPTS, max_loops=MAX_LOOPS)
+def analyse_study(root):
+    run_all(write_study(root), n_prompts=N_PROMPTS, max_loops=MAX_LOOPS)
     return root
+
+
+@pytest.fixture
+def analysed(finished, tmp_path):
+    return finished.copy(analyse_study, tmp_path / "analysed" / "study")
 
 
 def own_errors(trial_folder) -> dict:

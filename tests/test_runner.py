@@ -44,12 +44,14 @@ def test_three_hypotheses_dedup_and_report(tmp_path, capsys, monkeypatch):
     space = write_space(tmp_path / "space.yaml", HYPOTHESES, sample={"model.n_head": "choice([2])"})
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "h", "--num-cpus", "2"])
+    rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "h", "--num-cpus", "2",
+               "--no-dashboard"])
     out = capsys.readouterr().out
     # the analysis' bar: one step per trial's checkpoint evaluated (4) and per figure (6 for each of 3 hypotheses)
     bar = [part for part in terminal.getvalue().split("\r") if part.startswith("analysis:")]
     assert bar and re.match(r"analysis: 100%.*\b22/22\b", bar[-1]), bar[-1:]
     assert rc == 0
+    assert "Ray dashboard" not in terminal.getvalue()  # --no-dashboard
     experiment = tmp_path / "results" / "h"
     trials = trial_dirs(experiment)
     assert len(trials) == 4
@@ -99,7 +101,7 @@ def test_fractional_gpus_share_one_gpu(tmp_path, monkeypatch, fraction, expected
     recorder = TrialEvents()
     recorder.install(monkeypatch)
     rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "4",
-               "--num-gpus", "1", "--gpus-per-trial", str(fraction), "--no-report"])
+               "--no-dashboard", "--num-gpus", "1", "--gpus-per-trial", str(fraction), "--no-report"])
     assert rc == 0
     ids = {trial_id for _, trial_id in recorder.events}
     assert len(ids) == 4
@@ -227,7 +229,7 @@ def test_on_a_uri_storage_tune_uploads_each_trials_offline_run_into_its_folder(t
     space = write_space(tmp_path / "space.yaml", [{"name": "u", "grid": {"training.seed": [0]}}],
                         apply_overrides(TINY_BASE, {"training.train_steps": 40}))
     rc = main(["--space", str(space), "--storage", f"file://{tmp_path / 'r'}", "--name", "u", "--num-cpus", "2",
-               "--wandb", "--wandb-mode", "offline", "--no-report"])
+               "--no-dashboard", "--wandb", "--wandb-mode", "offline", "--no-report"])
     assert rc == 0, capsys.readouterr().err
     (trial,) = trial_dirs(tmp_path / "r" / "u")
     runs = offline_runs(trial)
@@ -243,7 +245,8 @@ def test_asha_stops_trials_early_and_the_report_ranks_only_full_runs(tmp_path, c
                                                    "reference": {"training.learning_rate": 0.01}, "expect": "better"}],
                         base=base, seeds=[0, 1], max_concurrent=1,
                         scheduler={"type": "asha", "grace_period": 20, "reduction_factor": 2})
-    rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "a", "--num-cpus", "2"])
+    rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "a", "--num-cpus", "2",
+               "--no-dashboard"])
     out = capsys.readouterr().out
     assert rc == 0
     experiment = tmp_path / "results" / "a"

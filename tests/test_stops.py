@@ -157,7 +157,8 @@ def test_a_full_disk_in_the_sweeps_analysis_is_one_line_and_the_redo_completes(t
                         resources={"cpu": 1})
     with small_disk(tmp_path / "disk", "230m") as disk:
         name = "-a b"
-        rc = main(["--space", str(space), "--storage", str(disk), f"--name={name}", "--num-cpus", "2"])
+        rc = main(["--space", str(space), "--storage", str(disk), f"--name={name}", "--num-cpus", "2",
+                   "--no-dashboard"])
         out, err = capsys.readouterr()
         experiment = disk / name
         assert rc == 1, err[-3000:]
@@ -180,8 +181,9 @@ def test_a_full_disk_in_the_sweeps_analysis_is_one_line_and_the_redo_completes(t
 
 @pytest.mark.slow
 def test_two_ctrl_c_end_the_runner_with_its_summary_and_the_resume_command(tmp_path):
-    base = apply_overrides(TINY_BASE, {"training.train_steps": 600, "training.save_every_steps": 100,
-                                       "training.eval_every_steps": 200, "wandb.log_every_steps": 50})
+    # long enough that the second trial cannot end before the Ctrl-Cs land (a trial's first row, then 0.2 s)
+    base = apply_overrides(TINY_BASE, {"training.train_steps": 200, "training.save_every_steps": 50,
+                                       "training.eval_every_steps": 100, "wandb.log_every_steps": 50})
     space = write_space(tmp_path / "space.yaml", [{"name": "i", "grid": {"training.seed": [0, 1]}}], base,
                         resources={"cpu": 1}, max_concurrent=1)
     name = "-a b"
@@ -213,5 +215,5 @@ def test_two_ctrl_c_end_the_runner_with_its_summary_and_the_resume_command(tmp_p
     resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "2 finished" in resumed.stdout
-    assert len(finished_trials(experiment, 599)) == 2
+    assert len(finished_trials(experiment, 199)) == 2
     print(f"\ntwo Ctrl-C 0.2 s apart: exit {sweep.returncode} {stopped:.1f} s after the second")

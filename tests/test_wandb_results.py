@@ -1,5 +1,6 @@
 """The answers in W&B: the per-trial results and roles, and the analysis run, read back from the offline run's own
 files (its `.wandb` records and the tables it wrote)."""
+import functools
 import json
 import shlex
 import sys
@@ -9,6 +10,7 @@ import pytest
 import wandb
 import yaml
 
+import analysis
 from analysis import run_all
 from analysis.__main__ import main
 from analysis.answers import answers
@@ -30,6 +32,7 @@ RECORD = {"name": "answers", "base": {"wandb": {"project": "from_base"}}, "wandb
               {"name": "information_flow", "reference": {"model.n_last_tokens": -1}, "expect": "worse",
                "trend": {"key": "model.n_last_tokens", "error": "decreasing"}},
               {"name": "looped_n_layers", "reference": {"model.n_layer": 1}, "expect": "better"}]}
+N_PROMPTS, MAX_LOOPS = 32, 5
 
 
 @pytest.fixture(autouse=True)
@@ -44,12 +47,16 @@ def no_key(monkeypatch, tmp_path):
     wandb.teardown()
 
 
-@pytest.fixture(scope="module")
-def analysed(tmp_path_factory):
-    root = write_experiment(tmp_path_factory.mktemp("wandb") / "answers")
+def analyse(root):
+    write_experiment(root)
     (root / SPACE_RECORD).write_text(yaml.safe_dump(RECORD))
-    run_all(root, n_prompts=32, max_loops=5)
+    run_all(root, n_prompts=N_PROMPTS, max_loops=MAX_LOOPS)
     return root
+
+
+@pytest.fixture
+def analysed(finished, tmp_path):
+    return finished.copy(analyse, tmp_path / "answers")
 
 
 def found_in(root):
@@ -145,11 +152,14 @@ def test_the_cli_refuses_a_folder_without_trials(tmp_path, capsys):
     assert not (tmp_path / "nothing").exists()
 
 
-def test_a_w_and_b_failure_after_the_report_is_one_warning(analysed, capsys):
+def test_a_w_and_b_failure_after_the_report_is_one_warning(analysed, capsys, monkeypatch):
     """Online without a key, wandb refuses to start the run: the sweep's report stays, and one line says how to log
     the answers later."""
     from tune_looped.sweep import _analyse
 
+    # the sweep's analysis at the shared experiment's size: the default 1280 prompts cost 10 s and change no line
+    # read here
+    monkeypatch.setattr(analysis, "run_all", functools.partial(run_all, n_prompts=N_PROMPTS, max_loops=MAX_LOOPS))
     _analyse(analysed, {"mode": "online", "project": "p"})
     out, err = capsys.readouterr()
     assert f"report: {analysed / 'REPORT.md'}" in out

@@ -176,10 +176,11 @@ class _RayLines:
 _ray_lines: _RayLines | None = None
 
 
-def start_ray(address: str | None, *, num_cpus=None, num_gpus=None, dashboard_host: str = "127.0.0.1",
+def start_ray(address: str | None, *, num_cpus=None, num_gpus=None, dashboard_host: str | None = "127.0.0.1",
               verbose: bool = True):
-    """An embedded local Ray (the default) or a connection to a running cluster (`--address`); unless `verbose`,
-    Ray's own lines go to a log file, which `stop_ray` closes."""
+    """An embedded local Ray (the default), its dashboard on `dashboard_host` unless that is None, or a connection
+    to a running cluster (`--address`); unless `verbose`, Ray's own lines go to a log file, which `stop_ray`
+    closes."""
     global _ray_lines
     import ray
 
@@ -201,7 +202,7 @@ def start_ray(address: str | None, *, num_cpus=None, num_gpus=None, dashboard_ho
     return context
 
 
-def _init(ray, address: str | None, num_cpus, num_gpus, dashboard_host: str):
+def _init(ray, address: str | None, num_cpus, num_gpus, dashboard_host: str | None):
     if address:
         try:
             return ray.init(address=address, log_to_driver=True)
@@ -209,10 +210,11 @@ def _init(ray, address: str | None, num_cpus, num_gpus, dashboard_host: str):
             # something answers at the address, but not a Ray cluster's GCS
             raise SpaceError(f"--address {address}: {str(err).splitlines()[0]}; is it a Ray head's GCS port "
                              "(6379 by default)?") from None
-    if dashboard_host not in LOOPBACK:
+    if dashboard_host is not None and dashboard_host not in LOOPBACK:
         warn(f"the dashboard listens on {dashboard_host}: anyone who reaches it can run code on this machine")
-    context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
-                       dashboard_host=dashboard_host)
+    dashboard = {"include_dashboard": False} if dashboard_host is None else \
+        {"include_dashboard": True, "dashboard_host": dashboard_host}
+    context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **dashboard)
     session = Path(context.address_info["session_dir"])
     end_orphaned_sessions(session.parent, keep=session)
     mark_session(session)

@@ -61,6 +61,7 @@ class Options:
     num_cpus: int | None = None
     num_gpus: float | None = None
     dashboard_host: str = DEFAULT_DASHBOARD_HOST
+    dashboard: bool = True
     wandb: bool = False
     wandb_mode: str | None = None
     report: bool = True
@@ -114,6 +115,10 @@ def _check_flags(args: Options) -> None:
     if args.resume and not args.name:
         raise SpaceError("--resume: needs --name of the experiment to continue")
     check_dashboard_host(args.dashboard_host)
+    if not args.dashboard and args.address:
+        raise SpaceError("--no-dashboard: only for the embedded Ray; a cluster joined with --address has its head's")
+    if not args.dashboard and args.dashboard_host != DEFAULT_DASHBOARD_HOST:
+        raise SpaceError("--no-dashboard: not with --dashboard-host, which says where the dashboard listens")
     if args.rebuild_state and not args.resume:
         raise SpaceError("--rebuild-state: only with --resume, which names the experiment to rebuild")
     if args.extend and args.resume:

@@ -242,7 +242,7 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
         # workers inherit the driver's environment: the key never travels in a config or runtime_env
         os.environ.setdefault("WANDB_API_KEY", space.secrets["wandb.key"])
     context = start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                        dashboard_host=args.dashboard_host, verbose=args.verbose)
+                        dashboard_host=args.dashboard_host if args.dashboard else None, verbose=args.verbose)
     session = Path(context.address_info["session_dir"])
     written_to = {"the storage": Path(storage), "the temporary folder": Path(tempfile.gettempdir()),
                   "Ray's folder": session.parent}

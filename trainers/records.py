@@ -24,7 +24,7 @@ from pydantic.dataclasses import dataclass
 
 from trainers import atomic, knobs
 from trainers.config import apply_overrides, config_from_dict
-from trainers.layout import ERROR_FILES, FIRST_RUN, SPACE_RECORD, TRIAL_RECORD
+from trainers.layout import ERROR_FILES, FIRST_RUN, SPACE_RECORD, TRIAL_RECORD, trial_folders
 
 SEED_KEY = "training.seed"  # a variant is a configuration without its seed
 
@@ -235,6 +235,18 @@ def read_trial_record(folder) -> TrialRecord:
     except ValidationError:
         raise RecordError(f"{folder}: {TRIAL_RECORD} is not the runner's record (trial_id, hypotheses, values)"
                           ) from None
+
+
+def trial_records(experiment_dir) -> list[tuple[Path, TrialRecord]]:
+    """Each trial folder of the experiment whose record reads, with the record; the runner's own decisions (what
+    to retag, what a round adds) skip a folder without one, which the analysis warns of."""
+    found = []
+    for folder in trial_folders(experiment_dir):
+        try:
+            found.append((folder, read_trial_record(folder)))
+        except RecordError:
+            continue
+    return found
 
 
 # How a trial ended. A scheduler (ASHA) stopping a trial before its last step is "stopped early": a complete

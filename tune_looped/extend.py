@@ -22,9 +22,9 @@ from pathlib import Path
 import yaml
 
 from trainers.dotted import first_difference, get_dotted
-from trainers.layout import SPACE_RECORD, extension_folder, newest_state, run_trial_folders, trial_folders
-from trainers.records import (ERROR, INCOMPLETE, PlannedTrial, RecordError, RunRecord, SpaceRecord,
-                              TrialRecord, read_trial_record, trial_key, write_trial_record)
+from trainers.layout import SPACE_RECORD, extension_folder, newest_state, run_trial_folders
+from trainers.records import (ERROR, INCOMPLETE, PlannedTrial, RunRecord, SpaceRecord, TrialRecord, trial_key,
+                              trial_records, write_trial_record)
 from tune_looped.space import Space, SpaceError, space_record, trial_config
 from tune_looped.state import set_aside
 from tune_looped.tables import against_space, folder_row
@@ -130,11 +130,7 @@ def _retags(experiment_dir: Path, saved: SpaceRecord, merged: list[PlannedTrial]
     """The trial folders whose record must name a hypothesis or a key the extension adds to their trial."""
     planned = {trial_key(space.base, old.values): new for old, new in zip(saved.trials, merged)}
     out = []
-    for folder in trial_folders(experiment_dir):
-        try:
-            record = read_trial_record(folder)
-        except RecordError:
-            continue
+    for folder, record in trial_records(experiment_dir):
         new = planned.get(trial_key(space.base, record.values, space.sample))
         if new is None:
             continue

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainers.layout import SUMMARY_FRAME, frame_file, trial_folders
+from trainers.layout import SUMMARY_FRAME, frame_file
 from trainers.records import (AT_CAP, DECIDED, OVER_BUDGET, SEED_KEY, LookRecord, PlannedTrial, RecordError,
-                              configuration_key,
-                              SpaceRecord, StudyRecord, read_space_record, read_trial_record, trial_key,
-                              write_space_record)
+                              SpaceRecord, StudyRecord, configuration_key, read_space_record, trial_key,
+                              trial_records, write_space_record)
 from tune_looped.extend import saved_state
 from tune_looped.inputs import DEFAULT_STORAGE, Options, Round, check_seeds
 from tune_looped.sweep import Sweep, sweep
@@ -196,12 +195,4 @@ def _undecided(answer) -> tuple[list, bool]:
 
 
 def _trial_values(experiment_dir: Path, trial_ids: set[str]) -> list[dict]:
-    found = []
-    for folder in trial_folders(experiment_dir):
-        try:
-            trial = read_trial_record(folder)
-        except RecordError:
-            continue
-        if trial.trial_id in trial_ids:
-            found.append(trial.values)
-    return found
+    return [trial.values for _, trial in trial_records(experiment_dir) if trial.trial_id in trial_ids]

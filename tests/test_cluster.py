@@ -126,11 +126,13 @@ def test_a_zombie_counts_as_ended_without_waiting_out_the_grace(tmp_path, starte
 
 def test_a_live_runner_keeps_its_session(tmp_path, started):
     """Also under a mark of an older runner (/proc start ticks, not comparable with a create time) whose pid runs,
-    and with a create time read a second apart (psutil dates it from the boot time, in whole seconds)."""
+    one without start ticks whose create time was read a second apart (psutil dates it from the boot time, in whole
+    seconds), and one whose create time a stepped clock moved by an hour, the start ticks unchanged."""
     runner = subprocess.Popen([sys.executable, "-c", SLEEP])
     started.append(runner)
-    pid, created = process_identity(runner.pid).split(":")
-    marks = [f"{pid}:{created}", f"{pid}:123456", f"{pid}:{float(created) + 1:.2f}"]
+    pid, created, ticks = process_identity(runner.pid).split(":")
+    marks = [f"{pid}:{created}:{ticks}", f"{pid}:123456", f"{pid}:{float(created) + 1:.2f}",
+             f"{pid}:{float(created) - 3600:.2f}:{ticks}"]
     folders = sessions(tmp_path, len(marks))
     for folder, mark in zip(folders, marks):
         (folder / RUNNER_MARK).write_text(mark)
@@ -145,12 +147,24 @@ def test_a_reused_pid_is_not_the_runner(tmp_path, started):
     reuser = subprocess.Popen([sys.executable, "-c", SLEEP])
     worker = fake_ray_worker(orphaned.name)
     started += [reuser, worker]
-    pid, created = process_identity(reuser.pid).split(":")
+    pid, created, ticks = process_identity(reuser.pid).split(":")
     # the runner that wrote the mark had this pid an hour before the process that holds it now started
     (orphaned / RUNNER_MARK).write_text(f"{pid}:{float(created) - 3600:.2f}")
     assert end_orphaned_sessions(tmp_path, keep=tmp_path / "session_current") == 1
     assert worker.wait(timeout=10) is not None and running(reuser)
     assert not (orphaned / RUNNER_MARK).exists()
+
+
+def test_a_reused_pid_started_as_the_clock_read_is_not_the_runner_by_its_start_ticks(tmp_path, started):
+    """The create times agree (within a second: the clock was stepped back as much), the start ticks do not."""
+    (orphaned,) = sessions(tmp_path, 1)
+    reuser = subprocess.Popen([sys.executable, "-c", SLEEP])
+    worker = fake_ray_worker(orphaned.name)
+    started += [reuser, worker]
+    pid, created, ticks = process_identity(reuser.pid).split(":")
+    (orphaned / RUNNER_MARK).write_text(f"{pid}:{created}:{int(ticks) - 360000}")
+    assert end_orphaned_sessions(tmp_path, keep=tmp_path / "session_current") == 1
+    assert worker.wait(timeout=10) is not None and running(reuser)
 
 
 def test_a_session_kept_or_with_an_unreadable_mark_is_left_alone(tmp_path, started):
@@ -163,10 +177,22 @@ def test_a_session_kept_or_with_an_unreadable_mark_is_left_alone(tmp_path, start
     assert running(*workers)
 
 
-def test_process_identity():
-    pid, created = process_identity(os.getpid()).split(":")
+def test_process_identity(tmp_path):
+    pid, created, ticks = process_identity(os.getpid()).split(":")
     assert int(pid) == os.getpid() and float(created) == pytest.approx(psutil.Process().create_time(), abs=0.01)
     assert "." in created  # what tells it from an older runner's start ticks
+    # the start in clock ticks from the boot, read past a program name with a space and a parenthesis
+    odd = tmp_path / "a) b"
+    odd.symlink_to(sys.executable)
+    named = subprocess.Popen([str(odd), "-c", SLEEP])
+    try:
+        _, created, ticks = process_identity(named.pid).split(":")
+        assert psutil.Process(named.pid).name() == "a) b"
+        since_boot = int(ticks) / os.sysconf("SC_CLK_TCK")
+        assert since_boot == pytest.approx(float(created) - psutil.boot_time(), abs=1.1)
+    finally:
+        named.kill()
+        named.wait()
     assert process_identity(gone_pid()) is None
 
 

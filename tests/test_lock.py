@@ -115,12 +115,23 @@ def test_a_dead_holder_on_this_host_is_taken_over_with_a_warning(tmp_path, capsy
 
 def test_a_pid_reused_by_another_process_is_not_the_holder(tmp_path, capsys):
     experiment = tmp_path / "exp"
-    pid, created = process_identity(os.getpid()).split(":")
+    pid, created, _ = process_identity(os.getpid()).split(":")
     # this process has the holder's pid but started an hour later: the holder is gone, whatever the pid says
     write_holder(experiment, pid=int(pid), identity=f"{pid}:{float(created) - 3600:.2f}", token="old")
     with ExperimentLock(experiment, "new"):
         assert held_by(experiment)["command"] == "new" and held_by(experiment)["token"] != "old"
     assert capsys.readouterr().err.rstrip().endswith(f"pid {pid} is gone")
+
+
+def test_a_live_holder_whose_start_a_stepped_clock_moved_keeps_its_lock(tmp_path):
+    """The create time read now is an hour from the one the holder wrote (the wall clock was stepped, or a virtual
+    machine paused), the start ticks are the same: the same process, still running."""
+    experiment = tmp_path / "exp"
+    pid, created, ticks = process_identity(os.getpid()).split(":")
+    write_holder(experiment, pid=int(pid), identity=f"{pid}:{float(created) + 3600:.2f}:{ticks}")
+    with pytest.raises(SpaceError, match=f"in use by pid {pid} on "):
+        ExperimentLock(experiment, "new").check_free(watch=False)
+    assert held_by(experiment)["token"] == "t"
 
 
 def test_a_command_refused_anyway_does_not_wait_for_a_holder_of_another_host(tmp_path, short_watch):

@@ -30,7 +30,7 @@ MIN_FREE_BYTES = 200 * 2**20
 CONNECT_TIMEOUT_S = 5.0
 # written into the session folder of every local Ray the runner starts, holding the runner's process_identity
 RUNNER_MARK = "tune_looped_runner.pid"
-# how far apart two reads of one process's create time may be (see runner_alive)
+# how far apart two reads of one process's create time may be, for a mark without start ticks (see runner_alive)
 SAME_START_S = 1.5
 # what an orphaned Ray process gets to exit after TERM, then after KILL
 TERM_GRACE_S = 5.0
@@ -285,15 +285,24 @@ def _names(process: psutil.Process, text: str) -> bool:
 
 
 def process_identity(pid: int) -> str | None:
-    """`pid:create time`, which a later process reusing the pid does not share; None once it is gone (a zombie
-    is). The time always has a fraction: a mark of older runners held /proc start ticks, a whole number."""
+    """`pid:create time:start ticks`, which a later process reusing the pid does not share; None once it is gone (a
+    zombie is). The time always has a fraction: a mark of older runners held /proc start ticks, a whole number. The
+    ticks (clock ticks from the boot to the start, Linux's /proc/<pid>/stat) are empty where /proc has none."""
     try:
         process = psutil.Process(pid)
         if process.status() != psutil.STATUS_ZOMBIE:
-            return f"{pid}:{process.create_time():.2f}"
+            return f"{pid}:{process.create_time():.2f}:{_start_ticks(pid)}"
     except psutil.NoSuchProcess:
         pass
     return None
+
+
+def _start_ticks(pid: int) -> str:
+    try:
+        # the fields after the command's name, which may hold spaces and parentheses; the 22nd field is the 20th here
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
 def runner_alive(mark: str) -> bool:
@@ -303,6 +312,7 @@ def runner_alive(mark: str) -> bool:
     Doubt counts as alive, as ending a live runner's Ray is the worse mistake: a process we may not inspect, and
     a live pid under an older runner's mark, whose start ticks cannot be compared with a create time."""
     pid, _, started = mark.partition(":")
+    started, _, ticks = started.partition(":")
     try:
         now = process_identity(int(pid))
     except psutil.AccessDenied:
@@ -311,10 +321,14 @@ def runner_alive(mark: str) -> bool:
         return False
     if "." not in started:
         return True
+    _, now_started, now_ticks = now.split(":")
+    if ticks and now_ticks:
+        # ticks count from the boot on the kernel's clock, which no change of the wall clock moves
+        return ticks == now_ticks
     # psutil dates a start from the boot time, which Linux gives in whole seconds and moves when the clock is
-    # stepped, so two reads of one process may differ by a second; a reused pid started after the runner died,
-    # which is several seconds after its start at least (it had started Ray)
-    return abs(float(now.partition(":")[2]) - float(started)) <= SAME_START_S
+    # stepped (NTP, a virtual machine paused and resumed): two reads of one process may differ by a second or more,
+    # and a reused pid started after the runner died, which is several seconds after its start at least
+    return abs(float(now_started) - float(started)) <= SAME_START_S
 
 
 def mark_session(session: Path) -> None:

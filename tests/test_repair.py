@@ -6,7 +6,6 @@ import hashlib
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -45,9 +44,8 @@ def runner(tmp_path, space, *extra, report=False) -> subprocess.CompletedProcess
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
-def analysis(tmp_path, *args) -> None:
-    done = subprocess.run([sys.executable, "-m", "analysis", *map(str, args)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+def analysis(commands, tmp_path, *args) -> None:
+    done = commands.run(["-m", "analysis", *args], cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -62,7 +60,7 @@ def trial_folders_by_id(run_dir: Path) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-def test_a_resume_past_a_damaged_state_leaves_the_analysis_and_the_extension_in_place(tmp_path):
+def test_a_resume_past_a_damaged_state_leaves_the_analysis_and_the_extension_in_place(tmp_path, commands):
     """A sweep with W&B offline and an errored trial, its analysis and W&B analysis run, a finished extension of
     new seeds; the first run's newest state cut short. The resume restores the first run from its kept copy: only
     the errored trial runs again, and the analysis, both W&B folders and the extension stay as they were."""
@@ -77,8 +75,8 @@ def test_a_resume_past_a_damaged_state_leaves_the_analysis_and_the_extension_in_
     assert first.returncode == 1 and "2 finished, 1 error" in first.stdout.splitlines(), first.stderr
     failing = [trial_id for trial_id, folder in trial_folders_by_id(experiment).items() if trial_failed(folder)]
     assert len(failing) == 1
-    analysis(tmp_path, "all", experiment)
-    analysis(tmp_path, "wandb", experiment, "--mode", "offline")
+    analysis(commands, tmp_path, "all", experiment)
+    analysis(commands, tmp_path, "wandb", experiment, "--mode", "offline")
     assert figures(experiment) and (experiment / REPORT_FILE).is_file() and len(offline_runs(experiment)) == 1
 
     extended = runner(tmp_path, tmp_path / "depth.yaml", "--extend", "--seeds", "1", *WANDB_OFFLINE)

@@ -113,16 +113,16 @@ def test_a_refused_write_is_told_as_disk_full_by_the_analysis_cli(tmp_path, monk
 
 
 @pytest.mark.slow
-def test_a_full_disk_in_python_m_analysis_is_one_line_and_the_redo_completes(tmp_path):
+def test_a_full_disk_in_python_m_analysis_is_one_line_and_the_redo_completes(tmp_path, commands):
     with small_disk(tmp_path / "disk", "16m") as disk:
         experiment = write_experiment(disk / "-a b")
         analyse = [sys.executable, "-m", "analysis", "all", str(experiment), "--n-prompts", "8"]
-        first = subprocess.run(analyse, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        first = commands.run(analyse[1:], cwd=tmp_path, timeout=300)
         assert first.returncode == 0, first.stderr
         before = contents(experiment)
         filler = fill(disk)
         started = time.monotonic()
-        again = subprocess.run(analyse, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        again = commands.run(analyse[1:], cwd=tmp_path, timeout=300)
         assert again.returncode == 1, again.stderr
         assert "Traceback" not in again.stderr, again.stderr[-3000:]
         errors = [line for line in again.stderr.splitlines() if line.startswith("error:")]
@@ -133,14 +133,15 @@ def test_a_full_disk_in_python_m_analysis_is_one_line_and_the_redo_completes(tmp
         assert contents(experiment) == before
         redo = command_after(again.stderr, "redo it with:")
         filler.unlink()
-        redone = subprocess.run(redo, cwd="/", capture_output=True, text=True, timeout=300)
+        redone = commands.run(redo[1:], cwd="/", timeout=300)
         assert redone.returncode == 0, redone.stderr
         assert all((experiment / name).stat().st_size > 0 for name in ANALYSED)
         print(f"\ndisk full in python -m analysis: {errors[0]}; told in {time.monotonic() - started:.1f} s")
 
 
 @pytest.mark.slow
-def test_a_full_disk_in_the_sweeps_analysis_is_one_line_and_the_redo_completes(tmp_path, monkeypatch, capsys):
+def test_a_full_disk_in_the_sweeps_analysis_is_one_line_and_the_redo_completes(tmp_path, monkeypatch, capsys,
+                                                                                 commands):
     import analysis
 
     from tune_looped.run import main
@@ -172,7 +173,7 @@ def test_a_full_disk_in_the_sweeps_analysis_is_one_line_and_the_redo_completes(t
         redo = command_after(err, "redo the analysis with:")
         assert redo == [sys.executable, "-m", "analysis", "all", str(experiment)]
         filled[0].unlink()
-        redone = subprocess.run(redo, cwd="/", capture_output=True, text=True, timeout=300)
+        redone = commands.run(redo[1:], cwd="/", timeout=300)
         assert redone.returncode == 0, redone.stderr
         assert all((experiment / name).stat().st_size > 0 for name in ANALYSED)
 

@@ -11,7 +11,7 @@ from analysis.cost import COST_COLUMNS
 from analysis.stats import bootstrap_mean
 from analysis.variants import Variants
 from analysis.verdict import did_not_learn, predict_zero_level
-from trainers.records import FINISHED
+from trainers.records import FINISHED, SEED_KEY
 
 LAST_POSITION_CURVES = ("model@b", "model")  # a looped model after its b training loops; a plain one
 
@@ -44,7 +44,10 @@ def least_squares_last(evaluation: pd.DataFrame | None) -> float:
 
 
 def variant_frame(errors: pd.DataFrame, variants: Variants) -> pd.DataFrame:
-    """Per variant, in display order: seeds, mean error with its seed band, did it learn, cost, wall time."""
+    """Per variant, in display order: seeds, mean error with its seed band, did it learn, cost, wall time. The
+    seeds' values in seed order, whichever run (an extension's, a round's) brought them."""
+    if SEED_KEY in errors:
+        errors = errors.sort_values(SEED_KEY, kind="stable")
     labels = errors.apply(variants.label, axis=1) if len(errors) else pd.Series(dtype=str)
     rows = []
     for label in variants.labels:

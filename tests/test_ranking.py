@@ -26,6 +26,16 @@ def test_ranking_leaves_out_what_did_not_learn():
     assert relu["learned"].all()
 
 
+def test_the_seeds_values_are_in_seed_order_whatever_the_rows_order():
+    """An extension's trials come before the first run's in the frames (their folders sort first)."""
+    frame = errors_frame("model.n_layer", {1: [0.30, 0.34, 0.20, 0.50], 2: [0.10, 0.12, 0.11, 0.13]})
+    frame = frame.assign(status="finished", last_step=99, **COSTS)
+    in_order = ranked(variant_frame(frame, variants_of(frame, "h")))
+    shuffled = ranked(variant_frame(frame.iloc[[6, 2, 7, 3, 0, 4, 1, 5]], variants_of(frame, "h")))
+    assert shuffled["seed_values"].tolist() == [(0.10, 0.12, 0.11, 0.13), (0.30, 0.34, 0.20, 0.50)]
+    pd.testing.assert_frame_equal(shuffled, in_order)  # the seed band too
+
+
 def test_a_variant_without_errors_is_unranked_and_after_those_that_did_not_learn():
     frame = errors_frame("model.n_layer", {1: [0.93, 0.95], 2: [0.20, 0.25], 3: [math.nan]})
     frame = frame.assign(status=["finished"] * 4 + ["diverged"], last_step=[99] * 4 + [7], **COSTS)

@@ -142,29 +142,23 @@ def test_a_live_runner_keeps_its_session(tmp_path, started):
     assert running(*workers) and all((folder / RUNNER_MARK).exists() for folder in folders)
 
 
-def test_a_reused_pid_is_not_the_runner(tmp_path, started):
+@pytest.mark.parametrize("mark", [
+    # the runner that wrote the mark had this pid an hour before the process that holds it now started
+    "{pid}:{hour_before:.2f}",
+    # the create times agree (the clock was stepped back as much), the start ticks do not
+    "{pid}:{created}:{ticks_before}",
+], ids=["create-time", "start-ticks"])
+def test_a_reused_pid_is_not_the_runner(tmp_path, started, mark):
     (orphaned,) = sessions(tmp_path, 1)
     reuser = subprocess.Popen([sys.executable, "-c", SLEEP])
     worker = fake_ray_worker(orphaned.name)
     started += [reuser, worker]
     pid, created, ticks = process_identity(reuser.pid).split(":")
-    # the runner that wrote the mark had this pid an hour before the process that holds it now started
-    (orphaned / RUNNER_MARK).write_text(f"{pid}:{float(created) - 3600:.2f}")
+    (orphaned / RUNNER_MARK).write_text(mark.format(pid=pid, created=created, hour_before=float(created) - 3600,
+                                                    ticks_before=int(ticks) - 360000))
     assert end_orphaned_sessions(tmp_path, keep=tmp_path / "session_current") == 1
     assert worker.wait(timeout=10) is not None and running(reuser)
     assert not (orphaned / RUNNER_MARK).exists()
-
-
-def test_a_reused_pid_started_as_the_clock_read_is_not_the_runner_by_its_start_ticks(tmp_path, started):
-    """The create times agree (within a second: the clock was stepped back as much), the start ticks do not."""
-    (orphaned,) = sessions(tmp_path, 1)
-    reuser = subprocess.Popen([sys.executable, "-c", SLEEP])
-    worker = fake_ray_worker(orphaned.name)
-    started += [reuser, worker]
-    pid, created, ticks = process_identity(reuser.pid).split(":")
-    (orphaned / RUNNER_MARK).write_text(f"{pid}:{created}:{int(ticks) - 360000}")
-    assert end_orphaned_sessions(tmp_path, keep=tmp_path / "session_current") == 1
-    assert worker.wait(timeout=10) is not None and running(reuser)
 
 
 def test_a_session_kept_or_with_an_unreadable_mark_is_left_alone(tmp_path, started):

@@ -255,3 +255,33 @@ def test_a_symlink_loop_as_storage_is_one_line(tmp_path):
     (tmp_path / "b").symlink_to(tmp_path / "a")
     with pytest.raises(cluster.SpaceError, match=r"--storage .*/a: a symbolic link to nothing, or a loop of them"):
         cluster.check_storage(str(tmp_path / "a"))
+
+
+@pytest.mark.slow
+def test_a_held_ray_serves_the_next_sweep_is_replaced_when_asked_otherwise_and_ends_with_the_hold(capsys):
+    """A sequential study's rounds share the Ray its first sweep started (tune_looped/rounds.py)."""
+    import ray
+
+    def start(cpus: int):
+        return cluster.start_ray(None, num_cpus=cpus, dashboard_host=None, verbose=False)
+
+    with cluster.ray_held():
+        first = start(1)
+        cluster.stop_ray()
+        assert ray.is_initialized()
+        assert start(1) is first
+        cluster.stop_ray()
+        other = start(2)
+        assert other.address_info["session_dir"] != first.address_info["session_dir"]
+        assert ray.cluster_resources()["CPU"] == 2
+        cluster.stop_ray()
+    assert not ray.is_initialized()
+    with cluster.ray_held():
+        start(1)
+        cluster.stop_ray(keep=False)  # a stopped sweep ends its Ray at once, inside its signal handling
+        assert not ray.is_initialized()
+    start(1)
+    cluster.stop_ray()
+    assert not ray.is_initialized()  # without a hold, a sweep's Ray ends with it
+    # one line a start: the second sweep of the first hold did not start Ray again
+    assert capsys.readouterr().err.count("Ray's own log lines:") == 4

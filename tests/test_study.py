@@ -276,6 +276,7 @@ def test_a_study_decides_the_clear_difference_at_the_first_look_and_gives_seeds_
     _assert_the_study_ran_its_schedule_once(experiment_dir)
     assert "look 1 of 2 (3 seeds a variant): 1 comparison(s) open" in result.stderr
     assert "round 2: 4 trial(s), seeds 3, 4, to the comparisons still open and their references" in result.stderr
+    assert result.stderr.count("Ray's own log lines:") == 1  # the round ran on the first sweep's Ray
     report = (experiment_dir / "REPORT.md").read_text()
     assert "**Verdict: supported.**" in report
     wrecked = next(line for line in report.splitlines() if line.startswith("| `learning_rate=0.05` |"))

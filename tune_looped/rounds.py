@@ -22,6 +22,7 @@ from trainers.layout import SUMMARY_FRAME, frame_file
 from trainers.records import (AT_CAP, DECIDED, OVER_BUDGET, SEED_KEY, LookRecord, PlannedTrial, RecordError,
                               SpaceRecord, StudyRecord, configuration_key, read_space_record, trial_key,
                               trial_records, write_space_record)
+from tune_looped.cluster import ray_held
 from tune_looped.extend import saved_state
 from tune_looped.inputs import DEFAULT_STORAGE, Options, Round, check_seeds
 from tune_looped.sweep import Sweep, sweep
@@ -51,8 +52,14 @@ def run_space(space, *, quick: bool = False, seeds: list[int] | None = None, sto
 
 
 def run_study(args: Options) -> Sweep:
-    """The sweep of `args`; for a sequential study, its rounds after it, until the study ends."""
+    """The sweep of `args`; for a sequential study, its rounds after it, until the study ends. The rounds share
+    the first sweep's Ray."""
     args = _sequential_if_recorded(args)
+    with ray_held():
+        return _study(args)
+
+
+def _study(args: Options) -> Sweep:
     experiment_dir, outcome = Path(args.storage).expanduser() / (args.name or ""), None
     if not (args.resume and _round_never_saved(experiment_dir)):
         outcome = sweep(args, then=_look_taker(time.monotonic()))

@@ -246,7 +246,7 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
     session = Path(context.address_info["session_dir"])
     written_to = {"the storage": Path(storage), "the temporary folder": Path(tempfile.gettempdir()),
                   "Ray's folder": session.parent}
-    failure, results, last, to_write = None, [], [], plan.write_record
+    failure, results, last, to_write, stopped = None, [], [], plan.write_record, True
     try:
         resources = resolve_gpu_share(space, resources)
         warn_if_local_storage_on_cluster(storage)
@@ -280,8 +280,11 @@ def _run(args: Options, plan: Plan, resources: dict, name: str, storage: str, ex
             results += list(last)
             if failure is not None or any(row["status"] == INCOMPLETE for row in summarise(last, space)):
                 break  # interrupted, or the disk: the runs after this one wait for the resume
+        else:
+            stopped = False
     finally:
-        stop_ray()
+        # a stopped sweep ends its Ray here, where a second Ctrl-C is waited out, even a Ray held for more rounds
+        stop_ray(keep=not stopped)
     outcome = Sweep(experiment_dir, last)
     rows = summarise(results, space, None if is_uri(storage) else experiment_dir)
     full = full_filesystems(written_to) if failure or any(r["status"] == ERROR for r in rows) else []

@@ -63,3 +63,13 @@ def commands(tmp_path_factory):
 def finished(tmp_path_factory):
     """Experiments analysed once per session, each test given a copy of its own (helpers/finished.py)."""
     return Finished(tmp_path_factory.mktemp("finished"))
+
+
+@pytest.fixture(scope="class")
+def one_ray():
+    """The in-process sweeps of a class share the Ray the first of them starts, as a study's rounds do
+    (tune_looped/cluster.py, `ray_held`); it is shut down after the class."""
+    from tune_looped.cluster import ray_held
+
+    with ray_held():
+        yield

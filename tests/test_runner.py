@@ -39,60 +39,6 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_three_hypotheses_dedup_and_report(tmp_path, capsys, monkeypatch):
-    # a sampled key of one value (the base's): recorded and shown like any sampled key, without changing the trials
-    space = write_space(tmp_path / "space.yaml", HYPOTHESES, sample={"model.n_head": "choice([2])"})
-    terminal = Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
-    rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "h", "--num-cpus", "2",
-               "--no-dashboard"])
-    out = capsys.readouterr().out
-    # the analysis' bar: one step per trial's checkpoint evaluated (4) and per figure (6 for each of 3 hypotheses)
-    bar = [part for part in terminal.getvalue().split("\r") if part.startswith("analysis:")]
-    assert bar and re.match(r"analysis: 100%.*\b22/22\b", bar[-1]), bar[-1:]
-    assert rc == 0
-    assert "Ray dashboard" not in terminal.getvalue()  # --no-dashboard
-    experiment = tmp_path / "results" / "h"
-    trials = trial_dirs(experiment)
-    assert len(trials) == 4
-    # the runner's record in each trial folder: Tune's trial id, the hypotheses sharing the trial, the values
-    tags = sorted(tuple(record(t)["hypotheses"]) for t in trials)
-    assert tags == sorted([("information_flow",), ("information_flow", "looped_n_layers", "looped_lstm"),
-                           ("looped_n_layers",), ("looped_lstm",)])
-    assert all(record(t)["trial_id"] == rows(t)[-1]["trial_id"] for t in trials)
-    keys = ("model.n_head", "model.n_last_tokens", "model.n_layer", "model.use_lstm_layer")
-    assert sorted(tuple(record(t)["values"][k] for k in keys) for t in trials) == sorted(
-        [(2, 2, 1, False), (2, -1, 1, False), (2, -1, 2, False), (2, -1, 1, True)])
-    for trial in trials:
-        steps = [r["step"] for r in rows(trial)]
-        assert steps == [0, 5, 10, 15, 20, 25, 29]
-    assert "4 finished" in out and str(experiment) in out
-    # the progress line above each table: the share of the training FLOPs only grows, and ends the sweep at 100%
-    shares = [int(m) for m in re.findall(r"^progress: (\d+)% of the training FLOPs; ", out, re.M)]
-    assert len(shares) >= 2 and shares == sorted(shares) and shares[-1] == 100, shares
-    assert re.search(r"^progress: 100% of the training FLOPs; 4 done, 0 running, 0 pending; elapsed [^;]+; ended$",
-                     out, re.M)
-    # Tune's live table: the swept keys under their short names, the hypotheses, the metrics, in 120 columns
-    live = out.split("== 4 trials: 4 done")[-1].splitlines()
-    assert live[1].startswith("hypotheses: 1 information_flow, 2 looped_n_layers, 3 looped_lstm")
-    assert live[2].split() == ["trial", "status", "hyp", "n_head", "n_last_tokens", "n_layer", "lstm", "step",
-                               "n_loops", "n_points", "eval/loss", "eval/loss_last"]
-    finals = [line.split() for line in live[3:7]]
-    assert sorted(row[1] for row in finals) == ["done"] * 4 and all(row[7] == "29" for row in finals)
-    assert {tuple(row[3:7]) for row in finals} == {("2", "2", "1", "False"), ("2", "-1", "1", "False"),
-                                                   ("2", "-1", "2", "False"), ("2", "-1", "1", "True")}
-    assert max(len(line) for line in live[:7]) <= 120
-    assert yaml.safe_load((experiment / "space.yaml").read_text())["base"]["model"]["n_embd"] == 16
-    for name in ("curves.parquet", "summary.parquet", "evaluation.parquet", "REPORT.md"):
-        assert (experiment / name).stat().st_size > 0
-    # the analysis took the trials' ids, hypotheses and values from the records
-    summary = pd.read_parquet(experiment / "summary.parquet")
-    assert sorted(summary["trial_id"]) == sorted(record(t)["trial_id"] for t in trials)
-    assert sorted(summary["hypotheses"]) == sorted(";".join(sorted(tag)) for tag in tags)
-    assert (summary["model.n_head"] == 2).all()
-    assert list((experiment / "plots").glob("*.png"))
-
-
 def test_fractional_gpus_share_one_gpu(tmp_path, monkeypatch):
     """A logical GPU on a CPU machine: at 0.5 a trial, only 2 of the 4 run at a time, though 4 CPUs are free. A
     share that lets all 4 run together is test_gpus.py::test_auto_packs_trials_onto_a_gpu_ray_is_told_of (0.125,
@@ -205,50 +151,107 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatch):
     assert curves["eval/loss"].dropna().iloc[-1] == clean["eval/loss"]
 
 
-def test_on_a_uri_storage_tune_uploads_each_trials_offline_run_into_its_folder(tmp_path, monkeypatch, capsys):
-    """The trial's working directory, where its W&B run is written, is uploaded (`sync_artifacts`): on a cluster
-    with a URI storage, a run written on a worker node is not left behind there."""
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.chdir(tmp_path)  # the runner writes a URI storage's space record under the working directory
-    space = write_space(tmp_path / "space.yaml", [{"name": "u", "grid": {"training.seed": [0]}}],
-                        apply_overrides(TINY_BASE, {"training.train_steps": 40}))
-    rc = main(["--space", str(space), "--storage", f"file://{tmp_path / 'r'}", "--name", "u", "--num-cpus", "2",
-               "--no-dashboard", "--wandb", "--wandb-mode", "offline", "--no-report"])
-    assert rc == 0, capsys.readouterr().err
-    (trial,) = trial_dirs(tmp_path / "r" / "u")
-    runs = offline_runs(trial)
-    assert [run.name.rsplit("-", 1)[1] for run in runs] == [rows(trial)[-1]["trial_id"]]
-    assert (runs[0] / f"run-{rows(trial)[-1]['trial_id']}.wandb").stat().st_size > 0
+@pytest.mark.usefixtures("one_ray")
+class TestOnOneRay:
+    """Sweeps that need a live Ray but not one of their own share one, as a study's rounds do."""
 
+    def test_three_hypotheses_dedup_and_report(self, tmp_path, capsys, monkeypatch):
+        # a sampled key of one value (the base's): recorded and shown like any sampled key, without changing the trials
+        space = write_space(tmp_path / "space.yaml", HYPOTHESES, sample={"model.n_head": "choice([2])"})
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "h", "--num-cpus", "2",
+                   "--no-dashboard"])
+        out = capsys.readouterr().out
+        # the analysis' bar: one step per trial's checkpoint evaluated (4) and per figure (6 for each of 3 hypotheses)
+        bar = [part for part in terminal.getvalue().split("\r") if part.startswith("analysis:")]
+        assert bar and re.match(r"analysis: 100%.*\b22/22\b", bar[-1]), bar[-1:]
+        assert rc == 0
+        assert "Ray dashboard" not in terminal.getvalue()  # --no-dashboard
+        experiment = tmp_path / "results" / "h"
+        trials = trial_dirs(experiment)
+        assert len(trials) == 4
+        # the runner's record in each trial folder: Tune's trial id, the hypotheses sharing the trial, the values
+        tags = sorted(tuple(record(t)["hypotheses"]) for t in trials)
+        assert tags == sorted([("information_flow",), ("information_flow", "looped_n_layers", "looped_lstm"),
+                               ("looped_n_layers",), ("looped_lstm",)])
+        assert all(record(t)["trial_id"] == rows(t)[-1]["trial_id"] for t in trials)
+        keys = ("model.n_head", "model.n_last_tokens", "model.n_layer", "model.use_lstm_layer")
+        assert sorted(tuple(record(t)["values"][k] for k in keys) for t in trials) == sorted(
+            [(2, 2, 1, False), (2, -1, 1, False), (2, -1, 2, False), (2, -1, 1, True)])
+        for trial in trials:
+            steps = [r["step"] for r in rows(trial)]
+            assert steps == [0, 5, 10, 15, 20, 25, 29]
+        assert "4 finished" in out and str(experiment) in out
+        # the progress line above each table: the share of the training FLOPs only grows, and ends the sweep at 100%
+        shares = [int(m) for m in re.findall(r"^progress: (\d+)% of the training FLOPs; ", out, re.M)]
+        assert len(shares) >= 2 and shares == sorted(shares) and shares[-1] == 100, shares
+        assert re.search(r"^progress: 100% of the training FLOPs; 4 done, 0 running, 0 pending; elapsed [^;]+; ended$",
+                         out, re.M)
+        # Tune's live table: the swept keys under their short names, the hypotheses, the metrics, in 120 columns
+        live = out.split("== 4 trials: 4 done")[-1].splitlines()
+        assert live[1].startswith("hypotheses: 1 information_flow, 2 looped_n_layers, 3 looped_lstm")
+        assert live[2].split() == ["trial", "status", "hyp", "n_head", "n_last_tokens", "n_layer", "lstm", "step",
+                                   "n_loops", "n_points", "eval/loss", "eval/loss_last"]
+        finals = [line.split() for line in live[3:7]]
+        assert sorted(row[1] for row in finals) == ["done"] * 4 and all(row[7] == "29" for row in finals)
+        assert {tuple(row[3:7]) for row in finals} == {("2", "2", "1", "False"), ("2", "-1", "1", "False"),
+                                                       ("2", "-1", "2", "False"), ("2", "-1", "1", "True")}
+        assert max(len(line) for line in live[:7]) <= 120
+        assert yaml.safe_load((experiment / "space.yaml").read_text())["base"]["model"]["n_embd"] == 16
+        for name in ("curves.parquet", "summary.parquet", "evaluation.parquet", "REPORT.md"):
+            assert (experiment / name).stat().st_size > 0
+        # the analysis took the trials' ids, hypotheses and values from the records
+        summary = pd.read_parquet(experiment / "summary.parquet")
+        assert sorted(summary["trial_id"]) == sorted(record(t)["trial_id"] for t in trials)
+        assert sorted(summary["hypotheses"]) == sorted(";".join(sorted(tag)) for tag in tags)
+        assert (summary["model.n_head"] == 2).all()
+        assert list((experiment / "plots").glob("*.png"))
 
-def test_asha_stops_trials_early_and_the_report_ranks_only_full_runs(tmp_path, capsys):
-    # a learning rate that learns against one that cannot: at the rung (step 20) ASHA stops the trials whose
-    # eval/loss is worse than those that reached it before them, one trial at a time
-    base = apply_overrides(TINY_BASE, {"training.eval_prompts": 64})
-    space = write_space(tmp_path / "space.yaml", [{"name": "rates", "grid": {"training.learning_rate": [0.01, 1e-8]},
-                                                   "reference": {"training.learning_rate": 0.01}, "expect": "better"}],
-                        base=base, seeds=[0, 1], max_concurrent=1,
-                        scheduler={"type": "asha", "grace_period": 20, "reduction_factor": 2})
-    rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "a", "--num-cpus", "2",
-               "--no-dashboard"])
-    out = capsys.readouterr().out
-    assert rc == 0
-    experiment = tmp_path / "results" / "a"
-    last = {record(t)["trial_id"]: rows(t)[-1]["step"] for t in trial_dirs(experiment)}
-    stopped = sorted(trial for trial, step in last.items() if step < 29)
-    assert stopped and len(stopped) < len(last)
-    assert f"{len(last) - len(stopped)} finished, {len(stopped)} stopped early" in out
-    summary = pd.read_parquet(experiment / "summary.parquet").set_index("trial_id")
-    assert sorted(summary.index[summary["status"] == "stopped early"]) == stopped
-    assert set(summary.loc[stopped, "last_step"]) == {20}
-    report = (experiment / "REPORT.md").read_text()
-    listed = report.split("### Stopped early")[1].split("###")[0]
-    assert f"{len(stopped)} trial(s) stopped by the scheduler" in listed
-    assert listed.count("| 20 | 30 |") == len(stopped)
-    # the ranking counts the seeds that ran their full length only
-    ranking = report.split("### Ranking")[1].split("###")[0]
-    full = summary[summary["status"] == "finished"]
-    for rate, group in summary.groupby("training.learning_rate"):
-        seeds = int((full["training.learning_rate"] == rate).sum())
-        label = f"learning_rate={rate:g}"
-        assert re.search(rf"\| `{re.escape(label)}` \| {seeds} \|", ranking), (label, seeds, ranking)
+    def test_on_a_uri_storage_tune_uploads_each_trials_offline_run_into_its_folder(self, tmp_path, monkeypatch,
+                                                                                    capsys):
+        """The trial's working directory, where its W&B run is written, is uploaded (`sync_artifacts`): on a cluster
+        with a URI storage, a run written on a worker node is not left behind there."""
+        monkeypatch.delenv("WANDB_API_KEY", raising=False)
+        monkeypatch.chdir(tmp_path)  # the runner writes a URI storage's space record under the working directory
+        space = write_space(tmp_path / "space.yaml", [{"name": "u", "grid": {"training.seed": [0]}}],
+                            apply_overrides(TINY_BASE, {"training.train_steps": 40}))
+        rc = main(["--space", str(space), "--storage", f"file://{tmp_path / 'r'}", "--name", "u", "--num-cpus", "2",
+                   "--no-dashboard", "--wandb", "--wandb-mode", "offline", "--no-report"])
+        assert rc == 0, capsys.readouterr().err
+        (trial,) = trial_dirs(tmp_path / "r" / "u")
+        runs = offline_runs(trial)
+        assert [run.name.rsplit("-", 1)[1] for run in runs] == [rows(trial)[-1]["trial_id"]]
+        assert (runs[0] / f"run-{rows(trial)[-1]['trial_id']}.wandb").stat().st_size > 0
+
+    def test_asha_stops_trials_early_and_the_report_ranks_only_full_runs(self, tmp_path, capsys):
+        # a learning rate that learns against one that cannot: at the rung (step 20) ASHA stops the trials whose
+        # eval/loss is worse than those that reached it before them, one trial at a time
+        base = apply_overrides(TINY_BASE, {"training.eval_prompts": 64})
+        rates = {"name": "rates", "grid": {"training.learning_rate": [0.01, 1e-8]},
+                 "reference": {"training.learning_rate": 0.01}, "expect": "better"}
+        space = write_space(tmp_path / "space.yaml", [rates], base=base, seeds=[0, 1], max_concurrent=1,
+                            scheduler={"type": "asha", "grace_period": 20, "reduction_factor": 2})
+        rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "a", "--num-cpus", "2",
+                   "--no-dashboard"])
+        out = capsys.readouterr().out
+        assert rc == 0
+        experiment = tmp_path / "results" / "a"
+        last = {record(t)["trial_id"]: rows(t)[-1]["step"] for t in trial_dirs(experiment)}
+        stopped = sorted(trial for trial, step in last.items() if step < 29)
+        assert stopped and len(stopped) < len(last)
+        assert f"{len(last) - len(stopped)} finished, {len(stopped)} stopped early" in out
+        summary = pd.read_parquet(experiment / "summary.parquet").set_index("trial_id")
+        assert sorted(summary.index[summary["status"] == "stopped early"]) == stopped
+        assert set(summary.loc[stopped, "last_step"]) == {20}
+        report = (experiment / "REPORT.md").read_text()
+        listed = report.split("### Stopped early")[1].split("###")[0]
+        assert f"{len(stopped)} trial(s) stopped by the scheduler" in listed
+        assert listed.count("| 20 | 30 |") == len(stopped)
+        # the ranking counts the seeds that ran their full length only
+        ranking = report.split("### Ranking")[1].split("###")[0]
+        full = summary[summary["status"] == "finished"]
+        for rate, group in summary.groupby("training.learning_rate"):
+            seeds = int((full["training.learning_rate"] == rate).sum())
+            label = f"learning_rate={rate:g}"
+            assert re.search(rf"\| `{re.escape(label)}` \| {seeds} \|", ranking), (label, seeds, ranking)

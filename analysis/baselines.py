@@ -5,16 +5,15 @@ examples (x_j, y_j), j < k, and evaluated at x_k; with no examples (k = 0) it pr
 """
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import numpy as np
 import torch
 
-try:
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import Lasso
-except ImportError:
-    Lasso = None
+# scikit-learn is imported where Lasso runs: its import takes 1.5-2.5 s, which every runner, analysis and test
+# process would pay
+SKLEARN = importlib.util.find_spec("sklearn") is not None
 
 N_NEIGHBOURS = 3
 LASSO_ALPHA = 0.01
@@ -66,6 +65,9 @@ def nearest_neighbours(xs: torch.Tensor, ys: torch.Tensor, n_neighbours: int = N
 
 def lasso(xs: torch.Tensor, ys: torch.Tensor, alpha: float = LASSO_ALPHA) -> torch.Tensor:
     """scikit-learn's Lasso per prompt and prefix; each fit starts from the previous prefix's solution."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import Lasso
+
     X, Y = xs.double().cpu().numpy(), ys.double().cpu().numpy()
     preds = np.zeros(Y.shape)
     with warnings.catch_warnings():
@@ -81,6 +83,6 @@ def lasso(xs: torch.Tensor, ys: torch.Tensor, alpha: float = LASSO_ALPHA) -> tor
 def baselines_for(task_name: str) -> dict:
     """name -> baseline for a task: Lasso only for sparse regression, and only with scikit-learn installed."""
     chosen = {"least_squares": least_squares, "averaging": averaging, f"{N_NEIGHBOURS}nn": nearest_neighbours}
-    if task_name == "sparse_linear_regression" and Lasso is not None:
+    if task_name == "sparse_linear_regression" and SKLEARN:
         chosen["lasso"] = lasso
     return chosen

@@ -1,8 +1,11 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from analysis.baselines import Lasso, averaging, baselines_for, lasso, least_squares, nearest_neighbours
+from analysis.baselines import SKLEARN, averaging, baselines_for, lasso, least_squares, nearest_neighbours
 
 
 def prompts(batch=16, n_points=15, n_dims=6, n_dims_truncated=None, seed=0, noise=0.0):
@@ -77,8 +80,10 @@ def test_single_point_prompts_predict_zero():
         assert baseline(xs, ys).abs().max() == 0
 
 
-@pytest.mark.skipif(Lasso is None, reason="scikit-learn is not installed")
+@pytest.mark.skipif(not SKLEARN, reason="scikit-learn is not installed")
 def test_lasso_for_sparse_regression_only():
+    from sklearn.linear_model import Lasso
+
     assert "lasso" in baselines_for("sparse_linear_regression")
     assert set(baselines_for("linear_regression")) == {"least_squares", "averaging", "3nn"}
     xs, ys = prompts(batch=2, n_points=8, n_dims=5)
@@ -87,3 +92,16 @@ def test_lasso_for_sparse_regression_only():
                                                                         ys[1, :6].double().numpy())
     assert preds[1, 6].item() == pytest.approx(fitted.predict(xs[1, 6:7].double().numpy())[0], abs=1e-3)
     assert (preds[:, 0] == 0).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SKLEARN, reason="scikit-learn is not installed")
+def test_scikit_learn_is_imported_only_where_lasso_runs():
+    """Its import costs every process that evaluates (the runner, `python -m analysis`) 1.5-2.5 s."""
+    code = ("import sys, torch\nfrom analysis.evaluation import evaluate_experiment\nprint('sklearn' in sys.modules)\n"
+            "from analysis.baselines import baselines_for\n"
+            "baselines_for('sparse_linear_regression')['lasso'](torch.ones(1, 3, 2), torch.ones(1, 3))\n"
+            "print('sklearn' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]

@@ -47,104 +47,111 @@ def command(space, storage, *extra) -> list[str]:
             *extra]
 
 
-@pytest.mark.slow
-def test_run_space_then_extend_with_seeds_runs_only_the_new_trials(tmp_path, monkeypatch, capsys):
-    from ray.tune import ResultGrid
+@pytest.mark.usefixtures("one_ray")
+class TestOnOneRay:
+    """The in-process sweeps share one Ray, as a study's rounds do; the interrupted extension and its resume are
+    runners of their own."""
 
-    space = write_space(tmp_path / "space.yaml", DEPTH, seeds=[0])
-    storage = tmp_path / "r"
-    sweep = run_space(space, storage=str(storage), name="e", overrides={"training.train_steps": 20}, report=False,
-                      num_cpus=2, dashboard=False)
-    experiment = storage / "e"
-    assert sweep.experiment_dir == experiment
-    assert isinstance(sweep.results, ResultGrid) and len(sweep.results) == 2 and not sweep.results.errors
-    assert sorted(r.metrics["step"] for r in sweep.results) == [19, 19]
-    record = read_space_record(experiment)
-    assert record.overrides == {"training.train_steps": 20} and record.base["training"]["train_steps"] == 20
-    first = files_of(experiment)
+    @pytest.mark.slow
+    def test_run_space_then_extend_with_seeds_runs_only_the_new_trials(self, tmp_path, monkeypatch, capsys):
+        from ray.tune import ResultGrid
 
-    recorder = TrialEvents()
-    recorder.install(monkeypatch)
-    capsys.readouterr()
-    rc = main(command(space, storage, "--extend", "--seeds", "1,2", "--set", "training.train_steps=20"))
-    out, err = capsys.readouterr()
-    assert rc == 0, err
-    new = run_trial_folders(experiment / "extend-1")
-    assert len(new) == 4 and started(recorder) == trial_ids(new)
-    assert "--extend: 4 new trial(s) in extend-1/; seeds now 0,1,2" in err
-    after = files_of(experiment)
-    assert {path: after[path] for path in first} == first, "a file of the first run changed"
-    record = read_space_record(experiment)
-    assert [run.folder for run in record.runs] == [".", "extend-1"]
-    assert sorted(t.values["training.seed"] for t in record.runs[1].trials) == [1, 1, 2, 2]
-    assert len(record.trials) == 6 and record.overrides == {"training.train_steps": 20}
-    summary = pd.read_parquet(frame_file(experiment, SUMMARY_FRAME))
-    assert sorted(summary["training.seed"]) == [0, 0, 1, 1, 2, 2] and set(summary["status"]) == {"finished"}
-    report = (experiment / "REPORT.md").read_text()
-    assert "6 trials: 6 finished; 3 seeds per configuration." in report
-    assert "6 finished" in out
+        space = write_space(tmp_path / "space.yaml", DEPTH, seeds=[0])
+        storage = tmp_path / "r"
+        sweep = run_space(space, storage=str(storage), name="e", overrides={"training.train_steps": 20}, report=False,
+                          num_cpus=2, dashboard=False)
+        experiment = storage / "e"
+        assert sweep.experiment_dir == experiment
+        assert isinstance(sweep.results, ResultGrid) and len(sweep.results) == 2 and not sweep.results.errors
+        assert sorted(r.metrics["step"] for r in sweep.results) == [19, 19]
+        record = read_space_record(experiment)
+        assert record.overrides == {"training.train_steps": 20} and record.base["training"]["train_steps"] == 20
+        first = files_of(experiment)
 
-    # the same extension again has nothing to add: one line, exit 2, nothing run
-    rc = main(command(space, storage, "--extend", "--seeds", "1,2", "--set", "training.train_steps=20"))
-    assert rc == 2 and capsys.readouterr().err.splitlines() == [
-        f"error: --extend: nothing to add: every trial the space asks for is in {experiment} and has ended; add "
-        "seeds (--seeds), grid values or hypotheses"]
+        recorder = TrialEvents()
+        recorder.install(monkeypatch)
+        capsys.readouterr()
+        rc = main(command(space, storage, "--extend", "--seeds", "1,2", "--set", "training.train_steps=20"))
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        new = run_trial_folders(experiment / "extend-1")
+        assert len(new) == 4 and started(recorder) == trial_ids(new)
+        assert "--extend: 4 new trial(s) in extend-1/; seeds now 0,1,2" in err
+        after = files_of(experiment)
+        assert {path: after[path] for path in first} == first, "a file of the first run changed"
+        record = read_space_record(experiment)
+        assert [run.folder for run in record.runs] == [".", "extend-1"]
+        assert sorted(t.values["training.seed"] for t in record.runs[1].trials) == [1, 1, 2, 2]
+        assert len(record.trials) == 6 and record.overrides == {"training.train_steps": 20}
+        summary = pd.read_parquet(frame_file(experiment, SUMMARY_FRAME))
+        assert sorted(summary["training.seed"]) == [0, 0, 1, 1, 2, 2] and set(summary["status"]) == {"finished"}
+        report = (experiment / "REPORT.md").read_text()
+        assert "6 trials: 6 finished; 3 seeds per configuration." in report
+        assert "6 finished" in out
 
-
-@pytest.mark.slow
-def test_extend_with_a_new_grid_value_and_a_new_hypothesis(tmp_path, monkeypatch, capsys):
-    space = write_space(tmp_path / "space.yaml", DEPTH, seeds=[0])
-    storage = tmp_path / "r"
-    assert main(command(space, storage, "--no-report")) == 0
-    experiment = storage / "e"
-    first = files_of(experiment)
-    depth = {read_trial(f)["values"]["model.n_layer"]: f for f in trial_folders(experiment)}
-
-    grown = [{"name": "depth", "grid": {"model.n_layer": [1, 2, 3]}},
-             {"name": "width", "grid": {"model.n_embd": [16, 24]}}]
-    write_space(space, grown, seeds=[0])
-    recorder = TrialEvents()
-    recorder.install(monkeypatch)
-    rc = main(command(space, storage, "--extend"))
-    assert rc == 0, capsys.readouterr().err
-    new = run_trial_folders(experiment / "extend-1")
-    values = sorted((read_trial(f)["values"]["model.n_layer"], read_trial(f)["values"]["model.n_embd"]) for f in new)
-    assert values == [(1, 24), (3, 16)] and started(recorder) == trial_ids(new)
-    # the first run's records name the new hypothesis and key; nothing else of the first run changed
-    after = files_of(experiment)
-    assert {p: after[p] for p in first if not p.endswith(TRIAL_RECORD)} == \
-        {p: d for p, d in first.items() if not p.endswith(TRIAL_RECORD)}
-    assert [(read_trial(depth[n])["hypotheses"], read_trial(depth[n])["values"]["model.n_embd"]) for n in (1, 2)] == \
-        [(["depth", "width"], 16), (["depth"], 16)]
-    report = (experiment / "REPORT.md").read_text()
-    before_width, width = report.split("## width")
-    assert "`n_embd=16`" in width and "`n_embd=24`" in width and "`L=3`" in before_width
-    assert "4 trials: 4 finished" in report
+        # the same extension again has nothing to add: one line, exit 2, nothing run
+        rc = main(command(space, storage, "--extend", "--seeds", "1,2", "--set", "training.train_steps=20"))
+        assert rc == 2 and capsys.readouterr().err.splitlines() == [
+            f"error: --extend: nothing to add: every trial the space asks for is in {experiment} and has ended; add "
+            "seeds (--seeds), grid values or hypotheses"]
 
 
-@pytest.mark.slow
-def test_an_interrupted_extension_resumes(tmp_path):
-    base = apply_overrides(TINY_BASE, {"training.train_steps": 300, "training.save_every_steps": 25,
-                                       "wandb.log_every_steps": 25})
-    space = write_space(tmp_path / "space.yaml", [{"name": "s", "grid": {"model.n_layer": [1]}}], base, seeds=[0])
-    storage = tmp_path / "r"
-    assert main(command(space, storage, "--no-report", "--max-concurrent", "1")) == 0
-    experiment = storage / "e"
-    first = files_of(experiment)
-    sweep = start_sweep(tmp_path, space, "--extend", "--seeds", "1,2", "--max-concurrent", "1", name="e")
-    wait_for(lambda: [f for f in run_trial_folders(experiment / "extend-1") if checkpoint_folder(f, 1).exists()], 240)
-    sweep.send_signal(signal.SIGINT)
-    out, err = finish(sweep, tmp_path, name="e", timeout=120)
-    assert sweep.returncode == 130, err[-3000:]
-    resume = shlex.split(err.split("resume with:")[1].strip().splitlines()[0])
-    assert "--extend" not in resume and resume[-3:] == ["--name", "e", "--resume"]
-    resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "3 finished" in resumed.stdout
-    assert len(run_trial_folders(experiment / "extend-1")) == 2
-    assert all(rows(f)[-1]["step"] == 299 for f in trial_folders(experiment))
-    after = files_of(experiment)
-    assert {path: after[path] for path in first} == first
+    @pytest.mark.slow
+    def test_extend_with_a_new_grid_value_and_a_new_hypothesis(self, tmp_path, monkeypatch, capsys):
+        space = write_space(tmp_path / "space.yaml", DEPTH, seeds=[0])
+        storage = tmp_path / "r"
+        assert main(command(space, storage, "--no-report")) == 0
+        experiment = storage / "e"
+        first = files_of(experiment)
+        depth = {read_trial(f)["values"]["model.n_layer"]: f for f in trial_folders(experiment)}
+
+        grown = [{"name": "depth", "grid": {"model.n_layer": [1, 2, 3]}},
+                 {"name": "width", "grid": {"model.n_embd": [16, 24]}}]
+        write_space(space, grown, seeds=[0])
+        recorder = TrialEvents()
+        recorder.install(monkeypatch)
+        rc = main(command(space, storage, "--extend"))
+        assert rc == 0, capsys.readouterr().err
+        new = run_trial_folders(experiment / "extend-1")
+        values = sorted((read_trial(f)["values"]["model.n_layer"], read_trial(f)["values"]["model.n_embd"])
+                        for f in new)
+        assert values == [(1, 24), (3, 16)] and started(recorder) == trial_ids(new)
+        # the first run's records name the new hypothesis and key; nothing else of the first run changed
+        after = files_of(experiment)
+        assert {p: after[p] for p in first if not p.endswith(TRIAL_RECORD)} == \
+            {p: d for p, d in first.items() if not p.endswith(TRIAL_RECORD)}
+        assert [(read_trial(depth[n])["hypotheses"], read_trial(depth[n])["values"]["model.n_embd"])
+                for n in (1, 2)] == [(["depth", "width"], 16), (["depth"], 16)]
+        report = (experiment / "REPORT.md").read_text()
+        before_width, width = report.split("## width")
+        assert "`n_embd=16`" in width and "`n_embd=24`" in width and "`L=3`" in before_width
+        assert "4 trials: 4 finished" in report
+
+
+    @pytest.mark.slow
+    def test_an_interrupted_extension_resumes(self, tmp_path):
+        base = apply_overrides(TINY_BASE, {"training.train_steps": 300, "training.save_every_steps": 25,
+                                           "wandb.log_every_steps": 25})
+        space = write_space(tmp_path / "space.yaml", [{"name": "s", "grid": {"model.n_layer": [1]}}], base, seeds=[0])
+        storage = tmp_path / "r"
+        assert main(command(space, storage, "--no-report", "--max-concurrent", "1")) == 0
+        experiment = storage / "e"
+        first = files_of(experiment)
+        sweep = start_sweep(tmp_path, space, "--extend", "--seeds", "1,2", "--max-concurrent", "1", name="e")
+        wait_for(lambda: [f for f in run_trial_folders(experiment / "extend-1") if checkpoint_folder(f, 1).exists()],
+                 240)
+        sweep.send_signal(signal.SIGINT)
+        out, err = finish(sweep, tmp_path, name="e", timeout=120)
+        assert sweep.returncode == 130, err[-3000:]
+        resume = shlex.split(err.split("resume with:")[1].strip().splitlines()[0])
+        assert "--extend" not in resume and resume[-3:] == ["--name", "e", "--resume"]
+        resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "3 finished" in resumed.stdout
+        assert len(run_trial_folders(experiment / "extend-1")) == 2
+        assert all(rows(f)[-1]["step"] == 299 for f in trial_folders(experiment))
+        after = files_of(experiment)
+        assert {path: after[path] for path in first} == first
 
 
 def recorded_experiment(tmp_path, hypotheses=DEPTH, **extra):

@@ -190,8 +190,7 @@ def start_ray(address: str | None, *, num_cpus=None, num_gpus=None, dashboard_ho
     if _held is not None and _held.get("asked") == asked:
         return _held["context"]
     if _held:
-        _shut_down()  # held with other arguments: this sweep's Ray replaces it
-        _held.clear()
+        stop_ray(keep=False)  # held with other arguments: this sweep's Ray replaces it
     _ray_lines = None if verbose else _RayLines()
     try:
         context = _init(ray, address, num_cpus, num_gpus, dashboard_host)

@@ -146,11 +146,16 @@ def test_a_full_disk_in_the_sweeps_analysis_is_one_line_and_the_redo_completes(t
 
     from tune_looped.run import main
 
+    import ray
+
     analyse = analysis.run_all
-    filled = []
+    filled, ray_up = [], []
 
     def fill_then_analyse(*args, **kwargs):
-        filled.append(fill(disk))  # the trials have ended and Ray is down: only the analysis meets the full disk
+        # the trials have ended and Ray is down (a worker's line of its stopping cannot reach the terminal during
+        # the analysis): only the analysis meets the full disk
+        ray_up.append(ray.is_initialized())
+        filled.append(fill(disk))
         return analyse(*args, **kwargs)
 
     monkeypatch.setattr(analysis, "run_all", fill_then_analyse)
@@ -163,7 +168,7 @@ def test_a_full_disk_in_the_sweeps_analysis_is_one_line_and_the_redo_completes(t
         out, err = capsys.readouterr()
         experiment = disk / name
         assert rc == 1, err[-3000:]
-        assert filled and "Traceback" not in err
+        assert filled and ray_up == [False] and "Traceback" not in err
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert errors == [f"error: disk full: the storage {disk} (the filesystem at {disk}): 0 MiB free; the trials "
                           "are kept, and the analysis' files written before; free some space, then redo the analysis "

@@ -12,6 +12,7 @@ it. A resume finishes the round it stopped in, takes its look if it was not take
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -53,9 +54,10 @@ def run_space(space, *, quick: bool = False, seeds: list[int] | None = None, sto
 
 def run_study(args: Options) -> Sweep:
     """The sweep of `args`; for a sequential study, its rounds after it, until the study ends. The rounds share
-    the first sweep's Ray."""
+    the first sweep's Ray, which stays up through each round's analysis; a fixed study's Ray ends before its
+    analysis, so that no worker's line of Ray's stopping reaches the terminal there."""
     args = _sequential_if_recorded(args)
-    with ray_held():
+    with ray_held() if args.until_decided else contextlib.nullcontext():
         return _study(args)
 
 

@@ -216,10 +216,14 @@ class Interruptible:
     def __init__(self, sweep: subprocess.Popen, experiment_dir: Path, checkpoints: int = 1):
         self.sweep, self.experiment_dir, self.checkpoints = sweep, experiment_dir, checkpoints
         self.held: int | None = None
+        self.trial: Path | None = None
 
     def __call__(self):
         """(finished trial, running trial) at that moment; else None."""
         done = finished_trials(self.experiment_dir, INTERRUPT_LAST)
+        if self.trial in done:  # held after its last report, before the driver wrote it: it has ended
+            os.kill(self.held, signal.SIGCONT)
+            self.held = self.trial = None
         running = [t for t in trial_dirs(self.experiment_dir)
                    if t not in done and len(list(t.glob("checkpoint_*"))) >= self.checkpoints]
         if not (done and running):
@@ -229,7 +233,8 @@ class Interruptible:
             if self.held is None:
                 return None
             os.kill(self.held, signal.SIGSTOP)
-        return (done[0], running[0]) if "TERMINATED" in saved_statuses(self.experiment_dir) else None
+            self.trial = running[0]
+        return (done[0], self.trial) if "TERMINATED" in saved_statuses(self.experiment_dir) else None
 
     def _worker_of(self, trial_dir: Path) -> int | None:
         """The process training the trial (Tune runs it in a working folder named as the trial's folder)."""

@@ -218,8 +218,12 @@ class Interruptible:
         self.held: int | None = None
         self.trial: Path | None = None
 
-    def __call__(self):
-        """(finished trial, running trial) at that moment; else None."""
+    def wait(self) -> tuple[Path, Path]:
+        """(finished trial, held trial), polled often: the hold lands soon after the checkpoints, with most of the
+        trial's steps left."""
+        return wait_for(self._reached, 240, every=0.05)
+
+    def _reached(self):
         done = finished_trials(self.experiment_dir, INTERRUPT_LAST)
         if self.trial in done:  # held after its last report, before the driver wrote it: it has ended
             os.kill(self.held, signal.SIGCONT)
@@ -293,7 +297,7 @@ def test_a_terminated_driver_resumes(tmp_path, uninterrupted):
     sweep = start_sweep(tmp_path, space)
     experiment = tmp_path / "r" / "s"
     moment = Interruptible(sweep, experiment)
-    done, running = wait_for(moment, 240, every=0.05)
+    done, running = moment.wait()
     done_files = files_of(done)
     processes = descendants(sweep.pid)
     session = ray_session_of(processes)
@@ -349,7 +353,7 @@ def test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint(tmp_path, u
                                          f"by pid {sweep.pid} on {socket.gethostname()} (python -m tune_looped.run")
     assert sweep.poll() is None, "the first runner stopped"
     moment = Interruptible(sweep, experiment, checkpoints=2)
-    done, running = wait_for(moment, 240, every=0.05)
+    done, running = moment.wait()
     processes = descendants(sweep.pid)
     session = ray_session_of(processes)
     moment.signal(signal.SIGINT)
@@ -387,7 +391,7 @@ def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt(tmp_path, uninte
     sweep = start_sweep(tmp_path, space)
     experiment = tmp_path / "r" / "s"
     moment = Interruptible(sweep, experiment)
-    done, running = wait_for(moment, 240, every=0.05)
+    done, running = moment.wait()
     processes = descendants(sweep.pid)
     session = ray_session_of(processes)
     moment.signal(signal.SIGKILL)

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from helpers.sweeps import TINY_BASE, TrialEvents, rows, trial_dirs, write_space
+from helpers.sweeps import TINY_BASE, TrialBarrier, TrialEvents, rows, trial_dirs, write_space
 from trainers.config import apply_overrides
 from trainers.wandb_log import offline_runs
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, CPU_FLOPS, cpu_hours, gpu_share, trial_memory
@@ -72,14 +72,14 @@ def test_a_batch_beyond_the_memory_is_warned_of(tmp_path, capsys, monkeypatch):
 @pytest.mark.slow
 def test_auto_packs_trials_onto_a_gpu_ray_is_told_of(tmp_path, capsys, monkeypatch):
     """Tiny trials need little memory: the smallest share, so 4 trials (one per CPU) run together on one GPU."""
-    base = apply_overrides(TINY_BASE, {"training.train_steps": 400, "wandb.log_every_steps": 50})
-    space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1, 2, 3]}}], base,
+    space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1, 2, 3]}}],
                         resources={"cpu": 1, "gpu": "auto"})
     recorder = TrialEvents()
     recorder.install(monkeypatch)
-    rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "4",
-               "--no-dashboard", "--num-gpus", "1", "--no-report"])
-    assert rc == 0
+    with TrialBarrier(4) as barrier:  # the 4 short trials overlap: none trains before all have started
+        rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "4",
+                   "--no-dashboard", "--num-gpus", "1", "--no-report"])
+    assert rc == 0 and len(barrier.held) == 4
     assert re.search(r"resources.gpu auto: each trial gets 0.125 of a GPU", capsys.readouterr().err)
     assert recorder.max_running() == 4, recorder.events
 

@@ -27,7 +27,7 @@ from analysis import load_curves, load_summary
 from helpers.disk import fill, small_disk
 from helpers.sweeps import (REPO, TIMING_COLUMNS, TINY_BASE, alive, auth_token, descendants, finish, finished_trials,
                     process_name, processes_naming, ray_session_of, rss_mib, rows, start_sweep, sweep_command,
-                    trial_dirs, wait_for, write_space)
+                    trial_dirs, trial_workers, wait_for, write_space)
 from test_bad_input import CASES, render_bad_input, snapshot
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides
@@ -233,23 +233,13 @@ class Interruptible:
         if not (done and running):
             return None
         if self.held is None:
-            self.held = self._worker_of(running[0])
+            self.held = next((pid for pid, folder in trial_workers(self.sweep.pid).items()
+                              if folder == running[0].name), None)
             if self.held is None:
                 return None
             os.kill(self.held, signal.SIGSTOP)
             self.trial = running[0]
         return (done[0], self.trial) if "TERMINATED" in saved_statuses(self.experiment_dir) else None
-
-    def _worker_of(self, trial_dir: Path) -> int | None:
-        """The process training the trial (Tune runs it in a working folder named as the trial's folder)."""
-        for pid, name in descendants(self.sweep.pid).items():
-            try:
-                cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-            except OSError:
-                continue
-            if name.startswith("ray::ImplicitFunc") and cwd.name == trial_dir.name:
-                return pid
-        return None
 
     def signal(self, signum: int) -> None:
         """The driver signalled, the held trial released: the stop reaches it with most of its steps left."""

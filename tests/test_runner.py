@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from analysis import AnalysisWarning, load_curves
-from helpers.sweeps import (TINY_BASE, TrialEvents, descendants, finish, ray_session_of, record, rows, start_sweep,
-                            trial_dirs, wait_for, write_space)
+from helpers.sweeps import (TINY_BASE, TrialBarrier, TrialEvents, descendants, finish, ray_session_of, record, rows,
+                            start_sweep, trial_dirs, wait_for, write_space)
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
 from trainers.training import train
@@ -43,13 +43,13 @@ def test_fractional_gpus_share_one_gpu(tmp_path, monkeypatch):
     """A logical GPU on a CPU machine: at 0.5 a trial, only 2 of the 4 run at a time, though 4 CPUs are free. A
     share that lets all 4 run together is test_gpus.py::test_auto_packs_trials_onto_a_gpu_ray_is_told_of (0.125,
     the same path into Ray)."""
-    base = apply_overrides(TINY_BASE, {"training.train_steps": 400, "wandb.log_every_steps": 50})
-    space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1, 2, 3]}}], base)
+    space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1, 2, 3]}}])
     recorder = TrialEvents()
     recorder.install(monkeypatch)
-    rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "4",
-               "--no-dashboard", "--num-gpus", "1", "--gpus-per-trial", "0.5", "--no-report"])
-    assert rc == 0
+    with TrialBarrier(2) as barrier:  # two short trials overlap: neither trains before both have started
+        rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "4",
+                   "--no-dashboard", "--num-gpus", "1", "--gpus-per-trial", "0.5", "--no-report"])
+    assert rc == 0 and len(barrier.held) == 2
     ids = {trial_id for _, trial_id in recorder.events}
     assert len(ids) == 4
     assert sorted(recorder.events) == sorted([("start", i) for i in ids] + [("end", i) for i in ids])

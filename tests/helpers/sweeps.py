@@ -1,10 +1,13 @@
 """Helpers shared by the end-to-end sweep tests (test_runner, test_reliability): tiny spaces, the runner as a
 subprocess, Ray Tune's result layout, and the processes and memory of a running driver."""
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -122,6 +125,52 @@ def process_name(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
     except OSError:
         return ""
+
+
+def trial_workers(pid: int) -> dict[int, str]:
+    """The processes below `pid` that run a trial (Tune's `ray::ImplicitFunc` actors), each with the name of its
+    working folder, which Tune makes the trial's folder."""
+    found = {}
+    for kid, name in descendants(pid).items():
+        if name.startswith("ray::ImplicitFunc"):
+            try:
+                found[kid] = Path(os.readlink(f"/proc/{kid}/cwd")).name
+            except OSError:
+                continue
+    return found
+
+
+class TrialBarrier:
+    """Holds (SIGSTOP) each trial process of the Ray below this process as it appears, until `parties` are held,
+    then releases them all: that many trials run together however short they are, on any CPU, with no margin of
+    steps. Polled every 0.05 s by a thread; after `patience` seconds short of `parties` (a runner that never runs
+    that many at once) the held ones are released, so that the sweep ends and the test's own check fails."""
+
+    def __init__(self, parties: int, patience: float = 120):
+        self.parties, self.patience = parties, patience
+        self.held: list[int] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._hold, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+
+    def _hold(self):
+        deadline = time.monotonic() + self.patience
+        while not self._done.is_set() and len(self.held) < self.parties and time.monotonic() < deadline:
+            for pid in trial_workers(os.getpid()):
+                if pid not in self.held and len(self.held) < self.parties:
+                    os.kill(pid, signal.SIGSTOP)
+                    self.held.append(pid)
+            time.sleep(0.05)
+        for pid in self.held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def ray_session_of(pids) -> str:

@@ -18,6 +18,7 @@ from trainers.layout import (PLOTS_DIR, REPORT_FILE, RUNNER_DIR, WANDB_DIR, exte
 from trainers.models import build_model
 from trainers.records import read_space_record, trial_failed, write_space_record
 from tune_looped import extend, load_space
+from tune_looped.cluster import ray_held
 from tune_looped.rebuild import plan as plan_rebuild
 from tune_looped.run import main
 from tune_looped.space import space_record, trial_config
@@ -38,10 +39,23 @@ def files_of(folder) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def runner(tmp_path, space, *extra, report=False) -> subprocess.CompletedProcess:
+def runner_args(tmp_path, space, *extra) -> list[str]:
+    """The runner's arguments after `python -m tune_looped.run`."""
+    return sweep_command(space, tmp_path / "r", "s", "--max-failures", "0", *extra)[3:]
+
+
+def runner(tmp_path, space, *extra) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(sweep_command(space, tmp_path / "r", "s", "--max-failures", "0", *extra, report=report),
+    return subprocess.run(sweep_command(space, tmp_path / "r", "s")[:3] + runner_args(tmp_path, space, *extra),
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def in_process(capsys, tmp_path, space, *extra) -> tuple[int, str, str]:
+    """The runner run by this process (on the Ray a `ray_held` around it keeps): (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    rc = main(runner_args(tmp_path, space, *extra))
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
 def analysis(commands, tmp_path, *args) -> None:
@@ -60,27 +74,33 @@ def trial_folders_by_id(run_dir: Path) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-def test_a_resume_past_a_damaged_state_leaves_the_analysis_and_the_extension_in_place(tmp_path, commands):
+def test_a_resume_past_a_damaged_state_leaves_the_analysis_and_the_extension_in_place(tmp_path, commands, capsys,
+                                                                                       monkeypatch):
     """A sweep with W&B offline and an errored trial, its analysis and W&B analysis run, a finished extension of
     new seeds; the first run's newest state cut short. The resume restores the first run from its kept copy: only
-    the errored trial runs again, and the analysis, both W&B folders and the extension stay as they were."""
+    the errored trial runs again, and the analysis, both W&B folders and the extension stay as they were. The sweep
+    and the extension run in this process, on one Ray; the resume, whose trials' lines are read, is a runner of its
+    own."""
     space = load_space(write_space(tmp_path / "full.yaml", [DEPTH, PRETRAINED], seeds=[0]))
     write_space(tmp_path / "depth.yaml", [DEPTH], seeds=[0])
     model = trial_config(space.base, {"model.n_layer": 1}).model
     torch.save({"model": build_model(model).state_dict()}, tmp_path / "pretrained.pt")
     experiment = tmp_path / "r" / "s"
 
-    first = runner(tmp_path, space.path, *WANDB_OFFLINE)
-    # a failed trial is exit status 1, with the summary's count
-    assert first.returncode == 1 and "2 finished, 1 error" in first.stdout.splitlines(), first.stderr
-    failing = [trial_id for trial_id, folder in trial_folders_by_id(experiment).items() if trial_failed(folder)]
-    assert len(failing) == 1
-    analysis(commands, tmp_path, "all", experiment)
-    analysis(commands, tmp_path, "wandb", experiment, "--mode", "offline")
-    assert figures(experiment) and (experiment / REPORT_FILE).is_file() and len(offline_runs(experiment)) == 1
+    monkeypatch.chdir(tmp_path)  # where the runner finds pretrained.pt
+    with ray_held():
+        rc, out, err = in_process(capsys, tmp_path, space.path, *WANDB_OFFLINE)
+        # a failed trial is exit status 1, with the summary's count
+        assert rc == 1 and "2 finished, 1 error" in out.splitlines(), err
+        failing = [trial_id for trial_id, folder in trial_folders_by_id(experiment).items() if trial_failed(folder)]
+        assert len(failing) == 1
+        analysis(commands, tmp_path, "all", experiment)
+        analysis(commands, tmp_path, "wandb", experiment, "--mode", "offline")
+        assert figures(experiment) and (experiment / REPORT_FILE).is_file() and len(offline_runs(experiment)) == 1
 
-    extended = runner(tmp_path, tmp_path / "depth.yaml", "--extend", "--seeds", "1", *WANDB_OFFLINE)
-    assert extended.returncode == 1 and "4 finished, 1 error" in extended.stdout.splitlines(), extended.stderr
+        rc, out, err = in_process(capsys, tmp_path, tmp_path / "depth.yaml", "--extend", "--seeds", "1",
+                                  *WANDB_OFFLINE)
+        assert rc == 1 and "4 finished, 1 error" in out.splitlines(), err
     assert [r.folder for r in read_space_record(experiment).runs] == [".", extension_folder(1)]
     extension = trial_folders_by_id(experiment / extension_folder(1))
     assert len(extension) == 2 and all(rows(folder)[-1]["step"] == LAST_STEP for folder in extension.values())

@@ -288,11 +288,11 @@ def test_a_study_decides_the_clear_difference_at_the_first_look_and_gives_seeds_
 
 
 @pytest.mark.slow
-def test_a_fixed_study_continued_as_its_report_says_then_interrupted_mid_round_resumes_into_the_schedule(tmp_path):
+def test_a_fixed_study_continued_as_its_report_says_then_interrupted_mid_round_resumes_into_the_schedule(tmp_path,
+                                                                                                        capsys):
     space = write_study(tmp_path / "s.yaml")
-    fixed = subprocess.run(sweep_command(space, tmp_path / "r", "s", report=True), cwd=tmp_path,
-                           capture_output=True, text=True, timeout=600)
-    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    # the fixed study in this process; the continuation, which is interrupted, and the resume are runners
+    assert run.main(sweep_command(space, tmp_path / "r", "s", report=True)[3:]) == 0, capsys.readouterr().err[-3000:]
     experiment_dir = tmp_path / "r" / "s"
     assert read_space_record(experiment_dir).decide is None
     shown = re.search(r"\*\*Continuing it until decided\.\*\* `([^`]+)`", (experiment_dir / "REPORT.md").read_text())

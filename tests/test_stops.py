@@ -187,9 +187,10 @@ def test_a_full_disk_in_the_sweeps_analysis_is_one_line_and_the_redo_completes(t
 
 @pytest.mark.slow
 def test_two_ctrl_c_end_the_runner_with_its_summary_and_the_resume_command(tmp_path):
-    # long enough that the second trial cannot end before the Ctrl-Cs land (a trial's first row, then 0.2 s)
-    base = apply_overrides(TINY_BASE, {"training.train_steps": 200, "training.save_every_steps": 50,
-                                       "training.eval_every_steps": 100, "wandb.log_every_steps": 50})
+    # the Ctrl-Cs land 0.2 s after the first trial's first row is seen: the sweep would have to train the rest of
+    # that trial and all of the second, 200 steps, before they do for nothing to be left incomplete
+    base = apply_overrides(TINY_BASE, {"training.train_steps": 100, "training.save_every_steps": 25,
+                                       "training.eval_every_steps": 50, "wandb.log_every_steps": 25})
     space = write_space(tmp_path / "space.yaml", [{"name": "i", "grid": {"training.seed": [0, 1]}}], base,
                         resources={"cpu": 1}, max_concurrent=1)
     name = "-a b"
@@ -201,7 +202,7 @@ def test_two_ctrl_c_end_the_runner_with_its_summary_and_the_resume_command(tmp_p
         sweep = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out,
                                  stderr=err, text=True, start_new_session=True)
     try:
-        wait_for(lambda: any(rows(t) for t in trial_dirs(experiment)), 240)
+        wait_for(lambda: any(rows(t) for t in trial_dirs(experiment)), 240, every=0.05)
         os.killpg(sweep.pid, signal.SIGINT)
         time.sleep(0.2)  # a second Ctrl-C, as a user gives it, a moment after the first
         os.killpg(sweep.pid, signal.SIGINT)
@@ -221,5 +222,5 @@ def test_two_ctrl_c_end_the_runner_with_its_summary_and_the_resume_command(tmp_p
     resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "2 finished" in resumed.stdout
-    assert len(finished_trials(experiment, 199)) == 2
+    assert len(finished_trials(experiment, 99)) == 2
     print(f"\ntwo Ctrl-C 0.2 s apart: exit {sweep.returncode} {stopped:.1f} s after the second")

@@ -102,12 +102,13 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatch):
     online), and in no file under the results, the W&B folders or Ray's session, the retry's included."""
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     key = "fakekey" + "0123456789abcdef" * 2
-    base = apply_overrides(TINY_BASE, {"training.train_steps": 2000, "training.save_every_steps": 100,
-                                       "training.eval_every_steps": 500, "wandb.log_every_steps": 100})
+    base = apply_overrides(TINY_BASE, {"training.train_steps": 200, "training.save_every_steps": 20,
+                                       "training.eval_every_steps": 100, "wandb.log_every_steps": 20})
     keyed = {**base, "wandb": {**base["wandb"], "key": key, "project": "tiny"}}
     space = write_space(tmp_path / "space.yaml", [{"name": "k", "grid": {"training.seed": [7]}}], keyed)
     sweep = start_sweep(tmp_path, space, "--wandb", "--wandb-mode", "offline")
-    trial, pid = wait_for(lambda: checkpointed_trial(tmp_path / "r" / "s", before=1000))
+    trial, pid = wait_for(lambda: checkpointed_trial(tmp_path / "r" / "s", before=100), every=0.05)
+    os.kill(pid, signal.SIGSTOP)  # held where it was seen, with at least 100 steps left: the kill lands mid-trial
     environment = worker_environment(pid)
     # this sweep's own session, not /tmp/ray/session_latest, which another test's Ray may have taken meanwhile
     session = Path("/tmp/ray") / ray_session_of(descendants(sweep.pid))
@@ -135,7 +136,7 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatch):
     plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
     echoed = [line.split(") ", 1)[1] for line in plain.splitlines() if line.startswith("(run_trial pid=")]
     assert echoed and echoed[0] == label, echoed[:3]
-    logged = list(range(0, 2000, 100)) + [1999]
+    logged = list(range(0, 200, 20)) + [199]
     state = load_checkpoint(sorted(trial.glob("checkpoint_*"))[-1])
     assert [r["step"] for r in state["metrics"]] == logged
     with warnings.catch_warnings():

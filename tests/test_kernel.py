@@ -52,7 +52,9 @@ DIFFERING = apply_overrides(TINY_BASE, {"model.n_embd": 32, "model.n_head": 4, "
     (cpuinfo("HygonGenuine", "Hygon C86", f"{BASE_FLAGS} {AVX512}"), True,
      "oneDNN (AVX-512 on a HygonGenuine CPU, where MKL runs only its AVX2 code)"),
     (cpuinfo("GenuineIntel", "Intel(R) Xeon(R) E-2388G", BASE_FLAGS), False, "MKL (no AVX-512 on this CPU)"),
-], ids=["AVX2-only AMD", "AVX-512 AMD", "Intel AVX-512+AMX", "AVX-512 Hygon", "AVX2-only Intel"])
+    (f"processor\t: 0\nflags\t\t: {BASE_FLAGS} {AVX512}\n", True,
+     "oneDNN (AVX-512 on a non-Intel CPU, where MKL runs only its AVX2 code)"),
+], ids=["AVX2-only AMD", "AVX-512 AMD", "Intel AVX-512+AMX", "AVX-512 Hygon", "AVX2-only Intel", "no vendor named"])
 def test_auto_takes_one_library_per_cpu_type(text, takes_onednn, why):
     assert onednn.preferred_library(onednn.read_cpu(text)) == (takes_onednn, why)
 
@@ -74,6 +76,12 @@ def test_a_cpu_without_flags_to_read_gets_mkl(tmp_path, monkeypatch):
     (tmp_path / "cpuinfo").write_text(AVX512_AMD)
     monkeypatch.setattr(onednn, "CPUINFO", tmp_path / "cpuinfo")
     assert onednn.preferred_library(onednn.read_cpu())[0] is True
+
+
+def test_a_checkpoint_names_its_library_and_an_older_one_only_its_flag():
+    assert onednn.recorded_library({onednn.PRODUCTS_KEY: "cuda", onednn.ONEDNN_KEY: False}) == "cuda"
+    assert [onednn.recorded_library({onednn.ONEDNN_KEY: flag}) for flag in (True, False)] == ["oneDNN", "MKL"]
+    assert {onednn.recorded_library(old) for old in (None, {}, {"step": 3}, {onednn.ONEDNN_KEY: "auto"})} == {"unknown"}
 
 
 def _run(raw, out_dir, **overrides):

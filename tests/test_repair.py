@@ -39,21 +39,20 @@ def files_of(folder) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def runner_args(tmp_path, space, *extra) -> list[str]:
-    """The runner's arguments after `python -m tune_looped.run`."""
-    return sweep_command(space, tmp_path / "r", "s", "--max-failures", "0", *extra)[3:]
+def runner_command(tmp_path, space, *extra) -> list[str]:
+    return sweep_command(space, tmp_path / "r", "s", "--max-failures", "0", *extra)
 
 
 def runner(tmp_path, space, *extra) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(sweep_command(space, tmp_path / "r", "s")[:3] + runner_args(tmp_path, space, *extra),
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(runner_command(tmp_path, space, *extra), cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
 def in_process(capsys, tmp_path, space, *extra) -> tuple[int, str, str]:
     """The runner run by this process (on the Ray a `ray_held` around it keeps): (exit status, stdout, stderr)."""
     capsys.readouterr()
-    rc = main(runner_args(tmp_path, space, *extra))
+    rc = main(runner_command(tmp_path, space, *extra)[3:])  # the arguments after `python -m tune_looped.run`
     out, err = capsys.readouterr()
     return rc, out, err
 

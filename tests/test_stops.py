@@ -188,7 +188,7 @@ def test_a_full_disk_in_the_sweeps_analysis_is_one_line_and_the_redo_completes(t
 @pytest.mark.slow
 def test_two_ctrl_c_end_the_runner_with_its_summary_and_the_resume_command(tmp_path):
     # the Ctrl-Cs land 0.2 s after the first trial's first row is seen: the sweep would have to train the rest of
-    # that trial and all of the second, 200 steps, before they do for nothing to be left incomplete
+    # that trial and all of the second, about 200 steps, before they do for nothing to be left incomplete
     base = apply_overrides(TINY_BASE, {"training.train_steps": 100, "training.save_every_steps": 25,
                                        "training.eval_every_steps": 50, "wandb.log_every_steps": 25})
     space = write_space(tmp_path / "space.yaml", [{"name": "i", "grid": {"training.seed": [0, 1]}}], base,

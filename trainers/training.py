@@ -127,6 +127,11 @@ class StepRunner:
     `interval` steps. The first CUDA_GRAPH_WARMUP_STEPS steps of a state run eagerly on a side stream, as
     capture requires (cuBLAS handles and autograd's lazily built state must exist first); they are ordinary
     training steps. The next step is captured, and it and every later step of the state replay the graph.
+
+    Each graph has a memory pool of its own. One pool shared by successive graphs broke at the second capture
+    whenever a tensor allocated during the first outlived its graph: the allocator's "use_count > 0" assertion,
+    on an H200 at the research model's second curriculum state, in a fresh process. A dropped graph's pool is
+    freed once its tensors are, and each capture empties the allocator's cache first.
     """
 
     def __init__(self, model, optimizer, config: Config, device: torch.device):
@@ -135,7 +140,6 @@ class StepRunner:
         if config.training.cuda_graphs and not self.graphed:
             warnings.warn(f"training.cuda_graphs: the run is on {device.type}, not CUDA; its steps run eagerly",
                           stacklevel=2)
-        self.pool = torch.cuda.graph_pool_handle() if self.graphed else None
         self.state: CurriculumState | None = None
         self.graph, self.static, self.eager_left = None, (), 0
 
@@ -143,7 +147,6 @@ class StepRunner:
         if not self.graphed:
             return _train_step(self.model, self.optimizer, xs, ys, state, self.config, self.device)
         if state != self.state:
-            # dropping the old graph returns its memory to the pool before the next capture
             self.state, self.graph, self.static, self.eager_left = state, None, (), CUDA_GRAPH_WARMUP_STEPS
         if self.eager_left:
             self.eager_left -= 1
@@ -165,7 +168,7 @@ class StepRunner:
         graph = torch.cuda.CUDAGraph()
         # with no .grad, backward allocates the gradients inside the graph's pool, at fixed addresses
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph):
             loss, grad_norm = _train_step(self.model, self.optimizer, static_xs, static_ys, state, self.config,
                                          self.device, cache_enabled=False)
         self.graph, self.static = graph, (static_xs, static_ys, loss, grad_norm)

@@ -183,8 +183,10 @@ def test_the_device_call_installs_the_carry_and_keeps_what_it_measured(capsys, m
     assert call["carry"] == [gpu_carry.FOLDER] and len(command) <= 2000
     assert command.startswith("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
                               "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit;")
-    assert "export PYTHONUNBUFFERED=1;" in command and 'python3 -m benchmarks.gpu "$OUT/gpu" --budget 400 ' in command
+    assert "export PYTHONUNBUFFERED=1;" in command and 'python3 -m benchmarks.gpu "$OUT/gpu" --budget 360 ' in command
     assert '| tee "$OUT/gpu.log"' in command and command.endswith("exit $rc")
+    # the tool brings back 8 files at most: the tables' folder travels as one tarball
+    assert 'tar -czf "$OUT/gpu.tar.gz" -C "$OUT" gpu && rm -r "$OUT/gpu";' in command
     # the call's own limit covers every timeout in the command
     assert call["timeout_s"] >= gpu_carry.BUDGET_S + 30 + 10 + gpu_carry.PYTEST_S + 5 and call["timeout_s"] <= 600
     assert f"{gpu_carry.FOLDER}/" in (REPO / ".gitignore").read_text().splitlines()

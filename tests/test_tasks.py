@@ -7,6 +7,7 @@ from trainers.tasks import (
     TASKS,
     DecisionTree,
     LinearRegression,
+    NoisyLinearRegression,
     Relu2nnRegression,
     SparseLinearRegression,
     error_normaliser,
@@ -207,6 +208,14 @@ def test_predict_zero_error_is_the_sampled_second_moment_over_the_normaliser(tas
     assert sampled == pytest.approx(level, rel=0.05)
     # the relu task is the one reported unnormalised: predicting 0 scores d there, about 1 everywhere else
     assert level == pytest.approx(n_dims_truncated if task_name == "relu_2nn_regression" else 1, rel=0.01)
+
+
+def test_the_noise_adds_its_variance_to_the_level_of_predicting_zero():
+    # E[y^2] = E[(w.x)^2] + sigma^2 = d + sigma^2, divided by d as for the noiseless task: the sampled check above
+    # cannot see sigma^2 / d (0.1%) within its 5%
+    sigma = NoisyLinearRegression.noise_std
+    assert sigma > 0
+    assert predict_zero_error("noisy_linear_regression", 10, 3) == pytest.approx((10 + sigma**2) / 10, rel=1e-12)
 
 
 def test_unknown_task_lists_the_allowed_names():

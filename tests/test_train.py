@@ -326,7 +326,8 @@ def test_cuda_graphs_train_like_eager_cuda_across_curriculum_changes(tmp_path, t
         # every 5 steps: steps 15, 25 and 35 are replays (a state's steps 0-2 run eagerly and its step 3 is captured)
         done = subprocess.run([sys.executable, "-m", "trainers.train", "--config", str(tiny_config_file), "--device",
                                "cuda", "--training.cuda_graphs", graphs, "--wandb.log_every_steps", "5",
-                               "--out_dir", str(tmp_path / name)], cwd=REPO, capture_output=True, text=True, timeout=120)
+                               "--out_dir", str(tmp_path / name)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         rows[name] = [json.loads(line) for line in
                       (tmp_path / name / tiny_config_file.stem / "metrics.jsonl").read_text().splitlines()]

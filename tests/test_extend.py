@@ -43,7 +43,7 @@ def started(recorder: TrialEvents) -> set[str]:
 
 
 def command(space, storage, *extra) -> list[str]:
-    return ["--space", str(space), "--storage", str(storage), "--name", "e", "--num-cpus", "2", "--no-dashboard",
+    return ["--space", str(space), "--storage", str(storage), "--name", "e", "--num-cpus", "1", "--no-dashboard",
             *extra]
 
 
@@ -59,7 +59,7 @@ class TestOnOneRay:
         space = write_space(tmp_path / "space.yaml", DEPTH, seeds=[0])
         storage = tmp_path / "r"
         sweep = run_space(space, storage=str(storage), name="e", overrides={"training.train_steps": 20}, report=False,
-                          num_cpus=2, dashboard=False)
+                          num_cpus=1, dashboard=False)
         experiment = storage / "e"
         assert sweep.experiment_dir == experiment
         assert isinstance(sweep.results, ResultGrid) and len(sweep.results) == 2 and not sweep.results.errors
@@ -175,7 +175,7 @@ def test_an_extension_that_changes_a_trial_that_ran_is_refused(tmp_path, capsys,
     space, experiment = recorded_experiment(tmp_path)
     if flags == ["--space-resources"]:
         write_space(space, DEPTH, seeds=[0], resources={"cpu": 2})
-        flags = []
+        flags = ["--num-cpus", "2"]  # a Ray where the new request fits: only the change is refused
     elif flags == ["--space-samples"]:
         write_space(space, DEPTH, seeds=[0], num_samples=2)
         flags = []

@@ -178,7 +178,7 @@ def test_the_same_sweep_beside_a_busy_process_trains_the_same_curves(tmp_path):
     space = write_space(tmp_path / "space.yaml", [{"name": "seeds", "grid": {"training.seed": [0, 1]}}], DIFFERING)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        out, err = finish(start_sweep(tmp_path, space, name="busy"), tmp_path, "busy")
+        out, err = finish(start_sweep(tmp_path, space, name="busy", cpus=2), tmp_path, "busy")
     finally:
         busy.kill()
         busy.wait()

@@ -30,10 +30,10 @@ def plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def run_sweep(folder: Path, base: dict, *extra: str) -> subprocess.CompletedProcess:
+def run_sweep(folder: Path, base: dict, *extra: str, dashboard: bool = True) -> subprocess.CompletedProcess:
     space = write_space(folder / "space.yaml", [{"name": "e", "grid": {"training.seed": [0]}}], base=base)
     # with the dashboard, as a user's runner starts: its lines are among those the terminal must not show
-    return subprocess.run(sweep_command(space, folder / "r", "s", *extra, dashboard=True), cwd=folder,
+    return subprocess.run(sweep_command(space, folder / "r", "s", *extra, dashboard=dashboard), cwd=folder,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -91,7 +91,8 @@ def test_tensorboard_plots_against_the_training_steps(quiet_sweep):
 @pytest.mark.slow
 def test_verbose_shows_ray_s_own_lines_on_the_terminal(tmp_path):
     base = {**TINY_BASE, "training": {**TINY_BASE["training"], "train_steps": 10, "save_every_steps": 5}}
-    done = run_sweep(tmp_path, base, "--verbose")
+    # without the dashboard (its start costs 3-6 CPU-seconds): what --verbose must show is Ray's own lines
+    done = run_sweep(tmp_path, base, "--verbose", dashboard=False)
     out, err = plain(done.stdout), plain(done.stderr)
     assert done.returncode == 0, err[-3000:]
     assert re.search(rf"^\(run_trial pid=\d+\) {CHECKPOINT_LINE}: Checkpoint\(", out + err, re.M), out + err

@@ -517,7 +517,7 @@ def test_many_trials_keep_the_driver_memory_flat(tmp_path, monkeypatch):
                         [{"name": "load", "grid": {"training.seed": list(range(LOAD_TRIALS))}}], base,
                         resources={"cpu": 1})
     started = time.monotonic()
-    sweep = start_sweep(tmp_path, space)
+    sweep = start_sweep(tmp_path, space, cpus=2)
     experiment = tmp_path / "r" / "s"
     samples = []  # (trials started, driver RSS in MiB)
     while sweep.poll() is None:

@@ -161,7 +161,7 @@ class TestOnOneRay:
         space = write_space(tmp_path / "space.yaml", HYPOTHESES, sample={"model.n_head": "choice([2])"})
         terminal = Terminal()
         monkeypatch.setattr(sys, "stderr", terminal)
-        rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "h", "--num-cpus", "2",
+        rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "h", "--num-cpus", "1",
                    "--no-dashboard"])
         out = capsys.readouterr().out
         # the analysis' bar: one step per trial's checkpoint evaluated (4) and per figure (6 for each of 3 hypotheses)
@@ -217,7 +217,7 @@ class TestOnOneRay:
         monkeypatch.chdir(tmp_path)  # the runner writes a URI storage's space record under the working directory
         space = write_space(tmp_path / "space.yaml", [{"name": "u", "grid": {"training.seed": [0]}}],
                             apply_overrides(TINY_BASE, {"training.train_steps": 40}))
-        rc = main(["--space", str(space), "--storage", f"file://{tmp_path / 'r'}", "--name", "u", "--num-cpus", "2",
+        rc = main(["--space", str(space), "--storage", f"file://{tmp_path / 'r'}", "--name", "u", "--num-cpus", "1",
                    "--no-dashboard", "--wandb", "--wandb-mode", "offline", "--no-report"])
         assert rc == 0, capsys.readouterr().err
         (trial,) = trial_dirs(tmp_path / "r" / "u")
@@ -233,7 +233,7 @@ class TestOnOneRay:
                  "reference": {"training.learning_rate": 0.01}, "expect": "better"}
         space = write_space(tmp_path / "space.yaml", [rates], base=base, seeds=[0, 1], max_concurrent=1,
                             scheduler={"type": "asha", "grace_period": 20, "reduction_factor": 2})
-        rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "a", "--num-cpus", "2",
+        rc = main(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "a", "--num-cpus", "1",
                    "--no-dashboard"])
         out = capsys.readouterr().out
         assert rc == 0

@@ -163,7 +163,7 @@ def test_a_full_disk_in_the_sweeps_analysis_is_one_line_and_the_redo_completes(t
                         resources={"cpu": 1})
     with small_disk(tmp_path / "disk", "230m") as disk:
         name = "-a b"
-        rc = main(["--space", str(space), "--storage", str(disk), f"--name={name}", "--num-cpus", "2",
+        rc = main(["--space", str(space), "--storage", str(disk), f"--name={name}", "--num-cpus", "1",
                    "--no-dashboard"])
         out, err = capsys.readouterr()
         experiment = disk / name

@@ -63,20 +63,22 @@ def finished_trials(experiment_dir: Path, last_step: int) -> list[Path]:
 
 
 def sweep_command(space: Path, storage: Path, name: str, *extra, report: bool = False,
-                  dashboard: bool = False) -> list[str]:
+                  dashboard: bool = False, cpus: int = 1) -> list[str]:
     """The runner's command line; without the dashboard unless the test looks at it (its start costs about 5 of
-    a start's 12 s on 2 busy cores)."""
+    a start's 12 s on 2 busy cores). One CPU unless the test runs trials side by side: the trials then take turns
+    in one worker, whose start (imports, and torch._dynamo's at the optimizer's first call) costs 8-9 CPU-seconds
+    on 2 AVX2 cores, more than a tiny trial's training."""
     return [sys.executable, "-m", "tune_looped.run", "--space", str(space), "--storage", str(storage),
-            "--name", name, "--num-cpus", "2", *([] if report else ["--no-report"]),
+            "--name", name, "--num-cpus", str(cpus), *([] if report else ["--no-report"]),
             *([] if dashboard else ["--no-dashboard"]), *extra]
 
 
 def start_sweep(tmp_path: Path, space: Path, *extra, name: str = "s", report: bool = False,
-                dashboard: bool = False) -> subprocess.Popen:
+                dashboard: bool = False, cpus: int = 1) -> subprocess.Popen:
     """The runner as a subprocess in `tmp_path`, its output in `tmp_path/<name>.out|.err` (a pipe nobody reads
     could fill and stall it); results under `tmp_path/r/<name>`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = sweep_command(space, tmp_path / "r", name, *extra, report=report, dashboard=dashboard)
+    cmd = sweep_command(space, tmp_path / "r", name, *extra, report=report, dashboard=dashboard, cpus=cpus)
     with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
         return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=err, text=True)
 

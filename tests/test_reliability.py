@@ -50,8 +50,9 @@ class Fault:
 LOAD_TRIALS = 64  # enough for a leak of a few MiB a trial to show between the first quarter and the last
 
 FAULTS = [
-    Fault("worker killed", "SIGKILL (`os.kill`) of a running trial's process after its first checkpoint, held "
-          "(SIGSTOP) where it was seen until the kill, well before its last of 200 steps",
+    Fault("worker killed", "SIGKILL (`os.kill`) of a running trial's process once its second checkpoint is logged "
+          "(the first is then registered), held (SIGSTOP) where it was seen until the kill, well before its last of "
+          "200 steps",
           "retried from its last checkpoint, exit 0; every logged step exactly once in `load_curves`; final "
           "parameters and `eval/loss` bit-identical to the same trial without the fault",
           "`test_runner.py::test_killed_worker_is_retried_from_its_checkpoint`"),

@@ -79,15 +79,17 @@ def test_two_worker_nodes_share_the_trials(tmp_path, capsys):
 
 
 def checkpointed_trial(experiment_dir: Path, before: int):
-    """A running trial that has reported a checkpoint and not yet step `before`: (trial_dir, its worker pid).
-    Well before its last step, so that the kill cannot land after the trial has returned (then Tune has nothing
-    to retry)."""
+    """A running trial that has logged its second checkpoint and not yet step `before`: (trial_dir, its worker pid).
+    The second: Tune writes a result's row before it registers the result's checkpoint, so a kill just after the
+    first checkpoint's row can find none registered, and the retry starts again from step 0 (seen once on 2 busy
+    cores); results are processed in order, so once the second's row is written the first is registered. Well
+    before its last step, so that the kill cannot land after the trial has returned (then Tune has nothing to
+    retry)."""
     for trial in trial_dirs(experiment_dir):
-        if list(trial.glob("checkpoint_*/checkpoint.pt")) and (trial / "result.json").exists():
-            done = rows(trial)
-            if done and done[-1]["step"] < before:
-                return trial, done[-1]["pid"]
-            assert not done or done[-1]["step"] < before, "the trial passed its first half before it was seen"
+        done = rows(trial)
+        if sum(bool(row.get("checkpoint_dir_name")) for row in done) >= 2:
+            assert done[-1]["step"] < before, "the trial passed its first half before it was seen"
+            return trial, done[-1]["pid"]
     return None
 
 

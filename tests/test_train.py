@@ -323,8 +323,8 @@ def test_cuda_graphs_train_like_eager_cuda_across_curriculum_changes(tmp_path, t
     for name, graphs in (("eager", "false"), ("graphs", "true")):
         # each in a fresh interpreter, as a trial runs: there the first capture is the process's first, and a
         # memory pool shared between captures broke at the next curriculum state (StepRunner says how). Not the
-        # `commands` server's fork: it preloads Ray, which the GPU machine lacks. A row
-        # every 5 steps: steps 15, 25 and 35 are replays (a state's steps 0-2 run eagerly and its step 3 is captured)
+        # `commands` server's fork: it preloads Ray, which the GPU machine lacks. A row every 5 steps: steps 15,
+        # 25 and 35 are replays (a state's steps 0-2 run eagerly and its step 3 is captured)
         done = subprocess.run([sys.executable, "-m", "trainers.train", "--config", str(tiny_config_file), "--device",
                                "cuda", "--training.cuda_graphs", graphs, "--wandb.log_every_steps", "5",
                                "--out_dir", str(tmp_path / name)],

@@ -26,7 +26,7 @@ import torch
 from analysis import load_curves, load_summary
 from helpers.disk import fill, small_disk
 from helpers.sweeps import (REPO, TIMING_COLUMNS, TINY_BASE, alive, auth_token, descendants, finish, finished_trials,
-                    process_name, processes_naming, ray_session_of, rss_mib, rows, start_sweep, sweep_command,
+                    forked_sweep, process_name, processes_naming, ray_session_of, rss_mib, rows, start_sweep, sweep_command,
                     trial_dirs, trial_workers, wait_for, write_space)
 from test_bad_input import CASES, render_bad_input, snapshot
 from trainers.checkpoint import load_checkpoint
@@ -183,11 +183,10 @@ def interrupt_space(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, commands):
     folder = tmp_path_factory.mktemp("uninterrupted")
-    sweep = start_sweep(folder, interrupt_space(folder))
-    out, err = finish(sweep, folder)
-    assert sweep.returncode == 0, err
+    done = forked_sweep(commands, folder, interrupt_space(folder))
+    assert done.returncode == 0, done.stderr
     curves, summary = comparable_frames(folder / "r" / "s")
     assert all(group["step"].tolist() == INTERRUPT_LOGGED for _, group in curves.groupby("training.seed"))
     return curves, summary
@@ -311,11 +310,6 @@ def refused_runner(commands, tmp_path: Path, space: Path, *extra) -> subprocess.
     return commands.run(sweep_command(space, tmp_path / "r", "s", *extra)[1:], cwd=tmp_path, timeout=120)
 
 
-def second_runner(tmp_path: Path, space: Path, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run(sweep_command(space, tmp_path / "r", "s", *extra), cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
-
-
 def truncate(file: Path) -> int:
     """Cut `file` to half its size, as a copy a full disk or a kill stopped; the size it had."""
     size = file.stat().st_size
@@ -404,7 +398,7 @@ def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt(tmp_path, uninte
             "Tune cannot restore the experiment (it would start a new one in its place); the folder is left as it "
             "is; --resume --rebuild-state runs the trials that did not end, from the trial folders"]
         assert snapshot(experiment) == before, "the refused resume changed the experiment"
-        rebuilt = second_runner(tmp_path, space, "--resume", "--rebuild-state")
+        rebuilt = forked_sweep(commands, tmp_path, space, "--resume", "--rebuild-state")
         lingering = alive(processes)
     finally:
         for pid in alive(processes):
@@ -469,14 +463,14 @@ DIVERGING_LR = 1e30
 
 
 @pytest.mark.slow
-def test_diverging_trial_is_stopped_and_reported(tmp_path):
+def test_diverging_trial_is_stopped_and_reported(tmp_path, commands):
     torch.save({"model": build_model(TINY_BASE["model"]).state_dict()}, tmp_path / "ref.pt")
     base = apply_overrides(TINY_BASE, {"model.pretrained_path": "ref.pt"})  # relative: trials run elsewhere
     space = write_space(tmp_path / "space.yaml",
                         [{"name": "lr", "grid": {"training.learning_rate": [DIVERGING_LR, 1e-3]}}], base)
-    sweep = start_sweep(tmp_path, space, report=True)
-    out, err = finish(sweep, tmp_path)
-    assert sweep.returncode == 0, err
+    done = forked_sweep(commands, tmp_path, space, report=True)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     experiment = tmp_path / "r" / "s"
     by_lr = {json.loads((t / "params.json").read_text())["variant"]["training.learning_rate"]: t
              for t in trial_dirs(experiment)}

@@ -1,18 +1,16 @@
 """A resume that repairs Tune's damaged state sets aside only the trial folders of the run it repairs: the
 analysis, W&B's folders and the extensions stay where they are, and the resume finds nothing missing. The same for
 `--rebuild-state`, and a resume names an extension's folder that is gone instead of saying it never saved a state.
-The sweeps are tiny (30 steps, n_embd 16) on a real embedded Ray, the runner a subprocess."""
+The sweeps are tiny (30 steps, n_embd 16) on a real embedded Ray."""
 import hashlib
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 from helpers.experiments import write_trial
-from helpers.sweeps import TINY_BASE, record, rows, sweep_command, write_space
+from helpers.sweeps import TINY_BASE, forked_sweep, record, rows, sweep_command, write_space
 from trainers.layout import (PLOTS_DIR, REPORT_FILE, RUNNER_DIR, WANDB_DIR, extension_folder, figures, newest_state,
                              offline_runs, run_trial_folders)
 from trainers.models import build_model
@@ -41,12 +39,6 @@ def files_of(folder) -> dict[str, str]:
 
 def runner_command(tmp_path, space, *extra) -> list[str]:
     return sweep_command(space, tmp_path / "r", "s", "--max-failures", "0", *extra)
-
-
-def runner(tmp_path, space, *extra) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(runner_command(tmp_path, space, *extra), cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
 
 
 def in_process(capsys, tmp_path, space, *extra) -> tuple[int, str, str]:
@@ -79,7 +71,7 @@ def test_a_resume_past_a_damaged_state_leaves_the_analysis_and_the_extension_in_
     new seeds; the first run's newest state cut short. The resume restores the first run from its kept copy: only
     the errored trial runs again, and the analysis, both W&B folders and the extension stay as they were. The sweep
     and the extension run in this process, on one Ray; the resume, whose trials' lines are read, is a runner of its
-    own."""
+    own, forked from the command server."""
     space = load_space(write_space(tmp_path / "full.yaml", [DEPTH, PRETRAINED], seeds=[0]))
     write_space(tmp_path / "depth.yaml", [DEPTH], seeds=[0])
     model = trial_config(space.base, {"model.n_layer": 1}).model
@@ -112,7 +104,7 @@ def test_a_resume_past_a_damaged_state_leaves_the_analysis_and_the_extension_in_
     state = newest_state(experiment)
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
 
-    resumed = runner(tmp_path, space.path, "--resume", *WANDB_OFFLINE)
+    resumed = forked_sweep(commands, tmp_path, space.path, "--max-failures", "0", "--resume", *WANDB_OFFLINE)
     assert resumed.returncode == 1 and "4 finished, 1 error" in resumed.stdout.splitlines(), resumed.stderr
     told = resumed.stdout.splitlines() + resumed.stderr.splitlines()
     assert not [line for line in told if line.startswith(("missing:", "not asked for:", "warning: set aside"))], told

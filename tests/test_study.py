@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.helpers.sweeps import finish, sweep_command, wait_for
+from tests.helpers.sweeps import finish, forked_sweep, sweep_command, wait_for
 from trainers.layout import extension_folder, run_trial_folders, trial_folders
 from trainers.records import (AT_CAP, DECIDED, OVER_BUDGET, SEED_KEY, Hypothesis, RunRecord, SpaceRecord, StudyRecord,
                               read_space_record, read_trial_record, trial_key, write_space_record)
@@ -267,10 +267,10 @@ def _assert_the_study_ran_its_schedule_once(experiment_dir: Path, first_look=1) 
 
 
 @pytest.mark.slow
-def test_a_study_decides_the_clear_difference_at_the_first_look_and_gives_seeds_only_to_the_open_one(tmp_path):
+def test_a_study_decides_the_clear_difference_at_the_first_look_and_gives_seeds_only_to_the_open_one(tmp_path,
+                                                                                                      commands):
     space = write_study(tmp_path / "s.yaml")
-    result = subprocess.run(sweep_command(space, tmp_path / "r", "s", "--until-decided", report=True),
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = forked_sweep(commands, tmp_path, space, "--until-decided", report=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     experiment_dir = tmp_path / "r" / "s"
     _assert_the_study_ran_its_schedule_once(experiment_dir)

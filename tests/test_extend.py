@@ -129,7 +129,7 @@ class TestOnOneRay:
 
 
     @pytest.mark.slow
-    def test_an_interrupted_extension_resumes(self, tmp_path):
+    def test_an_interrupted_extension_resumes(self, tmp_path, commands):
         # the stop is sent at the extension's second checkpoint (step 40): it finds the extension unfinished unless
         # both its trials, 200 steps, end before the driver takes the signal
         base = apply_overrides(TINY_BASE, {"training.train_steps": 120, "training.save_every_steps": 20,
@@ -139,7 +139,8 @@ class TestOnOneRay:
         assert main(command(space, storage, "--no-report", "--max-concurrent", "1")) == 0
         experiment = storage / "e"
         first = files_of(experiment)
-        sweep = start_sweep(tmp_path, space, "--extend", "--seeds", "1,2", "--max-concurrent", "1", name="e")
+        sweep = start_sweep(tmp_path, space, "--extend", "--seeds", "1,2", "--max-concurrent", "1", name="e",
+                            commands=commands)
         wait_for(lambda: [f for f in run_trial_folders(experiment / "extend-1") if checkpoint_folder(f, 1).exists()],
                  240, every=0.05)
         sweep.send_signal(signal.SIGINT)

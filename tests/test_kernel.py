@@ -12,7 +12,7 @@ import pytest
 from analysis import load_curves, load_summary
 from analysis.report import render_report
 from helpers.experiments import checkpoint_state, config_dict, metric_row, ray_row, write_trial
-from helpers.sweeps import TINY_BASE, finish, start_sweep, write_space
+from helpers.sweeps import TINY_BASE, forked_sweep, write_space
 from test_report import summary_frame
 from trainers import onednn
 from trainers.checkpoint import latest_checkpoint, load_checkpoint
@@ -163,7 +163,7 @@ def _curves_by_seed(experiment: Path) -> dict[int, list[tuple]]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not ONEDNN, reason="this torch has no oneDNN")
-def test_the_same_sweep_beside_a_busy_process_trains_the_same_curves(tmp_path):
+def test_the_same_sweep_beside_a_busy_process_trains_the_same_curves(tmp_path, commands):
     """The issue's case: the timing probe picked another library for some trials under load. The sweep runs
     `auto` beside a busy process; each trial must train, bit for bit, what the library this CPU type's rule
     names trains on a quiet machine. The libraries round differently at this size (checked first), so a trial
@@ -178,11 +178,11 @@ def test_the_same_sweep_beside_a_busy_process_trains_the_same_curves(tmp_path):
     space = write_space(tmp_path / "space.yaml", [{"name": "seeds", "grid": {"training.seed": [0, 1]}}], DIFFERING)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        out, err = finish(start_sweep(tmp_path, space, name="busy", cpus=2), tmp_path, "busy")
+        done = forked_sweep(commands, tmp_path, space, name="busy", cpus=2)
     finally:
         busy.kill()
         busy.wait()
-    assert "2 finished" in out, out + err
+    assert "2 finished" in done.stdout, done.stdout + done.stderr
     loaded = _curves_by_seed(tmp_path / "r" / "busy")
     assert len(quiet[0]) == 30 and all(not math.isnan(loss) for loss, _ in quiet[0])
     assert loaded == quiet

@@ -26,8 +26,8 @@ import torch
 from analysis import load_curves, load_summary
 from helpers.disk import fill, small_disk
 from helpers.sweeps import (REPO, TIMING_COLUMNS, TINY_BASE, alive, auth_token, descendants, finish, finished_trials,
-                    forked_sweep, process_name, processes_naming, ray_session_of, rss_mib, rows, start_sweep, sweep_command,
-                    trial_dirs, trial_workers, wait_for, write_space)
+                    forked_sweep, process_name, processes_naming, ray_session_of, rss_mib, rows, start_sweep,
+                    sweep_command, trial_dirs, trial_workers, wait_for, write_space)
 from test_bad_input import CASES, render_bad_input, snapshot
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides
@@ -283,9 +283,9 @@ def restarts(trial_dir: Path) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("save_state_often")
-def test_a_terminated_driver_resumes(tmp_path, uninterrupted):
+def test_a_terminated_driver_resumes(tmp_path, uninterrupted, commands):
     space = interrupt_space(tmp_path)
-    sweep = start_sweep(tmp_path, space)
+    sweep = start_sweep(tmp_path, space, commands=commands)
     experiment = tmp_path / "r" / "s"
     moment = Interruptible(sweep, experiment)
     done, running = moment.wait()
@@ -328,7 +328,7 @@ def trial_log(out: str) -> list[str]:
 def test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint(tmp_path, uninterrupted, commands):
     """Also the driver interrupted by SIGINT: the dashboard's token, Ray shut down, the printed resume command."""
     space = interrupt_space(tmp_path)
-    sweep = start_sweep(tmp_path, space, dashboard=True)
+    sweep = start_sweep(tmp_path, space, dashboard=True, commands=commands)
     experiment = tmp_path / "r" / "s"
     check_dashboard(tmp_path / "s.err")
     wait_for(lambda: list(experiment.glob("experiment_state-*.json")), 120)
@@ -374,7 +374,7 @@ def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt(tmp_path, uninte
     """Also the driver killed (SIGKILL): its trials' workers die with it, and the next run ends the rest of its Ray
     session."""
     space = interrupt_space(tmp_path)
-    sweep = start_sweep(tmp_path, space)
+    sweep = start_sweep(tmp_path, space, commands=commands)
     experiment = tmp_path / "r" / "s"
     moment = Interruptible(sweep, experiment)
     done, running = moment.wait()
@@ -416,15 +416,15 @@ def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt(tmp_path, uninte
 
 
 @pytest.mark.slow
-def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path):
+def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path, commands):
     with small_disk(tmp_path / "disk", "230m") as disk:
         base = apply_overrides(TINY_BASE, {"training.train_steps": 60, "training.save_every_steps": 10,
                                            "wandb.log_every_steps": 10})
         space = write_space(tmp_path / "space.yaml", [{"name": "d", "grid": {"training.seed": [0, 1, 2]}}], base,
                             resources={"cpu": 1}, max_concurrent=1)
         command = sweep_command(space, disk, "s", "--max-failures", "0")
-        with open(tmp_path / "s.out", "w") as out, open(tmp_path / "s.err", "w") as err:
-            sweep = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=err, text=True)
+        sweep = commands.start(command[1:], tmp_path, tmp_path / "s.out", tmp_path / "s.err",
+                               env=commands.environment())
         experiment = disk / "s"
         # once the runner keeps a good copy of Tune's state and the first trial has checkpointed, the disk fills
         wait_for(lambda: list((experiment / ".tune_looped").glob("experiment_state-*.json"))

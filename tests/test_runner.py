@@ -99,7 +99,7 @@ def worker_environment(pid: int) -> dict:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
-def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatch):
+def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatch, commands):
     """Also the W&B key, given only in the space's base config: in the trial worker's environment (so W&B can log
     online), and in no file under the results, the W&B folders or Ray's session, the retry's included."""
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -108,7 +108,7 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, monkeypatch):
                                        "training.eval_every_steps": 100, "wandb.log_every_steps": 20})
     keyed = {**base, "wandb": {**base["wandb"], "key": key, "project": "tiny"}}
     space = write_space(tmp_path / "space.yaml", [{"name": "k", "grid": {"training.seed": [7]}}], keyed)
-    sweep = start_sweep(tmp_path, space, "--wandb", "--wandb-mode", "offline")
+    sweep = start_sweep(tmp_path, space, "--wandb", "--wandb-mode", "offline", commands=commands)
     trial, pid = wait_for(lambda: checkpointed_trial(tmp_path / "r" / "s", before=100), every=0.05)
     os.kill(pid, signal.SIGSTOP)  # held where it was seen, with at least 100 steps left: the kill lands mid-trial
     environment = worker_environment(pid)

@@ -8,10 +8,12 @@ server): the server reports anything its imports wrote, and `Commands` refuses t
 a warning a fresh command would print before its one error line is not hidden.
 
 Run as a script, this file is the server; `Commands` in the test process talks to it over its stdin and stdout,
-one JSON line per batch of commands.
+one JSON line per request: a batch of commands to run to their end, a command to start and leave running (for a
+test that signals it), or a wait for a started one.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,9 +56,57 @@ class Commands:
                    "timeout": timeout}
         return self.run_many([command], parallel=1)[0]
 
+    def environment(self, **extra) -> dict:
+        """This process's environment as it is now (a test may have changed it since the server started), with
+        the server's own settings and `extra`."""
+        return {**self.env, **os.environ, **extra}
+
+    def start(self, args, cwd, out: Path, err: Path, env=None) -> "Started":
+        """A command line forked and left running, its stdout and stderr written to `out` and `err` as it goes
+        (line by line where `env` sets PYTHONUNBUFFERED): for a test that signals it or reads its output while it
+        runs. What comes back answers as a `subprocess.Popen` does."""
+        command = {"args": [str(a) for a in args], "cwd": str(cwd), "env": self.env if env is None else env,
+                   "out": str(out), "err": str(err)}
+        for path in (out, err):  # there when this returns, as a Popen's files are
+            Path(path).write_bytes(b"")
+        return Started(self, self._ask({"start": command})["pid"], [sys.executable, *command["args"]])
+
+    def _ask(self, request: dict) -> dict:
+        self.server.stdin.write(json.dumps(request) + "\n")
+        self.server.stdin.flush()
+        return json.loads(self.server.stdout.readline())
+
     def close(self):
         self.server.stdin.close()
         self.server.wait(timeout=30)
+
+
+class Started:
+    """A command that `Commands.start` forked: the server, its parent, is the one that can wait for it."""
+
+    def __init__(self, commands: Commands, pid: int, args: list[str]):
+        self._commands, self.pid, self.args = commands, pid, args
+        self.returncode = None
+
+    def poll(self):
+        return self._wait(0)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self._wait(timeout) is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def _wait(self, timeout: float | None):
+        if self.returncode is None:
+            self.returncode = self._commands._ask({"wait": self.pid, "timeout": timeout})["rc"]
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 # --- the server -------------------------------------------------------------------------------------------------
@@ -81,9 +131,36 @@ def _serve(scratch: Path, preload: list[str]) -> None:
     protocol.write(json.dumps({"printed": printed.read_text()}) + "\n")
     protocol.flush()
     for line in sys.stdin:
-        batch = json.loads(line)
-        protocol.write(json.dumps(_run_batch(scratch, batch["commands"], batch["parallel"])) + "\n")
+        request = json.loads(line)
+        if "start" in request:
+            answer = {"pid": _fork(request["start"], Path(request["start"]["out"]), Path(request["start"]["err"]))}
+        elif "wait" in request:
+            answer = {"rc": _wait(request["wait"], request["timeout"])}
+        else:
+            answer = _run_batch(scratch, request["commands"], request["parallel"])
+        protocol.write(json.dumps(answer) + "\n")
         protocol.flush()
+
+
+def _fork(command: dict, out: Path, err: Path) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _child(command, out, err)
+    return pid
+
+
+def _wait(pid: int, timeout: float | None) -> int | None:
+    """The exit status of a started command, once it has ended within `timeout` seconds (None: however long)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
 
 
 def _run_batch(scratch: Path, commands: list[dict], parallel: int) -> list[dict]:
@@ -93,13 +170,13 @@ def _run_batch(scratch: Path, commands: list[dict], parallel: int) -> list[dict]
     while waiting or running:
         while waiting and len(running) < parallel:
             index, command = waiting.pop(0)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                _child(command, scratch / f"{index}.out", scratch / f"{index}.err")
-            running[pid] = (index, time.monotonic() + command["timeout"])
-        pid, status = os.waitpid(-1, os.WNOHANG)
+            running[_fork(command, scratch / f"{index}.out", scratch / f"{index}.err")] = (
+                index, time.monotonic() + command["timeout"])
+        pid, status = 0, 0
+        for child in running:  # this batch's own: a started command is reaped when the test waits for it
+            pid, status = os.waitpid(child, os.WNOHANG)
+            if pid:
+                break
         if pid == 0:
             for late, (index, deadline) in list(running.items()):
                 if time.monotonic() > deadline:
@@ -133,6 +210,8 @@ def _child(command: dict, out: Path, err: Path) -> None:
         os.chdir(command["cwd"])
         os.environ.clear()
         os.environ.update(command["env"])
+        if os.environ.get("PYTHONUNBUFFERED"):  # as far as a stream that exists can follow `python -u`
+            sys.stdout.reconfigure(line_buffering=True, write_through=True)
         tempfile.tempdir = None  # found again from TMPDIR, as a fresh interpreter would
         sys.path[0] = os.getcwd()  # `python -m` and `python -c` put the working folder first
         flag, target, *argv = command["args"]

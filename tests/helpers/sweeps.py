@@ -74,23 +74,28 @@ def sweep_command(space: Path, storage: Path, name: str, *extra, report: bool = 
 
 
 def start_sweep(tmp_path: Path, space: Path, *extra, name: str = "s", report: bool = False,
-                dashboard: bool = False, cpus: int = 1) -> subprocess.Popen:
+                dashboard: bool = False, cpus: int = 1, commands=None) -> subprocess.Popen:
     """The runner as a subprocess in `tmp_path`, its output in `tmp_path/<name>.out|.err` (a pipe nobody reads
-    could fill and stall it); results under `tmp_path/r/<name>`."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    could fill and stall it); results under `tmp_path/r/<name>`. Given the command server (`commands`), forked
+    from it, whose imports are done (as `forked_sweep`): for a runner that the test signals or watches, but whose
+    import-time output and first memory nobody checks."""
     cmd = sweep_command(space, tmp_path / "r", name, *extra, report=report, dashboard=dashboard, cpus=cpus)
-    with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
-        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=err, text=True)
+    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    if commands is not None:
+        return commands.start(cmd[1:], tmp_path, out, err, env=commands.environment(PYTHONUNBUFFERED="1"))
+    with open(out, "w") as out_file, open(err, "w") as err_file:
+        return subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out_file,
+                                stderr=err_file, text=True)
 
 
 def forked_sweep(commands, tmp_path: Path, space: Path, *extra, name: str = "s", report: bool = False,
-                 timeout: float = 300) -> subprocess.CompletedProcess:
+                 cpus: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
     """The runner to its end, forked from the command server (helpers/commands.py) in `tmp_path`, with this
     process's environment as it is now; results under `tmp_path/r/<name>`. Its imports are done: about 5 of a
     start's 20 CPU-seconds on 2 AVX2 cores. Only for a runner that the test does not signal or watch while it runs,
     and whose import-time output nobody checks."""
-    return commands.run(sweep_command(space, tmp_path / "r", name, *extra, report=report)[1:], cwd=tmp_path,
-                        env={**commands.env, **os.environ}, timeout=timeout)
+    return commands.run(sweep_command(space, tmp_path / "r", name, *extra, report=report, cpus=cpus)[1:], cwd=tmp_path,
+                        env=commands.environment(), timeout=timeout)
 
 
 def finish(sweep: subprocess.Popen, tmp_path: Path, name: str = "s", timeout: float = 300) -> tuple[str, str]:

@@ -91,11 +91,11 @@ def start_sweep(tmp_path: Path, space: Path, *extra, name: str = "s", report: bo
 def forked_sweep(commands, tmp_path: Path, space: Path, *extra, name: str = "s", report: bool = False,
                  cpus: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
     """The runner to its end, forked from the command server (helpers/commands.py) in `tmp_path`, with this
-    process's environment as it is now; results under `tmp_path/r/<name>`. Its imports are done: about 5 of a
-    start's 20 CPU-seconds on 2 AVX2 cores. Only for a runner that the test does not signal or watch while it runs,
-    and whose import-time output nobody checks."""
-    return commands.run(sweep_command(space, tmp_path / "r", name, *extra, report=report, cpus=cpus)[1:], cwd=tmp_path,
-                        env=commands.environment(), timeout=timeout)
+    process's environment as it is now; results under `tmp_path/r/<name>`. Its imports are done: about 4 of a
+    tiny sweep's 27 CPU-seconds on 2 AVX2 cores. Only for a runner that the test does not signal or watch while it
+    runs, and whose import-time output nobody checks."""
+    command = sweep_command(space, tmp_path / "r", name, *extra, report=report, cpus=cpus)
+    return commands.run(command[1:], cwd=tmp_path, env=commands.environment(), timeout=timeout)
 
 
 def finish(sweep: subprocess.Popen, tmp_path: Path, name: str = "s", timeout: float = 300) -> tuple[str, str]:

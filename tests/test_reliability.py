@@ -307,7 +307,7 @@ def test_a_terminated_driver_resumes(tmp_path, uninterrupted, commands):
 
 def refused_runner(commands, tmp_path: Path, space: Path, *extra) -> subprocess.CompletedProcess:
     """A runner that is refused before it starts Ray, forked from the command server (no imports to wait for)."""
-    return commands.run(sweep_command(space, tmp_path / "r", "s", *extra)[1:], cwd=tmp_path, timeout=120)
+    return forked_sweep(commands, tmp_path, space, *extra, timeout=120)
 
 
 def truncate(file: Path) -> int:
@@ -423,8 +423,7 @@ def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path, commands):
         space = write_space(tmp_path / "space.yaml", [{"name": "d", "grid": {"training.seed": [0, 1, 2]}}], base,
                             resources={"cpu": 1}, max_concurrent=1)
         command = sweep_command(space, disk, "s", "--max-failures", "0")
-        sweep = commands.start(command[1:], tmp_path, tmp_path / "s.out", tmp_path / "s.err",
-                               env=commands.environment())
+        sweep = commands.start(command[1:], tmp_path, tmp_path / "s.out", tmp_path / "s.err")
         experiment = disk / "s"
         # once the runner keeps a good copy of Tune's state and the first trial has checkpointed, the disk fills
         wait_for(lambda: list((experiment / ".tune_looped").glob("experiment_state-*.json"))

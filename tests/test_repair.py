@@ -37,8 +37,11 @@ def files_of(folder) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+ONE_TRY = ("--max-failures", "0")  # the errored trial stays errored, so that the resume has one to run again
+
+
 def runner_command(tmp_path, space, *extra) -> list[str]:
-    return sweep_command(space, tmp_path / "r", "s", "--max-failures", "0", *extra)
+    return sweep_command(space, tmp_path / "r", "s", *ONE_TRY, *extra)
 
 
 def in_process(capsys, tmp_path, space, *extra) -> tuple[int, str, str]:
@@ -104,7 +107,7 @@ def test_a_resume_past_a_damaged_state_leaves_the_analysis_and_the_extension_in_
     state = newest_state(experiment)
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
 
-    resumed = forked_sweep(commands, tmp_path, space.path, "--max-failures", "0", "--resume", *WANDB_OFFLINE)
+    resumed = forked_sweep(commands, tmp_path, space.path, *ONE_TRY, "--resume", *WANDB_OFFLINE)
     assert resumed.returncode == 1 and "4 finished, 1 error" in resumed.stdout.splitlines(), resumed.stderr
     told = resumed.stdout.splitlines() + resumed.stderr.splitlines()
     assert not [line for line in told if line.startswith(("missing:", "not asked for:", "warning: set aside"))], told

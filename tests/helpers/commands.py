@@ -64,8 +64,8 @@ class Commands:
     def start(self, args, cwd, out: Path, err: Path, env=None) -> "Started":
         """A command line forked and left running, its stdout and stderr written to `out` and `err` as it goes
         (line by line where `env` sets PYTHONUNBUFFERED): for a test that signals it or reads its output while it
-        runs. What comes back answers as a `subprocess.Popen` does."""
-        command = {"args": [str(a) for a in args], "cwd": str(cwd), "env": self.env if env is None else env,
+        runs. What comes back answers as a `subprocess.Popen` does. `env` by default: `environment()`."""
+        command = {"args": [str(a) for a in args], "cwd": str(cwd), "env": self.environment() if env is None else env,
                    "out": str(out), "err": str(err)}
         for path in (out, err):  # there when this returns, as a Popen's files are
             Path(path).write_bytes(b"")

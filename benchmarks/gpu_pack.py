@@ -20,27 +20,25 @@ MPS_TIMEOUT_S = 10
 
 @contextlib.contextmanager
 def mps_daemon():
-    """NVIDIA's MPS for the processes started inside the `with` (True), if this machine can start it (else
-    False): its control daemon, with its pipe and log in a folder of ours, quit on the way out."""
+    """NVIDIA's MPS for the processes given the environment it yields, if this machine can start it (else it yields
+    an empty one): its control daemon, with its pipe and log in a folder of ours, quit on the way out."""
     control = shutil.which("nvidia-cuda-mps-control")
     if control is None:
-        yield False
+        yield {}
         return
     with tempfile.TemporaryDirectory() as folder:
         env = {"CUDA_MPS_PIPE_DIRECTORY": f"{folder}/pipe", "CUDA_MPS_LOG_DIRECTORY": f"{folder}/log"}
         for path in env.values():
             os.makedirs(path)
-        before = dict(os.environ)
-        os.environ.update(env)  # the spawned members inherit it
+        daemon = {**os.environ, **env}
         started = False
         try:
-            started = subprocess.run([control, "-d"], capture_output=True, timeout=MPS_TIMEOUT_S).returncode == 0
-            yield started
+            started = subprocess.run([control, "-d"], env=daemon, capture_output=True,
+                                     timeout=MPS_TIMEOUT_S).returncode == 0
+            yield env if started else {}
         finally:
             if started:
-                subprocess.run([control], input=b"quit\n", capture_output=True, timeout=MPS_TIMEOUT_S)
-            os.environ.clear()
-            os.environ.update(before)
+                subprocess.run([control], env=daemon, input=b"quit\n", capture_output=True, timeout=MPS_TIMEOUT_S)
 
 
 def member_row(k: int, mps: bool, index: int, item: dict, estimate: int) -> dict:
@@ -87,8 +85,9 @@ def packing(config: Config, mode: str, tf32: bool, device: str, processes: tuple
             members = []
             if mps or not with_mps:
                 job = (pack_member, (config, device, tf32, CONTEXT.Barrier(k), seconds, share))
-                members = sorted((member_row(k, with_mps, index, item, estimate)
-                                  for index, item in children([job] * k, share)), key=lambda m: m["process"])
+                started = children([job] * k, share, mps if with_mps else None)
+                members = sorted((member_row(k, with_mps, index, item, estimate) for index, item in started),
+                                 key=lambda m: m["process"])
             row = aggregate_row(k, with_mps, mode, members, estimate)
             aggregate.append(row)
             each += members

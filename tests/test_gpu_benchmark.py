@@ -84,6 +84,10 @@ def test_children_stream_what_jobs_send_and_say_why_one_ended():
     got = sorted(children(jobs, time.monotonic() + 120), key=lambda item: item[0])
     assert got == [(0, {"a": 1}), (0, {"b": 2}), (1, {"error": "TypeError: 'int' object is not iterable"}),
                    (2, {"error": "the process died (exit code 3)"})]
+    # the environment MPS's members need, given to the children alone
+    assert list(children([(map, (os.getenv, ["TUNE_LOOPED_CHILD"]))], time.monotonic() + 120,
+                         {"TUNE_LOOPED_CHILD": "given"})) == [(0, "given")]
+    assert "TUNE_LOOPED_CHILD" not in os.environ
     started = time.monotonic()
     assert list(children([(time.sleep, (60,))], started + 1)) == [(0, {"error": "out of time"})]
     assert time.monotonic() - started < 10  # killed at its deadline, not waited for

@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from helpers.sweeps import wait_for
+from helpers.sweeps import process_name, processes_naming, wait_for
 from trainers.cpus import available_cpus
 from tune_looped import cluster
 from tune_looped.cluster import RUNNER_MARK, end_orphaned_sessions, mark_session, process_identity
@@ -274,6 +274,10 @@ def test_a_held_ray_serves_the_next_sweep_is_replaced_when_asked_otherwise_and_e
         other = start(2)
         assert other.address_info["session_dir"] != first.address_info["session_dir"]
         assert ray.cluster_resources()["CPU"] == 2
+        # no worker started ahead for the driver's tasks (a trial is an actor, with a worker of its own): Ray would
+        # have two idling by the time ray.init returns
+        workers = [process_name(p) for p in processes_naming(other.address_info["session_dir"])]
+        assert "ray::IDLE" not in workers and "ray::DashboardAgent" in workers, workers
         cluster.stop_ray(keep=False)  # a stopped sweep ends its Ray at once, inside its signal handling
         assert not ray.is_initialized()
     with cluster.ray_held():

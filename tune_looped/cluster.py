@@ -242,7 +242,10 @@ def _init(ray, address: str | None, num_cpus, num_gpus, dashboard_host: str | No
         warn(f"the dashboard listens on {dashboard_host}: anyone who reaches it can run code on this machine")
     dashboard = {"include_dashboard": False} if dashboard_host is None else \
         {"include_dashboard": True, "dashboard_host": dashboard_host}
-    context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **dashboard)
+    # Ray starts a worker a CPU for the first driver's tasks; Tune's trials are actors, which start workers of their
+    # own, so those would only idle (about a CPU-second each to start, on 2 AVX2 cores)
+    context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                       _system_config={"prestart_worker_first_driver": False}, **dashboard)
     session = Path(context.address_info["session_dir"])
     end_orphaned_sessions(session.parent, keep=session)
     mark_session(session)

@@ -1,11 +1,11 @@
 """What `python -m benchmarks.gpu` runs in its child processes: short trainings whose losses it compares, the
 timed steps of each speed mode, and one member of a packing.
 
-Each job is a generator of plain dicts, run by `children` in a process of its own, forked from a server process
-that has imported this module and nothing more (multiprocessing's forkserver): CUDA cannot be forked into a child
-once initialised, and the server never initialises it, so each child starts with clean memory, caches and CUDA
-state, without importing torch again (3 to 4 CPU-seconds a child on 2 AVX2 cores). The parent receives each dict as
-soon as it is sent, so a job killed at its deadline still leaves what it had measured.
+Each job is a generator of plain dicts, run by `children` in a process of its own, forked from a server that
+imported this module (torch and the trainers with it) and ran nothing (multiprocessing's forkserver). CUDA cannot
+be forked into a child once initialised, and the server never initialises it, so each child starts with clean
+memory, caches and CUDA state, without importing torch again (3 to 5 CPU-seconds a child on 2 AVX2 cores). The
+parent receives each dict as soon as it is sent, so a job killed at its deadline still leaves what it had measured.
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The bootstrap band the paper draws around every curve: 5% and 95% quantiles of resampled means."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 N_RESAMPLES = 1000
@@ -20,8 +22,17 @@ def bootstrap_mean(values, *, n_resamples: int = N_RESAMPLES, seed: int = 0):
     mean = values.mean(axis=0)
     if n == 1:
         return mean, mean.copy(), mean.copy()
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(n, np.full(n, 1 / n), size=n_resamples) / n  # [R, n]
+    weights = _resample_weights(n, n_resamples, seed)  # [R, n]
     means = np.tensordot(weights, values, axes=(1, 0))  # [R, n] x [n, ...] -> [R, ...]
     lo, hi = np.quantile(means, QUANTILES, axis=0)
     return mean, lo, hi
+
+
+@lru_cache(maxsize=4)
+def _resample_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """[R, n]: each resample's multinomial counts over n, as weights. The same for every call with these
+    arguments (a seeded generator), so an analysis draws them once per size: drawing them took half of each
+    call's time at the evaluation's 1280 prompts."""
+    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_resamples) / n
+    weights.flags.writeable = False
+    return weights

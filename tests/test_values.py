@@ -358,12 +358,14 @@ def explicit_bootstrap(values, n_resamples, seed):
 @pytest.mark.parametrize("shape, n_resamples, seed", [((7,), 1000, 0), ((12, 3), 400, 5), ((2,), 1000, 1)])
 def test_bootstrap_band_equals_an_explicit_resampling_loop(shape, n_resamples, seed):
     values = np.random.default_rng(100 + seed).exponential(1.0, size=shape)
-    mean, lo, hi = bootstrap_mean(values, n_resamples=n_resamples, seed=seed)
-    want_mean, want_lo, want_hi = explicit_bootstrap(values, n_resamples, seed)
-    np.testing.assert_allclose(mean, want_mean, rtol=1e-12)
-    np.testing.assert_allclose(lo, want_lo, rtol=1e-12)
-    np.testing.assert_allclose(hi, want_hi, rtol=1e-12)
-    assert np.all(lo <= mean) and np.all(mean <= hi)
+    # the seed, another, then the seed again: the resampling weights are drawn once per seed and size, then kept
+    for call_seed in (seed, seed + 1, seed):
+        mean, lo, hi = bootstrap_mean(values, n_resamples=n_resamples, seed=call_seed)
+        want_mean, want_lo, want_hi = explicit_bootstrap(values, n_resamples, call_seed)
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-12)
+        np.testing.assert_allclose(lo, want_lo, rtol=1e-12)
+        np.testing.assert_allclose(hi, want_hi, rtol=1e-12)
+        assert np.all(lo <= mean) and np.all(mean <= hi)
 
 
 def test_bootstrap_band_is_five_to_ninety_five_percent():

@@ -4,7 +4,6 @@ calls; `--set`; `python -m analysis compare`. Trials are tiny (20-30 steps, n_em
 import hashlib
 import shlex
 import signal
-import subprocess
 
 import pandas as pd
 import pytest
@@ -12,7 +11,7 @@ import yaml
 
 from analysis.__main__ import main as analysis_main
 from helpers.experiments import write_experiment
-from helpers.sweeps import TINY_BASE, TrialEvents, finish, rows, start_sweep, wait_for, write_space
+from helpers.sweeps import TINY_BASE, TrialEvents, finish, rows, run_printed, start_sweep, wait_for, write_space
 from trainers.config import apply_overrides
 from trainers.layout import (RUNNER_DIR, SPACE_RECORD, SUMMARY_FRAME, TRIAL_RECORD, checkpoint_folder, frame_file,
                              run_trial_folders, trial_folders)
@@ -148,7 +147,7 @@ class TestOnOneRay:
         assert sweep.returncode == 130, err[-3000:]
         resume = shlex.split(err.split("resume with:")[1].strip().splitlines()[0])
         assert "--extend" not in resume and resume[-3:] == ["--name", "e", "--resume"]
-        resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        resumed = run_printed(commands, resume, tmp_path)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert "3 finished" in resumed.stdout
         assert len(run_trial_folders(experiment / "extend-1")) == 2

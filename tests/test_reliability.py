@@ -26,8 +26,8 @@ import torch
 from analysis import load_curves, load_summary
 from helpers.disk import fill, small_disk
 from helpers.sweeps import (REPO, TIMING_COLUMNS, TINY_BASE, alive, auth_token, descendants, finish, finished_trials,
-                    forked_sweep, process_name, processes_naming, ray_session_of, rss_mib, rows, start_sweep,
-                    sweep_command, trial_dirs, trial_workers, wait_for, write_space)
+                    forked_sweep, process_name, processes_naming, ray_session_of, rss_mib, rows, run_printed,
+                    start_sweep, sweep_command, trial_dirs, trial_workers, wait_for, write_space)
 from test_bad_input import CASES, render_bad_input, snapshot
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides
@@ -59,7 +59,7 @@ FAULTS = [
     Fault("driver interrupted", "SIGINT, SIGTERM or SIGKILL of the runner once one trial has finished (and Tune has "
           "saved that) and the next has a checkpoint, held there (SIGSTOP) until Tune saved and released with the "
           "signal; 3 trials of 300 steps, one at a time",
-          "SIGINT and SIGTERM: exit 130, Ray shut down, and the printed resume command, run as printed; SIGKILL: the "
+          "SIGINT and SIGTERM: exit 130, Ray shut down, and the printed resume command, its arguments run; SIGKILL: the "
           "trials' workers die with it, and the resume ends the rest of its Ray session (no process of it remains); "
           "then `--resume` exits 0, the finished trial's files are untouched (not re-run), and the curves and summary "
           "frames, less timing columns, equal an uninterrupted sweep's; the dashboard answers with the token and "
@@ -108,8 +108,8 @@ FAULTS = [
     Fault("disk full", "the storage on a 230 MiB tmpfs the test mounts (as root; skipped otherwise), filled once "
           "the first trial has checkpointed; then enlarged to 600 MiB with `mount -o remount`",
           "exit 1: one `error: disk full:` line naming the filesystem, its free space and the 200 MiB needed, the "
-          "summary so far and the resume command; the resume, as printed, exits 0 with every trial finished and "
-          "every logged step once",
+          "summary so far and the resume command; the resume, its printed arguments, exits 0 with every trial "
+          "finished and every logged step once",
           "`test_reliability.py::test_a_full_disk_is_one_line_and_the_resume_completes`"),
     Fault("second Ctrl-C", "two SIGINTs 0.2 s apart to the runner's process group once a trial has reported, on an "
           "experiment whose name starts with - and holds a space",
@@ -294,7 +294,7 @@ def test_a_terminated_driver_resumes(tmp_path, uninterrupted, commands):
     session = ray_session_of(processes)
     moment.signal(signal.SIGTERM)
     resume = stopped_gracefully(sweep, tmp_path, processes)
-    resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = run_printed(commands, resume, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert not processes_naming(session), "a process of the interrupted runner's Ray remains"
     assert restarts(running), "the running trial did not continue from its checkpoint"
@@ -352,7 +352,7 @@ def test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint(tmp_path, u
     damaged = [folder for folder in sorted(running.glob("checkpoint_*"))[1:] if (folder / "checkpoint.pt").exists()]
     for folder in damaged:
         truncate(folder / "checkpoint.pt")
-    resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = run_printed(commands, resume, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert not processes_naming(session), "a process of the interrupted runner's Ray remains"
     restored = [line for line in resumed.stderr.splitlines() if "restored the copy" in line]
@@ -439,7 +439,7 @@ def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path, commands):
         resume = shlex.split(err.split("resume with:")[1].strip().splitlines()[0])
         assert resume[-3:] == ["--name", "s", "--resume"]
         assert subprocess.run(["mount", "-o", "remount,size=600m", str(disk)]).returncode == 0
-        resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        resumed = run_printed(commands, resume, tmp_path)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert "3 finished" in resumed.stdout
         warnings = [line for line in resumed.stderr.splitlines() if line.startswith("warning: ")]

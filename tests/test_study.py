@@ -8,12 +8,10 @@ gets the second look's seeds, with its reference, and no other trial does).
 """
 import dataclasses
 import math
-import os
 import re
 import shlex
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -289,9 +287,11 @@ def test_a_study_decides_the_clear_difference_at_the_first_look_and_gives_seeds_
 
 @pytest.mark.slow
 def test_a_fixed_study_continued_as_its_report_says_then_interrupted_mid_round_resumes_into_the_schedule(tmp_path,
-                                                                                                        capsys):
+                                                                                                        capsys,
+                                                                                                        commands):
     space = write_study(tmp_path / "s.yaml")
-    # the fixed study in this process; the continuation, which is interrupted, and the resume are runners
+    # the fixed study in this process; the continuation, which is interrupted, forked from the command server; the
+    # resume as printed, in a shell
     assert run.main(sweep_command(space, tmp_path / "r", "s", report=True)[3:]) == 0, capsys.readouterr().err[-3000:]
     experiment_dir = tmp_path / "r" / "s"
     assert read_space_record(experiment_dir).decide is None
@@ -299,11 +299,10 @@ def test_a_fixed_study_continued_as_its_report_says_then_interrupted_mid_round_r
     command = shlex.split(shown.group(1))
     assert command[:3] == ["python", "-m", "tune_looped.run"] and command[-2:] == ["--extend", "--until-decided"]
     round_dir = experiment_dir / extension_folder(1)
-    with open(tmp_path / "c.out", "w") as out, open(tmp_path / "c.err", "w") as err:
-        # without the dashboard, which the command leaves on as a user wants it: its start costs the continuation,
-        # and the resume again, 3-6 CPU-seconds on 2 AVX2 cores, and nothing here looks at it
-        study = subprocess.Popen([sys.executable, *command[1:], "--no-dashboard"], cwd=tmp_path, stdout=out,
-                                 stderr=err, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # without the dashboard, which the command leaves on as a user wants it: its start costs the continuation, and
+    # the resume again, 3-6 CPU-seconds on 2 AVX2 cores, and nothing here looks at it
+    study = commands.start([*command[1:], "--no-dashboard"], tmp_path, tmp_path / "c.out", tmp_path / "c.err",
+                           env=commands.environment(PYTHONUNBUFFERED="1"))
     try:
         # a trial of the second look's round has reported: the round is under way
         wait_for(lambda: any((folder / "result.json").stat().st_size for folder in run_trial_folders(round_dir)

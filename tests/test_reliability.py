@@ -56,17 +56,18 @@ FAULTS = [
           "retried from its last checkpoint, exit 0; every logged step exactly once in `load_curves`; final "
           "parameters and `eval/loss` bit-identical to the same trial without the fault",
           "`test_runner.py::test_killed_worker_is_retried_from_its_checkpoint`"),
-    Fault("driver interrupted", "SIGINT, SIGTERM or SIGKILL of the runner once one trial has finished (and Tune has "
-          "saved that) and the next has a checkpoint, held there (SIGSTOP) until Tune saved and released with the "
-          "signal; 3 trials of 300 steps, one at a time",
-          "SIGINT and SIGTERM: exit 130, Ray shut down, and the printed resume command, its arguments run; SIGKILL: the "
-          "trials' workers die with it, and the resume ends the rest of its Ray session (no process of it remains); "
-          "then `--resume` exits 0, the finished trial's files are untouched (not re-run), and the curves and summary "
-          "frames, less timing columns, equal an uninterrupted sweep's; the dashboard answers with the token and "
-          "refuses without it",
-          "SIGTERM: `test_reliability.py::test_a_terminated_driver_resumes`; SIGINT: "
-          "`test_reliability.py::test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint`; SIGKILL: "
-          "`test_reliability.py::test_a_damaged_state_without_a_copy_is_refused_then_rebuilt`"),
+    Fault("driver interrupted", "SIGINT or SIGKILL of the runner once one trial has finished (and Tune has saved "
+          "that) and the next has a checkpoint, and SIGTERM of the rebuild after the SIGKILL once its first trial "
+          "has finished and its last has a checkpoint, each held there (SIGSTOP) until Tune saved and released with "
+          "the signal; 3 trials of 300 steps, one at a time",
+          "SIGINT and SIGTERM: exit 130, Ray shut down, and the printed resume command, its arguments run; SIGKILL: "
+          "the trials' workers die with it, and the next run ends the rest of its Ray session (no process of it "
+          "remains); then `--resume` exits 0, the finished trials' files are untouched (not re-run), and the curves "
+          "and summary frames, less timing columns, equal an uninterrupted sweep's; the dashboard answers with the "
+          "token and refuses without it",
+          "SIGINT: `test_reliability.py::test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint`; SIGKILL, "
+          "then SIGTERM: `test_reliability.py::test_a_damaged_state_without_a_copy_is_refused_then_rebuilt_and_a_"
+          "terminated_rebuild_resumes`"),
     Fault("driver killed before Tune saved its state", "an experiment folder without Tune's state files",
           "`--resume` says there is nothing to resume: one line, exit 2", "`test_bad_input.py`, `resume-no-state`"),
     Fault("two runners", "a second runner, and a `--resume`, of an experiment while its runner runs; a lock whose "
@@ -88,9 +89,10 @@ FAULTS = [
     Fault("damaged state, no copy", "after SIGKILL, the newest state file cut to half and the runner's copy deleted",
           "`--resume` refused with one line naming the file, exit 2, the folder byte for byte as it was; then "
           "`--resume --rebuild-state` keeps the finished trial's folder untouched, sets the other aside, runs the 2 "
-          "remaining trials from step 0, exit 0, curves and summary equal an uninterrupted sweep's",
-          "`test_reliability.py::test_a_damaged_state_without_a_copy_is_refused_then_rebuilt`, "
-          "`resume-state-damaged`"),
+          "remaining trials from step 0 (terminated, above, and resumed: exit 0), curves and summary equal an "
+          "uninterrupted sweep's",
+          "`test_reliability.py::test_a_damaged_state_without_a_copy_is_refused_then_rebuilt_and_a_terminated_"
+          "rebuild_resumes`, `resume-state-damaged`"),
     Fault("damaged state beside an extension", "a first run with an errored trial (`--max-failures 0`) and its "
           "analysis, a finished `--extend --seeds 1`, a `wandb/` folder; the first run's newest state file cut to half",
           "`--resume` puts the copy back and sets nothing aside: `extend-1/`, `plots/`, `wandb/`, REPORT.md and the "
@@ -210,12 +212,12 @@ def saved_statuses(experiment_dir: Path) -> list[str]:
 
 
 class Interruptible:
-    """The moment to interrupt a sweep of `interrupt_space`: one trial has finished and Tune has saved that, and
-    the next has `checkpoints` checkpoints. The next is held (SIGSTOP) once it has them, so that Tune's save, every
-    second in these runs (`TUNE_GLOBAL_CHECKPOINT_S`), comes before it ends on any CPU."""
+    """The moment to interrupt a sweep of `interrupt_space`: `finished` trials have finished and Tune has saved
+    that, and the next has `checkpoints` checkpoints. The next is held (SIGSTOP) once it has them, so that Tune's
+    save, every second in these runs (`TUNE_GLOBAL_CHECKPOINT_S`), comes before it ends on any CPU."""
 
-    def __init__(self, sweep: subprocess.Popen, experiment_dir: Path, checkpoints: int = 1):
-        self.sweep, self.experiment_dir, self.checkpoints = sweep, experiment_dir, checkpoints
+    def __init__(self, sweep: subprocess.Popen, experiment_dir: Path, checkpoints: int = 1, finished: int = 1):
+        self.sweep, self.experiment_dir, self.checkpoints, self.finished = sweep, experiment_dir, checkpoints, finished
         self.held: int | None = None
         self.trial: Path | None = None
 
@@ -231,7 +233,7 @@ class Interruptible:
             self.held = self.trial = None
         running = [t for t in trial_dirs(self.experiment_dir)
                    if t not in done and len(list(t.glob("checkpoint_*"))) >= self.checkpoints]
-        if not (done and running):
+        if not (len(done) >= self.finished and running):
             return None
         if self.held is None:
             self.held = next((pid for pid, folder in trial_workers(self.sweep.pid).items()
@@ -266,9 +268,10 @@ def check_dashboard(err_file: Path) -> None:
         urllib.request.urlopen(urllib.request.Request(f"{url}/api/version"), timeout=10)
 
 
-def stopped_gracefully(sweep: subprocess.Popen, tmp_path: Path, processes) -> list[str]:
-    """After SIGINT or SIGTERM: exit 130, Ray shut down, and the resume command the runner printed."""
-    out, err = finish(sweep, tmp_path, timeout=120)
+def stopped_gracefully(sweep: subprocess.Popen, tmp_path: Path, processes, name: str = "s") -> list[str]:
+    """After SIGINT or SIGTERM: exit 130, Ray shut down, and the resume command the runner printed (its output in
+    `tmp_path/<name>.out|.err`)."""
+    out, err = finish(sweep, tmp_path, name=name, timeout=120)
     assert sweep.returncode == 130, err
     wait_for(lambda: not alive(processes), 30)
     command = shlex.split(err.split("resume with:")[1].strip().splitlines()[0])
@@ -279,30 +282,6 @@ def stopped_gracefully(sweep: subprocess.Popen, tmp_path: Path, processes) -> li
 def restarts(trial_dir: Path) -> list[int]:
     """The steps at which the trial continued from a checkpoint (its first row after a restore)."""
     return [r["step"] for r in rows(trial_dir) if r["iterations_since_restore"] == 1 and r["training_iteration"] > 1]
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("save_state_often")
-def test_a_terminated_driver_resumes(tmp_path, uninterrupted, commands):
-    space = interrupt_space(tmp_path)
-    sweep = start_sweep(tmp_path, space, commands=commands)
-    experiment = tmp_path / "r" / "s"
-    moment = Interruptible(sweep, experiment)
-    done, running = moment.wait()
-    done_files = files_of(done)
-    processes = descendants(sweep.pid)
-    session = ray_session_of(processes)
-    moment.signal(signal.SIGTERM)
-    resume = stopped_gracefully(sweep, tmp_path, processes)
-    resumed = run_printed(commands, resume, tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    assert not processes_naming(session), "a process of the interrupted runner's Ray remains"
-    assert restarts(running), "the running trial did not continue from its checkpoint"
-    print(f"\nSIGTERM: exit {sweep.returncode}; the running trial's first row after the resume: step "
-          f"{restarts(running)[0]}")
-    assert "3 finished" in resumed.stdout
-    assert files_of(done) == done_files, "the finished trial ran again"
-    assert_as_uninterrupted(experiment, uninterrupted)
 
 
 def refused_runner(commands, tmp_path: Path, space: Path, *extra) -> subprocess.CompletedProcess:
@@ -370,9 +349,12 @@ def test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint(tmp_path, u
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("save_state_often")
-def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt(tmp_path, uninterrupted, commands):
+def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt_and_a_terminated_rebuild_resumes(tmp_path,
+                                                                                                uninterrupted,
+                                                                                                commands):
     """Also the driver killed (SIGKILL): its trials' workers die with it, and the next run ends the rest of its Ray
-    session."""
+    session. Then the driver terminated (SIGTERM): the rebuild, once its first trial has finished and its last has
+    a checkpoint; its resume ends the rebuild's Ray too."""
     space = interrupt_space(tmp_path)
     sweep = start_sweep(tmp_path, space, commands=commands)
     experiment = tmp_path / "r" / "s"
@@ -398,20 +380,37 @@ def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt(tmp_path, uninte
             "Tune cannot restore the experiment (it would start a new one in its place); the folder is left as it "
             "is; --resume --rebuild-state runs the trials that did not end, from the trial folders"]
         assert snapshot(experiment) == before, "the refused resume changed the experiment"
-        rebuilt = forked_sweep(commands, tmp_path, space, "--resume", "--rebuild-state")
+        rebuild = commands.start(sweep_command(space, tmp_path / "r", "s", "--resume", "--rebuild-state")[1:],
+                                 tmp_path, tmp_path / "rebuild.out", tmp_path / "rebuild.err",
+                                 env=commands.environment(PYTHONUNBUFFERED="1"))
+        rebuilt = Interruptible(rebuild, experiment, finished=2)
+        _, last = rebuilt.wait()
         lingering = alive(processes)
+        rebuild_processes = descendants(rebuild.pid)
+        rebuild_session = ray_session_of(rebuild_processes)
+        rebuilt.signal(signal.SIGTERM)
+        resume = stopped_gracefully(rebuild, tmp_path, rebuild_processes, name="rebuild")
     finally:
         for pid in alive(processes):
             os.kill(pid, signal.SIGKILL)
-    assert rebuilt.returncode == 0, rebuilt.stderr
     assert not lingering and not processes_naming(session), "a process of the killed runner's Ray remains"
-    # the killed runner's lock: its pid is gone, so the resume took it over
-    assert f"took over the lock of pid {sweep.pid} on {socket.gethostname()}" in rebuilt.stderr
-    assert "--rebuild-state: kept 1 ended trial(s)" in rebuilt.stderr
-    assert "running 2 trial(s) from step 0" in rebuilt.stderr
-    assert "3 finished" in rebuilt.stdout and files_of(done) == done_files
+    rebuilt_err = (tmp_path / "rebuild.err").read_text()
+    # the killed runner's lock: its pid is gone, so the rebuild took it over
+    assert f"took over the lock of pid {sweep.pid} on {socket.gethostname()}" in rebuilt_err
+    assert "--rebuild-state: kept 1 ended trial(s)" in rebuilt_err
+    assert "running 2 trial(s) from step 0" in rebuilt_err
     aside = experiment / ".tune_looped" / "replaced"
     assert [p.name for p in aside.glob(f"*/{running.name}")] == [running.name] and not running.exists()
+    ended = {folder: files_of(folder) for folder in finished_trials(experiment, INTERRUPT_LAST)}
+    assert len(ended) == 2 and ended[done] == done_files
+    resumed = run_printed(commands, resume, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not processes_naming(rebuild_session), "a process of the terminated rebuild's Ray remains"
+    assert restarts(last), "the running trial did not continue from its checkpoint"
+    print(f"\nSIGTERM: exit {rebuild.returncode}; the running trial's first row after the resume: step "
+          f"{restarts(last)[0]}")
+    assert "3 finished" in resumed.stdout
+    assert all(files_of(folder) == files for folder, files in ended.items()), "a finished trial ran again"
     assert_as_uninterrupted(experiment, uninterrupted)
 
 

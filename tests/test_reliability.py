@@ -364,6 +364,7 @@ def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt_and_a_terminated
     session = ray_session_of(processes)
     moment.signal(signal.SIGKILL)
     finish(sweep, tmp_path, timeout=60)
+    rebuild = None
     try:
         assert sweep.returncode == -signal.SIGKILL
         # the workers must not go on writing into the experiment the resume is about to continue
@@ -393,6 +394,8 @@ def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt_and_a_terminated
     finally:
         for pid in alive(processes):
             os.kill(pid, signal.SIGKILL)
+        if rebuild is not None and rebuild.poll() is None:  # a check above failed while it ran
+            rebuild.kill()
     assert not lingering and not processes_naming(session), "a process of the killed runner's Ray remains"
     rebuilt_err = (tmp_path / "rebuild.err").read_text()
     # the killed runner's lock: its pid is gone, so the rebuild took it over

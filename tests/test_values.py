@@ -13,6 +13,7 @@ import torch
 import yaml
 from torch.nn import functional as F
 
+from analysis import stats
 from analysis.stats import bootstrap_mean
 from trainers.config import config_from_dict
 from trainers.models import build_model
@@ -366,6 +367,15 @@ def test_bootstrap_band_equals_an_explicit_resampling_loop(shape, n_resamples, s
         np.testing.assert_allclose(lo, want_lo, rtol=1e-12)
         np.testing.assert_allclose(hi, want_hi, rtol=1e-12)
         assert np.all(lo <= mean) and np.all(mean <= hi)
+
+
+def test_the_resampling_weights_every_call_shares_cannot_be_changed():
+    """The cache hands the same array to every call of a size and seed: a caller writing into it would change
+    every later band."""
+    weights = stats._resample_weights(5, 100, 0)
+    assert stats._resample_weights(5, 100, 0) is weights
+    with pytest.raises(ValueError, match="read-only"):
+        weights[0, 0] = 1.0
 
 
 def test_bootstrap_band_is_five_to_ninety_five_percent():

@@ -268,10 +268,9 @@ def check_dashboard(err_file: Path) -> None:
         urllib.request.urlopen(urllib.request.Request(f"{url}/api/version"), timeout=10)
 
 
-def stopped_gracefully(sweep: subprocess.Popen, tmp_path: Path, processes, name: str = "s") -> list[str]:
-    """After SIGINT or SIGTERM: exit 130, Ray shut down, and the resume command the runner printed (its output in
-    `tmp_path/<name>.out|.err`)."""
-    out, err = finish(sweep, tmp_path, name=name, timeout=120)
+def stopped_gracefully(sweep: subprocess.Popen, tmp_path: Path, processes) -> list[str]:
+    """After SIGINT or SIGTERM: exit 130, Ray shut down, and the resume command the runner printed."""
+    out, err = finish(sweep, tmp_path, timeout=120)
     assert sweep.returncode == 130, err
     wait_for(lambda: not alive(processes), 30)
     command = shlex.split(err.split("resume with:")[1].strip().splitlines()[0])
@@ -381,23 +380,22 @@ def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt_and_a_terminated
             "Tune cannot restore the experiment (it would start a new one in its place); the folder is left as it "
             "is; --resume --rebuild-state runs the trials that did not end, from the trial folders"]
         assert snapshot(experiment) == before, "the refused resume changed the experiment"
-        rebuild = commands.start(sweep_command(space, tmp_path / "r", "s", "--resume", "--rebuild-state")[1:],
-                                 tmp_path, tmp_path / "rebuild.out", tmp_path / "rebuild.err",
-                                 env=commands.environment(PYTHONUNBUFFERED="1"))
+        # its output replaces the killed runner's, which finish() above has read
+        rebuild = start_sweep(tmp_path, space, "--resume", "--rebuild-state", commands=commands)
         rebuilt = Interruptible(rebuild, experiment, finished=2)
         _, last = rebuilt.wait()
         lingering = alive(processes)
         rebuild_processes = descendants(rebuild.pid)
         rebuild_session = ray_session_of(rebuild_processes)
         rebuilt.signal(signal.SIGTERM)
-        resume = stopped_gracefully(rebuild, tmp_path, rebuild_processes, name="rebuild")
+        resume = stopped_gracefully(rebuild, tmp_path, rebuild_processes)
     finally:
         for pid in alive(processes):
             os.kill(pid, signal.SIGKILL)
         if rebuild is not None and rebuild.poll() is None:  # a check above failed while it ran
             rebuild.kill()
     assert not lingering and not processes_naming(session), "a process of the killed runner's Ray remains"
-    rebuilt_err = (tmp_path / "rebuild.err").read_text()
+    rebuilt_err = (tmp_path / "s.err").read_text()
     # the killed runner's lock: its pid is gone, so the rebuild took it over
     assert f"took over the lock of pid {sweep.pid} on {socket.gethostname()}" in rebuilt_err
     assert "--rebuild-state: kept 1 ended trial(s)" in rebuilt_err

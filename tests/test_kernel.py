@@ -176,12 +176,18 @@ def test_the_same_sweep_beside_a_busy_process_trains_the_same_curves(tmp_path, c
                                                                 "training.onednn_linear": takes_onednn})[0]
              for seed in (0, 1)}
     space = write_space(tmp_path / "space.yaml", [{"name": "seeds", "grid": {"training.seed": [0, 1]}}], DIFFERING)
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # A core spun for the whole sweep at the lowest priority: the load average and the machine's CPU use (what a
+    # load-aware choice would read) count it, yet it takes only the CPU the sweep and a test beside it leave idle.
+    # At normal priority it took its share of both cores, so its cost grew with the sweep's time, and the sweep's
+    # with the test beside it: 170, 226 and 407 s in three whole-suite runs, against 60-70 s.
+    busy = subprocess.Popen([sys.executable, "-c", "import os\nos.nice(19)\nwhile True: pass"])
     try:
         done = forked_sweep(commands, tmp_path, space, name="busy", cpus=2)
+        spun = busy.poll() is None
     finally:
         busy.kill()
         busy.wait()
+    assert spun, "the busy process ended before the sweep did"
     assert "2 finished" in done.stdout, done.stdout + done.stderr
     loaded = _curves_by_seed(tmp_path / "r" / "busy")
     assert len(quiet[0]) == 30 and all(not math.isnan(loss) for loss, _ in quiet[0])

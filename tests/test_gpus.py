@@ -71,17 +71,18 @@ def test_a_batch_beyond_the_memory_is_warned_of(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_auto_packs_trials_onto_a_gpu_ray_is_told_of(tmp_path, capsys, monkeypatch):
-    """Tiny trials need little memory: the smallest share, so 4 trials (one per CPU) run together on one GPU."""
-    space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1, 2, 3]}}],
+    """Tiny trials need little memory: the smallest share, so 3 trials (one per CPU) run together on one GPU, where
+    half a GPU each lets only 2 (test_runner.py::test_fractional_gpus_share_one_gpu)."""
+    space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1, 2]}}],
                         resources={"cpu": 1, "gpu": "auto"})
     recorder = TrialEvents()
     recorder.install(monkeypatch)
-    with TrialBarrier(4) as barrier:  # the 4 short trials overlap: none trains before all have started
-        rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "4",
+    with TrialBarrier(3) as barrier:  # the 3 short trials overlap: none trains before all have started
+        rc = main(["--space", str(space), "--storage", str(tmp_path / "r"), "--name", "g", "--num-cpus", "3",
                    "--no-dashboard", "--num-gpus", "1", "--no-report"])
-    assert rc == 0 and len(barrier.held) == 4
+    assert rc == 0 and len(barrier.held) == 3
     assert re.search(r"resources.gpu auto: each trial gets 0.125 of a GPU", capsys.readouterr().err)
-    assert recorder.max_running() == 4, recorder.events
+    assert recorder.max_running() == 3, recorder.events
 
 
 @pytest.mark.slow

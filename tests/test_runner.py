@@ -41,7 +41,7 @@ class Terminal(io.StringIO):
 
 def test_fractional_gpus_share_one_gpu(tmp_path, monkeypatch):
     """A logical GPU on a CPU machine: at 0.5 a trial, only 2 of the 4 run at a time, though 4 CPUs are free. A
-    share that lets all 4 run together is test_gpus.py::test_auto_packs_trials_onto_a_gpu_ray_is_told_of (0.125,
+    share that lets more run together is test_gpus.py::test_auto_packs_trials_onto_a_gpu_ray_is_told_of (0.125,
     the same path into Ray)."""
     space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1, 2, 3]}}])
     recorder = TrialEvents()

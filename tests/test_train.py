@@ -119,18 +119,23 @@ RESUME_CASES = {
 @pytest.mark.parametrize("overrides", RESUME_CASES.values(), ids=RESUME_CASES.keys())
 def test_resume_is_bit_identical(tmp_path, tiny_raw, overrides):
     """N steps + resume + N steps == 2N uninterrupted steps, across a curriculum change."""
-    full = _config(tiny_raw, **overrides, training__train_steps=40, training__save_every_steps=20)
+    # the tiny curriculum at twice its pace, so that half the steps cross the same changes: points and loops both
+    # step up at the checkpoint the run resumes from, and points again after it
+    paced = dict(overrides, training__curriculum__points__interval=5, training__curriculum__loops__interval=10,
+                 training__eval_every_steps=10, wandb__log_every_steps=5)
+    full = _config(tiny_raw, **paced, training__train_steps=20, training__save_every_steps=10)
     rows_full = []
     train(full, out_dir=tmp_path / "full", reporter=lambda r, c: rows_full.append(r))
-    half = _config(tiny_raw, **overrides, training__train_steps=21, training__save_every_steps=20)
+    assert [(r["n_points"], r["n_loops"]) for r in rows_full] == [(6, 3), (7, 3), (8, 4), (9, 4), (9, 4)]
+    half = _config(tiny_raw, **paced, training__train_steps=11, training__save_every_steps=10)
     train(half, out_dir=tmp_path / "split")
-    first = tmp_path / "split" / "checkpoints" / "step_000020"
+    first = tmp_path / "split" / "checkpoints" / "step_000010"
     rows_resumed = []
     train(full, out_dir=tmp_path / "split", resume_from=first, reporter=lambda r, c: rows_resumed.append(r))
     a, b = _params(tmp_path / "full"), _params(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the resumed run replaced the checkpoint it started from, as an uninterrupted run would have
-    assert [p.name for p in (tmp_path / "split" / "checkpoints").iterdir()] == ["step_000039"]
+    assert [p.name for p in (tmp_path / "split" / "checkpoints").iterdir()] == ["step_000019"]
     strip = ("elapsed_s", "steps_per_s", "prompts_per_s")
     assert [{k: v for k, v in r.items() if k not in strip} for r in rows_full[-2:]] == \
            [{k: v for k, v in r.items() if k not in strip} for r in rows_resumed]

@@ -425,8 +425,8 @@ def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path, commands):
         command = sweep_command(space, disk, "s", "--max-failures", "0")
         sweep = commands.start(command[1:], tmp_path, tmp_path / "s.out", tmp_path / "s.err")
         experiment = disk / "s"
-        # once the runner keeps a good copy of Tune's state and the first trial has checkpointed, the disk fills:
-        # the resume finishes that trial and runs the second, which had not started
+        # once the runner keeps a good copy of Tune's state and the first trial has checkpointed, the disk fills;
+        # two trials one at a time, so that one is still to write when the disk is full, however fast the first ran
         wait_for(lambda: list((experiment / ".tune_looped").glob("experiment_state-*.json"))
                  and list(experiment.glob("*/checkpoint_000001")), 120)
         fill(disk)

@@ -122,12 +122,12 @@ def test_resume_is_bit_identical(tmp_path, tiny_raw, overrides):
     # the tiny curriculum at twice its pace, so that half the steps cross the same changes: points and loops both
     # step up at the checkpoint the run resumes from, and points again after it
     paced = dict(overrides, training__curriculum__points__interval=5, training__curriculum__loops__interval=10,
-                 training__eval_every_steps=10, wandb__log_every_steps=5)
-    full = _config(tiny_raw, **paced, training__train_steps=20, training__save_every_steps=10)
+                 training__eval_every_steps=10, training__save_every_steps=10, wandb__log_every_steps=5)
+    full = _config(tiny_raw, **paced, training__train_steps=20)
     rows_full = []
     train(full, out_dir=tmp_path / "full", reporter=lambda r, c: rows_full.append(r))
     assert [(r["n_points"], r["n_loops"]) for r in rows_full] == [(6, 3), (7, 3), (8, 4), (9, 4), (9, 4)]
-    half = _config(tiny_raw, **paced, training__train_steps=11, training__save_every_steps=10)
+    half = _config(tiny_raw, **paced, training__train_steps=11)
     train(half, out_dir=tmp_path / "split")
     first = tmp_path / "split" / "checkpoints" / "step_000010"
     rows_resumed = []

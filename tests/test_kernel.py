@@ -40,9 +40,9 @@ AVX512_AMD = cpuinfo("AuthenticAMD", "AMD EPYC 9B14", f"{BASE_FLAGS} {AVX512} av
 AMX_INTEL = cpuinfo("GenuineIntel", "Intel(R) Xeon(R) Platinum 8481C",
                     f"{BASE_FLAGS} {AVX512} avx512_fp16 amx_bf16 amx_tile amx_int8 arch_capabilities")
 
-# The quick study's width and batch, where the two libraries round differently on every CPU type seen. Smaller,
-# they can give the same bits: at n_embd 16 on an AVX2 AMD; on an Intel with AVX-512, a weight gradient summed over
-# 384 tokens or fewer (batch_size x 2 x n_points), as at 32 prompts here. A row every step shows it in every curve.
+# The quick study's width and batch, at which the two libraries round differently. Smaller, they can give the same
+# bits: at n_embd 16 on an AVX2 AMD; on an Intel with AVX-512, in a weight gradient summed over 384 tokens or fewer
+# (batch_size x 2 x n_points: 32 prompts of 4-6 points). A row every step shows the difference in every curve.
 DIFFERING = apply_overrides(TINY_BASE, {"model.n_embd": 32, "model.n_head": 4, "training.batch_size": 64,
                                         "wandb.log_every_steps": 1, "training.onednn_linear": "auto"})
 

@@ -422,7 +422,7 @@ def test_a_run_resumed_on_another_cpu_type_keeps_the_library_its_checkpoint_reco
     cpuinfo = tmp_path / "cpuinfo"
     monkeypatch.setattr(onednn_module, "CPUINFO", cpuinfo)
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: sse2 avx2 fma avx512f avx512bw\n")
-    # 64 prompts: at 16 an Intel CPU with AVX-512 gives both libraries' bits (tests/test_kernel.py, DIFFERING)
+    # 64 prompts: at 16, on an Intel CPU with AVX-512, both libraries give the same bits (test_kernel.py, DIFFERING)
     config = _config(tiny_raw, training__onednn_linear="auto", training__train_steps=40,
                      training__keep_every_steps=20, training__batch_size=64)
     train(config, out_dir=tmp_path / "whole")

@@ -107,8 +107,9 @@ FAULTS = [
           "keeper copies only one save's whole pair; one curve row per step",
           "`test_checkpoint.py`, `test_trainable.py`, `test_state.py`, "
           "`test_analysis_frames.py::test_a_trial_restarted_from_step_0_has_one_history`"),
-    Fault("disk full", "the storage on a 230 MiB tmpfs the test mounts (as root; skipped otherwise), filled once "
-          "the first trial has checkpointed; then enlarged to 600 MiB with `mount -o remount`",
+    Fault("disk full", "the storage on a 230 MiB tmpfs the test mounts (as root; skipped otherwise), filled while "
+          "the running trial is held (SIGSTOP) at its second checkpoint, once the runner keeps a copy of Tune's "
+          "state; then enlarged to 600 MiB with `mount -o remount`",
           "exit 1: one `error: disk full:` line naming the filesystem, its free space and the 200 MiB needed, the "
           "summary so far and the resume command; the resume, its printed arguments, exits 0 with every trial "
           "finished and every logged step once",
@@ -425,11 +426,17 @@ def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path, commands):
         command = sweep_command(space, disk, "s", "--max-failures", "0")
         sweep = commands.start(command[1:], tmp_path, tmp_path / "s.out", tmp_path / "s.err")
         experiment = disk / "s"
-        # once the runner keeps a good copy of Tune's state and the first trial has checkpointed, the disk fills;
-        # two trials one at a time, so that one is still to write when the disk is full, however fast the first ran
-        wait_for(lambda: list((experiment / ".tune_looped").glob("experiment_state-*.json"))
-                 and list(experiment.glob("*/checkpoint_000001")), 120)
-        fill(disk)
+        # the running trial is held (SIGSTOP) at its second checkpoint until the runner keeps a good copy of Tune's
+        # state and the disk is full: on a fast CPU both trials ended before the copy was made (2 runs in 5)
+        held = wait_for(lambda: next((pid for pid, folder in trial_workers(sweep.pid).items()
+                                      if list((experiment / folder).glob("checkpoint_00000[1-5]"))), None),
+                        120, every=0.05)
+        os.kill(held, signal.SIGSTOP)
+        try:
+            wait_for(lambda: list((experiment / ".tune_looped").glob("experiment_state-*.json")), 120)
+            fill(disk)
+        finally:
+            os.kill(held, signal.SIGCONT)
         out, err = finish(sweep, tmp_path, timeout=300)
         assert sweep.returncode == 1, err[-3000:]
         errors = [line for line in err.splitlines() if line.startswith("error:")]

@@ -417,6 +417,7 @@ def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt_and_a_terminated
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("save_state_often")
 def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path, commands):
     with small_disk(tmp_path / "disk", "230m") as disk:
         base = apply_overrides(TINY_BASE, {"training.train_steps": 60, "training.save_every_steps": 10,

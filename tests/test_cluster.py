@@ -258,9 +258,22 @@ def test_a_symlink_loop_as_storage_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_held_ray_serves_the_next_sweep_is_replaced_when_asked_otherwise_and_ends_with_the_hold(capsys):
-    """A sequential study's rounds share the Ray its first sweep started (tune_looped/rounds.py)."""
+def test_a_held_ray_serves_the_next_sweep_is_replaced_when_asked_otherwise_and_ends_with_the_hold(capsys,
+                                                                                                 monkeypatch):
+    """A sequential study's rounds share the Ray its first sweep started (tune_looped/rounds.py). Each Ray ends
+    without waiting on its autoscaler monitor (cluster._kill_monitor)."""
     import ray
+    from ray._private.node import Node
+
+    came_to = []  # (process type, whether it was running when Ray's shutdown came to it)
+    kill = Node._kill_process_type
+
+    def watched(node, process_type, *args, **kwargs):
+        infos = node.all_processes.get(process_type, [])
+        came_to.append((process_type, any(info.process.poll() is None for info in infos)))
+        return kill(node, process_type, *args, **kwargs)
+
+    monkeypatch.setattr(Node, "_kill_process_type", watched)
 
     def start(cpus: int):
         return cluster.start_ray(None, num_cpus=cpus, dashboard_host=None, verbose=False)
@@ -286,3 +299,6 @@ def test_a_held_ray_serves_the_next_sweep_is_replaced_when_asked_otherwise_and_e
     assert not ray.is_initialized()
     # one line a start: the second sweep of the first hold did not start Ray again
     assert capsys.readouterr().err.count("Ray's own log lines:") == 3
+    # the monitor was gone before Ray stopped the GCS, which it would otherwise have waited on for a second
+    assert came_to.count(("gcs_server", True)) == came_to.count(("monitor", False)) == 3, came_to
+    assert ("monitor", True) not in came_to

@@ -98,7 +98,8 @@ def test_auto_counts_the_gpus_of_the_cluster_not_of_its_cpu_only_head(tmp_path, 
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     try:
-        worker = cluster.add_node(num_cpus=2, num_gpus=1)
+        # one CPU: the trials take turns in one worker, which imports the trainable and W&B once
+        worker = cluster.add_node(num_cpus=1, num_gpus=1)
         cluster.wait_for_nodes()
         base = apply_overrides(TINY_BASE, {"training.train_steps": 40, "training.eval_prompts": 16})
         space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1]}}], base,

@@ -4,8 +4,8 @@ Runs a space's quick study through the real runner (`python -m tune_looped.run -
 unless `--report` asks for the analysis too) once per CPU packing (`--packings 1,2`: 1 CPU and 1 torch thread
 per trial, so 2 trials at once on 2 cores; or 2 CPUs and 2 threads each, one trial at a time), and compares its wall time with the ideal: the sum of
 the trials' training times (the training loop's own `elapsed_s`) divided by the parallel slots. Ray's
-start-up (`ray.init(address="local")` as the runner calls it, then `ray.shutdown()`) is timed alone, in
-a fresh process. `--experiment DIR` reads the timing of a sweep already on disk instead.
+start-up and shutdown (`ray.init(address="local")`, then `ray.shutdown()`, as the runner calls them) are timed
+alone, in a fresh process. `--experiment DIR` reads the timing of a sweep already on disk instead.
 """
 from __future__ import annotations
 
@@ -35,11 +35,11 @@ RAY_STARTUP = """
 import json, time
 t0 = time.perf_counter()
 import ray
-from tune_looped.cluster import start_ray
+from tune_looped.cluster import start_ray, stop_ray
 t1 = time.perf_counter()
 start_ray(None)
 t2 = time.perf_counter()
-ray.shutdown()
+stop_ray(keep=False)
 t3 = time.perf_counter()
 print(json.dumps({"import": t1 - t0, "init": t2 - t1, "shutdown": t3 - t2}))
 """
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         return 0
     startup = _ray_startup()
     print(f"Ray start-up (fresh process): import {startup['import']:.1f} s, ray.init(address='local') "
-          f"{startup['init']:.1f} s, ray.shutdown() {startup['shutdown']:.1f} s")
+          f"{startup['init']:.1f} s, its shutdown {startup['shutdown']:.2f} s")
     work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     try:
         space_file = shortened_space(args.space, args.steps, overrides, work)

@@ -279,7 +279,8 @@ def _shut_down() -> None:
 def _kill_monitor() -> None:
     """Kill the autoscaler's monitor of a Ray this process started, as `ray.shutdown` would a second later: Ray stops
     the GCS first, and the monitor's SIGTERM handler then waits on it until Ray's grace second runs out (1.0 of a
-    tiny sweep's 1.4 s shutdown). Where Ray's internals differ, its own shutdown does it as before."""
+    tiny sweep's 1.4 s shutdown). Ray's internal names are read with defaults: a Ray without them shuts down as
+    before."""
     from ray._private import ray_constants, worker
 
     node = worker._global_node

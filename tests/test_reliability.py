@@ -430,7 +430,7 @@ def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path, commands):
         # the running trial is held (SIGSTOP) at its second checkpoint until the runner keeps a good copy of Tune's
         # state and the disk is full: on a fast CPU both trials ended before the copy was made (3 runs in 8)
         held = wait_for(lambda: next((pid for pid, folder in trial_workers(sweep.pid).items()
-                                      if list((experiment / folder).glob("checkpoint_00000[1-5]"))), None),
+                                      if len(list((experiment / folder).glob("checkpoint_*"))) >= 2), None),
                         120, every=0.05)
         os.kill(held, signal.SIGSTOP)
         try:

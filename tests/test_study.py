@@ -300,9 +300,11 @@ def test_a_fixed_study_continued_as_its_report_says_then_interrupted_mid_round_r
     assert command[:3] == ["python", "-m", "tune_looped.run"] and command[-2:] == ["--extend", "--until-decided"]
     round_dir = experiment_dir / extension_folder(1)
     # without the dashboard, which the command leaves on as a user wants it: its start costs the continuation, and
-    # the resume again, 3-6 CPU-seconds on 2 AVX2 cores, and nothing here looks at it
-    study = commands.start([*command[1:], "--no-dashboard"], tmp_path, tmp_path / "c.out", tmp_path / "c.err",
-                           env=commands.environment(PYTHONUNBUFFERED="1"))
+    # the resume again, 3-6 CPU-seconds on 2 AVX2 cores, and nothing here looks at it; on one CPU, as the fixed
+    # study ran, so that the round's trials take turns in one worker rather than start two (about 3 CPU-seconds
+    # each on an AVX-512 CPU, in the continuation and again in the resume)
+    study = commands.start([*command[1:], "--no-dashboard", "--num-cpus", "1"], tmp_path, tmp_path / "c.out",
+                           tmp_path / "c.err", env=commands.environment(PYTHONUNBUFFERED="1"))
     try:
         # a trial of the second look's round has reported: the round is under way
         wait_for(lambda: any((folder / "result.json").stat().st_size for folder in run_trial_folders(round_dir)

@@ -19,7 +19,7 @@ from analysis.__main__ import main as analysis_main
 from analysis.__main__ import parser as analysis_parser
 from helpers.disk import fill, small_disk
 from helpers.experiments import write_experiment
-from helpers.sweeps import (TINY_BASE, finished_trials, rows, sweep_command, trial_dirs, wait_for,
+from helpers.sweeps import (TINY_BASE, finished_trials, rows, run_printed, sweep_command, trial_dirs, wait_for,
                             write_space)
 from trainers.config import apply_overrides
 from tune_looped.run import _resume_command, parse_args
@@ -186,7 +186,7 @@ def test_a_full_disk_in_the_sweeps_analysis_is_one_line_and_the_redo_completes(t
 # --- two Ctrl-C --------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_two_ctrl_c_end_the_runner_with_its_summary_and_the_resume_command(tmp_path):
+def test_two_ctrl_c_end_the_runner_with_its_summary_and_the_resume_command(tmp_path, commands):
     # the Ctrl-Cs land 0.2 s after the first trial's first row is seen: the sweep would have to train the rest of
     # that trial and all of the second, about 200 steps, before they do for nothing to be left incomplete
     base = apply_overrides(TINY_BASE, {"training.train_steps": 100, "training.save_every_steps": 25,
@@ -219,7 +219,9 @@ def test_two_ctrl_c_end_the_runner_with_its_summary_and_the_resume_command(tmp_p
     assert re.search(r"\b\d incomplete\b", out) and f"results: {experiment}" in out, out[-2000:]
     resume = command_after(err, "interrupted; resume with:")
     assert parse_args(resume[3:]).name == name
-    resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # its printed arguments, forked: what two Ctrl-C leave must resume (test_study.py runs a printed resume in a
+    # fresh interpreter)
+    resumed = run_printed(commands, resume, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "2 finished" in resumed.stdout
     assert len(finished_trials(experiment, 99)) == 2

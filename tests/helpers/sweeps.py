@@ -101,7 +101,7 @@ def forked_sweep(commands, tmp_path: Path, space: Path, *extra, name: str = "s",
 def run_printed(commands, command: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """A runner's command line as it printed it (`<this python> -m tune_looped.run ...`), forked from the command
     server with this process's environment: the printed arguments, without a fresh interpreter's imports (about 4
-    CPU-seconds on 2 AVX2 cores). test_stops.py and test_study.py run theirs as printed, in a fresh interpreter."""
+    CPU-seconds on 2 AVX2 cores). test_study.py runs its resume as printed, in a fresh interpreter."""
     assert command[0] == sys.executable, command
     return commands.run(command[1:], cwd=cwd, env=commands.environment(), timeout=timeout)
 

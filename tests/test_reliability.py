@@ -212,6 +212,21 @@ def saved_statuses(experiment_dir: Path) -> list[str]:
     return [json.loads(trial)["status"] for trial, _ in state.get("trial_data", [])]
 
 
+def hold_trial(sweep_pid: int, experiment_dir: Path, checkpoints: int, ended=()) -> tuple[int, Path] | None:
+    """Hold (SIGSTOP) the worker running a trial, not among `ended`, that has `checkpoints` checkpoint folders:
+    (its pid, the trial's folder), or None while there is no such trial or its worker is not seen yet."""
+    trials = [t for t in trial_dirs(experiment_dir)
+              if t not in ended and len(list(t.glob("checkpoint_*"))) >= checkpoints]
+    if not trials:
+        return None
+    workers = {folder: pid for pid, folder in trial_workers(sweep_pid).items()}
+    trial = next((t for t in trials if t.name in workers), None)
+    if trial is None:
+        return None
+    os.kill(workers[trial.name], signal.SIGSTOP)
+    return workers[trial.name], trial
+
+
 class Interruptible:
     """The moment to interrupt a sweep of `interrupt_space`: `finished` trials have finished and Tune has saved
     that, and the next has `checkpoints` checkpoints. The next is held (SIGSTOP) once it has them, so that Tune's
@@ -232,17 +247,13 @@ class Interruptible:
         if self.trial in done:  # held after its last report, before the driver wrote it: it has ended
             os.kill(self.held, signal.SIGCONT)
             self.held = self.trial = None
-        running = [t for t in trial_dirs(self.experiment_dir)
-                   if t not in done and len(list(t.glob("checkpoint_*"))) >= self.checkpoints]
-        if not (len(done) >= self.finished and running):
+        if len(done) < self.finished:
             return None
         if self.held is None:
-            self.held = next((pid for pid, folder in trial_workers(self.sweep.pid).items()
-                              if folder == running[0].name), None)
-            if self.held is None:
+            found = hold_trial(self.sweep.pid, self.experiment_dir, self.checkpoints, done)
+            if found is None:
                 return None
-            os.kill(self.held, signal.SIGSTOP)
-            self.trial = running[0]
+            self.held, self.trial = found
         return (done[0], self.trial) if "TERMINATED" in saved_statuses(self.experiment_dir) else None
 
     def signal(self, signum: int) -> None:
@@ -429,10 +440,7 @@ def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path, commands):
         experiment = disk / "s"
         # the running trial is held (SIGSTOP) at its second checkpoint until the runner keeps a good copy of Tune's
         # state and the disk is full: on a fast CPU both trials ended before the copy was made (3 runs in 8)
-        held = wait_for(lambda: next((pid for pid, folder in trial_workers(sweep.pid).items()
-                                      if len(list((experiment / folder).glob("checkpoint_*"))) >= 2), None),
-                        120, every=0.05)
-        os.kill(held, signal.SIGSTOP)
+        held, _ = wait_for(lambda: hold_trial(sweep.pid, experiment, 2), 120, every=0.05)
         try:
             wait_for(lambda: list((experiment / ".tune_looped").glob("experiment_state-*.json")), 120)
             fill(disk)

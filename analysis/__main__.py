@@ -8,18 +8,21 @@ analysis, with exit status 1; the trials and every file written before are kept 
 """
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from pathlib import Path
 
 from analysis.compare import compare
-from analysis.evaluation import EVALUATION_FILE, N_PROMPTS, evaluate_experiment
+from analysis.evaluation import DEFAULT, EVALUATION_FILE, evaluate_experiment
 from analysis.experiment import AnalysisError, space_record
 from analysis.pipeline import FORMATS, export_frames, no_space, run_all
 from analysis.plots import plot_experiment
 from analysis.report import report_experiment
 from analysis.wandb_results import log_results, recorded_settings
 from trainers.cli import OneLineArgumentParser, one_line_warnings
+from trainers.records import LOOPS_FACTOR, Evaluation
+from trainers.schema import ConfigError, coerce_value
 from trainers.wandb_log import WANDB_MODES
 
 
@@ -35,9 +38,13 @@ def parser() -> OneLineArgumentParser:
         if name in ("export", "all"):
             command.add_argument("--format", choices=FORMATS, default="parquet", help="of the frames")
         if name in ("evaluate", "all"):
-            command.add_argument("--n-prompts", type=int, default=N_PROMPTS, help="fresh prompts per trial")
-            command.add_argument("--max-loops", type=int, help="loops to run looped models to (default 10 b)")
-            command.add_argument("--seed", type=int, default=0, help="seed of the prompts")
+            # unset: the space's `evaluation:`, as the experiment's record keeps it
+            command.add_argument("--n-prompts", type=_evaluation("n_prompts"),
+                                 help=f"fresh prompts per trial (default: the space's, else {DEFAULT.n_prompts})")
+            command.add_argument("--max-loops", type=_evaluation("max_loops"),
+                                 help=f"loops to run looped models to (default: the space's, else {LOOPS_FACTOR} b)")
+            command.add_argument("--seed", type=_evaluation("seed"),
+                                 help=f"seed of the prompts (default: the space's, else {DEFAULT.seed})")
             command.add_argument("--device", help="torch device (default: cuda when present)")
     command = commands.add_parser("compare", help="several experiments' shared hypotheses side by side")
     command.add_argument("experiment_dirs", nargs="+", metavar="experiment_dir", help="two experiment directories "
@@ -47,6 +54,16 @@ def parser() -> OneLineArgumentParser:
     command.add_argument("experiment_dir", help="the experiment directory, after `all`")
     command.add_argument("--mode", choices=WANDB_MODES, help="default: the space's, else online when wandb has a key")
     return cli
+
+
+def _evaluation(key: str):
+    """An argparse type for the flag of the space's `evaluation.<key>`, checked by the same schema."""
+    def parse(text: str) -> int:
+        try:
+            return coerce_value(Evaluation, key, int(text) if text.lstrip("-").isdigit() else text, key)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix(f"{key}: ")) from None
+    return parse
 
 
 def run(args) -> list:

@@ -19,18 +19,18 @@ import pandas as pd
 import torch
 
 from analysis.baselines import baselines_for
-from analysis.experiment import AnalysisWarning, TrialFolder, identities, read_trials
+from analysis.experiment import AnalysisWarning, TrialFolder, identities, read_trials, space_record
 from analysis.frames import aggregate_seeds
 from analysis.stats import bootstrap_mean
 from trainers.atomic import replacing
 from trainers.cpus import available_cpus
 from trainers.layout import EVALUATION_FILE
 from trainers.models import LoopedTransformerModel, build_model
+from trainers.records import LOOPS_FACTOR, Evaluation, SpaceRecord
 from trainers.tasks import error_normaliser, sample_batch
 
-N_PROMPTS = 1280
+DEFAULT = Evaluation()
 BATCH_SIZE = 256
-LOOPS_FACTOR = 10  # looped models run to 10 b by default: far enough to see whether they hold a fixed point
 CURVE_COLUMNS = ["kind", "name", "axis", "x", "mean", "lo", "hi"]
 
 
@@ -63,19 +63,28 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def evaluate_experiment(experiment_dir, *, n_prompts: int = N_PROMPTS, max_loops: int | None = None,
-                        seed: int = 0, device=None, out=None, batch_size: int = BATCH_SIZE) -> pd.DataFrame:
-    """Evaluate every trial's latest checkpoint; writes `evaluation.parquet` into `out` (default: the
-    experiment directory) and returns the frame."""
-    frame = evaluate_trials(read_trials(experiment_dir), n_prompts=n_prompts, max_loops=max_loops, seed=seed,
-                            device=device, batch_size=batch_size)
+def evaluation_of(record: SpaceRecord | None, **given) -> Evaluation:
+    """How an experiment's trials are scored: its space's `evaluation:` as its `record` keeps it (the defaults
+    without one), with the settings `given` (n_prompts, max_loops, seed; None: not given) in its place."""
+    recorded = record.evaluation if record is not None else DEFAULT
+    return recorded.model_copy(update={key: value for key, value in given.items() if value is not None})
+
+
+def evaluate_experiment(experiment_dir, *, n_prompts: int | None = None, max_loops: int | None = None,
+                        seed: int | None = None, device=None, out=None, batch_size: int = BATCH_SIZE) -> pd.DataFrame:
+    """Evaluate every trial's latest checkpoint as `evaluation_of` says; writes `evaluation.parquet` into `out`
+    (default: the experiment directory) and returns the frame."""
+    how = evaluation_of(space_record(experiment_dir), n_prompts=n_prompts, max_loops=max_loops, seed=seed)
+    frame = evaluate_trials(read_trials(experiment_dir), n_prompts=how.n_prompts, max_loops=how.max_loops,
+                            seed=how.seed, device=device, batch_size=batch_size)
     with replacing(Path(out if out is not None else experiment_dir) / EVALUATION_FILE) as temporary:
         frame.to_parquet(temporary, index=False)
     return frame
 
 
-def evaluate_trials(trials: list[TrialFolder], *, n_prompts: int = N_PROMPTS, max_loops: int | None = None,
-                    seed: int = 0, device=None, batch_size: int = BATCH_SIZE, progress=None) -> pd.DataFrame:
+def evaluate_trials(trials: list[TrialFolder], *, n_prompts: int = DEFAULT.n_prompts,
+                    max_loops: int | None = DEFAULT.max_loops, seed: int = DEFAULT.seed, device=None,
+                    batch_size: int = BATCH_SIZE, progress=None) -> pd.DataFrame:
     """`progress`: called once as each model's evaluation completes (a progress bar's tick)."""
     device = torch.device(device) if device is not None else _default_device()
     prompts: dict[PromptSetting, tuple] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from analysis.evaluation import EVALUATION_FILE, N_PROMPTS, evaluate_trials
+from analysis.evaluation import EVALUATION_FILE, evaluate_trials, evaluation_of
 from analysis.experiment import read_trials, space_record
 from analysis.frames import frames_of
 from analysis.plots import FIGURES_PER_HYPOTHESIS, PLOTS_DIR, write_plots
@@ -53,9 +53,10 @@ def export_frames(experiment_dir, out=None, fmt: str = "parquet") -> dict[str, P
             "summary": _write_frame(summary, frame_file(out_dir, SUMMARY_FRAME, fmt))}
 
 
-def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = N_PROMPTS,
-            max_loops: int | None = None, seed: int = 0, device=None, progress: bool | None = None) -> dict:
+def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int | None = None,
+            max_loops: int | None = None, seed: int | None = None, device=None, progress: bool | None = None) -> dict:
     """Frames, evaluation, results, figures and report in one pass over the experiment (what a sweep ends with).
+    The evaluation's settings not given are the space's (`evaluation_of`).
 
     Written in that order: the results (`results.parquet`) need the evaluation, and the figures and the report
     take their per-trial numbers from the results.
@@ -75,8 +76,9 @@ def run_all(experiment_dir, out=None, *, fmt: str = "parquet", n_prompts: int = 
     declared = hypotheses_of(record)
     with tqdm(total=steps, desc="analysis", unit="step", dynamic_ncols=True,
               disable=None if progress is None else not progress) as bar:
-        evaluation = evaluate_trials(trials, n_prompts=n_prompts, max_loops=max_loops, seed=seed, device=device,
-                                     progress=bar.update)
+        how = evaluation_of(record, n_prompts=n_prompts, max_loops=max_loops, seed=seed)
+        evaluation = evaluate_trials(trials, n_prompts=how.n_prompts, max_loops=how.max_loops, seed=how.seed,
+                                     device=device, progress=bar.update)
         written["evaluation"] = _write_frame(evaluation, out_dir / EVALUATION_FILE)
         results = experiment_results(out_dir, summary, evaluation, declared)
         written["results"] = out_dir / RESULTS_FILE

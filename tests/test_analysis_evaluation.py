@@ -4,10 +4,11 @@ import torch
 
 from analysis import AnalysisWarning, evaluate_experiment
 from analysis.baselines import SKLEARN
-from analysis.evaluation import CURVE_COLUMNS, EVALUATION_FILE, PromptSetting, aggregate_evaluation
+from analysis.evaluation import CURVE_COLUMNS, EVALUATION_FILE, PromptSetting, aggregate_evaluation, evaluation_of
 from helpers.experiments import (TRIALS, checkpoint_state, config_dict, metric_row, ray_row,
                                          write_experiment, write_trial)
 from trainers.models import build_model
+from trainers.records import Evaluation, SpaceRecord, write_space_record
 from trainers.tasks import sample_batch
 
 N_PROMPTS, MAX_LOOPS = 64, 6
@@ -118,6 +119,22 @@ def test_looped_models_run_to_ten_times_their_training_loops_by_default(tmp_path
     frame = evaluate_experiment(tmp_path, n_prompts=8)
     assert curve(frame, "t", "model", "loop").index.tolist() == list(range(1, 21))
     assert (frame["train_loops"] == 2).all() and (frame["max_loops"] == 20).all()
+
+
+def test_the_space_record_sets_the_evaluation_and_what_is_given_goes_over_it(tmp_path):
+    """The record's `evaluation:` where the call gives nothing; each setting given replaces the record's alone."""
+    write_trial(tmp_path, "t", hypotheses=["x"], rows=[ray_row(metric_row(0, 1.0), "t", 0)],
+                checkpoint=checkpoint_state(config_dict(n_loops=2), step=1))
+    write_space_record(tmp_path, SpaceRecord(evaluation=Evaluation(n_prompts=12, seed=5, max_loops=4)))
+    recorded = evaluate_experiment(tmp_path)
+    assert (recorded["n_prompts"] == 12).all() and (recorded["max_loops"] == 4).all()
+    xs, ys = PromptSetting.final(config_dict(n_loops=2)).sample(12, seed=5)
+    least_squares = curve(recorded, "t", "least_squares", "k")["mean"]
+    assert least_squares[0] == pytest.approx(float((ys[:, 0] ** 2).mean()) / 3, rel=1e-5)  # predicts 0 at k = 0
+    given = evaluate_experiment(tmp_path, n_prompts=8)
+    assert (given["n_prompts"] == 8).all() and (given["max_loops"] == 4).all()
+    assert evaluation_of(None) == Evaluation() == Evaluation(n_prompts=1280, seed=0, max_loops=None)
+    assert evaluation_of(None, n_prompts=None, seed=7) == Evaluation(seed=7)
 
 
 @pytest.mark.parametrize("task_name, sparsity", [("sparse_linear_regression", 2), ("linear_regression", 3)])

@@ -187,6 +187,19 @@ def test_an_extension_that_changes_a_trial_that_ran_is_refused(tmp_path, capsys,
     assert {p: p.stat().st_mtime_ns for p in experiment.rglob("*")} == before
 
 
+def test_an_extension_that_scores_its_trials_another_way_is_refused(tmp_path, capsys):
+    """The analysis scores old and new trials on the same prompts: the record's `evaluation:` stays."""
+    space, experiment = recorded_experiment(tmp_path, evaluation={"n_prompts": 64})
+    write_space(space, DEPTH, seeds=[0], evaluation={"n_prompts": 32})
+    before = {p: p.stat().st_mtime_ns for p in experiment.rglob("*")}
+    assert main(command(space, tmp_path / "r", "--extend", "--seeds", "1")) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --extend: evaluation.n_prompts differs from the experiment's {experiment / SPACE_RECORD}; the "
+        "trials an extension adds are scored as the earlier ones were (`python -m analysis all EXPERIMENT_DIR` with "
+        "--n-prompts, --max-loops or --seed scores them all another way)"]
+    assert {p: p.stat().st_mtime_ns for p in experiment.rglob("*")} == before
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--extend"], "--extend: needs --name of the experiment to add trials to"),
     (["--extend", "--name", "e", "--resume"], "--extend: not with --resume; --extend resumes the experiment's "

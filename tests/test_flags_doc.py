@@ -155,8 +155,8 @@ def test_the_doc_lists_every_flag_as_its_parser_has_it(prog, parsers, text):
     (ANALYSIS, "| `--seed` | `evaluate`, `all` |", "| `--seed` | `evaluate` |", ["all --seed"]),
     (ANALYSIS, "| `--out` | `compare` | folder | `comparison` |", "| `--out` | `compare` | folder | - |",
      ["compare --out"]),
-    (ANALYSIS, "| `--n-prompts` | `evaluate`, `all` | integer | `1280` |",
-     "| `--n-prompts` | `evaluate`, `all`, `plot` | integer | `1280` |", ["plot --n-prompts"]),
+    (ANALYSIS, "| `--n-prompts` | `evaluate`, `all` | positive integer | - |",
+     "| `--n-prompts` | `evaluate`, `all`, `plot` | positive integer | - |", ["plot --n-prompts"]),
     (TRAIN, "| `--out_dir`, `--out-dir` |", "| `--out_dir` |", ["--out_dir", "--out_dir, --out-dir"]),
 ])
 def test_a_table_that_differs_from_its_parser_names_the_flag(prog, old, new, named, parsers, text):

@@ -12,7 +12,7 @@ from ray.tune.search.sample import Categorical, Float, Integer
 
 from analysis.verdict import Trend, hypotheses_of
 from trainers.curriculum import curriculum_at
-from trainers.records import SpaceRecord
+from trainers.records import Evaluation, SpaceRecord
 from tune_looped.space import (SPACES_DIR, Distribution, SpaceError, load_space, parse_distribution, space_record,
                                trial_config)
 from tune_looped.tune_space import make_scheduler, param_space
@@ -211,12 +211,17 @@ def test_space_settings_and_defaults(tmp_path):
     assert (plain.scheduler, plain.metric, plain.mode, plain.num_samples, plain.max_concurrent) == (
         {"type": "fifo"}, "eval/loss", "min", 1, None)
     assert plain.resources == {"cpu": 1, "gpu": 0} and plain.name == "plain" and plain.sample == {}
+    assert plain.evaluation == Evaluation(n_prompts=1280, seed=0, max_loops=None)
     full = load_space(write_space(tmp_path, {
         "name": "study", "resources": {"gpu": 0.25}, "scheduler": {"type": "asha", "grace_period": 5},
         "metric": "eval/loss_last", "mode": "max", "max_concurrent": 3, "num_samples": 2,
         "sample": {"training.learning_rate": "loguniform(1e-4, 1e-3)"},
-        "wandb": {"enabled": True, "project": "p", "group": "g"},
+        "wandb": {"enabled": True, "project": "p", "group": "g"}, "evaluation": {"n_prompts": 64, "max_loops": 9},
     }, name="full.yaml"))
+    assert full.evaluation == Evaluation(n_prompts=64, seed=0, max_loops=9)
+    # the record keeps it as the space gave it, for every later analysis of the experiment
+    record = SpaceRecord.model_validate(yaml.safe_load(yaml.safe_dump(space_record(full, False).model_dump())))
+    assert record.evaluation == full.evaluation
     assert full.name == "study" and full.resources == {"cpu": 1, "gpu": 0.25}
     assert full.scheduler == {"type": "asha", "grace_period": 5}
     assert (full.metric, full.mode) == ("eval/loss_last", "max")
@@ -495,6 +500,14 @@ BAD_SPACES = [
     pytest.param({"num_samples": 0}, False, ["num_samples", "positive integer"], id="num_samples-0"),
     pytest.param({"max_concurrent": 0}, False, ["max_concurrent", "positive integer"], id="max_concurrent-0"),
     pytest.param({"mode": "median"}, False, ["mode", "min, max", "'median'"], id="mode-median"),
+    pytest.param({"evaluation": {"n_prompts": 0}}, False, ["evaluation.n_prompts: must be a positive integer, got 0"],
+                 id="evaluation-no-prompts"),
+    pytest.param({"evaluation": {"max_loops": 2.5}}, False, ["evaluation.max_loops", "expected an integer", "2.5"],
+                 id="evaluation-max-loops-float"),
+    pytest.param({"evaluation": {"seed": -1}}, False, ["evaluation.seed", "from 0 to 2**64 - 1", "got -1"],
+                 id="evaluation-seed-negative"),
+    pytest.param({"evaluation": {"prompts": 64}}, False, ["evaluation.prompts", "allowed: n_prompts, seed, max_loops"],
+                 id="evaluation-unknown-key"),
     pytest.param({"metric": ""}, False, ["metric", "must be one of step, overall_loss", "got ''"], id="metric-empty"),
     # ASHA on a key no trial reports would silently stop nothing
     pytest.param({"metric": "eval/los", "scheduler": "asha"}, False,

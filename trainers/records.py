@@ -16,15 +16,16 @@ import json
 import math
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
 from trainers import atomic, knobs
-from trainers.config import apply_overrides, config_from_dict
+from trainers.config import MAX_SEED, PositiveInt, apply_overrides, config_from_dict
 from trainers.layout import ERROR_FILES, FIRST_RUN, SPACE_RECORD, TRIAL_RECORD, trial_folders
+from trainers.schema import Section
 
 SEED_KEY = "training.seed"  # a variant is a configuration without its seed
 
@@ -120,6 +121,22 @@ class RunRecord(_Record):
     look: int | None = None
 
 
+# looped models are evaluated to 10 b by default: far enough to see whether they hold a fixed point
+LOOPS_FACTOR = 10
+
+
+class Evaluation(Section):
+    """How the analysis scores every trial's final checkpoint (`analysis.evaluation`): on `n_prompts` fresh
+    prompts drawn from `seed`, looped models run to `max_loops` iterations (None: LOOPS_FACTOR times their
+    training loops).
+    A space's `evaluation:` section; its record keeps it, so that every later analysis of the experiment scores
+    the trials alike."""
+    n_prompts: PositiveInt = 1280  # the research's evaluation
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED, description=f"an integer from 0 to 2**64 - 1 ({MAX_SEED})")] = 0
+    max_loops: PositiveInt | None = Field(
+        None, description=f"a positive integer, or null for {LOOPS_FACTOR} times the training loops")
+
+
 class StudyRecord(_Record):
     """A sequential study's design (`analysis.sequential.Design`'s fields), fixed before its first look, with the
     seeds in the order its rounds give them (look k runs the first `looks[k]`) and its budget (None: no limit)."""
@@ -168,6 +185,8 @@ class SpaceRecord(_Record):
     max_concurrent: int | None = None
     wandb: dict[str, Any] = {}
     overrides: dict[str, Any] = {}  # the runner's `--set`: dotted keys set in the base (which holds them too)
+    # a record of a runner before the section has the defaults, which its analysis used
+    evaluation: Evaluation = Evaluation()
     # the history: the first run, then each extension; a record of a runner before extensions has none
     runs: list[RunRecord] = []
     decide: StudyRecord | None = None  # a sequential study's design (`--until-decided`); None: a fixed study

@@ -30,7 +30,8 @@ from tune_looped.state import set_aside
 from tune_looped.tables import against_space, folder_row
 
 # what no extension may change: each would change trials that ran, or how they are judged against new ones
-FROZEN = ("quick", "base", "overrides", "sample", "num_samples", "resources", "scheduler", "metric", "mode", "decide")
+FROZEN = ("quick", "base", "overrides", "sample", "num_samples", "resources", "scheduler", "metric", "mode", "decide",
+          "evaluation")
 
 
 def _completed(base: dict, trial: PlannedTrial, keys: list[str]) -> dict:
@@ -59,8 +60,13 @@ class Extension:
 def _check_frozen(saved: SpaceRecord, current: SpaceRecord, experiment_dir: Path, flag: str) -> None:
     # through YAML, as the saved record went, so that tuples and lists compare equal
     current = SpaceRecord.model_validate(yaml.safe_load(yaml.safe_dump(current.model_dump())))
+    saved_values, current_values = saved.model_dump(), current.model_dump()
     for field in FROZEN:
-        key = first_difference(getattr(saved, field), getattr(current, field), f"{field}.")
+        key = first_difference(saved_values[field], current_values[field], f"{field}.")
+        if key and field == "evaluation":
+            raise SpaceError(f"{flag}: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; the "
+                             "trials an extension adds are scored as the earlier ones were (`python -m analysis all "
+                             "EXPERIMENT_DIR` with --n-prompts, --max-loops or --seed scores them all another way)")
         if key:
             raise SpaceError(f"{flag}: {key} differs from the experiment's {experiment_dir / SPACE_RECORD}; an "
                              "extension must not change the trials that ran (start a new experiment with another "

@@ -26,8 +26,8 @@ from trainers.config import (
 from trainers.dotted import first_difference, get_dotted
 from trainers.flops import training_flops
 from trainers.names import NAME_RULE, is_folder_name
-from trainers.records import (EXPECTATIONS, METRIC_KEYS, SEED_KEY, TREND_DIRECTIONS, Hypothesis, PlannedTrial,
-                              SpaceRecord, StudyRecord, Trend, trend_order, variant_label)
+from trainers.records import (EXPECTATIONS, METRIC_KEYS, SEED_KEY, TREND_DIRECTIONS, Evaluation, Hypothesis,
+                              PlannedTrial, SpaceRecord, StudyRecord, Trend, trend_order, variant_label)
 from trainers.schema import Section, allowed_if, validate
 from trainers.yaml_file import load_yaml, yaml11_float
 
@@ -135,6 +135,7 @@ class SpaceFile(Section):
     max_concurrent: PositiveInt | None = Field(None, description="a positive integer")
     wandb: WandbSpace = WandbSpace()
     decide: DecideSpec = DecideSpec()
+    evaluation: Evaluation = Evaluation()
     quick: QuickSpec | None = None
 
 
@@ -161,6 +162,7 @@ class Space:
     wandb: dict = field(default_factory=dict)
     overrides: dict = field(default_factory=dict)  # `--set`'s dotted keys, already in the base
     decide: StudyRecord | None = None  # a sequential study's design; None: a fixed study
+    evaluation: Evaluation = Evaluation()  # how the analysis scores the trials' checkpoints
     secrets: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -489,6 +491,7 @@ def _load_space(path: Path, quick: bool, seeds: list[int] | None, overrides: dic
         scheduler=_parse_scheduler(spec.scheduler, f"{where}: scheduler"), metric=spec.metric, mode=spec.mode,
         max_concurrent=spec.max_concurrent, hypotheses=tuple(hypotheses),
         wandb=spec.wandb.model_dump(exclude_unset=True), secrets=secrets, overrides=dict(overrides), decide=decide,
+        evaluation=spec.evaluation,
     )
     # builds, and so validates, every trial's config; the runner's later checks reuse them
     space.configurations
@@ -642,5 +645,5 @@ def space_record(space: Space, quick: bool) -> SpaceRecord:
                 for k, d in space.sample.items()},
         num_samples=space.num_samples, resources=space.resources, scheduler=space.scheduler, metric=space.metric,
         mode=space.mode, max_concurrent=space.max_concurrent, wandb=space.wandb, overrides=space.overrides,
-        decide=space.decide,
+        evaluation=space.evaluation, decide=space.decide,
     )

@@ -68,7 +68,7 @@ class Plan:
 
 RESEARCH = Plan({}, 20, 300, 10, 3, (1, 2, 4, 8), 6.0, (8192, 1.0), 400.0, tuple(MODES))
 # without torch.compile: inductor takes minutes on two cores, and `training.compile` has tests of its own
-TINY_PLAN = Plan(TINY, 6, 40, 2, 2, (1, 2), 1.0, (256, 0.1), 600.0, tuple(m for m in MODES if m != "compile"))
+TINY_PLAN = Plan(TINY, 6, 40, 2, 2, (1, 2), 0.25, (256, 0.1), 600.0, tuple(m for m in MODES if m != "compile"))
 
 
 class Output:

@@ -30,13 +30,15 @@ TINY = {
 
 
 # The workers take whole files in this order (`--dist loadfile --no-loadscope-reorder` in setup.cfg), the files
-# with the most test time first (`--durations=0`, 2026-12-03), then the rest in pytest's order: a long file taken
-# last would leave the other worker idle. The slow tiers' files lead; those of the fast tier follow.
+# with the most test time first (each file's time in a whole-suite run, 2026-12-05), then the rest in pytest's
+# order: a long file taken last would leave the other worker idle. The slow tiers' files lead; those of the fast
+# tier follow.
 LONGEST_FIRST = ("test_reliability.py", "test_runner.py", "test_study.py", "test_extend.py", "test_stops.py",
-                 "test_repair.py", "test_gpus.py", "test_kernel.py", "test_gpu_benchmark.py", "test_output.py",
-                 "test_train.py", "test_wandb_results.py", "test_analysis_outputs.py", "test_results.py",
-                 "test_bad_input.py", "test_space.py", "test_calibration.py", "test_lock.py", "test_sequential.py",
-                 "test_values.py", "test_plots.py")
+                 "test_repair.py", "test_train.py", "test_gpus.py", "test_gpu_benchmark.py", "test_output.py",
+                 "test_kernel.py", "test_cluster.py", "test_wandb_results.py", "test_bad_input.py", "test_lock.py",
+                 "test_config.py", "test_analysis_outputs.py", "test_values.py", "test_analysis_baselines.py",
+                 "test_results.py", "test_sequential.py", "test_calibration.py", "test_space.py", "test_plots.py",
+                 "test_wandb_log.py", "test_yaml_file.py", "test_imports.py", "test_models.py")
 
 
 def pytest_collection_modifyitems(items):

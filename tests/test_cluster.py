@@ -94,6 +94,31 @@ def test_ray_processes_naming_the_session_or_holding_a_file_in_it_are_ended(tmp_
     assert capsys.readouterr().err == "warning: ended 2 Ray processes left behind by a killed runner\n"
 
 
+def test_the_mark_records_the_sessions_processes_and_they_are_ended_once_they_no_longer_name_it(tmp_path, started):
+    """An agent that exits on its own after its raylet died closes its log files first, and then names the session
+    nowhere; the mark's record still finds it. A recorded pid that another process has taken since is left alone."""
+    (orphaned,) = sessions(tmp_path, 1)
+    (orphaned / "agent.log").touch()
+    closing = "import os, sys, time; log = open(os.environ['LOG']); sys.stdin.readline(); log.close(); time.sleep(120)"
+    agent = subprocess.Popen(["bash", "-c", f'exec -a ray::FakeAgent {sys.executable} -c "{closing}"'],
+                             env={**os.environ, "LOG": str(orphaned / "agent.log")}, stdin=subprocess.PIPE, text=True)
+    elsewhere = subprocess.Popen([sys.executable, "-c", SLEEP])
+    started += [agent, elsewhere]
+    wait_for(lambda: str(orphaned / "agent.log") in {f.path for f in psutil.Process(agent.pid).open_files()}, 10, 0.01)
+    mark_session(orphaned)
+    runner, recorded = (orphaned / RUNNER_MARK).read_text().splitlines()
+    assert runner == process_identity(os.getpid()) and recorded == process_identity(agent.pid)
+    agent.stdin.write("close\n")
+    agent.stdin.flush()
+    wait_for(lambda: not psutil.Process(agent.pid).open_files(), 10, 0.01)
+    pid, created, ticks = process_identity(elsewhere.pid).split(":")
+    # the runner gone, and a pid recorded that another process has since: its start ticks differ
+    (orphaned / RUNNER_MARK).write_text(f"{gone_pid()}:1\n{recorded}\n{pid}:{created}:{int(ticks) - 1}\n")
+    assert end_orphaned_sessions(tmp_path, keep=tmp_path / "session_current") == 1
+    assert agent.wait(timeout=10) is not None and running(elsewhere)
+    assert not (orphaned / RUNNER_MARK).exists()
+
+
 def test_a_process_ignoring_term_is_killed(tmp_path, started, monkeypatch):
     monkeypatch.setattr(cluster, "TERM_GRACE_S", 0.2)
     (orphaned,) = sessions(tmp_path, 1)

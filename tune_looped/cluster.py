@@ -363,6 +363,19 @@ def _start_ticks(pid: int) -> str:
         return ""
 
 
+def _same_process(identity: str) -> psutil.Process | None:
+    """The process a `process_identity` of this host names, if it still runs: the same pid and start ticks. None
+    when in doubt (no ticks to compare), as another process may have taken the pid."""
+    pid, _, rest = identity.partition(":")
+    ticks = rest.partition(":")[2]
+    try:
+        if ticks and process_identity(int(pid)) is not None and _start_ticks(int(pid)) == ticks:
+            return psutil.Process(int(pid))
+    except (ValueError, psutil.Error):
+        pass
+    return None
+
+
 def runner_alive(mark: str) -> bool:
     """Whether the runner whose identity `mark` (a `process_identity` of this host) holds still runs; ValueError
     for a mark that holds none.
@@ -390,7 +403,11 @@ def runner_alive(mark: str) -> bool:
 
 
 def mark_session(session: Path) -> None:
-    (session / RUNNER_MARK).write_text(process_identity(os.getpid()) or "")
+    """The runner's identity, then that of each process of its session found now: an agent that exits on its own
+    once its raylet has died closes its log files first, and may then take seconds on a busy machine, while no
+    file it holds names the session any more."""
+    found = (process_identity(process.pid) for process in _session_processes(session))
+    (session / RUNNER_MARK).write_text("\n".join([process_identity(os.getpid()) or "", *filter(None, found)]))
 
 
 def _ended(process: psutil.Process) -> bool:
@@ -427,16 +444,21 @@ def _end(processes: list[psutil.Process]) -> int:
 
 def end_orphaned_sessions(root: Path, keep: Path) -> int:
     """End the Ray processes a SIGKILLed runner left behind (its agents outlive it): only in sessions a runner
-    marked and whose runner is gone; a cluster from `ray start` or another live runner is never touched."""
+    marked and whose runner is gone; a cluster from `ray start` or another live runner is never touched. Those
+    that name the session, and those its mark recorded that still run."""
     ended = 0
     for mark in root.glob(f"session_*/{RUNNER_MARK}"):
         session = mark.parent
         try:
-            if session == keep or runner_alive(mark.read_text().strip()):
+            runner, *recorded = mark.read_text().split()
+            if session == keep or runner_alive(runner):
                 continue
         except (OSError, ValueError):
             continue
-        ended += _end(_session_processes(session))
+        found = {process.pid: process for process in _session_processes(session)}
+        for process in filter(None, map(_same_process, recorded)):
+            found.setdefault(process.pid, process)
+        ended += _end(list(found.values()))
         mark.unlink(missing_ok=True)
     if ended:
         warn(f"ended {ended} Ray processes left behind by a killed runner")

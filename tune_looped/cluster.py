@@ -450,7 +450,7 @@ def end_orphaned_sessions(root: Path, keep: Path) -> int:
     for mark in root.glob(f"session_*/{RUNNER_MARK}"):
         session = mark.parent
         try:
-            runner, *recorded = mark.read_text().split()
+            runner, *recorded = mark.read_text().splitlines()
             if session == keep or runner_alive(runner):
                 continue
         except (OSError, ValueError):

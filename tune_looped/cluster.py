@@ -369,7 +369,9 @@ def _same_process(identity: str) -> psutil.Process | None:
     pid, _, rest = identity.partition(":")
     ticks = rest.partition(":")[2]
     try:
-        if ticks and process_identity(int(pid)) is not None and _start_ticks(int(pid)) == ticks:
+        now = process_identity(int(pid))
+        # an identity ends with the start ticks
+        if ticks and now is not None and now.rpartition(":")[2] == ticks:
             return psutil.Process(int(pid))
     except (ValueError, psutil.Error):
         pass

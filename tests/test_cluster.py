@@ -1,10 +1,14 @@
 """Which Ray sessions the runner ends at its start: only marked ones whose runner is gone, and there only Ray's
 processes; and the CPU count the runner and the evaluation size themselves by. The end-to-end case (a SIGKILLed
 runner, then --resume) is test_reliability.py's SIGKILL test."""
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -15,6 +19,8 @@ from tune_looped import cluster
 from tune_looped.cluster import RUNNER_MARK, end_orphaned_sessions, mark_session, process_identity
 
 SLEEP = "import time; time.sleep(120)"
+# the port Ray gives every node's dashboard agent, unless told another (`ray start --dashboard-agent-listen-port`)
+AGENT_PORT = 52365
 
 
 def retitled(pid: int) -> bool:
@@ -327,3 +333,27 @@ def test_a_held_ray_serves_the_next_sweep_is_replaced_when_asked_otherwise_and_e
     # the monitor was gone before Ray stopped the GCS, which it would otherwise have waited on for a second
     assert came_to.count(("gcs_server", True)) == came_to.count(("monitor", False)) == 3, came_to
     assert ("monitor", True) not in came_to
+
+
+@pytest.mark.slow
+def test_the_dashboard_agent_takes_a_free_port_when_another_local_ray_holds_ray_s_own():
+    """Another local Ray (another runner's, a notebook's) holds the agent's fixed port, 52365: the runner's Ray
+    starts its dashboard agent on a free port, where it answers, and not after Ray's retries on the held one."""
+    import ray
+
+    holder = socket.socket()
+    with holder:
+        with contextlib.suppress(OSError):  # already held, by another Ray of this machine: as well
+            holder.bind(("", AGENT_PORT))
+            holder.listen()
+        context = cluster.start_ray(None, num_cpus=1, dashboard_host=None, verbose=False)
+        try:
+            (node,) = ray.nodes()
+            port, host = node["DashboardAgentListenPort"], node["NodeManagerAddress"]
+            assert port not in (AGENT_PORT, -1), port  # -1: the agent has no HTTP server
+            answer = urllib.request.urlopen(f"http://{host}:{port}/api/local_raylet_healthz", timeout=10).read()
+        finally:
+            cluster.stop_ray()
+    assert answer == b"success"
+    log = Path(context.address_info["session_dir"]) / "logs" / "dashboard_agent.log"
+    assert "Failed to bind" not in log.read_text()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import ipaddress
 import logging
 import logging.handlers
@@ -246,12 +247,40 @@ def _init(ray, address: str | None, num_cpus, num_gpus, dashboard_host: str | No
         {"include_dashboard": True, "dashboard_host": dashboard_host}
     # Ray starts a worker a CPU for the first driver's tasks; Tune's trials are actors, which start workers of their
     # own, so those would only idle (about a CPU-second each to start, on 2 AVX2 cores)
-    context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
-                       _system_config={"prestart_worker_first_driver": False}, **dashboard)
+    with _any_free_agent_port():
+        context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                           _system_config={"prestart_worker_first_driver": False}, **dashboard)
     session = Path(context.address_info["session_dir"])
     end_orphaned_sessions(session.parent, keep=session)
     mark_session(session)
     return context
+
+
+@contextlib.contextmanager
+def _any_free_agent_port():
+    """ray.init gives the node's dashboard agent Ray's fixed port, 52365, which another local Ray (another runner, a
+    notebook's) may hold: the agent then retries for 3.4 s while ray.init waits, and runs without its HTTP server.
+    `ray start` takes the port as a flag; ray.init has none, so its start is given port 0 (any free one, which the
+    agent supports) as the default of Ray's parameters. A Ray without that parameter starts as before."""
+    try:
+        from ray._private.parameter import RayParams
+    except ImportError:
+        yield
+        return
+    given = RayParams.__init__
+    if "dashboard_agent_listen_port" not in inspect.signature(given).parameters:
+        yield
+        return
+
+    def init(self, *args, **kwargs):
+        kwargs.setdefault("dashboard_agent_listen_port", 0)
+        given(self, *args, **kwargs)
+
+    RayParams.__init__ = init
+    try:
+        yield
+    finally:
+        RayParams.__init__ = given
 
 
 def stop_ray(keep: bool = True) -> None:

@@ -139,7 +139,7 @@ def test_a_process_ignoring_term_is_killed(tmp_path, started, monkeypatch):
 
 def test_a_zombie_counts_as_ended_without_waiting_out_the_grace(tmp_path, started, monkeypatch):
     # a grace far beyond what listing the processes takes on any machine, so that only waiting it out can fail the
-    # bound below, not a slow or busy CPU (the default 5 s left a bound of 2.5 s)
+    # bound below, not a slow or busy CPU (the default second would leave a bound of half a second)
     monkeypatch.setattr(cluster, "TERM_GRACE_S", 60.0)
     (orphaned,) = sessions(tmp_path, 1)
     (orphaned / RUNNER_MARK).write_text(f"{gone_pid()}:1")

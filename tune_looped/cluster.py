@@ -34,8 +34,10 @@ CONNECT_TIMEOUT_S = 5.0
 RUNNER_MARK = "tune_looped_runner.pid"
 # how far apart two reads of one process's create time may be, for a mark without start ticks (see runner_alive)
 SAME_START_S = 1.5
-# what an orphaned Ray process gets to exit after TERM, then after KILL
-TERM_GRACE_S = 5.0
+# what an orphaned Ray process gets to exit after TERM, then after KILL. A trial's worker exits on TERM at once;
+# Ray's two agents, their raylet gone, catch TERM in an event loop that no longer runs and only KILL ends them:
+# every second of this grace is a second the next runner's start waits
+TERM_GRACE_S = 1.0
 KILL_WAIT_S = 1.0
 # in the session's logs/ folder: Ray's own lines of the runner, which the terminal shows only with --verbose
 RAY_LOG = "tune_looped_driver.log"

@@ -80,6 +80,10 @@ FAULTS = [
           "its lock; `upgrade` refused likewise",
           "`test_reliability.py::test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint`, "
           "`test_lock.py`, `test_trials.py::test_upgrade_waits_for_no_runner_and_skips_the_runners_folder`"),
+    Fault("another local Ray", "a socket listening on Ray's fixed port for the dashboard agent (52365), as another "
+          "runner's or a notebook's Ray holds it, while the runner's Ray starts",
+          "the runner's agent listens on a free port and answers there; no bind retries in its log",
+          "`test_cluster.py::test_the_dashboard_agent_takes_a_free_port_when_another_local_ray_holds_ray_s_own`"),
     Fault("damaged state and checkpoint", "after SIGINT, the newest `experiment_state-*.json` and every "
           "`checkpoint.pt` of the running trial but its first each cut to half its size",
           "`--resume` puts the runner's copy of the state back (one warning line) and the trial falls back to its "

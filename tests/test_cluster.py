@@ -1,6 +1,6 @@
 """Which Ray sessions the runner ends at its start: only marked ones whose runner is gone, and there only Ray's
-processes; and the CPU count the runner and the evaluation size themselves by. The end-to-end case (a SIGKILLed
-runner, then --resume) is test_reliability.py's SIGKILL test."""
+processes; the port its Ray's dashboard agent takes; and the CPU count the runner and the evaluation size themselves
+by. The end-to-end case (a SIGKILLed runner, then --resume) is test_reliability.py's SIGKILL test."""
 import contextlib
 import os
 import socket

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from helpers.sweeps import ONE_MACHINE, TINY_BASE, TrialBarrier, TrialEvents, rows, trial_dirs, write_space
+from helpers.sweeps import TINY_BASE, TrialBarrier, TrialEvents, rows, trial_dirs, write_space
 from trainers.config import apply_overrides
 from trainers.wandb_log import offline_runs
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, CPU_FLOPS, cpu_hours, gpu_share, trial_memory
@@ -96,10 +96,10 @@ def test_auto_counts_the_gpus_of_the_cluster_not_of_its_cpu_only_head(tmp_path, 
     # no key wandb could find, so `auto` means offline (HOME stays: Ray, started again in this process, needs it)
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, **ONE_MACHINE})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     try:
         # one CPU: the trials take turns in one worker, which imports the trainable and W&B once
-        worker = cluster.add_node(num_cpus=1, num_gpus=1, **ONE_MACHINE)
+        worker = cluster.add_node(num_cpus=1, num_gpus=1)
         cluster.wait_for_nodes()
         base = apply_overrides(TINY_BASE, {"training.train_steps": 40, "training.eval_prompts": 16})
         space = write_space(tmp_path / "space.yaml", [{"name": "g", "grid": {"training.seed": [0, 1]}}], base,

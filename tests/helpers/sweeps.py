@@ -31,12 +31,6 @@ TINY_BASE = {
 TIMING_COLUMNS = ["elapsed_s", "steps_per_s", "prompts_per_s", "time_total_s", "wall_time", "node_id", "wall_time_s"]
 
 
-# a test's cluster has its nodes on one machine: each node's dashboard agent takes a free port, as the runner's
-# embedded Ray does (tune_looped/cluster.py), where Ray's fixed one would hold up every node after the first for
-# 3.4 s of retries and leave it without its agent's HTTP server
-ONE_MACHINE = {"dashboard_agent_listen_port": 0}
-
-
 # the runners' analyses score each trial on a tenth of the research's 1280 fresh prompts: the same code, a tenth of
 # the work (about 0.4 CPU-seconds a tiny trial on 2 AVX-512 cores)
 TINY_EVALUATION = {"n_prompts": 128}

@@ -386,6 +386,14 @@ def process_identity(pid: int) -> str | None:
     return None
 
 
+def _identity_fields(identity: str) -> tuple[str, str, str]:
+    """A `process_identity`'s pid, create time and start ticks; an older runner's mark (`pid:ticks`) has its ticks
+    where the time goes, and empty ticks."""
+    pid, _, rest = identity.partition(":")
+    started, _, ticks = rest.partition(":")
+    return pid, started, ticks
+
+
 def _start_ticks(pid: int) -> str:
     try:
         # the fields after the command's name, which may hold spaces and parentheses; the 22nd field is the 20th here
@@ -397,12 +405,10 @@ def _start_ticks(pid: int) -> str:
 def _same_process(identity: str) -> psutil.Process | None:
     """The process a `process_identity` of this host names, if it still runs: the same pid and start ticks. None
     when in doubt (no ticks to compare), as another process may have taken the pid."""
-    pid, _, rest = identity.partition(":")
-    ticks = rest.partition(":")[2]
+    pid, _, ticks = _identity_fields(identity)
     try:
         now = process_identity(int(pid))
-        # an identity ends with the start ticks
-        if ticks and now is not None and now.rpartition(":")[2] == ticks:
+        if ticks and now is not None and _identity_fields(now)[2] == ticks:
             return psutil.Process(int(pid))
     except (ValueError, psutil.Error):
         pass
@@ -415,8 +421,7 @@ def runner_alive(mark: str) -> bool:
 
     Doubt counts as alive, as ending a live runner's Ray is the worse mistake: a process we may not inspect, and
     a live pid under an older runner's mark, whose start ticks cannot be compared with a create time."""
-    pid, _, started = mark.partition(":")
-    started, _, ticks = started.partition(":")
+    pid, started, ticks = _identity_fields(mark)
     try:
         now = process_identity(int(pid))
     except psutil.AccessDenied:
@@ -425,7 +430,7 @@ def runner_alive(mark: str) -> bool:
         return False
     if "." not in started:
         return True
-    _, now_started, now_ticks = now.split(":")
+    _, now_started, now_ticks = _identity_fields(now)
     if ticks and now_ticks:
         # ticks count from the boot on the kernel's clock, which no change of the wall clock moves
         return ticks == now_ticks

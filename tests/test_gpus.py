@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from helpers.sweeps import TINY_BASE, TrialBarrier, TrialEvents, rows, trial_dirs, write_space
+from helpers.sweeps import TINY_BASE, TrialBarrier, TrialEvents, local_cluster, rows, trial_dirs, write_space
 from trainers.config import apply_overrides
 from trainers.wandb_log import offline_runs
 from tune_looped.gpus import ASSUMED_GPU_MEMORY, CPU_FLOPS, cpu_hours, gpu_share, trial_memory
@@ -90,13 +90,11 @@ def test_auto_counts_the_gpus_of_the_cluster_not_of_its_cpu_only_head(tmp_path, 
     """A head node without GPUs and a worker node with a logical GPU: the trials get a share of the worker's. With
     W&B offline, each trial's run is in its folder of the (shared) storage, where the sync line finds it, beside
     the analysis run."""
-    from ray.cluster_utils import Cluster
-
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     # no key wandb could find, so `auto` means offline (HOME stays: Ray, started again in this process, needs it)
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    cluster = local_cluster(num_cpus=1, num_gpus=0)
     try:
         # one CPU: the trials take turns in one worker, which imports the trainable and W&B once
         worker = cluster.add_node(num_cpus=1, num_gpus=1)

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from analysis import AnalysisWarning, load_curves
-from helpers.sweeps import (TINY_BASE, TrialBarrier, TrialEvents, descendants, finish, ray_session_of, record, rows,
-                            start_sweep, trial_dirs, wait_for, write_space)
+from helpers.sweeps import (TINY_BASE, TrialBarrier, TrialEvents, descendants, finish, local_cluster, ray_session_of,
+                            record, rows, start_sweep, trial_dirs, wait_for, write_space)
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides, config_from_dict
 from trainers.training import train
@@ -57,9 +57,7 @@ def test_fractional_gpus_share_one_gpu(tmp_path, monkeypatch):
 
 
 def test_two_worker_nodes_share_the_trials(tmp_path, capsys):
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = local_cluster(num_cpus=0)
     try:
         for _ in range(2):
             cluster.add_node(num_cpus=1)

@@ -36,6 +36,16 @@ TIMING_COLUMNS = ["elapsed_s", "steps_per_s", "prompts_per_s", "time_total_s", "
 TINY_EVALUATION = {"n_prompts": 128}
 
 
+def local_cluster(**head):
+    """A `ray.cluster_utils.Cluster` on this machine, its head started with `head`, its dashboard on the first free
+    port from 8265 up, as `ray.init` gives it. Cluster's own default names 8265 outright: two heads started in the
+    same second (one a test worker) both pass Ray's check that it is free, and the head that then loses the bind
+    waits out Ray's 60 s dashboard timeout before its node starts."""
+    from ray.cluster_utils import Cluster
+
+    return Cluster(initialize_head=True, head_node_args={"dashboard_port": None, **head})
+
+
 def write_space(path: Path, hypotheses, base=None, **extra) -> Path:
     path.write_text(yaml.safe_dump({"name": "tiny", "base": base or TINY_BASE, "hypotheses": hypotheses,
                                     "evaluation": TINY_EVALUATION, **extra}))

@@ -39,7 +39,7 @@ TINY_EVALUATION = {"n_prompts": 128}
 def local_cluster(**head):
     """A `ray.cluster_utils.Cluster` on this machine, its head started with `head`, its dashboard on the first free
     port from 8265 up, as `ray.init` gives it. Cluster's own default names 8265 outright: two heads started in the
-    same second (one a test worker) both pass Ray's check that it is free, and the head that then loses the bind
+    same second (one on each test worker) both pass Ray's check that it is free, and the head that loses the bind
     waits out Ray's 60 s dashboard timeout before its node starts."""
     from ray.cluster_utils import Cluster
 

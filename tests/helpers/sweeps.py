@@ -1,5 +1,5 @@
 """Helpers shared by the end-to-end sweep tests (test_runner, test_reliability): tiny spaces, the runner as a
-subprocess, Ray Tune's result layout, and the processes and memory of a running driver."""
+subprocess, one-machine clusters, Ray Tune's result layout, and the processes and memory of a running driver."""
 import contextlib
 import json
 import os

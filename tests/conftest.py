@@ -3,14 +3,11 @@ tests' command lines and the finished experiments that tests copy."""
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from helpers.commands import Commands
 from helpers.finished import Finished
 
-# Two cores are shared by the test process and Ray's workers: one torch thread each avoids oversubscription.
-torch.set_num_threads(1)
 
 TINY = {
     "model": {"family": "gpt2_loop", "n_embd": 32, "n_layer": 1, "n_head": 4, "n_dims": 5, "n_positions": 11},
@@ -41,6 +38,15 @@ LONGEST_FIRST = ("test_reliability.py", "test_runner.py", "test_study.py", "test
                  "test_wandb_log.py", "test_yaml_file.py", "test_imports.py", "test_models.py")
 
 
+def pytest_configure(config):
+    # Two cores are shared by the test process and Ray's workers: one torch thread each avoids oversubscription.
+    # Not in xdist's controller, which runs no test: torch's import there would hold back the workers' start.
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
@@ -61,6 +67,8 @@ def tiny_config_file(tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module's tests, whatever a test before it (a training run's num_threads) left set."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -33,6 +33,7 @@ from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides
 from trainers.models import build_model
 from trainers.records import variant_label
+from tune_looped.state import named_checkpoints
 
 # Ray's two agents outlive a SIGKILLed driver by a minute or two (they notice the raylet is gone, then wait on
 # the dead GCS before exiting) unless the next run ends them; the trials' workers must go at once
@@ -56,10 +57,11 @@ FAULTS = [
           "retried from its last checkpoint, exit 0; every logged step exactly once in `load_curves`; final "
           "parameters and `eval/loss` bit-identical to the same trial without the fault",
           "`test_runner.py::test_killed_worker_is_retried_from_its_checkpoint`"),
-    Fault("driver interrupted", "SIGINT or SIGKILL of the runner once one trial has finished (and Tune has saved "
-          "that) and the next has a checkpoint, and SIGTERM of the rebuild after the SIGKILL once its first trial "
-          "has finished and its last has a checkpoint, each held there (SIGSTOP) until Tune saved and released with "
-          "the signal; 3 trials of 300 steps, one at a time",
+    Fault("driver interrupted", "SIGINT or SIGKILL of the runner once one trial has finished and Tune has taken a "
+          "checkpoint of the next (its second, for SIGINT), and SIGTERM of the rebuild after the SIGKILL once its "
+          "first trial has finished and Tune has taken a checkpoint of its last, each once Tune's saved state has "
+          "both, the running trial held (SIGSTOP) from then until released with the signal; 3 trials of 300 steps, "
+          "one at a time",
           "SIGINT and SIGTERM: exit 130, Ray shut down, and the printed resume command, its arguments run; SIGKILL: "
           "the trials' workers die with it, and the next run ends the rest of its Ray session (no process of it "
           "remains); then `--resume` exits 0, the finished trials' files are untouched (not re-run), and the curves "
@@ -206,40 +208,65 @@ def assert_as_uninterrupted(experiment_dir: Path, uninterrupted) -> None:
     pd.testing.assert_frame_equal(summary, uninterrupted[1], check_exact=True)
 
 
-def saved_statuses(experiment_dir: Path) -> list[str]:
-    """Trial statuses in Tune's last saved experiment state (what a resume after SIGKILL starts from)."""
+def saved_state(experiment_dir: Path) -> tuple[list[str], set[Path]]:
+    """Tune's last saved experiment state, what a resume starts from: its trials' statuses and the checkpoints it
+    names (relative to the experiment folder); nothing while there is none, or while it is being copied into place."""
     states = sorted(experiment_dir.glob("experiment_state-*.json"))
+    if not states:
+        return [], set()
+    data = states[-1].read_bytes()
     try:
-        state = json.loads(states[-1].read_text()) if states else {}
-    except json.JSONDecodeError:  # being copied into place right now
-        return []
-    return [json.loads(trial)["status"] for trial, _ in state.get("trial_data", [])]
+        trials = json.loads(data)["trial_data"]
+    except json.JSONDecodeError:
+        return [], set()
+    return [json.loads(trial)["status"] for trial, _ in trials], named_checkpoints(data)
 
 
-def hold_trial(sweep_pid: int, experiment_dir: Path, checkpoints: int, ended=()) -> tuple[int, Path] | None:
-    """Hold (SIGSTOP) the worker running a trial, not among `ended`, that has `checkpoints` checkpoint folders:
-    (its pid, the trial's folder), or None while there is no such trial or its worker is not seen yet."""
-    trials = [t for t in trial_dirs(experiment_dir)
-              if t not in ended and len(list(t.glob("checkpoint_*"))) >= checkpoints]
-    if not trials:
-        return None
+def staged_trial(worker: int, trial: str) -> Path:
+    """Tune's own folder of the trial's driver-side files, in the Ray session beside the worker's working folder.
+    Tune writes a row into its result.json as it takes the result; the trial's folder gets a copy at Tune's next
+    save, a second or more later."""
+    return Path(os.readlink(f"/proc/{worker}/cwd")).parent.parent / "driver_artifacts" / trial
+
+
+def taken_checkpoints(staged: Path) -> list[str]:
+    """The checkpoints Tune has taken from the trial's reports, oldest first: it registers each as it writes the
+    row that names it, and lets the trial report again only after that. A checkpoint's folder exists earlier, from
+    before the report reaches Tune."""
+    return [row["checkpoint_dir_name"] for row in rows(staged) if row.get("checkpoint_dir_name")]
+
+
+def hold_trial(sweep_pid: int, experiment_dir: Path, checkpoints: int,
+               ended=()) -> tuple[int, Path, str] | None:
+    """Hold (SIGSTOP) the worker running a trial, not among `ended`, of which Tune has taken `checkpoints`
+    checkpoints: (its pid, the trial's folder, the last of those checkpoints), or None while there is no such
+    trial or its worker is not seen yet."""
     workers = {folder: pid for pid, folder in trial_workers(sweep_pid).items()}
-    trial = next((t for t in trials if t.name in workers), None)
-    if trial is None:
-        return None
-    os.kill(workers[trial.name], signal.SIGSTOP)
-    return workers[trial.name], trial
+    for trial in trial_dirs(experiment_dir):
+        if trial in ended or trial.name not in workers:
+            continue
+        try:
+            taken = taken_checkpoints(staged_trial(workers[trial.name], trial.name))
+        except OSError:  # the worker has just ended
+            continue
+        if len(taken) >= checkpoints:
+            os.kill(workers[trial.name], signal.SIGSTOP)
+            return workers[trial.name], trial, taken[checkpoints - 1]
+    return None
 
 
 class Interruptible:
-    """The moment to interrupt a sweep of `interrupt_space`: `finished` trials have finished and Tune has saved
-    that, and the next has `checkpoints` checkpoints. The next is held (SIGSTOP) once it has them, so that Tune's
-    save, every second in these runs (`TUNE_GLOBAL_CHECKPOINT_S`), comes before it ends on any CPU."""
+    """The moment to interrupt a sweep of `interrupt_space`: `finished` trials have finished, Tune has taken
+    `checkpoints` checkpoints of the next, and its saved state has both. The next is held (SIGSTOP) from then, so
+    that Tune's save, every second in these runs (`TUNE_GLOBAL_CHECKPOINT_S`), comes before it ends on any CPU.
+    Held as soon as its checkpoint's folder was seen instead, it could be held, and the driver signalled, before
+    Tune took that checkpoint: the resume then started it from an older one (seen once in a `.ci/run`)."""
 
     def __init__(self, sweep: subprocess.Popen, experiment_dir: Path, checkpoints: int = 1, finished: int = 1):
         self.sweep, self.experiment_dir, self.checkpoints, self.finished = sweep, experiment_dir, checkpoints, finished
         self.held: int | None = None
         self.trial: Path | None = None
+        self.checkpoint: str | None = None
 
     def wait(self) -> tuple[Path, Path]:
         """(finished trial, held trial), polled often: the hold lands soon after the checkpoints, with most of the
@@ -250,15 +277,18 @@ class Interruptible:
         done = finished_trials(self.experiment_dir, INTERRUPT_LAST)
         if self.trial in done:  # held after its last report, before the driver wrote it: it has ended
             os.kill(self.held, signal.SIGCONT)
-            self.held = self.trial = None
+            self.held = self.trial = self.checkpoint = None
         if len(done) < self.finished:
             return None
         if self.held is None:
             found = hold_trial(self.sweep.pid, self.experiment_dir, self.checkpoints, done)
             if found is None:
                 return None
-            self.held, self.trial = found
-        return (done[0], self.trial) if "TERMINATED" in saved_statuses(self.experiment_dir) else None
+            self.held, self.trial, self.checkpoint = found
+        statuses, named = saved_state(self.experiment_dir)
+        saved = [path.name for path in named if path.parent.name == self.trial.name]
+        return (done[0], self.trial) if "TERMINATED" in statuses and any(name >= self.checkpoint for name in saved) \
+            else None
 
     def signal(self, signum: int) -> None:
         """The driver signalled, the held trial released: the stop reaches it with most of its steps left."""
@@ -444,7 +474,7 @@ def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path, commands):
         experiment = disk / "s"
         # the running trial is held (SIGSTOP) at its second checkpoint until the runner keeps a good copy of Tune's
         # state and the disk is full: on a fast CPU both trials ended before the copy was made (3 runs in 8)
-        held, _ = wait_for(lambda: hold_trial(sweep.pid, experiment, 2), 120, every=0.05)
+        held, _, _ = wait_for(lambda: hold_trial(sweep.pid, experiment, 2), 120, every=0.05)
         try:
             wait_for(lambda: list((experiment / ".tune_looped").glob("experiment_state-*.json")), 120)
             fill(disk)

@@ -31,6 +31,7 @@ from helpers.sweeps import (REPO, TIMING_COLUMNS, TINY_BASE, alive, auth_token, 
 from test_bad_input import CASES, render_bad_input, snapshot
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides
+from trainers.layout import staging_folder
 from trainers.models import build_model
 from trainers.records import variant_label
 from tune_looped.state import named_checkpoints
@@ -222,11 +223,14 @@ def saved_state(experiment_dir: Path) -> tuple[list[str], set[Path]]:
     return [json.loads(trial)["status"] for trial, _ in trials], named_checkpoints(data)
 
 
-def staged_trial(worker: int, trial: str) -> Path:
-    """Tune's own folder of the trial's driver-side files, in the Ray session beside the worker's working folder.
-    Tune writes a row into its result.json as it takes the result; the trial's folder gets a copy at Tune's next
-    save, a second or more later."""
-    return Path(os.readlink(f"/proc/{worker}/cwd")).parent.parent / "driver_artifacts" / trial
+def staged_trial(worker: int, trial: Path) -> Path | None:
+    """Tune's own folder of the trial's driver-side files, in the Ray session the worker works in; None until Tune
+    has made it. Tune writes a row into its result.json as it takes the result; the trial's folder gets a copy at
+    Tune's next save, a second or more later."""
+    cwd = Path(os.readlink(f"/proc/{worker}/cwd"))
+    session = next((folder for folder in cwd.parents if folder.name.startswith("session_")), None)
+    staging = staging_folder(session, trial.parent.name) if session is not None else None
+    return staging / trial.name if staging is not None else None
 
 
 def taken_checkpoints(staged: Path) -> list[str]:
@@ -246,9 +250,10 @@ def hold_trial(sweep_pid: int, experiment_dir: Path, checkpoints: int,
         if trial in ended or trial.name not in workers:
             continue
         try:
-            taken = taken_checkpoints(staged_trial(workers[trial.name], trial.name))
+            staged = staged_trial(workers[trial.name], trial)
         except OSError:  # the worker has just ended
             continue
+        taken = taken_checkpoints(staged) if staged is not None else []
         if len(taken) >= checkpoints:
             os.kill(workers[trial.name], signal.SIGSTOP)
             return workers[trial.name], trial, taken[checkpoints - 1]

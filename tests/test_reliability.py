@@ -31,7 +31,7 @@ from helpers.sweeps import (REPO, TIMING_COLUMNS, TINY_BASE, alive, auth_token, 
 from test_bad_input import CASES, render_bad_input, snapshot
 from trainers.checkpoint import load_checkpoint
 from trainers.config import apply_overrides
-from trainers.layout import staging_folder
+from trainers.layout import newest_state, runner_folder, staging_folder, state_files
 from trainers.models import build_model
 from trainers.records import variant_label
 from tune_looped.state import named_checkpoints
@@ -212,10 +212,10 @@ def assert_as_uninterrupted(experiment_dir: Path, uninterrupted) -> None:
 def saved_state(experiment_dir: Path) -> tuple[list[str], set[Path]]:
     """Tune's last saved experiment state, what a resume starts from: its trials' statuses and the checkpoints it
     names (relative to the experiment folder); nothing while there is none, or while it is being copied into place."""
-    states = sorted(experiment_dir.glob("experiment_state-*.json"))
-    if not states:
+    state = newest_state(experiment_dir)
+    if state is None:
         return [], set()
-    data = states[-1].read_bytes()
+    data = state.read_bytes()
     try:
         trials = json.loads(data)["trial_data"]
     except json.JSONDecodeError:
@@ -360,7 +360,7 @@ def test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint(tmp_path, u
     sweep = start_sweep(tmp_path, space, dashboard=True, commands=commands)
     experiment = tmp_path / "r" / "s"
     check_dashboard(tmp_path / "s.err")
-    wait_for(lambda: list(experiment.glob("experiment_state-*.json")), 120)
+    wait_for(lambda: state_files(experiment), 120)
     for extra in ((), ("--resume",)):
         refused = refused_runner(commands, tmp_path, space, *extra)
         assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
@@ -374,7 +374,7 @@ def test_one_runner_and_a_resume_past_a_damaged_state_and_checkpoint(tmp_path, u
     moment.signal(signal.SIGINT)
     resume = stopped_gracefully(sweep, tmp_path, processes)
     done_files = files_of(done)
-    state = max(experiment.glob("experiment_state-*.json"))
+    state = newest_state(experiment)
     truncate(state)
     # all but the first: the checkpoint Tune's saved state names may be older than the newest, which the trial
     # wrote as the stop reached it
@@ -419,10 +419,10 @@ def test_a_damaged_state_without_a_copy_is_refused_then_rebuilt_and_a_terminated
         assert sweep.returncode == -signal.SIGKILL
         # the workers must not go on writing into the experiment the resume is about to continue
         wait_for(lambda: all(process_name(p).startswith(RAY_AGENTS) for p in alive(processes)), 30)
-        state = max(experiment.glob("experiment_state-*.json"))
+        state = newest_state(experiment)
         size = truncate(state)
         # a runner of an earlier version kept no copy
-        for copy in (experiment / ".tune_looped").glob("experiment_state-*.json"):
+        for copy in state_files(runner_folder(experiment)):
             copy.unlink()
         before, done_files = snapshot(experiment), files_of(done)
         refused = refused_runner(commands, tmp_path, space, "--resume")
@@ -481,7 +481,7 @@ def test_a_full_disk_is_one_line_and_the_resume_completes(tmp_path, commands):
         # state and the disk is full: on a fast CPU both trials ended before the copy was made (3 runs in 8)
         held, _, _ = wait_for(lambda: hold_trial(sweep.pid, experiment, 2), 120, every=0.05)
         try:
-            wait_for(lambda: list((experiment / ".tune_looped").glob("experiment_state-*.json")), 120)
+            wait_for(lambda: state_files(runner_folder(experiment)), 120)
             fill(disk)
         finally:
             os.kill(held, signal.SIGCONT)
